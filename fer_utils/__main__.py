@@ -1,0 +1,29 @@
+"""Command line: ``python -m fer_utils run ...`` (the notebook chain), ``python -m fer_utils predict ...``."""
+
+import sys
+
+USAGE = """usage: python -m fer_utils {run,predict} ...
+
+  run       execute the numbered notebooks in order with papermill (python -m fer_utils run --help)
+  predict   predict the emotions of faces in photos (python -m fer_utils predict --help)
+"""
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        from fer_utils.runner import main as run
+        return run(rest)
+    if command == "predict":
+        from fer_utils.prediction import main as predict
+        return predict(rest)
+    print(f"Unknown command {command!r}.\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

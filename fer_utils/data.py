@@ -1,0 +1,511 @@
+"""Step 1 — obtain, verify and audit the dataset; work folders and run records.
+
+The dataset is github.com/muxspace/facial_expressions, pinned to one upstream commit. It is found, in
+this order: an explicit ``data_dir``; the environment variable ``FER_DATA_DIR``; a verified copy in the
+cache folder; a fresh download into that cache (with a progress bar, extracted safely, verified).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fer_utils import EMOTIONS
+
+UPSTREAM_REPO = "muxspace/facial_expressions"
+UPSTREAM_COMMIT = "5fb9c13afac07c55eae8d25eb6b50af344ad60c9"
+ARCHIVE_URL = f"https://github.com/{UPSTREAM_REPO}/archive/{UPSTREAM_COMMIT}.tar.gz"
+LEGEND_SHA256 = "a4be0fc5afa10e44fdc717bf2fe5b3e2c916c07335aec254111c74b40ec75eb0"
+LEGEND = Path("data") / "legend.csv"
+IMAGES = Path("images")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Spellings users write for the canonical emotions (after strip + lower case).
+LABEL_ALIASES = {
+    "angry": "anger", "happy": "happiness", "sad": "sadness", "surprised": "surprise",
+    "disgusted": "disgust", "fearful": "fear", "afraid": "fear", "scared": "fear",
+    "contemptuous": "contempt", "calm": "neutral",
+}
+#: Formats that both Pillow and ``tf.io.decode_image`` read, with the file endings that name them.
+TF_FORMATS = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "GIF": (".gif",), "BMP": (".bmp",)}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+class DatasetError(RuntimeError):
+    """The dataset could not be found, downloaded or verified; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Locating, downloading and verifying
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Where the dataset lives and whether it is the pinned upstream copy."""
+
+    root: Path
+    origin: str  # "data_dir", "FER_DATA_DIR", "cache" or "download"
+    legend_sha256: str
+
+    @property
+    def is_pinned_upstream(self) -> bool:
+        return self.legend_sha256 == LEGEND_SHA256
+
+    def describe(self) -> str:
+        where = {"data_dir": "the data_dir parameter", "FER_DATA_DIR": "$FER_DATA_DIR",
+                 "cache": "the download cache", "download": "a fresh download"}[self.origin]
+        kind = ("pinned upstream copy (legend.csv sha256 verified)" if self.is_pinned_upstream
+                else "local copy whose legend.csv differs from the pinned upstream")
+        return f"Dataset from {where}: {kind}, commit {UPSTREAM_COMMIT[:7]}."
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer-notebooks``, else ``~/.cache/fer-notebooks``."""
+    if os.environ.get("FER_CACHE_DIR"):
+        return Path(os.environ["FER_CACHE_DIR"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "fer-notebooks"
+
+
+def check_dataset_root(root: Path) -> str:
+    """Check a dataset root has ``images/`` and ``data/legend.csv``; return the legend's sha256."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"Dataset folder {root} does not exist. Point data_dir or FER_DATA_DIR at "
+                           "the folder that holds images/ and data/legend.csv.")
+    missing = [str(p) for p in (IMAGES, LEGEND) if not (root / p).exists()]
+    if missing:
+        raise DatasetError(f"{root} is not a facial_expressions dataset root: it lacks {', '.join(missing)}. "
+                           "Point data_dir or FER_DATA_DIR at the folder that holds images/ and "
+                           "data/legend.csv (the root of a clone of muxspace/facial_expressions).")
+    return sha256_of(root / LEGEND)
+
+
+def get_dataset(data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                download: bool = True) -> Dataset:
+    """Find the dataset (see the module docstring for the order) and return where it is."""
+    if data_dir:
+        root = Path(data_dir).expanduser()
+        return Dataset(root, "data_dir", check_dataset_root(root))
+    if os.environ.get("FER_DATA_DIR"):
+        root = Path(os.environ["FER_DATA_DIR"]).expanduser()
+        return Dataset(root, "FER_DATA_DIR", check_dataset_root(root))
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cached = cache / f"facial_expressions-{UPSTREAM_COMMIT}"
+    if cached.is_dir():
+        digest = check_dataset_root(cached)
+        if digest == LEGEND_SHA256:
+            return Dataset(cached, "cache", digest)
+        raise DatasetError(f"The cached dataset in {cached} fails verification (legend.csv sha256 {digest[:12]}… "
+                           f"!= {LEGEND_SHA256[:12]}…). Delete that folder to download it again.")
+    if not download:
+        raise DatasetError(f"No dataset found: data_dir and FER_DATA_DIR are unset and {cached} does not exist.")
+    return Dataset(download_dataset(cache), "download", LEGEND_SHA256)
+
+
+def _safe_members(tar: tarfile.TarFile, dest: Path):
+    dest = dest.resolve()
+    for member in tar.getmembers():
+        target = (dest / member.name).resolve()
+        if not target.is_relative_to(dest) or Path(member.name).is_absolute():
+            raise DatasetError(f"Refusing to extract {member.name!r}: it would land outside {dest}.")
+        if member.issym() or member.islnk():
+            link = (target.parent / member.linkname).resolve()
+            if not link.is_relative_to(dest):
+                raise DatasetError(f"Refusing to extract link {member.name!r} -> {member.linkname!r}: "
+                                   f"it points outside {dest}.")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            continue  # devices, fifos: never extracted
+        yield member
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract a tar archive into ``dest``, refusing any member whose path leaves ``dest``."""
+    with tarfile.open(archive) as tar:
+        members = list(_safe_members(tar, dest))
+        tar.extractall(dest, members=members, filter="data")
+
+
+def download_dataset(cache_dir: Path, url: str = ARCHIVE_URL) -> Path:
+    """Download the pinned archive into ``cache_dir``, extract it safely, verify it; return its root.
+
+    Both the archive and the extracted tree live under temporary names until they are complete and
+    verified, so an interrupted run never leaves a half copy that a later run would trust.
+    """
+    from tqdm.auto import tqdm
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / f"facial_expressions-{UPSTREAM_COMMIT}"
+    archive = cache_dir / f"facial_expressions-{UPSTREAM_COMMIT}.tar.gz"
+    if not archive.exists():
+        partial = archive.with_name(archive.name + ".part")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc="facial_expressions") as bar:
+                    for block in iter(lambda: response.read(1 << 16), b""):
+                        out.write(block)
+                        bar.update(len(block))
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            partial.unlink(missing_ok=True)
+            raise DatasetError(
+                f"Could not download the dataset from {url} ({err}). If you are offline, point at a local "
+                "copy instead: set FER_DATA_DIR (or the data_dir parameter) to the folder holding images/ "
+                f"and data/legend.csv, e.g. a clone of github.com/{UPSTREAM_REPO} at commit {UPSTREAM_COMMIT}."
+            ) from err
+        partial.rename(archive)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".extract-") as tmp:
+        safe_extract(archive, Path(tmp))
+        roots = [p for p in Path(tmp).iterdir() if p.is_dir()]
+        if len(roots) != 1:
+            raise DatasetError(f"Unexpected archive layout in {archive}: {len(roots)} top-level folders.")
+        digest = check_dataset_root(roots[0])
+        if digest != LEGEND_SHA256:
+            archive.unlink()
+            raise DatasetError(f"The downloaded archive fails verification (legend.csv sha256 {digest}); "
+                               "it was deleted, run again to download it afresh.")
+        roots[0].rename(final)
+    return final
+
+
+# --------------------------------------------------------------------------------------------------
+# Legend, labels and people
+# --------------------------------------------------------------------------------------------------
+
+
+def normalise_label(raw) -> str | None:
+    """Strip and lower-case a label and map common spellings ("sad", "happy") to the 8 emotions."""
+    if not isinstance(raw, str):
+        return None
+    label = raw.strip().lower()
+    label = LABEL_ALIASES.get(label, label)
+    return label if label in EMOTIONS else None
+
+
+def load_legend(root: str | os.PathLike) -> pd.DataFrame:
+    """Read ``data/legend.csv`` as text, with a ``row`` column (its line number) and normalised labels."""
+    path = Path(root) / LEGEND
+    try:
+        legend = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not a readable CSV file: {err}") from err
+    legend.columns = [c.strip().lower() for c in legend.columns]
+    missing = {"image", "emotion"} - set(legend.columns)
+    if missing:
+        raise DatasetError(f"{path} lacks the column(s) {sorted(missing)}; expected user.id,image,emotion.")
+    if "user.id" not in legend.columns:
+        legend["user.id"] = ""
+    legend = legend.rename(columns={"user.id": "user_id", "emotion": "label"})
+    legend["image"] = legend["image"].str.strip()
+    legend["user_id"] = legend["user_id"].str.strip()
+    legend.insert(0, "row", np.arange(2, len(legend) + 2))  # line numbers as a spreadsheet shows them
+    legend["emotion"] = legend["label"].map(normalise_label)
+    return legend[["row", "user_id", "image", "label", "emotion"]]
+
+
+_LFW = re.compile(r"^(?P<person>[A-Za-z][A-Za-z'.-]*(?:_[A-Za-z'.-]+)*)_(?P<n>\d{4})$")
+_NUMBERED = re.compile(r"^(?P<person>[A-Za-z][A-Za-z'.-]*(?:_[A-Za-z'.-]+)*)_(?P<n>\d{1,3}|\d{5,})$")
+
+
+def person_and_source(image: str) -> tuple[str, str]:
+    """Person identity and image source from a file name.
+
+    LFW style ``First_Last_0001.jpg`` -> (``First_Last``, ``LFW``); ``Name_12.jpg`` (the IMFDB actors'
+    crops) -> (``Name``, ``IMFDB``); anything else is its own group -> (file stem, ``other``).
+    """
+    stem = Path(image).stem
+    m = _LFW.match(stem)
+    if m:
+        return m["person"], "LFW"
+    m = _NUMBERED.match(stem)
+    if m:
+        return m["person"], "IMFDB"
+    return stem, "other"
+
+
+# --------------------------------------------------------------------------------------------------
+# Auditing the files
+# --------------------------------------------------------------------------------------------------
+
+
+def inspect_image(path: Path) -> dict:
+    """Decode one file fully with Pillow; report its real format, mode, size and content hash."""
+    info = {"file": path.name, "bytes": None, "format": None, "mode": None, "width": None, "height": None,
+            "sha1": None, "error": None}
+    try:
+        data = path.read_bytes()
+        info["bytes"] = len(data)
+        info["sha1"] = hashlib.sha1(data).hexdigest()
+        from io import BytesIO
+
+        with Image.open(BytesIO(data)) as im:
+            info.update(format=im.format, mode=im.mode, width=im.width, height=im.height)
+            im.load()  # a truncated or corrupt file fails here, not later in training
+    except Exception as err:  # noqa: BLE001 - every failure is a finding, reported per file
+        info["error"] = f"{type(err).__name__}: {err}"
+    return info
+
+
+def scan_images(root: str | os.PathLike, workers: int | None = None) -> pd.DataFrame:
+    """Inspect every file in ``images/``: one row per file, sorted by name."""
+    folder = Path(root) / IMAGES
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+        rows = list(pool.map(inspect_image, paths))
+    files = pd.DataFrame(rows, columns=["file", "bytes", "format", "mode", "width", "height", "sha1", "error"])
+    files["suffix"] = [Path(f).suffix.lower() for f in files["file"]]
+    files["readable"] = files["error"].isna()
+    files["format_matches_name"] = [
+        bool(fmt) and suffix in TF_FORMATS.get(fmt, (f".{fmt.lower()}",))
+        for fmt, suffix in zip(files["format"], files["suffix"])
+    ]
+    return files
+
+
+@dataclasses.dataclass
+class Audit:
+    """What the audit found: the legend, the files on disk and one row per finding."""
+
+    legend: pd.DataFrame  # the legend with row numbers, person, source and file facts joined in
+    files: pd.DataFrame  # one row per file in images/
+    findings: pd.DataFrame  # kind, image, row, detail
+
+    def summary(self) -> pd.DataFrame:
+        """Findings counted by kind (kinds with none are listed too, with 0)."""
+        counts = self.findings["kind"].value_counts()
+        return pd.DataFrame({"kind": list(FINDING_KINDS), "count": [int(counts.get(k, 0)) for k in FINDING_KINDS],
+                             "meaning": list(FINDING_KINDS.values())})
+
+
+FINDING_KINDS = {
+    "exact duplicate row": "the same user.id, image and label again; the first row is used",
+    "repeated image": "the same image listed again with the same emotion by another row; the first is used",
+    "conflicting labels": "the same image listed with different emotions; none of its rows is used",
+    "unknown label": "a label that is not one of the 8 emotions, even after strip/lower case",
+    "missing file": "a legend row whose image is not in images/",
+    "unreadable file": "a file that Pillow cannot decode (corrupt, truncated or not an image)",
+    "format mismatch": "the content is not what the file name says (e.g. WebP named .jpg); re-encoded",
+    "unlisted file": "an image in images/ that no legend row names; it has no label",
+    "same content": "byte-identical files under different names; kept in one split together",
+}
+
+
+def audit_dataset(root: str | os.PathLike, files: pd.DataFrame | None = None) -> Audit:
+    """Audit the legend against the files: every problem becomes one row of ``findings``."""
+    legend = load_legend(root)
+    files = scan_images(root) if files is None else files
+    findings: list[dict] = []
+
+    def add(kind, image, row, detail):
+        findings.append({"kind": kind, "image": image, "row": row, "detail": detail})
+
+    exact = legend.duplicated(["user_id", "image", "label"], keep="first")
+    for r in legend[exact].itertuples():
+        first = legend[(legend.image == r.image) & (legend.label == r.label) & (legend.user_id == r.user_id)].row.min()
+        add("exact duplicate row", r.image, r.row, f"same as row {first}")
+    unknown = legend.emotion.isna()
+    for r in legend[unknown].itertuples():
+        add("unknown label", r.image, r.row, f"label {r.label!r}")
+    known = legend[~exact & ~unknown]
+    labels_per_image = known.groupby("image")["emotion"].agg(lambda s: sorted(set(s)))
+    conflicting = set(labels_per_image[labels_per_image.map(len) > 1].index)
+    for r in known[known.image.isin(conflicting)].itertuples():
+        add("conflicting labels", r.image, r.row, "labels " + " vs ".join(labels_per_image[r.image]))
+    repeated = known[~known.image.isin(conflicting)].duplicated("image", keep="first")
+    for r in known[~known.image.isin(conflicting)][repeated].itertuples():
+        first = known[known.image == r.image].row.min()
+        add("repeated image", r.image, r.row, f"also row {first} (user {legend.set_index('row').user_id[first]})")
+
+    by_file = files.set_index("file")
+    on_disk = set(by_file.index)
+    for r in legend[~legend.image.isin(on_disk)].itertuples():
+        add("missing file", r.image, r.row, "not in images/")
+    for f in files[~files.readable].itertuples():
+        add("unreadable file", f.file, None, f.error)
+    for f in files[files.readable & ~files.format_matches_name].itertuples():
+        add("format mismatch", f.file, None, f"{f.format} content in a {f.suffix} file")
+    for f in sorted(on_disk - set(legend.image)):
+        add("unlisted file", f, None, "no legend row")
+    dup_hashes = files[files.sha1.notna() & files.sha1.duplicated(keep=False)].groupby("sha1")["file"].agg(list)
+    for names in dup_hashes:
+        for name in names:
+            add("same content", name, None, "identical to " + ", ".join(n for n in names if n != name))
+
+    people = [person_and_source(i) for i in legend.image]
+    legend["person"] = [p for p, _ in people]
+    legend["source"] = [s for _, s in people]
+    legend = legend.merge(files[["file", "format", "mode", "width", "height", "readable"]],
+                          how="left", left_on="image", right_on="file").drop(columns="file")
+    findings_df = pd.DataFrame(findings, columns=["kind", "image", "row", "detail"])
+    findings_df["row"] = findings_df["row"].astype("Int64")
+    return Audit(legend=legend, files=files, findings=findings_df)
+
+
+def contributor_table(legend: pd.DataFrame) -> pd.DataFrame:
+    """Rows per contributor (``user.id``) and emotion: where the labels come from."""
+    table = pd.crosstab(legend["user_id"], legend["emotion"].fillna("(unknown)"), margins=True, margins_name="total")
+    return table.sort_values("total", ascending=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Work folders and run records
+# --------------------------------------------------------------------------------------------------
+
+
+def get_work_dir(work_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
+    """The run's work folder: ``work_dir``, else ``$FER_WORK_DIR``, else ``work/`` in the repository."""
+    chosen = work_dir or os.environ.get("FER_WORK_DIR") or REPO_ROOT / "work"
+    path = Path(chosen).expanduser().resolve()
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_not_inside(work_dir: Path, data_root: Path) -> None:
+    """Refuse a work folder inside the dataset (or the dataset inside it): data folders stay untouched."""
+    w, d = Path(work_dir).resolve(), Path(data_root).resolve()
+    if w.is_relative_to(d) or d.is_relative_to(w):
+        raise DatasetError(f"The work folder {w} and the dataset {d} overlap; the dataset is never written to. "
+                           "Choose a work_dir (or FER_WORK_DIR) outside the dataset folder.")
+
+
+def require(path: Path, notebook: str, what: str = "") -> Path:
+    """Return ``path`` if it exists, else raise an error naming the notebook that makes it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what or Path(path).name} not found in the work folder ({Path(path).name}). "
+                                f"Run notebooks/{notebook} first (same work_dir), or `python -m fer_utils run`.")
+    return Path(path)
+
+
+def display_path(path: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> str:
+    """A path as a reader should see it: relative to the work folder or the repository, never absolute."""
+    path = Path(path).resolve()
+    for base, label in ((work_dir, "<work_dir>"), (REPO_ROOT, ".")):
+        if base and path.is_relative_to(Path(base).resolve()):
+            rel = path.relative_to(Path(base).resolve())
+            return f"{label}/{rel}" if str(rel) != "." else label
+    return path.name
+
+
+def machine_info() -> dict:
+    """What the run ran on, for the record."""
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "processor": _cpu_name()}
+    try:
+        import sklearn
+
+        info["scikit_learn"] = sklearn.__version__
+    except ImportError:
+        pass
+    import sys
+
+    if "tensorflow" in sys.modules:
+        info["tensorflow"] = sys.modules["tensorflow"].__version__
+        info["keras"] = sys.modules["keras"].__version__
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def write_record(path: str | os.PathLike, record: dict) -> Path:
+    """Write a run record as JSON (atomically), adding when and on what machine it was written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**record, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info()}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(record), indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and (if imported) TensorFlow/Keras."""
+    random.seed(seed)
+    np.random.seed(seed)
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].utils.set_random_seed(seed)
+
+
+def class_counts(labels) -> pd.Series:
+    """Counts per emotion, in the canonical order, zeros included."""
+    counts = Counter(labels)
+    return pd.Series({e: counts.get(e, 0) for e in EMOTIONS}, name="images")
+
+
+def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | None) -> Path:
+    """Put ``src`` in ``dest_dir`` so that Pillow and ``tf.io.decode_image`` both read it.
+
+    JPEG/PNG files in L or RGB with a matching name are copied byte for byte; anything else (WebP named
+    .jpg, CMYK or 16-bit images, TIFF…) is re-encoded as PNG, keeping the file's stem.
+    """
+    suffix = src.suffix.lower()
+    if fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and suffix in TF_FORMATS[fmt]:
+        dest = dest_dir / src.name
+        shutil.copyfile(src, dest)
+        return dest
+    dest = dest_dir / (src.stem + ".png")
+    with Image.open(src) as im:
+        from PIL import ImageOps
+
+        im = ImageOps.exif_transpose(im)
+        im = im.convert("L" if im.mode in ("L", "LA", "I", "I;16", "1") else "RGB")
+        im.save(dest, format="PNG")
+    return dest

@@ -1,0 +1,272 @@
+"""Step 2 — the manifest, a person-disjoint stratified split, and class folders.
+
+Contract (other steps rely on it), all inside the run's work folder:
+
+- ``manifest.csv``: one row per legend row and per unlisted image file, with at least
+  ``image, emotion, person, source, split, reason``; ``split`` is ``train``, ``val``, ``test`` or
+  ``excluded`` and ``reason`` says why for every excluded row, so the counts add up to the input.
+- ``split/<train|val|test>/<emotion>/<file>``: files that Pillow and ``tf.io.decode_image`` both read.
+- ``prepare.json``: parameters, seed, counts and timings of the run that wrote them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from fer_utils import EMOTIONS
+from fer_utils.data import (
+    IMAGES, Audit, Dataset, audit_dataset, check_not_inside, copy_or_reencode, person_and_source, write_record,
+)
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.csv"
+SPLIT_DIR = "split"
+RECORD = "prepare.json"
+
+#: Why a row is excluded, by audit finding, in order of precedence.
+EXCLUDE_REASONS = {
+    "exact duplicate row": "exact duplicate row",
+    "unknown label": "unknown label",
+    "conflicting labels": "conflicting labels for the same image",
+    "repeated image": "image already listed with the same label",
+    "missing file": "file missing from images/",
+    "unreadable file": "file unreadable (corrupt or not an image)",
+}
+
+
+def build_manifest(audit: Audit) -> pd.DataFrame:
+    """One row per legend row and per unlisted file; unusable rows are marked ``excluded`` with a reason.
+
+    ``group`` is who a face belongs to for splitting: the person, merged across byte-identical files so
+    that copies of one photo never end up on both sides of a split.
+    """
+    legend = audit.legend.copy()
+    legend["split"] = ""
+    legend["reason"] = ""
+    by_row = audit.findings.dropna(subset=["row"])
+    for kind, reason in reversed(EXCLUDE_REASONS.items()):  # reversed: the first reason wins
+        rows = set(by_row.loc[by_row.kind == kind, "row"].astype(int))
+        legend.loc[legend.row.isin(rows), ["split", "reason"]] = ["excluded", reason]
+    unreadable = set(audit.findings.loc[audit.findings.kind == "unreadable file", "image"])
+    legend.loc[legend.image.isin(unreadable), ["split", "reason"]] = ["excluded", EXCLUDE_REASONS["unreadable file"]]
+
+    files = audit.files.set_index("file")
+    unlisted = sorted(set(files.index) - set(legend.image))
+    extra = pd.DataFrame({"image": unlisted, "row": pd.array([pd.NA] * len(unlisted), dtype="Int64"),
+                          "user_id": "", "label": "", "emotion": None,
+                          "split": "excluded", "reason": "unlisted file: no legend row, so no label"})
+    people = [person_and_source(i) for i in unlisted]
+    extra["person"] = [p for p, _ in people]
+    extra["source"] = [s for _, s in people]
+    for col in ("format", "mode", "width", "height", "readable"):
+        extra[col] = files.loc[unlisted, col].to_numpy() if unlisted else []
+    manifest = pd.concat([legend.astype({"row": "Int64"}), extra], ignore_index=True)
+    manifest["sha1"] = manifest.image.map(files["sha1"])
+    manifest["group"] = _groups(manifest)
+    columns = ["row", "image", "user_id", "label", "emotion", "person", "group", "source", "split", "reason",
+               "format", "mode", "width", "height", "sha1"]
+    return manifest[columns]
+
+
+def _groups(manifest: pd.DataFrame) -> pd.Series:
+    """Person ids, merged (union-find) wherever two files have identical bytes."""
+    parent = {p: p for p in manifest.person}
+
+    def find(p):
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    for _, people in manifest.dropna(subset=["sha1"]).groupby("sha1")["person"]:
+        roots = sorted({find(p) for p in people})
+        for r in roots[1:]:
+            parent[r] = roots[0]
+    return manifest.person.map(find)
+
+
+def cap_per_class(manifest: pd.DataFrame, max_per_class: int | None, seed: int) -> pd.DataFrame:
+    """For quick runs: keep at most ``max_per_class`` usable images per emotion (seeded choice)."""
+    manifest = manifest.copy()
+    if not max_per_class:
+        return manifest
+    usable = manifest[manifest.split == ""]
+    rng = np.random.default_rng(seed)
+    for emotion, rows in usable.groupby("emotion"):
+        if len(rows) > max_per_class:
+            drop = rng.choice(rows.index.to_numpy(), size=len(rows) - max_per_class, replace=False)
+            manifest.loc[drop, ["split", "reason"]] = ["excluded", f"over max_per_class={max_per_class} (quick run)"]
+    return manifest
+
+
+def _fold(labels, groups, n_splits, seed):
+    """(keep, held) index arrays of the first fold of a StratifiedGroupKFold."""
+    n_groups = len(set(groups))
+    n_splits = max(2, min(n_splits, n_groups))
+    with warnings.catch_warnings():  # rare classes: reported by the notebook, not as a warning
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return next(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
+def split_by_person(manifest: pd.DataFrame, test_size: float = 0.2, val_size: float = 0.1,
+                    seed: int = 42) -> pd.DataFrame:
+    """Assign every usable row to train/val/test so that no person is in two splits.
+
+    Stratified by emotion as far as whole people allow (scikit-learn's ``StratifiedGroupKFold``): the
+    test fold is about ``test_size`` of the faces, the val fold about ``val_size``. Every emotion that
+    has images keeps at least one person in train.
+    """
+    if not (0 < test_size < 1 and 0 < val_size < 1 and test_size + val_size < 1):
+        raise ValueError(f"test_size={test_size} and val_size={val_size} must be in (0, 1) and sum below 1.")
+    manifest = manifest.copy()
+    usable = manifest[manifest.split == ""]
+    if usable.group.nunique() < 3:
+        raise ValueError(f"Only {usable.group.nunique()} people among the usable images: a person-disjoint "
+                         "train/val/test split needs at least 3. Raise max_per_class or add data.")
+    y, g = usable.emotion.to_numpy(), usable.group.to_numpy()
+    rest, test = _fold(y, g, round(1 / test_size), seed)
+    train, val = _fold(y[rest], g[rest], round((1 - test_size) / val_size), seed)
+    split = np.empty(len(usable), dtype=object)
+    split[test] = "test"
+    split[rest[val]] = "val"
+    split[rest[train]] = "train"
+    split = pd.Series(split, index=usable.index)
+    # An emotion with images but nobody in train cannot be learnt: move its smallest group to train.
+    for emotion in usable.emotion.unique():
+        of_emotion = usable.emotion == emotion
+        if not (split[of_emotion] == "train").any():
+            sizes = usable[of_emotion].groupby("group").size().sort_values()
+            split[usable.group == sizes.index[0]] = "train"
+    manifest.loc[usable.index, "split"] = split
+    return manifest
+
+
+def random_split_overlap(manifest: pd.DataFrame, test_size: float = 0.2, seed: int = 42) -> dict:
+    """How many people a plain random (stratified, not grouped) split would put in both train and test."""
+    usable = manifest[manifest.split.isin(SPLITS)]
+    stratify = usable.emotion if usable.emotion.value_counts().min() >= 2 else None
+    train, test = train_test_split(usable, test_size=test_size, random_state=seed, stratify=stratify)
+    shared = set(train.group) & set(test.group)
+    return {"people_in_both": len(shared), "people_in_test": test.group.nunique(),
+            "test_faces_of_shared_people": int(test.group.isin(shared).sum()), "test_faces": len(test)}
+
+
+def images_by_emotion(manifest: pd.DataFrame) -> dict[str, list[str]]:
+    """The seed tutorial's dictionary: emotion -> list of image file names (usable rows only)."""
+    usable = manifest[manifest.split.isin(SPLITS) | (manifest.split == "")]
+    return {e: usable.loc[usable.emotion == e, "image"].tolist() for e in EMOTIONS}
+
+
+def write_split_folders(manifest: pd.DataFrame, data_root: str | os.PathLike, work_dir: str | os.PathLike,
+                        workers: int | None = None) -> pd.DataFrame:
+    """Write ``split/<split>/<emotion>/<file>`` under the work folder; return the manifest with ``path``.
+
+    The folders are built under a temporary name and swapped in whole, so a re-run (or a run with
+    other parameters) leaves no stale files, and an interrupted run leaves the previous folders intact.
+    """
+    data_root, work_dir = Path(data_root), Path(work_dir)
+    check_not_inside(work_dir, data_root)
+    manifest = manifest.copy()
+    tmp = work_dir / f".{SPLIT_DIR}-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for s in SPLITS:
+        for e in EMOTIONS:
+            (tmp / s / e).mkdir(parents=True)
+    todo = manifest[manifest.split.isin(SPLITS)]
+
+    def place(row):
+        dest = copy_or_reencode(data_root / IMAGES / row.image, tmp / row.split / row.emotion, row.format, row.mode)
+        return f"{SPLIT_DIR}/{row.split}/{row.emotion}/{dest.name}"
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+            paths = list(pool.map(place, todo.itertuples()))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest["path"] = ""
+    manifest.loc[todo.index, "path"] = paths
+    final, old = work_dir / SPLIT_DIR, work_dir / f".{SPLIT_DIR}-old-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Faces per emotion and split (the excluded rows in their own column), with totals."""
+    table = pd.crosstab(manifest.emotion.fillna("(no label)"), manifest.split, margins=True, margins_name="total")
+    return table.reindex(columns=[c for c in (*SPLITS, "excluded", "total") if c in table.columns])
+
+
+def exclusion_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Excluded rows counted by reason."""
+    excluded = manifest[manifest.split == "excluded"]
+    return excluded.reason.value_counts().rename_axis("reason").reset_index(name="rows")
+
+
+def check_manifest(manifest: pd.DataFrame, audit: Audit) -> dict:
+    """Verify the manifest's contract; raise ``AssertionError`` naming what is wrong; return the counts."""
+    n_legend, n_files = len(audit.legend), len(audit.files)
+    n_unlisted = int((audit.findings.kind == "unlisted file").sum())
+    assert len(manifest) == n_legend + n_unlisted, f"{len(manifest)} rows != {n_legend} legend rows + {n_unlisted} unlisted"
+    assert manifest.split.isin([*SPLITS, "excluded"]).all(), "a row has no split"
+    no_reason = manifest[(manifest.split == "excluded") & (manifest.reason.fillna("") == "")]
+    assert no_reason.empty, f"excluded rows without a reason: {no_reason.image.tolist()[:5]}"
+    used = manifest[manifest.split.isin(SPLITS)]
+    assert used.image.is_unique, "an image is used twice"
+    sides = used.groupby("group").split.nunique()
+    assert (sides == 1).all(), f"people in two splits: {sides[sides > 1].index.tolist()[:5]}"
+    counts = manifest.split.value_counts()
+    return {"legend_rows": n_legend, "files_on_disk": n_files, "unlisted_files": n_unlisted,
+            "manifest_rows": len(manifest), **{s: int(counts.get(s, 0)) for s in (*SPLITS, "excluded")}}
+
+
+def prepare(dataset: Dataset, work_dir: str | os.PathLike, seed: int = 42, test_size: float = 0.2,
+            val_size: float = 0.1, max_per_class: int | None = None, audit: Audit | None = None) -> pd.DataFrame:
+    """The whole step: audit, manifest, split, class folders, ``manifest.csv`` and ``prepare.json``."""
+    work_dir = Path(work_dir)
+    timings = {}
+    t0 = time.perf_counter()
+    audit = audit or audit_dataset(dataset.root)
+    timings["audit_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    manifest = cap_per_class(build_manifest(audit), max_per_class, seed)
+    manifest = split_by_person(manifest, test_size, val_size, seed)
+    timings["split_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    manifest = write_split_folders(manifest, dataset.root, work_dir)
+    timings["folders_s"] = time.perf_counter() - t2
+    counts = check_manifest(manifest, audit)
+    manifest.to_csv(work_dir / MANIFEST, index=False)
+    timings["total_s"] = time.perf_counter() - t0
+    write_record(work_dir / RECORD, {
+        "step": "prepare", "parameters": {"seed": seed, "test_size": test_size, "val_size": val_size,
+                                          "max_per_class": max_per_class},
+        "dataset": {"origin": dataset.origin, "legend_sha256": dataset.legend_sha256,
+                    "pinned_upstream": dataset.is_pinned_upstream},
+        "counts": counts, "per_split_emotion": split_table(manifest).to_dict(),
+        "exclusions": exclusion_table(manifest).set_index("reason").rows.to_dict(),
+        "people": {s: int(manifest[manifest.split == s].group.nunique()) for s in SPLITS},
+        "timings": timings,
+    })
+    return manifest
+
+
+def load_manifest(work_dir: str | os.PathLike) -> pd.DataFrame:
+    from fer_utils.data import require
+
+    path = require(Path(work_dir) / MANIFEST, "02_preprocess_into_folders.ipynb", "manifest.csv")
+    return pd.read_csv(path, dtype={"user_id": str, "label": str, "reason": str, "path": str},
+                       keep_default_na=False, na_values={"row": [""], "emotion": [""], "width": [""], "height": [""]})
