@@ -43,8 +43,8 @@ def import_tensorflow():
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_fd2():
-        import tensorflow as tf
         import keras
+        import tensorflow as tf
 
         tf.constant(0)  # initialise the runtime here, where its log lines are silenced
     tf.get_logger().setLevel("ERROR")

@@ -264,9 +264,7 @@ def inspect_image(path: Path) -> dict:
         data = path.read_bytes()
         info["bytes"] = len(data)
         info["sha1"] = hashlib.sha1(data).hexdigest()
-        from io import BytesIO
-
-        with Image.open(BytesIO(data)) as im:
+        with Image.open(path) as im:
             info.update(format=im.format, mode=im.mode, width=im.width, height=im.height)
             im.load()  # a truncated or corrupt file fails here, not later in training
     except Exception as err:  # noqa: BLE001 - every failure is a finding, reported per file
@@ -284,7 +282,7 @@ def scan_images(root: str | os.PathLike, workers: int | None = None) -> pd.DataF
     files["suffix"] = [Path(f).suffix.lower() for f in files["file"]]
     files["readable"] = files["error"].isna()
     files["format_matches_name"] = [
-        bool(fmt) and suffix in TF_FORMATS.get(fmt, (f".{fmt.lower()}",))
+        isinstance(fmt, str) and suffix in TF_FORMATS.get(fmt, (f".{fmt.lower()}",))
         for fmt, suffix in zip(files["format"], files["suffix"])
     ]
     return files

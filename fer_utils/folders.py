@@ -24,7 +24,14 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from fer_utils import EMOTIONS
 from fer_utils.data import (
-    IMAGES, Audit, Dataset, audit_dataset, check_not_inside, copy_or_reencode, person_and_source, write_record,
+    IMAGES,
+    Audit,
+    Dataset,
+    audit_dataset,
+    check_not_inside,
+    copy_or_reencode,
+    person_and_source,
+    write_record,
 )
 
 SPLITS = ("train", "val", "test")
@@ -101,7 +108,7 @@ def cap_per_class(manifest: pd.DataFrame, max_per_class: int | None, seed: int) 
         return manifest
     usable = manifest[manifest.split == ""]
     rng = np.random.default_rng(seed)
-    for emotion, rows in usable.groupby("emotion"):
+    for _, rows in usable.groupby("emotion"):
         if len(rows) > max_per_class:
             drop = rng.choice(rows.index.to_numpy(), size=len(rows) - max_per_class, replace=False)
             manifest.loc[drop, ["split", "reason"]] = ["excluded", f"over max_per_class={max_per_class} (quick run)"]
@@ -216,27 +223,57 @@ def exclusion_table(manifest: pd.DataFrame) -> pd.DataFrame:
     return excluded.reason.value_counts().rename_axis("reason").reset_index(name="rows")
 
 
+class ManifestError(ValueError):
+    """The manifest breaks its contract (rows lost, no reason, a person in two splits...)."""
+
+
 def check_manifest(manifest: pd.DataFrame, audit: Audit) -> dict:
-    """Verify the manifest's contract; raise ``AssertionError`` naming what is wrong; return the counts."""
+    """Verify the manifest's contract; raise ``ManifestError`` naming what is wrong; return the counts."""
     n_legend, n_files = len(audit.legend), len(audit.files)
     n_unlisted = int((audit.findings.kind == "unlisted file").sum())
-    assert len(manifest) == n_legend + n_unlisted, f"{len(manifest)} rows != {n_legend} legend rows + {n_unlisted} unlisted"
-    assert manifest.split.isin([*SPLITS, "excluded"]).all(), "a row has no split"
+    problems = []
+    if len(manifest) != n_legend + n_unlisted:
+        problems.append(f"{len(manifest)} rows != {n_legend} legend rows + {n_unlisted} unlisted files")
+    if not manifest.split.isin([*SPLITS, "excluded"]).all():
+        problems.append("some rows have no split")
     no_reason = manifest[(manifest.split == "excluded") & (manifest.reason.fillna("") == "")]
-    assert no_reason.empty, f"excluded rows without a reason: {no_reason.image.tolist()[:5]}"
+    if not no_reason.empty:
+        problems.append(f"excluded rows without a reason: {no_reason.image.tolist()[:5]}")
     used = manifest[manifest.split.isin(SPLITS)]
-    assert used.image.is_unique, "an image is used twice"
+    if not used.image.is_unique:
+        problems.append("an image is used twice")
     sides = used.groupby("group").split.nunique()
-    assert (sides == 1).all(), f"people in two splits: {sides[sides > 1].index.tolist()[:5]}"
+    if (sides > 1).any():
+        problems.append(f"people in two splits: {sides[sides > 1].index.tolist()[:5]}")
+    if problems:
+        raise ManifestError("; ".join(problems))
     counts = manifest.split.value_counts()
     return {"legend_rows": n_legend, "files_on_disk": n_files, "unlisted_files": n_unlisted,
             "manifest_rows": len(manifest), **{s: int(counts.get(s, 0)) for s in (*SPLITS, "excluded")}}
 
 
+def save_outputs(manifest: pd.DataFrame, audit: Audit, dataset: Dataset, work_dir: str | os.PathLike,
+                 parameters: dict, timings: dict | None = None) -> dict:
+    """Check the manifest's contract, then write ``manifest.csv`` and the ``prepare.json`` record."""
+    work_dir = Path(work_dir)
+    counts = check_manifest(manifest, audit)
+    manifest.to_csv(work_dir / MANIFEST, index=False)
+    record = {
+        "step": "prepare", "parameters": parameters,
+        "dataset": {"origin": dataset.origin, "legend_sha256": dataset.legend_sha256,
+                    "pinned_upstream": dataset.is_pinned_upstream},
+        "counts": counts, "per_split_emotion": split_table(manifest).to_dict(),
+        "exclusions": exclusion_table(manifest).set_index("reason").rows.to_dict(),
+        "people": {s: int(manifest[manifest.split == s].group.nunique()) for s in SPLITS},
+        "timings": timings or {},
+    }
+    write_record(work_dir / RECORD, record)
+    return counts
+
+
 def prepare(dataset: Dataset, work_dir: str | os.PathLike, seed: int = 42, test_size: float = 0.2,
             val_size: float = 0.1, max_per_class: int | None = None, audit: Audit | None = None) -> pd.DataFrame:
-    """The whole step: audit, manifest, split, class folders, ``manifest.csv`` and ``prepare.json``."""
-    work_dir = Path(work_dir)
+    """The whole step in one call: audit, manifest, split, class folders, ``manifest.csv``, ``prepare.json``."""
     timings = {}
     t0 = time.perf_counter()
     audit = audit or audit_dataset(dataset.root)
@@ -248,19 +285,9 @@ def prepare(dataset: Dataset, work_dir: str | os.PathLike, seed: int = 42, test_
     t2 = time.perf_counter()
     manifest = write_split_folders(manifest, dataset.root, work_dir)
     timings["folders_s"] = time.perf_counter() - t2
-    counts = check_manifest(manifest, audit)
-    manifest.to_csv(work_dir / MANIFEST, index=False)
     timings["total_s"] = time.perf_counter() - t0
-    write_record(work_dir / RECORD, {
-        "step": "prepare", "parameters": {"seed": seed, "test_size": test_size, "val_size": val_size,
-                                          "max_per_class": max_per_class},
-        "dataset": {"origin": dataset.origin, "legend_sha256": dataset.legend_sha256,
-                    "pinned_upstream": dataset.is_pinned_upstream},
-        "counts": counts, "per_split_emotion": split_table(manifest).to_dict(),
-        "exclusions": exclusion_table(manifest).set_index("reason").rows.to_dict(),
-        "people": {s: int(manifest[manifest.split == s].group.nunique()) for s in SPLITS},
-        "timings": timings,
-    })
+    parameters = {"seed": seed, "test_size": test_size, "val_size": val_size, "max_per_class": max_per_class}
+    save_outputs(manifest, audit, dataset, work_dir, parameters, timings)
     return manifest
 
 
