@@ -507,3 +507,45 @@ def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | Non
         im = im.convert("L" if im.mode in ("L", "LA", "I", "I;16", "1") else "RGB")
         im.save(dest, format="PNG")
     return dest
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots for notebook 01
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_class_distribution(legend: pd.DataFrame):
+    """Bar chart of images per emotion (log scale: the classes span three orders of magnitude)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    counts = class_counts(legend["emotion"].dropna()).rename_axis("emotion").reset_index()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    sns.barplot(data=counts, x="emotion", y="images", hue="emotion", palette="viridis", legend=False, ax=ax)
+    ax.set_yscale("log")
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%d", fontsize=8)
+    ax.set(title="Images per emotion (log scale)", xlabel="", ylabel="images")
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(legend: pd.DataFrame, root: str | os.PathLike, per_emotion: int = 6, seed: int = 42):
+    """A grid of random faces, one row per emotion (readable files only)."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    usable = legend[legend["emotion"].notna() & legend["readable"].fillna(False).astype(bool)]
+    fig, axes = plt.subplots(len(EMOTIONS), per_emotion, figsize=(1.4 * per_emotion, 1.5 * len(EMOTIONS)))
+    for r, emotion in enumerate(EMOTIONS):
+        names = usable.loc[usable["emotion"] == emotion, "image"].to_numpy()
+        chosen = rng.choice(names, size=min(per_emotion, len(names)), replace=False) if len(names) else []
+        for c in range(per_emotion):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(chosen):
+                with Image.open(Path(root) / IMAGES / chosen[c]) as im:
+                    ax.imshow(im.convert("RGB"))
+        axes[r, 0].set_title(f"{emotion} ({len(names)})", loc="left", fontsize=9)
+    fig.tight_layout()
+    return fig

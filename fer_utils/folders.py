@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from fer_utils import EMOTIONS
 from fer_utils.data import (
@@ -119,6 +119,9 @@ def _fold(labels, groups, n_splits, seed):
     """(keep, held) index arrays of the first fold of a StratifiedGroupKFold."""
     n_groups = len(set(groups))
     n_splits = max(2, min(n_splits, n_groups))
+    if pd.Series(labels).value_counts().max() < n_splits:  # too few faces to stratify (tiny quick runs)
+        splitter = GroupShuffleSplit(n_splits=1, test_size=1 / n_splits, random_state=seed)
+        return next(splitter.split(np.zeros(len(labels)), labels, groups))
     with warnings.catch_warnings():  # rare classes: reported by the notebook, not as a warning
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)

@@ -131,3 +131,28 @@ def real_data_dir() -> Path:
     if not (REAL_DATA / "data" / "legend.csv").exists():
         pytest.skip(f"real dataset not found (set FER_DATA_DIR; looked in {REAL_DATA})")
     return REAL_DATA
+
+
+#: Tiny settings for running the whole chain on the synthetic dataset (only those a notebook declares are used).
+TINY = {"epochs": 2, "batch_size": 16, "n_gradcam": 2, "samples_per_emotion": 2}
+
+
+@pytest.fixture(scope="session")
+def synthetic_chain(synthetic_data_dir, tmp_path_factory) -> Path:
+    """A work folder in which ``python -m fer_utils run`` executed every notebook on the synthetic data."""
+    from fer_utils import runner
+
+    work = tmp_path_factory.mktemp("chain")
+    declared = {name for nb in runner.numbered_notebooks() for name in runner.declared_parameters(nb)}
+    params = [arg for name, value in TINY.items() if name in declared for arg in ("-p", name, str(value))]
+    old = os.environ.get("FER_DATA_DIR")
+    try:
+        rc = runner.main(["--data-dir", str(synthetic_data_dir), "--work-dir", str(work), *params])
+    finally:
+        if old is None:
+            os.environ.pop("FER_DATA_DIR", None)
+        else:
+            os.environ["FER_DATA_DIR"] = old
+        os.environ.pop("FER_WORK_DIR", None)
+    assert rc == 0, f"the chain failed on synthetic data; see {work}/executed"
+    return work

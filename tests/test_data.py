@@ -1,0 +1,140 @@
+"""Obtaining, verifying and auditing the dataset (synthetic data with planted faults)."""
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from fer_utils import EMOTIONS, data
+
+
+def test_audit_finds_every_planted_fault(synthetic_dataset):
+    root, info = synthetic_dataset
+    audit = data.audit_dataset(root)
+    for kind, images in info["planted"].items():
+        found = set(audit.findings.loc[audit.findings.kind == kind, "image"])
+        assert set(images) <= found, f"{kind}: expected {images}, found {sorted(found)}"
+    assert len(audit.legend) == info["legend_rows"]
+    assert set(audit.summary().kind) == set(data.FINDING_KINDS)
+
+
+def test_audit_reports_real_format_of_webp_named_jpg(synthetic_data_dir):
+    files = data.scan_images(synthetic_data_dir).set_index("file")
+    assert files.loc["Webp_Person_0001.jpg", "format"] == "WEBP"
+    assert not files.loc["Webp_Person_0001.jpg", "format_matches_name"]
+    assert not files.loc["Broken_Face_0001.jpg", "readable"]
+    assert files.loc["Ada_Lovelace_0001.jpg", "format_matches_name"]
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("HAPPINESS", "happiness"), (" sadness ", "sadness"), ("sad", "sadness"), ("Angry", "anger"),
+    ("confused", None), ("", None), (None, None),
+])
+def test_normalise_label(raw, expected):
+    assert data.normalise_label(raw) == expected
+
+
+@pytest.mark.parametrize("name, person, source", [
+    ("George_W_Bush_0001.jpg", "George_W_Bush", "LFW"),
+    ("Steve-O_0001.jpg", "Steve-O", "LFW"),
+    ("HrithikRoshan_12.jpg", "HrithikRoshan", "IMFDB"),
+    ("facial-expressions_2868588k.jpg", "facial-expressions_2868588k", "other"),
+    ("IMG1234.png", "IMG1234", "other"),
+])
+def test_person_and_source(name, person, source):
+    assert data.person_and_source(name) == (person, source)
+
+
+def test_legend_labels_are_normalised_and_rows_numbered(synthetic_data_dir):
+    legend = data.load_legend(synthetic_data_dir)
+    assert legend.row.iloc[0] == 2  # line 1 is the header
+    assert set(legend.emotion.dropna()) <= set(EMOTIONS)
+    assert legend.loc[legend.label == "confused", "emotion"].isna().all()
+
+
+def test_get_dataset_prefers_data_dir_then_env(synthetic_data_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("FER_DATA_DIR", str(synthetic_data_dir))
+    ds = data.get_dataset()
+    assert ds.origin == "FER_DATA_DIR" and ds.root == synthetic_data_dir
+    assert not ds.is_pinned_upstream and "differs from the pinned upstream" in ds.describe()
+    assert data.get_dataset(synthetic_data_dir).origin == "data_dir"
+
+
+def test_bad_data_dir_says_what_to_do(tmp_path):
+    with pytest.raises(data.DatasetError, match="lacks images, data/legend.csv"):
+        data.get_dataset(tmp_path)
+    with pytest.raises(data.DatasetError, match="does not exist"):
+        data.get_dataset(tmp_path / "nope")
+
+
+def test_offline_without_copy_explains_how_to_point_at_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("FER_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "ARCHIVE_URL", "http://127.0.0.1:9/archive.tar.gz")
+    with pytest.raises(data.DatasetError, match="FER_DATA_DIR"):
+        data.download_dataset(tmp_path, url=data.ARCHIVE_URL)
+    assert not list(tmp_path.glob("*.part")), "a partial download was left behind"
+
+
+def _archive_of(root: Path, path: Path, top: str) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(root, arcname=top)
+    return path
+
+
+def test_download_extracts_verifies_and_caches(synthetic_data_dir, tmp_path, monkeypatch):
+    top = f"facial_expressions-{data.UPSTREAM_COMMIT}"
+    archive = _archive_of(synthetic_data_dir, tmp_path / "upstream.tar.gz", top)
+    monkeypatch.setattr(data, "LEGEND_SHA256", data.sha256_of(synthetic_data_dir / data.LEGEND))
+    monkeypatch.delenv("FER_DATA_DIR", raising=False)
+    cache = tmp_path / "cache"
+    root = data.download_dataset(cache, url=archive.as_uri())
+    assert (root / "data" / "legend.csv").exists() and root.name == top
+    assert not list(cache.glob(".extract-*")), "temporary extraction folder left behind"
+    ds = data.get_dataset(cache_dir=cache, download=False)
+    assert ds.origin == "cache" and ds.is_pinned_upstream
+
+
+def test_download_rejects_archive_that_fails_verification(synthetic_data_dir, tmp_path):
+    archive = _archive_of(synthetic_data_dir, tmp_path / "up.tar.gz", "facial_expressions-x")
+    with pytest.raises(data.DatasetError, match="fails verification"):
+        data.download_dataset(tmp_path / "cache", url=archive.as_uri())
+    assert not list((tmp_path / "cache").glob("facial_expressions-*/")), "unverified copy kept"
+
+
+def test_safe_extract_refuses_paths_outside_target(tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        payload = b"gotcha"
+        member = tarfile.TarInfo("top/../../escaped.txt")
+        member.size = len(payload)
+        tar.addfile(member, io.BytesIO(payload))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(data.DatasetError, match="outside"):
+        data.safe_extract(evil, dest)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_work_dir_inside_dataset_is_refused(synthetic_data_dir):
+    with pytest.raises(data.DatasetError, match="never written to"):
+        data.check_not_inside(synthetic_data_dir / "work", synthetic_data_dir)
+
+
+def test_require_names_the_notebook_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Run notebooks/02_preprocess_into_folders.ipynb first"):
+        data.require(tmp_path / "manifest.csv", "02_preprocess_into_folders.ipynb")
+
+
+def test_display_path_never_shows_absolute_paths(tmp_path):
+    assert data.display_path(tmp_path / "a" / "b.csv", tmp_path) == "<work_dir>/a/b.csv"
+    assert data.display_path(data.REPO_ROOT / "figures") == "./figures"
+    assert not data.display_path("/somewhere/else/x.png").startswith("/")
+
+
+def test_write_record_is_json_with_machine(tmp_path):
+    import numpy as np
+
+    path = data.write_record(tmp_path / "r.json", {"n": np.int64(3), "x": np.float32(0.5), "p": tmp_path})
+    record = data.read_record(path)
+    assert record["n"] == 3 and record["x"] == 0.5 and record["machine"]["cpu_count"] >= 1

@@ -1,0 +1,125 @@
+"""Manifest, person-disjoint split and class folders (the work-folder contract)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from fer_utils import EMOTIONS, data, folders
+
+
+@pytest.fixture(scope="module")
+def audit(synthetic_data_dir):
+    return data.audit_dataset(synthetic_data_dir)
+
+
+def test_manifest_accounts_for_every_row_and_file(prepared_work_dir, audit):
+    manifest = folders.load_manifest(prepared_work_dir)
+    n_unlisted = int((audit.findings.kind == "unlisted file").sum())
+    assert len(manifest) == len(audit.legend) + n_unlisted
+    assert {"image", "emotion", "person", "source", "split", "reason", "path"} <= set(manifest.columns)
+    assert set(manifest.split) == {"train", "val", "test", "excluded"}
+    excluded = manifest[manifest.split == "excluded"]
+    assert (excluded.reason.str.len() > 0).all()
+    assert set(audit.files.file) <= set(manifest.image)  # every file on disk appears
+
+
+def test_each_fault_has_its_reason(prepared_work_dir):
+    manifest = folders.load_manifest(prepared_work_dir).set_index("image")
+    assert manifest.loc["Broken_Face_0001.jpg", "reason"].startswith("file unreadable")
+    assert manifest.loc["Ghost_Person_0001.jpg", "reason"] == "file missing from images/"
+    assert manifest.loc["Nobody_Listed_0001.jpg", "reason"].startswith("unlisted file")
+    assert manifest.loc["Odd_Label_0001.jpg", "reason"] == "unknown label"
+    conflicting = folders.load_manifest(prepared_work_dir).query("image == 'Alan_Turing_0004.jpg'")
+    assert (conflicting.split == "excluded").all() and len(conflicting) == 2
+
+
+def test_no_person_in_two_splits_and_copies_stay_together(prepared_work_dir):
+    manifest = folders.load_manifest(prepared_work_dir)
+    used = manifest[manifest.split.isin(folders.SPLITS)]
+    assert (used.groupby("group").split.nunique() == 1).all()
+    a, b = (used.set_index("image").loc[n, "split"] for n in ("Alan_Turing_0001.jpg", "Copy_Cat_0001.jpg"))
+    assert a == b
+
+
+def test_all_emotions_in_train(prepared_work_dir):
+    manifest = folders.load_manifest(prepared_work_dir)
+    assert set(manifest.loc[manifest.split == "train", "emotion"]) == set(EMOTIONS)
+
+
+def test_folders_match_manifest_and_decode_in_pillow_and_tf(prepared_work_dir):
+    manifest = folders.load_manifest(prepared_work_dir)
+    used = manifest[manifest.split.isin(folders.SPLITS)]
+    on_disk = sorted(str(p.relative_to(prepared_work_dir)) for p in (prepared_work_dir / "split").rglob("*.*"))
+    assert on_disk == sorted(used.path)
+    for rel in used.path:
+        path = prepared_work_dir / rel
+        Image.open(path).load()
+        tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False)
+    webp = used.set_index("image").loc["Webp_Person_0001.jpg", "path"]
+    assert webp.endswith(".png") and Image.open(prepared_work_dir / webp).format == "PNG"
+
+
+def test_record_has_parameters_counts_and_timings(prepared_work_dir):
+    record = json.loads((prepared_work_dir / "prepare.json").read_text())
+    assert record["parameters"]["seed"] == 42
+    assert record["counts"]["manifest_rows"] == sum(record["counts"][s] for s in ("train", "val", "test", "excluded"))
+    assert record["timings"]["total_s"] > 0 and "cpu_count" in record["machine"]
+
+
+def test_split_is_reproducible_and_seed_dependent(audit):
+    base = folders.build_manifest(audit)
+    a = folders.split_by_person(base, 0.25, 0.25, seed=1).split
+    b = folders.split_by_person(base, 0.25, 0.25, seed=1).split
+    c = folders.split_by_person(base, 0.25, 0.25, seed=7).split
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_rerun_with_other_parameters_leaves_no_stale_files(synthetic_data_dir, tmp_path):
+    ds = data.get_dataset(synthetic_data_dir)
+    first = folders.prepare(ds, tmp_path, seed=1, test_size=0.25, val_size=0.25)
+    stale = tmp_path / "split" / "train" / "anger" / "stale_from_elsewhere.jpg"
+    stale.write_bytes(b"x")
+    second = folders.prepare(ds, tmp_path, seed=2, test_size=0.25, val_size=0.25, max_per_class=3)
+    files = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "split").rglob("*.*"))
+    assert files == sorted(second.loc[second.split.isin(folders.SPLITS), "path"])
+    assert not stale.exists()
+    assert len(files) < (first.split.isin(folders.SPLITS)).sum()
+    assert not list(tmp_path.glob(".split-*")), "temporary folders left behind"
+
+
+def test_max_per_class_caps_with_reason(audit):
+    capped = folders.cap_per_class(folders.build_manifest(audit), 2, seed=0)
+    usable = capped[capped.split == ""]
+    assert usable.groupby("emotion").size().max() == 2
+    assert capped.reason.str.contains("max_per_class=2").any()
+
+
+def test_random_split_overlap_counts_shared_people():
+    manifest = pd.DataFrame({"image": [f"p{i % 5}_{i}.jpg" for i in range(100)],
+                             "emotion": np.array(EMOTIONS[:2])[np.arange(100) % 2],
+                             "group": [f"p{i % 5}" for i in range(100)], "split": "train"})
+    overlap = folders.random_split_overlap(manifest, test_size=0.2, seed=0)
+    assert overlap["people_in_both"] == 5 and overlap["test_faces"] == 20
+
+
+def test_too_few_people_is_a_clear_error(audit):
+    manifest = folders.build_manifest(audit)
+    manifest.loc[manifest.split == "", "group"] = "one_person"
+    with pytest.raises(ValueError, match="at least 3"):
+        folders.split_by_person(manifest)
+
+
+def test_check_manifest_catches_a_lost_row(prepared_work_dir, audit):
+    manifest = folders.load_manifest(prepared_work_dir)
+    with pytest.raises(folders.ManifestError, match="legend rows"):
+        folders.check_manifest(manifest.iloc[1:], audit)
+
+
+def test_load_manifest_names_notebook_02_when_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="02_preprocess_into_folders"):
+        folders.load_manifest(tmp_path)

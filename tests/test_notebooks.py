@@ -1,0 +1,78 @@
+"""Every numbered notebook runs: the whole chain under papermill, then each notebook under nbval."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fer_utils import runner
+from fer_utils.data import REPO_ROOT
+
+
+def test_chain_runs_every_notebook_and_records_it(synthetic_chain):
+    record = json.loads((synthetic_chain / "run.json").read_text())
+    names = [p.stem for p in runner.numbered_notebooks()]
+    assert list(record["notebooks"]) == names and record["status"] == "ok"
+    for name in names:
+        assert (synthetic_chain / "executed" / f"{name}.ipynb").exists()
+
+
+def test_chain_outputs_of_notebooks_01_02(synthetic_chain):
+    for name in ("audit.json", "audit_findings.csv", "manifest.csv", "prepare.json"):
+        assert (synthetic_chain / name).exists(), name
+    assert (synthetic_chain / "figures" / "01_class_distribution.png").exists()
+    assert (synthetic_chain / "figures" / "02_split_by_emotion.png").exists()
+
+
+def test_executed_notebooks_are_clean(synthetic_chain):
+    """No errors, no TensorFlow log noise, no machine paths in any output."""
+    noise = ("oneDNN custom operations", "cuda drivers", "cpu_feature_guard", "absl::InitializeLog", "WARNING:")
+    for path in sorted((synthetic_chain / "executed").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            for out in cell.get("outputs", []):
+                assert out["output_type"] != "error", f"{path.name}: {out.get('ename')}"
+                text = out.get("text") or out.get("data", {}).get("text/plain", "")
+                text = "".join(text) if isinstance(text, list) else text
+                assert not any(n in text for n in noise), f"{path.name}: log noise: {text[:200]}"
+                assert str(synthetic_chain) not in text, f"{path.name}: shows the work folder path"
+                assert str(REPO_ROOT) not in text, f"{path.name}: shows the repository path"
+
+
+def test_every_notebook_has_one_parameters_cell():
+    for path in runner.numbered_notebooks():
+        nb = json.loads(path.read_text())
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, path.name
+        assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def test_notebooks_pass_nbval(synthetic_chain, synthetic_data_dir):
+    """nbval (--nbval-lax) re-runs each committed notebook against the chain's work folder."""
+    env = {**os.environ, "FER_DATA_DIR": str(synthetic_data_dir), "FER_WORK_DIR": str(synthetic_chain)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO_ROOT),
+         *map(str, runner.numbered_notebooks())],
+        cwd=REPO_ROOT / "notebooks", env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+@pytest.mark.parametrize("missing, notebook", [("manifest.csv", "02_preprocess_into_folders")])
+def test_later_notebook_says_which_to_run_first(tmp_path, missing, notebook):
+    """Run a notebook that needs an earlier output in an empty work folder: the error names the notebook."""
+    import papermill
+
+    later = [p for p in runner.numbered_notebooks() if p.name[:2] > notebook[:2]]
+    if not later:
+        pytest.skip("no notebook after 02 yet")
+    with pytest.raises(papermill.PapermillExecutionError, match=notebook):
+        env_before = os.environ.get("FER_WORK_DIR")
+        os.environ["FER_WORK_DIR"] = str(tmp_path)
+        try:
+            papermill.execute_notebook(str(later[0]), str(tmp_path / "out.ipynb"), cwd=str(later[0].parent),
+                                       kernel_name="python3", progress_bar=False)
+        finally:
+            os.environ.pop("FER_WORK_DIR") if env_before is None else os.environ.update(FER_WORK_DIR=env_before)

@@ -1,0 +1,52 @@
+"""The chain on the real dataset (../shared/facial_expressions or $FER_DATA_DIR), default settings.
+
+Skipped when the real data is not there. Notebooks 01-02 first (the manifest must account for every
+legend row and file), then the rest of the chain with the defaults (full data, 10 epochs): the model
+must beat the majority-class baseline on the person-disjoint test split.
+"""
+
+import json
+
+import pandas as pd
+import pytest
+
+from fer_utils import EMOTIONS, data, folders, runner
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def real_work(real_data_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("real")
+    rc = runner.main(["--data-dir", str(real_data_dir), "--work-dir", str(work), "--until", "02"])
+    assert rc == 0, f"notebooks 01-02 failed on the real data; see {work}/executed"
+    return work
+
+
+def test_real_manifest_accounts_for_everything(real_work, real_data_dir):
+    manifest = folders.load_manifest(real_work)
+    legend = data.load_legend(real_data_dir)
+    files = {p.name for p in (real_data_dir / "images").iterdir() if p.is_file()}
+    listed = manifest[manifest.row.notna()]
+    assert len(listed) == len(legend)
+    assert sorted(listed.row.astype(int)) == sorted(legend.row)
+    assert set(manifest.image) == files | set(legend.image)
+    assert (manifest.split.isin(folders.SPLITS) | (manifest.reason.str.len() > 0)).all()
+    used = manifest[manifest.split.isin(folders.SPLITS)]
+    assert (used.groupby("group").split.nunique() == 1).all(), "a person is in two splits"
+    assert set(used.loc[used.split == "train", "emotion"]) == set(EMOTIONS)
+    n_files = sum(1 for _ in (real_work / "split").rglob("*.*"))
+    assert n_files == len(used)
+
+
+def test_real_chain_beats_majority_baseline(real_work, real_data_dir):
+    later = [p for p in runner.numbered_notebooks() if p.name[:2] > "02"]
+    if not later:
+        pytest.skip("no notebooks after 02")
+    rc = runner.main(["--data-dir", str(real_data_dir), "--work-dir", str(real_work), "--from", "03"])
+    assert rc == 0, f"the chain failed on the real data; see {real_work}/executed"
+    metrics = json.loads((real_work / "metrics.json").read_text())
+    n_test = int((pd.read_csv(real_work / "manifest.csv", usecols=["split"]).split == "test").sum())
+    assert metrics["n_test"] == n_test
+    assert sum(map(sum, metrics["confusion_matrix"])) == n_test
+    assert metrics["accuracy"] > metrics["baseline"]["accuracy"], metrics
