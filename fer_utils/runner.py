@@ -25,6 +25,8 @@ from fer_utils.data import REPO_ROOT, display_path, get_work_dir, write_record
 NOTEBOOK = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 FIGURES_DIR = REPO_ROOT / "figures"
+#: The kernel's own log level: ERROR hides ipykernel's start-up warning about local TCP transport.
+KERNEL_ARGS = ["--IPKernelApp.log_level=40"]
 
 
 def numbered_notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             papermill.execute_notebook(str(path), str(out), parameters=mine, cwd=str(path.parent),
-                                       kernel_name="python3", progress_bar=False, execution_timeout=args.timeout)
+                                       kernel_name="python3", progress_bar=False, execution_timeout=args.timeout,
+                                       extra_arguments=KERNEL_ARGS)
         except papermill.PapermillExecutionError as err:
             seconds = time.perf_counter() - t0
             record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "failed",
