@@ -159,6 +159,9 @@ def publish(work: Path, notebooks: list[Path]) -> None:
     for path in notebooks:
         nb = json.loads((work / "executed" / path.name).read_text())
         nb["cells"] = [c for c in nb["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+        papermill_meta = nb.get("metadata", {}).get("papermill", {})
+        for key in ("input_path", "output_path", "parameters", "environment_variables"):
+            papermill_meta.pop(key, None)  # machine paths; the published copy runs with defaults
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     figures = work / "figures"
     if figures.is_dir():
