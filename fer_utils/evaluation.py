@@ -1,0 +1,302 @@
+"""Step 6 — evaluate the trained model on the test split, beside the majority-class baseline.
+
+``evaluate`` predicts ``split/test`` (tf.data, no augmentation, no shuffling), computes the metrics with
+scikit-learn, bootstraps 95 % intervals, breaks accuracy down by image source, and writes
+``metrics.json`` (atomically) and ``predictions.csv`` into the work folder.
+
+On data this imbalanced (neutral and happiness are ~90 % of the faces) accuracy alone flatters: a model
+that always answers the most frequent training class scores ~50 %. Macro-F1 and balanced accuracy weigh
+every emotion equally, so they show whether the rare ones are recognised at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fer_utils import EMOTIONS, pipelines
+from fer_utils.data import require, write_record
+
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+TRAIN_NOTEBOOK = "05_train_model.ipynb"
+LABELS = list(range(len(EMOTIONS)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def _confusion(y_true, y_pred, k: int = len(EMOTIONS)) -> np.ndarray:
+    return np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k)
+
+
+def _from_confusion(cm: np.ndarray) -> dict:
+    """accuracy, macro-F1 over all classes (0 for a class never predicted nor present) and balanced
+    accuracy over the classes present — the same numbers scikit-learn gives, from a confusion matrix."""
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=present)
+    return {"accuracy": tp.sum() / cm.sum(), "macro_f1": f1.mean(), "balanced_accuracy": recall[present].mean()}
+
+
+def metric_function(name: str):
+    """``fn(y_true, y_pred) -> float`` for ``"accuracy"``, ``"macro_f1"`` or ``"balanced_accuracy"``."""
+    if name not in ("accuracy", "macro_f1", "balanced_accuracy"):
+        raise ValueError(f"unknown metric {name!r}")
+    return lambda y_true, y_pred: float(_from_confusion(_confusion(y_true, y_pred))[name])
+
+
+def bootstrap_ci(y_true, y_pred, metric="accuracy", n: int = 1000, seed: int = 42,
+                 level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval ``[lo, hi]`` of ``metric`` over test faces resampled with replacement.
+
+    ``metric`` is a name (``metric_function``) or any ``fn(y_true, y_pred) -> float``.
+    """
+    fn = metric_function(metric) if isinstance(metric, str) else metric
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y_true), size=(n, len(y_true)))
+    values = np.array([fn(y_true[i], y_pred[i]) for i in idx])
+    alpha = (1 - level) / 2
+    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
+
+
+def compute_metrics(y_true, y_pred, class_names=EMOTIONS) -> dict:
+    """scikit-learn's accuracy, macro-F1, balanced accuracy, per-class report and confusion matrix."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        classification_report,
+        confusion_matrix,
+        f1_score,
+    )
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    with warnings.catch_warnings():  # a class predicted but absent from the test split is expected here
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = balanced_accuracy_score(y_true, y_pred)
+    report = classification_report(y_true, y_pred, labels=LABELS, target_names=list(class_names),
+                                   output_dict=True, zero_division=0)
+    per_class = {name: {"precision": report[name]["precision"], "recall": report[name]["recall"],
+                        "f1": report[name]["f1-score"], "support": int(report[name]["support"])}
+                 for name in class_names}
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
+        "balanced_accuracy": float(balanced),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=LABELS).tolist(),
+    }
+
+
+def majority_baseline(train_counts, y_true, class_names=EMOTIONS) -> dict:
+    """Always answer the most frequent TRAINING class; its metrics on the test labels."""
+    majority = int(np.argmax(np.asarray(train_counts)))
+    y_pred = np.full(len(y_true), majority)
+    m = compute_metrics(y_true, y_pred, class_names)
+    return {"predicts": class_names[majority], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+            "balanced_accuracy": m["balanced_accuracy"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Predicting and evaluating
+# --------------------------------------------------------------------------------------------------
+
+
+def load_model(path: str | os.PathLike):
+    """Load a ``.keras`` model (raises an error naming notebook 05 when it is missing)."""
+    import fer_utils
+
+    _, keras = fer_utils.import_tensorflow()
+    return keras.models.load_model(require(Path(path), TRAIN_NOTEBOOK, "The trained model"))
+
+
+def model_settings(model, model_path: Path | None = None) -> dict:
+    """``image_size`` and ``color_mode`` from the ``model.json`` beside the model, else from its input."""
+    if model_path is not None:
+        record = Path(model_path).with_suffix(".json")
+        if record.exists():
+            info = json.loads(record.read_text())
+            return {"image_size": tuple(info["image_size"]), "color_mode": info["color_mode"],
+                    "model": info.get("model", model.name)}
+    h, w, c = model.inputs[0].shape[1:]
+    return {"image_size": (int(h), int(w)), "color_mode": "grayscale" if c == 1 else "rgb", "model": model.name}
+
+
+def predict_split(model, work_dir: str | os.PathLike, split: str = "test", image_size=48,
+                  color_mode: str = "grayscale", batch_size: int = 256) -> pd.DataFrame:
+    """One row per file of a split: ``path`` (relative to the work folder), true and predicted class,
+    confidence and the probability of every emotion. No augmentation, file order."""
+    import fer_utils
+
+    fer_utils.import_tensorflow()
+    ds, files = pipelines.directory_dataset(work_dir, split, image_size, color_mode)
+    y_true = np.array([EMOTIONS.index(Path(f).parent.name) for f in files], dtype=int)
+    probs = model.predict(ds.map(lambda x, y: x).batch(batch_size), verbose=0) if files else \
+        np.zeros((0, len(EMOTIONS)), dtype=np.float32)
+    probs = np.asarray(probs, dtype=np.float32)
+    out = pd.DataFrame({"path": [Path(os.path.relpath(f, work_dir)).as_posix() for f in files],
+                        "true": [EMOTIONS[i] for i in y_true],
+                        "pred": [EMOTIONS[i] for i in probs.argmax(axis=1)] if len(files) else [],
+                        "confidence": probs.max(axis=1) if len(files) else []})
+    out["y_true"], out["y_pred"] = y_true, probs.argmax(axis=1) if len(files) else np.zeros(0, dtype=int)
+    for k, e in enumerate(EMOTIONS):
+        out[f"p_{e}"] = probs[:, k]
+    return out
+
+
+def per_source_table(predictions: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.DataFrame:
+    """Test faces, accuracy and macro-F1 per image source (LFW, IMFDB, other) from the manifest."""
+    if manifest is None or "source" not in manifest or "path" not in manifest:
+        return pd.DataFrame(columns=["faces", "accuracy", "macro_f1", "most frequent emotions"])
+    merged = predictions.merge(manifest[["path", "source"]], on="path", how="left")
+    merged["source"] = merged["source"].fillna("unknown")
+    rows = []
+    for source, g in merged.groupby("source"):
+        m = _from_confusion(_confusion(g.y_true, g.y_pred))
+        rows.append({"source": source, "faces": len(g), "accuracy": round(float(m["accuracy"]), 4),
+                     "macro_f1": round(float(m["macro_f1"]), 4),
+                     "most frequent emotions": ", ".join(f"{e} {n}" for e, n in g.true.value_counts().head(3).items())})
+    return pd.DataFrame(rows).set_index("source")
+
+
+@dataclasses.dataclass
+class Evaluation:
+    metrics: dict  # what metrics.json holds
+    predictions: pd.DataFrame  # one row per test face
+    per_source: pd.DataFrame
+
+    def per_class_table(self) -> pd.DataFrame:
+        return per_class_table(self.metrics)
+
+    def comparison(self) -> pd.DataFrame:
+        return comparison_table(self.metrics)
+
+
+def evaluate(model_path_or_model, work_dir: str | os.PathLike, image_size=None, color_mode: str | None = None,
+             batch_size: int = 256, n_boot: int = 1000, seed: int = 42, write: bool = True) -> Evaluation:
+    """Evaluate a model (a ``.keras`` path or a loaded model) on ``<work_dir>/split/test``.
+
+    Image size and colour mode come from ``model.json`` beside the model file (or the model's input
+    shape) unless given. Writes ``metrics.json`` and ``predictions.csv`` when ``write``.
+    """
+    work = Path(work_dir)
+    if isinstance(model_path_or_model, (str, os.PathLike)):
+        model_path = Path(model_path_or_model)
+        model = load_model(model_path)
+    else:
+        model_path, model = None, model_path_or_model
+    settings = model_settings(model, model_path)
+    size = pipelines._size(image_size) if image_size else settings["image_size"]
+    color_mode = color_mode or settings["color_mode"]
+    predictions = predict_split(model, work, "test", size, color_mode, batch_size)
+    y_true, y_pred = predictions.y_true.to_numpy(), predictions.y_pred.to_numpy()
+    metrics = compute_metrics(y_true, y_pred)
+    train_counts = pipelines.split_counts(work)["train"]
+    baseline = majority_baseline(train_counts.to_numpy(), y_true)
+    ci = {m: bootstrap_ci(y_true, y_pred, m, n_boot, seed) for m in ("accuracy", "macro_f1", "balanced_accuracy")}
+    manifest = None
+    if (work / "manifest.csv").exists():
+        from fer_utils.folders import load_manifest
+
+        manifest = load_manifest(work)
+    per_source = per_source_table(predictions, manifest)
+    metrics = {"step": "evaluate", "model": settings["model"], "image_size": list(size), "color_mode": color_mode,
+               "class_names": list(EMOTIONS), "n_test": int(len(y_true)), **metrics, "ci": ci,
+               "ci_level": 0.95, "n_boot": n_boot, "seed": seed, "baseline": baseline,
+               "beats_baseline": bool(metrics["accuracy"] > baseline["accuracy"]),
+               "per_source": per_source.drop(columns="most frequent emotions").to_dict(orient="index")}
+    if write:
+        write_record(work / METRICS, metrics)
+        tmp = work / (PREDICTIONS + ".tmp")
+        predictions.to_csv(tmp, index=False)
+        tmp.replace(work / PREDICTIONS)
+    return Evaluation(metrics=metrics, predictions=predictions, per_source=per_source)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables and pictures for notebook 06
+# --------------------------------------------------------------------------------------------------
+
+
+def per_class_table(metrics: dict) -> pd.DataFrame:
+    """Precision, recall, F1 and support per emotion."""
+    table = pd.DataFrame(metrics["per_class"]).T.rename_axis("emotion")
+    table["support"] = table["support"].astype(int)
+    return table.round(3)
+
+
+def comparison_table(metrics: dict) -> pd.DataFrame:
+    """The model beside the majority-class baseline, with the model's 95 % bootstrap intervals."""
+    names = ("accuracy", "macro_f1", "balanced_accuracy")
+    ci = metrics.get("ci", {})
+    return pd.DataFrame({
+        "model": [round(metrics[m], 4) for m in names],
+        "95% interval": [f"{ci[m][0]:.3f} – {ci[m][1]:.3f}" if m in ci else "" for m in names],
+        f"baseline (always {metrics['baseline']['predicts']})": [round(metrics["baseline"][m], 4) for m in names],
+    }, index=pd.Index(names, name="metric"))
+
+
+def plot_confusion(metrics: dict):
+    """Two heatmaps of the confusion matrix: counts, and rows normalised (each row = recall per class)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    cm = np.asarray(metrics["confusion_matrix"])
+    names = metrics["class_names"]
+    rows = cm.sum(axis=1, keepdims=True)
+    normalised = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", xticklabels=names, yticklabels=names, ax=axes[0], cbar=False)
+    sns.heatmap(normalised, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, xticklabels=names,
+                yticklabels=names, ax=axes[1], cbar=False)
+    for ax, title in zip(axes, ("Counts", "Row-normalised (share of each true class)")):
+        ax.set(xlabel="predicted", ylabel="true", title=title)
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return fig
+
+
+def plot_misclassified(predictions: pd.DataFrame, work_dir: str | os.PathLike, n: int = 24, cols: int = 8,
+                       seed: int = 42, rare_first: bool = True):
+    """A grid of misclassified test faces titled ``true → predicted (confidence)``.
+
+    With ``rare_first`` the faces are drawn round-robin over the true classes, so the rare emotions are
+    not drowned by the many neutral/happiness confusions.
+    """
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    wrong = predictions[predictions.y_true != predictions.y_pred]
+    if rare_first and len(wrong):
+        rng = np.random.default_rng(seed)
+        groups = [g.sample(frac=1, random_state=int(rng.integers(1 << 31))) for _, g in wrong.groupby("true")]
+        order = [g.iloc[i] for i in range(max(len(g) for g in groups)) for g in groups if i < len(g)]
+        chosen = pd.DataFrame(order[:n])
+    else:
+        chosen = wrong.sample(min(n, len(wrong)), random_state=seed) if len(wrong) else wrong
+    rows = max(1, int(np.ceil(len(chosen) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, r) in zip(axes.flat, chosen.iterrows()):
+        with Image.open(Path(work_dir) / r.path) as im:
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(f"{r.true} →\n{r.pred} ({r.confidence:.2f})", fontsize=8)
+    fig.suptitle(f"{len(wrong)} of {len(predictions)} test faces misclassified; true → predicted (confidence)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,350 @@
+"""Step 3 — input pipelines: the seed's legacy generators and the modern tf.data equivalent.
+
+Both read the class folders ``split/<train|val|test>/<emotion>/`` written by step 2 and yield batches of
+``(pixels, one_hot_labels)``:
+
+- pixels are float32 in [0, 255], shape ``(batch, H, W, 1)`` (grayscale) or ``(batch, H, W, 3)`` (rgb) —
+  no rescaling here: every model rescales inside itself (see ``fer_utils.models``);
+- labels are one-hot over ``fer_utils.EMOTIONS``, always in that order (empty class folders keep their
+  index, so a model's output ``k`` always means ``EMOTIONS[k]``);
+- augmentation is applied to the training split only, in the input pipeline — never inside a model.
+
+``legacy_generators`` is the seed tutorial's way (``ImageDataGenerator.flow_from_directory``): it decodes,
+resizes and augments every image with Pillow/SciPy on every epoch. ``tf_datasets`` decodes and resizes
+each image once, caches the small result in memory, reshuffles every epoch, augments whole batches with
+Keras preprocessing layers and prefetches the next batch while the model trains on the current one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fer_utils import EMOTIONS
+from fer_utils.data import require
+
+SPLIT_DIR = "split"
+SPLITS = ("train", "val", "test")
+COLOR_MODES = {"grayscale": 1, "rgb": 3}
+DEFAULT_BATCH_SIZE = 64
+PREPARE_NOTEBOOK = "02_preprocess_into_folders.ipynb"
+
+#: The augmentations, each as the legacy ``ImageDataGenerator`` argument and the Keras layer that does
+#: the same in a tf.data pipeline. Mild settings: faces are roughly aligned crops.
+AUGMENTATIONS = {
+    "horizontal flip": ({"horizontal_flip": True}, ("RandomFlip", {"mode": "horizontal"})),
+    "rotation ±10°": ({"rotation_range": 10}, ("RandomRotation", {"factor": 10 / 360, "fill_mode": "nearest"})),
+    "shift ±10 %": ({"width_shift_range": 0.1, "height_shift_range": 0.1},
+                    ("RandomTranslation", {"height_factor": 0.1, "width_factor": 0.1, "fill_mode": "nearest"})),
+    "zoom ±10 %": ({"zoom_range": 0.1}, ("RandomZoom", {"height_factor": 0.1, "fill_mode": "nearest"})),
+}
+
+
+def _size(image_size) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    h, w = image_size
+    return (int(h), int(w))
+
+
+def _check_color_mode(color_mode: str) -> str:
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"color_mode must be one of {sorted(COLOR_MODES)}, not {color_mode!r}")
+    return color_mode
+
+
+def split_dir(work_dir: str | os.PathLike, split: str) -> Path:
+    """``<work_dir>/split/<split>``; raises an error naming notebook 02 if it is missing."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    return require(Path(work_dir) / SPLIT_DIR / split, PREPARE_NOTEBOOK, f"The {split} class folders")
+
+
+def input_shape(image_size=48, color_mode: str = "grayscale") -> tuple[int, int, int]:
+    """The model input shape ``(H, W, channels)`` for an image size and colour mode."""
+    return (*_size(image_size), COLOR_MODES[_check_color_mode(color_mode)])
+
+
+# --------------------------------------------------------------------------------------------------
+# The seed's way: ImageDataGenerator.flow_from_directory
+# --------------------------------------------------------------------------------------------------
+
+
+def _quiet_legacy_scipy() -> None:
+    """The legacy generator calls ``scipy.ndimage.interpolation.affine_transform``, which SciPy deprecates
+    with a warning on every augmented image; the call still works, so hide exactly that warning."""
+    warnings.filterwarnings("ignore", message=".*scipy.ndimage.interpolation.*", category=DeprecationWarning)
+
+
+def legacy_augmentation_kwargs(names=None) -> dict:
+    """The ``ImageDataGenerator`` arguments for the named augmentations (all of ``AUGMENTATIONS`` by default)."""
+    kwargs = {"fill_mode": "nearest"}
+    for name in names if names is not None else AUGMENTATIONS:
+        kwargs.update(AUGMENTATIONS[name][0])
+    return kwargs
+
+
+def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
+                      batch_size: int = DEFAULT_BATCH_SIZE, augment: bool = True, seed: int = 42,
+                      splits=SPLITS) -> dict:
+    """The seed tutorial's ``ImageDataGenerator(...).flow_from_directory(...)`` for each split.
+
+    In Keras 3 the class survives only as legacy code reachable through
+    ``tf.keras.preprocessing.image`` (not ``keras.preprocessing.image``). Returns ``{split: iterator}``;
+    each iterator is a Keras ``PyDataset`` that ``model.fit`` accepts. Only ``train`` is augmented and
+    shuffled. ``classes=EMOTIONS`` fixes the label order (``class_indices``) even for empty folders.
+    """
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    image_data_generator = tf.keras.preprocessing.image.ImageDataGenerator
+    _quiet_legacy_scipy()
+    _check_color_mode(color_mode)
+    out = {}
+    for split in splits:
+        train = split == "train"
+        generator = image_data_generator(**(legacy_augmentation_kwargs() if (train and augment) else {}),
+                                         dtype="float32")
+        out[split] = generator.flow_from_directory(
+            str(split_dir(work_dir, split)), target_size=_size(image_size), color_mode=color_mode,
+            classes=list(EMOTIONS), class_mode="categorical", batch_size=batch_size, shuffle=train,
+            seed=seed, interpolation="bilinear")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The modern way: image_dataset_from_directory + tf.data
+# --------------------------------------------------------------------------------------------------
+
+
+def augmentation_layers(names=None, seed: int = 42):
+    """A ``keras.Sequential`` of preprocessing layers for the named augmentations (all by default).
+
+    Used in the input pipeline (``tf_datasets``), never inside a model.
+    """
+    import fer_utils
+
+    _, keras = fer_utils.import_tensorflow()
+    layers = []
+    for i, name in enumerate(names if names is not None else AUGMENTATIONS):
+        cls, kwargs = AUGMENTATIONS[name][1]
+        layers.append(getattr(keras.layers, cls)(**kwargs, seed=seed + i))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def directory_dataset(work_dir: str | os.PathLike, split: str, image_size=48, color_mode: str = "grayscale"):
+    """One split as an unbatched, unshuffled ``tf.data.Dataset`` of ``(pixels, one_hot)``, plus its file paths.
+
+    ``image_dataset_from_directory`` with ``label_mode="categorical"`` and ``class_names=EMOTIONS``: the
+    one-hot position is the index in ``EMOTIONS``. Pixels are float32 in [0, 255], resized (bilinear,
+    aspect ratio not kept — the same squeeze the legacy generator applies).
+    """
+    import fer_utils
+
+    _, keras = fer_utils.import_tensorflow()
+    ds = keras.utils.image_dataset_from_directory(
+        str(split_dir(work_dir, split)), labels="inferred", label_mode="categorical", class_names=list(EMOTIONS),
+        color_mode=_check_color_mode(color_mode), batch_size=None, image_size=_size(image_size), shuffle=False,
+        interpolation="bilinear", verbose=False)
+    return ds, list(ds.file_paths)
+
+
+def tf_datasets(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
+                batch_size: int = DEFAULT_BATCH_SIZE, augment: bool = True, seed: int = 42, splits=SPLITS,
+                cache: bool = True, augmentations=None) -> dict:
+    """The tf.data equivalent of ``legacy_generators``: ``{split: tf.data.Dataset}`` of batches.
+
+    Per split: decode + resize each file once, store it as uint8 and ``cache()`` it in memory (48×48
+    grayscale: 2.3 kB a face); for ``train`` only, ``shuffle`` the whole split again every epoch and
+    augment each batch with ``augmentation_layers``; then ``prefetch`` so the next batch is ready while
+    the model trains. ``augmentations`` names a subset of ``AUGMENTATIONS`` (default: all).
+    """
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    autotune = tf.data.AUTOTUNE
+    out = {}
+    for split in splits:
+        ds, files = directory_dataset(work_dir, split, image_size, color_mode)
+        # Keep the cache small (uint8, 4× smaller than float32); resizing is done once, here.
+        ds = ds.map(lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y),
+                    num_parallel_calls=autotune)
+        if cache:
+            ds = ds.cache()
+        if split == "train":
+            ds = ds.shuffle(max(len(files), 1), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune)
+        if split == "train" and augment:
+            # sequential on purpose: the layers draw from one seeded random state, and parallel calls would
+            # draw in a varying order (runs would not repeat); prefetch still overlaps it with training
+            ds = ds.map(_augmenter(augmentation_layers(augmentations, seed)))
+        out[split] = ds.prefetch(autotune)
+    return out
+
+
+def _augmenter(layers):
+    return lambda x, y: (layers(x, training=True), y)
+
+
+def make_pipelines(pipeline: str, work_dir, image_size=48, color_mode="grayscale", batch_size=DEFAULT_BATCH_SIZE,
+                   augment=True, seed=42, splits=SPLITS) -> dict:
+    """``tf_datasets`` for ``pipeline="tf.data"``, ``legacy_generators`` for ``pipeline="generator"``."""
+    if pipeline in ("tf.data", "tfdata", "tf_data"):
+        return tf_datasets(work_dir, image_size, color_mode, batch_size, augment, seed, splits)
+    if pipeline in ("generator", "legacy", "ImageDataGenerator"):
+        return legacy_generators(work_dir, image_size, color_mode, batch_size, augment, seed, splits)
+    raise ValueError(f"pipeline must be 'tf.data' or 'generator', not {pipeline!r}")
+
+
+def split_counts(work_dir: str | os.PathLike) -> pd.DataFrame:
+    """Files per emotion (rows, in ``EMOTIONS`` order) and split (columns) in the class folders."""
+    table = {s: [sum(1 for p in (split_dir(work_dir, s) / e).glob("*") if p.is_file()) if
+                 (split_dir(work_dir, s) / e).is_dir() else 0 for e in EMOTIONS] for s in SPLITS}
+    return pd.DataFrame(table, index=pd.Index(EMOTIONS, name="emotion"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------
+
+
+def time_epoch(batches) -> dict:
+    """Iterate once over a generator or a dataset (input alone, no model); seconds, batches and images."""
+    t0 = time.perf_counter()
+    n_batches = n_images = 0
+    if hasattr(batches, "__getitem__") and hasattr(batches, "__len__") and not hasattr(batches, "element_spec"):
+        batches.on_epoch_end()  # the legacy iterator reshuffles here, as model.fit would make it
+        for i in range(len(batches)):
+            x, _ = batches[i]
+            n_batches, n_images = n_batches + 1, n_images + len(x)
+    else:
+        for x, _ in batches:
+            n_batches, n_images = n_batches + 1, n_images + int(x.shape[0])
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "batches": n_batches, "images": n_images,
+            "images_per_second": n_images / seconds if seconds else float("nan")}
+
+
+def time_pipelines(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
+                   batch_size: int = DEFAULT_BATCH_SIZE, augment: bool = True, seed: int = 42,
+                   generator_epochs: int = 1, tfdata_epochs: int = 3) -> pd.DataFrame:
+    """Seconds per epoch of the training input alone (no model) for both pipelines, one row per epoch.
+
+    tf.data's first epoch decodes and fills the cache; later epochs read the cache. The legacy generator
+    decodes every file on every epoch, so one epoch shows its steady cost.
+    """
+    rows = []
+    gen = legacy_generators(work_dir, image_size, color_mode, batch_size, augment, seed, splits=("train",))["train"]
+    for epoch in range(1, generator_epochs + 1):
+        rows.append({"pipeline": "generator", "epoch": epoch, **time_epoch(gen)})
+    ds = tf_datasets(work_dir, image_size, color_mode, batch_size, augment, seed, splits=("train",))["train"]
+    for epoch in range(1, tfdata_epochs + 1):
+        rows.append({"pipeline": "tf.data", "epoch": epoch, **time_epoch(ds)})
+    return pd.DataFrame(rows)
+
+
+def timing_summary(timings: pd.DataFrame) -> pd.DataFrame:
+    """Per pipeline: first epoch and steady-state (later epochs, else the first) seconds and images/s."""
+    rows = []
+    for name, t in timings.groupby("pipeline", sort=False):
+        steady = t[t.epoch > 1] if (t.epoch > 1).any() else t
+        rows.append({"pipeline": name, "first_epoch_s": round(float(t.seconds.iloc[0]), 2),
+                     "seconds_per_epoch": round(float(steady.seconds.mean()), 2),
+                     "images_per_second": round(float(steady.images.mean() / steady.seconds.mean()), 0),
+                     "images": int(t.images.iloc[0])})
+    return pd.DataFrame(rows).set_index("pipeline")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pictures for notebook 03
+# --------------------------------------------------------------------------------------------------
+
+
+def _show(ax, image, title=None):
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(np.clip(image, 0, 255).astype(np.uint8))
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def plot_batch(images, labels, class_names=EMOTIONS, n: int = 16, cols: int = 8, title: str | None = None):
+    """A grid of the first ``n`` images of a batch, each titled with its one-hot label's class name."""
+    import matplotlib.pyplot as plt
+
+    images, labels = np.asarray(images), np.asarray(labels)
+    n = min(n, len(images))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            _show(ax, images[i], f"{class_names[int(labels[i].argmax())]}\n{labels[i].astype(int).tolist()}"
+                  if len(class_names) <= 8 else class_names[int(labels[i].argmax())])
+        else:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def augmentation_examples(image, seed: int = 42, n: int = 4) -> dict:
+    """One face under each augmentation, ``n`` random draws each, from both implementations.
+
+    Returns ``{(augmentation, "generator" | "layer"): [images]}`` (float32, [0, 255]).
+    """
+    import fer_utils
+
+    tf, keras = fer_utils.import_tensorflow()
+    image = np.asarray(image, dtype=np.float32)
+    out = {}
+    _quiet_legacy_scipy()
+    for i, (name, (legacy_kwargs, (cls, kwargs))) in enumerate(AUGMENTATIONS.items()):
+        gen = tf.keras.preprocessing.image.ImageDataGenerator(fill_mode="nearest", **legacy_kwargs)
+        out[(name, "generator")] = [gen.random_transform(image, seed=seed + k) for k in range(n)]
+        layer = getattr(keras.layers, cls)(**kwargs, seed=seed + i)
+        batch = np.repeat(image[None], n, axis=0)
+        out[(name, "layer")] = list(np.asarray(layer(batch, training=True)))
+    return out
+
+
+def plot_augmentations(image, seed: int = 42, n: int = 4):
+    """The same face, original then under each augmentation: a row per (augmentation, implementation)."""
+    import matplotlib.pyplot as plt
+
+    examples = augmentation_examples(image, seed, n)
+    fig, axes = plt.subplots(len(examples), n + 1, figsize=(1.5 * (n + 1) + 1.6, 1.35 * len(examples)), squeeze=False)
+    for r, ((name, how), images) in enumerate(examples.items()):
+        _show(axes[r, 0], image, "original" if r == 0 else None)
+        axes[r, 0].text(-0.1, 0.5, f"{name}\n({'ImageDataGenerator' if how == 'generator' else 'Keras layer'})",
+                        transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+        for c, im in enumerate(images, start=1):
+            _show(axes[r, c], im)
+    fig.tight_layout()
+    return fig
+
+
+def plot_timings(summary: pd.DataFrame):
+    """Bar chart of seconds per epoch (input alone) for each pipeline, first and later epochs."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    names = list(summary.index)
+    y = np.arange(len(names))
+    ax.barh(y - 0.2, summary.first_epoch_s, height=0.4, label="first epoch", color="#9ecae1")
+    ax.barh(y + 0.2, summary.seconds_per_epoch, height=0.4, label="later epochs", color="#3182bd")
+    for yi, v in zip(y, summary.seconds_per_epoch):
+        ax.text(v, yi + 0.2, f" {v:.1f} s", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.set_xlabel("seconds per epoch, input pipeline alone")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

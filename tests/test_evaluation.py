@@ -1,0 +1,145 @@
+"""Evaluation metrics, the baseline, bootstrap intervals, and the whole 03→06 notebook chain."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from fer_utils import EMOTIONS, evaluation, runner, training
+
+tf, keras = __import__("fer_utils").import_tensorflow()
+
+
+def test_compute_metrics_on_a_known_example():
+    y_true = [0, 0, 4, 4, 4, 5, 5, 5]
+    y_pred = [0, 4, 4, 4, 5, 5, 5, 5]
+    m = evaluation.compute_metrics(y_true, y_pred)
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    f1 = {0: 2 / 3, 4: 2 * 2 / (3 + 3), 5: 2 * 3 / (3 + 4)}
+    assert m["macro_f1"] == pytest.approx(sum(f1.values()) / len(EMOTIONS))  # all 8 labels count
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (8, 8) and cm.sum() == 8 and cm[4, 5] == 1 and cm[0, 4] == 1
+    assert m["per_class"]["neutral"] == pytest.approx({"precision": 3 / 4, "recall": 1.0, "f1": 6 / 7, "support": 3})
+    assert m["per_class"]["fear"]["support"] == 0
+
+
+def test_fast_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    y_true = rng.choice(8, 500, p=[.05, .01, .04, .02, .4, .4, .04, .04])
+    y_pred = np.where(rng.random(500) < 0.6, y_true, rng.integers(0, 8, 500))
+    assert evaluation.metric_function("accuracy")(y_true, y_pred) == pytest.approx(accuracy_score(y_true, y_pred))
+    assert evaluation.metric_function("macro_f1")(y_true, y_pred) == pytest.approx(
+        f1_score(y_true, y_pred, labels=range(8), average="macro", zero_division=0))
+    assert evaluation.metric_function("balanced_accuracy")(y_true, y_pred) == pytest.approx(
+        balanced_accuracy_score(y_true, y_pred))
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_repeats():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 8, 400)
+    y_pred = np.where(rng.random(400) < 0.7, y_true, 5)
+    lo, hi = evaluation.bootstrap_ci(y_true, y_pred, "accuracy", n=300, seed=4)
+    point = accuracy_score(y_true, y_pred)
+    assert 0 <= lo < point < hi <= 1 and hi - lo < 0.15
+    assert evaluation.bootstrap_ci(y_true, y_pred, "accuracy", n=300, seed=4) == [lo, hi]
+    custom = evaluation.bootstrap_ci(y_true, y_pred, lambda t, p: float(np.mean(t == p)), n=300, seed=4)
+    assert custom == pytest.approx([lo, hi])
+    assert evaluation.bootstrap_ci(y_true, y_true, "macro_f1", n=50) == [1.0, 1.0]
+
+
+def test_majority_baseline_uses_training_counts():
+    y_true = np.array([4, 4, 5, 5, 5, 0])
+    b = evaluation.majority_baseline([1, 0, 0, 0, 10, 3, 0, 0], y_true)
+    assert b["predicts"] == "happiness" and b["accuracy"] == pytest.approx(2 / 6)
+    assert b["balanced_accuracy"] == pytest.approx(1 / 3)
+
+
+@pytest.fixture(scope="module")
+def evaluated(prepared_work_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("evaluated") / "work"
+    shutil.copytree(prepared_work_dir, work)
+    training.train(work, epochs=1, image_size=24, batch_size=8, seed=1)
+    return work, evaluation.evaluate(work / "model.keras", work, n_boot=200)
+
+
+def _check_metrics(metrics: dict, work) -> None:
+    n_test = sum(len(list((work / "split" / "test" / e).iterdir())) for e in EMOTIONS)
+    assert metrics["n_test"] == n_test > 0
+    assert metrics["class_names"] == list(EMOTIONS)
+    for key in ("accuracy", "macro_f1", "balanced_accuracy"):
+        assert 0 <= metrics[key] <= 1
+        assert 0 <= metrics["baseline"][key] <= 1
+        lo, hi = metrics["ci"][key]
+        assert 0 <= lo <= hi <= 1
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.shape == (8, 8) and cm.sum() == n_test
+    assert sum(c["support"] for c in metrics["per_class"].values()) == n_test
+    assert np.trace(cm) / n_test == pytest.approx(metrics["accuracy"])
+    assert set(metrics["per_class"]) == set(EMOTIONS)
+
+
+def test_evaluate_writes_sane_metrics(evaluated):
+    work, result = evaluated
+    metrics = json.loads((work / "metrics.json").read_text())
+    _check_metrics(metrics, work)
+    assert metrics["image_size"] == [24, 24] and metrics["model"] == "seed_cnn"
+    predictions = pd.read_csv(work / "predictions.csv")
+    assert len(predictions) == metrics["n_test"]
+    assert (predictions.path.str.startswith("split/test/")).all()
+    assert (predictions.true == predictions.path.str.split("/").str[2]).all()
+    probs = predictions[[f"p_{e}" for e in EMOTIONS]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
+    assert result.per_source.faces.sum() == metrics["n_test"]
+    assert set(result.per_source.index) <= {"LFW", "IMFDB", "other", "unknown"} and "LFW" in result.per_source.index
+
+
+def test_evaluate_accepts_a_loaded_model_and_plots(evaluated):
+    work, result = evaluated
+    model = keras.models.load_model(work / "model.keras")
+    again = evaluation.evaluate(model, work, n_boot=50, write=False)
+    assert again.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert len(evaluation.plot_confusion(result.metrics).axes) == 2
+    fig = evaluation.plot_misclassified(result.predictions, work, n=8)
+    assert sum(bool(ax.get_images()) for ax in fig.axes) == min(8, int((result.predictions.y_true !=
+                                                                       result.predictions.y_pred).sum()))
+    assert list(result.comparison().index) == ["accuracy", "macro_f1", "balanced_accuracy"]
+
+
+def test_missing_model_names_notebook_05(tmp_path):
+    with pytest.raises(FileNotFoundError, match="05_train_model"):
+        evaluation.evaluate(tmp_path / "model.keras", tmp_path)
+
+
+def test_chain_03_to_06_on_synthetic_data(prepared_work_dir, tmp_path, monkeypatch):
+    """The notebooks run end to end with tiny settings and leave sane artefacts (recommenders style)."""
+    work = tmp_path / "work"
+    shutil.copytree(prepared_work_dir, work)
+    monkeypatch.setenv("FER_WORK_DIR", str(work))
+    status = runner.main(["--from", "03", "--until", "06", "--work-dir", str(work), "-p", "epochs", "2",
+                          "-p", "image_size", "24", "-p", "batch_size", "8", "-p", "timing_epochs", "2",
+                          "-p", "n_boot", "100"])
+    assert status == 0
+    for name in ("pipelines.json", "models/seed_cnn.keras", "model.keras", "model.json", "history.csv",
+                 "train.json", "metrics.json", "predictions.csv", "run.json"):
+        assert (work / name).exists(), name
+    for figure in ("03_generator_batch", "03_augmentations", "03_tfdata_batch", "03_pipeline_timings",
+                   "04_parameters", "05_history", "06_confusion_matrix", "06_misclassified"):
+        assert (work / "figures" / f"{figure}.png").stat().st_size > 1000, figure
+    executed = sorted(p.name for p in (work / "executed").glob("*.ipynb"))
+    assert executed == ["03_build_input_pipelines.ipynb", "04_create_model.ipynb", "05_train_model.ipynb",
+                        "06_evaluate_model.ipynb"]
+    _check_metrics(json.loads((work / "metrics.json").read_text()), work)
+    assert json.loads((work / "train.json").read_text())["parameters"]["epochs"] == 2
+    timings = json.loads((work / "pipelines.json").read_text())["summary"]
+    assert set(timings) == {"generator", "tf.data"}
+    for path in (work / "executed").glob("*.ipynb"):
+        cells = json.loads(path.read_text())["cells"]
+        outputs = json.dumps([c.get("outputs", []) for c in cells if c["cell_type"] == "code"])
+        assert str(work) not in outputs and str(tmp_path) not in outputs, f"absolute path in {path.name}"
+        assert "Warning" not in outputs and '"stderr"' not in outputs, f"warning in {path.name}"

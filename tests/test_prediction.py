@@ -1,0 +1,415 @@
+"""Prediction on new photos: reading bad files, detection modes, batching, CLI, annotation, Grad-CAM, export.
+
+A tiny untrained model honouring the contract is built here (seconds); the real face comes from the
+Grace Hopper portrait that matplotlib ships (``mpl-data/sample_data``), so Haar detection is exercised
+on a real photo without the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib.cbook
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fer_utils import EMOTIONS, import_tensorflow
+from fer_utils import prediction as P
+
+REPO = Path(__file__).resolve().parent.parent
+HOPPER = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+SIZE = 32
+
+
+def _tiny_model(keras, channels: int, sequential: bool = False, dtype: str = "float32"):
+    """``dtype="mixed_bfloat16"``: what training uses on CPUs with bf16 (the output stays float32)."""
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Rescaling(1 / 127.5, offset=-1),  # [-1, 1] inside, like some later models
+              keras.layers.Conv2D(4, 3, activation="relu", name="conv_a", dtype=dtype),
+              keras.layers.Conv2D(6, 3, activation="relu", name="conv_last", dtype=dtype),
+              keras.layers.GlobalAveragePooling2D(dtype=dtype),
+              keras.layers.Dense(len(EMOTIONS), activation="softmax", dtype="float32")]
+    if sequential:
+        return keras.Sequential([keras.Input((SIZE, SIZE, channels)), *layers], name="tiny_seq")
+    inp = keras.Input((SIZE, SIZE, channels))
+    x = inp
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inp, x, name="tiny")
+
+
+def _save(model, folder: Path, color_mode: str, record: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.keras"
+    with warnings.catch_warnings():  # Keras 3.15 + NumPy 2 warn inside model.save; not ours to fix
+        warnings.filterwarnings("ignore", message=".*__array__ implementation doesn't accept a copy.*")
+        model.save(path)
+    if record:
+        (folder / "model.json").write_text(json.dumps(
+            {"model": model.name, "image_size": [SIZE, SIZE], "color_mode": color_mode,
+             "class_names": list(EMOTIONS), "input_range": [0, 255]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def keras():
+    return import_tensorflow()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, keras) -> Path:
+    """A work folder holding a tiny grayscale model.keras + model.json."""
+    work = tmp_path_factory.mktemp("work")
+    _save(_tiny_model(keras, 1), work, "grayscale")
+    return work
+
+
+@pytest.fixture(scope="module")
+def fer(model_dir):
+    return P.load_model(model_dir / "model.keras")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """Good and bad inputs, one of each kind."""
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    hopper = Image.open(HOPPER).convert("RGB")
+    files = {"face": d / "hopper.jpg"}
+    hopper.save(files["face"], quality=90)
+    files["corrupt"] = d / "corrupt.jpg"
+    files["corrupt"].write_bytes(files["face"].read_bytes()[:400])
+    files["text"] = d / "notes.jpg"
+    files["text"].write_text("not an image at all\n")
+    files["empty"] = d / "empty.png"
+    files["empty"].write_bytes(b"")
+    rgba = np.zeros((60, 80, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[20:40, 20:60, 3] = 255  # a red rectangle on a transparent background
+    files["alpha"] = d / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(files["alpha"])
+    files["rgb"] = d / "noise_rgb.webp"
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(files["rgb"])
+    files["gray"] = d / "noise_gray.bmp"
+    Image.fromarray(rng.integers(0, 255, (45, 40), dtype=np.uint8)).save(files["gray"])
+    files["blank"] = d / "blank.png"
+    Image.new("L", (200, 150), 128).save(files["blank"])
+    files["gif"] = d / "palette.gif"
+    Image.new("RGB", (30, 30), (10, 120, 240)).convert("P").save(files["gif"])
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("kind, status", [("corrupt", "unreadable"), ("text", "not_an_image"),
+                                          ("empty", "not_an_image")])
+def test_read_image_bad_files(photos, kind, status):
+    with pytest.raises(P.ImageProblem) as err:
+        P.read_image(photos[kind])
+    assert err.value.status == status
+
+
+def test_read_image_modes(photos, tmp_path):
+    alpha = P.read_image(photos["alpha"])
+    assert alpha.mode == "RGB" and alpha.getpixel((0, 0)) == (255, 255, 255)  # transparent → white
+    assert alpha.getpixel((30, 30)) == (200, 0, 0)
+    assert P.read_image(photos["gray"]).mode == "L"
+    assert P.read_image(photos["rgb"]).mode == "RGB"
+    assert P.read_image(photos["gif"]).mode == "RGB"
+    with pytest.raises(P.ImageProblem) as err:
+        P.read_image(tmp_path / "missing.jpg")
+    assert err.value.status == "not_found"
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    im = Image.new("RGB", (40, 20), "white")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    im.save(tmp_path / "rotated.jpg", exif=exif)
+    assert P.read_image(tmp_path / "rotated.jpg").size == (20, 40)
+
+
+# -------------------------------------------------------------------------------------- model loading
+
+
+def test_load_model_reads_record(fer):
+    assert fer.preprocessing.image_size == (SIZE, SIZE)
+    assert fer.preprocessing.color_mode == "grayscale"
+    assert fer.preprocessing.source == "model.json"
+
+
+def test_load_model_errors_name_the_fix(tmp_path):
+    with pytest.raises(P.ModelLoadError, match="05_train_model"):
+        P.load_model(tmp_path / "model.keras")
+    (tmp_path / "model.h5").write_bytes(b"\x89HDF")
+    with pytest.raises(P.ModelLoadError, match="not a Keras 3 .keras file"):
+        P.load_model(tmp_path / "model.h5")
+    (tmp_path / "fake.keras").write_text("not a zip")
+    with pytest.raises(P.ModelLoadError, match="not a Keras 3 .keras file"):
+        P.load_model(tmp_path / "fake.keras")
+
+
+def test_load_model_without_record_and_with_wrong_record(tmp_path, keras):
+    path = _save(_tiny_model(keras, 3), tmp_path / "rgb", "rgb", record=False)
+    loaded = P.load_model(path)
+    assert (loaded.preprocessing.color_mode, loaded.preprocessing.source) == ("rgb", "model input shape")
+    (tmp_path / "rgb" / "model.json").write_text(json.dumps({"image_size": [SIZE, SIZE], "color_mode": "grayscale"}))
+    with pytest.raises(P.ModelLoadError, match="does not belong"):
+        P.load_model(path)
+
+
+def test_default_model_path_uses_work_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("FER_WORK_DIR", str(tmp_path))
+    assert P.default_model_path() == tmp_path.resolve() / "model.keras"
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+
+
+@pytest.mark.parametrize("color_mode, channels", [("grayscale", 1), ("rgb", 3)])
+def test_preprocess_shapes_for_any_input_mode(photos, color_mode, channels):
+    prep = P.Preprocessing((SIZE, SIZE + 8), color_mode)
+    faces = [P.read_image(photos["gray"]), P.read_image(photos["rgb"]), P.read_image(photos["alpha"])]
+    batch = P.preprocess_faces(faces, prep)
+    assert batch.shape == (3, SIZE, SIZE + 8, channels) and batch.dtype == np.float32
+    assert 0 <= batch.min() and batch.max() <= 255 and batch.max() > 1  # raw pixels: the model rescales
+
+
+def test_preprocess_matches_training_resize(photos):
+    tf, _ = import_tensorflow()
+    im = P.read_image(photos["gray"])
+    expected = tf.image.resize(np.asarray(im, np.float32)[..., None], (SIZE, SIZE), method="bilinear").numpy()
+    got = P.preprocess_faces([im], P.Preprocessing((SIZE, SIZE), "grayscale"))[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_crop_box_margin_and_clipping():
+    assert P.crop_box([10, 10, 100, 100], (300, 300), margin=0.1) == (0, 0, 120, 120)
+    assert P.crop_box([200, 150, 100, 100], (300, 240), margin=0.2) == (180, 130, 300, 240)
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+
+def test_whole_batch_with_bad_inputs_never_crashes(fer, photos, tmp_path):
+    inputs = [photos[k] for k in ("face", "corrupt", "text", "empty", "alpha", "rgb", "gray", "blank", "gif")]
+    inputs.append(tmp_path / "missing.jpg")
+    results = P.predict(fer, inputs)
+    by_file = results.groupby("file")["status"].first()
+    expected = {"face": "ok", "corrupt": "unreadable", "text": "not_an_image", "empty": "not_an_image",
+                "alpha": "whole_image_fallback", "rgb": "whole_image_fallback", "gray": "whole_image_fallback",
+                "blank": "whole_image_fallback", "gif": "whole_image_fallback"}
+    for kind, status in expected.items():
+        assert by_file[str(photos[kind])] == status, kind
+    assert by_file[str(tmp_path / "missing.jpg")] == "not_found"
+    assert list(results.file.unique()) == [str(p) for p in inputs]  # order kept, paths as given
+    assert set(results.status) <= set(P.STATUSES)
+    ok = results[results.status.isin(P.PREDICTED)]
+    probs = np.array([[p[e] for e in EMOTIONS] for p in ok.probabilities])
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert (ok.emotion == [EMOTIONS[i] for i in probs.argmax(axis=1)]).all()
+    assert np.allclose(ok.confidence, probs.max(axis=1))
+    bad = results[~results.status.isin(P.PREDICTED)]
+    assert bad.emotion.isna().all() and bad.box.isna().all() and bad.message.notna().all()
+
+
+def test_detection_finds_a_real_face(fer):
+    results = P.predict(fer, HOPPER, detection="detect")
+    assert len(results) == 1 and results.status[0] == "ok" and results.detection[0] == "haar"
+    x, y, w, h = results.box[0]
+    assert 100 < x < 250 and 50 < y < 200 and 150 < w < 350 and w == h  # the face, not the whole portrait
+
+
+def test_several_faces_left_to_right_in_one_model_call(fer, tmp_path):
+    hopper = Image.open(HOPPER).convert("RGB")
+    group = Image.new("RGB", (hopper.width * 3, hopper.height), "white")
+    for i in range(3):
+        group.paste(hopper, (i * hopper.width, 0))
+    group.save(tmp_path / "group.jpg")
+    calls = []
+    counting = P.LoadedModel(lambda x, training=False: calls.append(len(x)) or fer.model(x, training=False),
+                             fer.preprocessing)
+    results = P.predict(counting, tmp_path / "group.jpg", detection="detect")
+    assert list(results.face) == [0, 1, 2] and (results.status == "ok").all()
+    xs = [b[0] for b in results.box]
+    assert xs == sorted(xs) and xs[1] - xs[0] > hopper.width * 0.8
+    assert calls == [3]  # all faces in one call
+    # the probabilities are the model's on the same crops
+    im = P.read_image(tmp_path / "group.jpg")
+    crops = [im.crop(P.crop_box(b, im.size)) for b in results.box]
+    expected = fer.model.predict(P.preprocess_faces(crops, fer.preprocessing), verbose=0)
+    got = np.array([[p[e] for e in EMOTIONS] for p in results.probabilities])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_batches_are_bounded(fer, photos):
+    calls = []
+    counting = P.LoadedModel(lambda x, training=False: calls.append(len(x)) or fer.model(x, training=False),
+                             fer.preprocessing)
+    inputs = [photos[k] for k in ("rgb", "gray", "blank", "gif", "alpha")]
+    assert len(P.predict(counting, inputs, detection="whole", batch_size=2)) == 5
+    assert calls == [2, 2, 1]
+
+
+@pytest.mark.parametrize("mode, status, detection", [("detect", "no_face", None),
+                                                     ("auto", "whole_image_fallback", "whole"),
+                                                     ("whole", "ok", "whole")])
+def test_detection_modes_on_a_faceless_image(fer, photos, mode, status, detection):
+    row = P.predict(fer, photos["blank"], detection=mode).iloc[0]
+    assert row.status == status and row.detection == detection
+    if status == "no_face":
+        assert row.box is None and row.emotion is None
+    else:
+        assert row.box == [0, 0, 200, 150] and row.emotion in EMOTIONS
+
+
+def test_rgb_model_on_grayscale_photo(tmp_path, keras, photos):
+    loaded = P.load_model(_save(_tiny_model(keras, 3), tmp_path, "rgb"))
+    results = P.predict(loaded, [photos["gray"], photos["rgb"]], detection="whole")
+    assert (results.status == "ok").all()
+
+
+def test_folders_are_walked(fer, photos):
+    results = P.predict(fer, photos["face"].parent, detection="whole")
+    files = set(results.file)
+    assert str(photos["face"]) in files and str(photos["text"]) in files  # .jpg suffix: walked, flagged
+    assert all(f.startswith(str(photos["face"].parent)) for f in files)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _cli_inputs(photos):
+    return [str(photos[k]) for k in ("face", "corrupt", "text", "blank")]
+
+
+def test_cli_json(model_dir, photos, capsys):
+    assert P.main([*_cli_inputs(photos), "--model", str(model_dir / "model.keras")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [o["file"] for o in out] == _cli_inputs(photos)
+    assert [o["status"] for o in out] == ["ok", "unreadable", "not_an_image", "whole_image_fallback"]
+    for o in out:
+        assert {"file", "status", "box", "probabilities", "emotion", "face", "confidence"} <= set(o)
+    assert set(out[0]["probabilities"]) == set(EMOTIONS) and out[0]["emotion"] in EMOTIONS
+    assert out[1]["box"] is None and out[1]["probabilities"] is None
+
+
+def test_cli_csv(model_dir, photos, capsys, tmp_path):
+    out_file = tmp_path / "results.csv"
+    assert P.main([*_cli_inputs(photos), "--model", str(model_dir / "model.keras"), "--format", "csv",
+                   "-o", str(out_file)]) == 0
+    table = pd.read_csv(out_file)
+    assert list(table.columns[:10]) == ["file", "face", "status", "detection", "x", "y", "w", "h", "emotion",
+                                        "confidence"]
+    assert set(EMOTIONS) <= set(table.columns)
+    assert table.loc[0, ["x", "y", "w", "h"]].notna().all() and table.loc[1, ["x", "anger"]].isna().all()
+    np.testing.assert_allclose(table.loc[[0, 3], list(EMOTIONS)].sum(axis=1), 1, atol=1e-3)
+
+
+def test_cli_missing_model_and_nothing_predicted(tmp_path, photos, capsys):
+    assert P.main([str(photos["face"]), "--model", str(tmp_path / "nope.keras")]) == 2
+    assert "05_train_model" in capsys.readouterr().err
+
+
+def test_cli_annotate_writes_copies_and_refuses_input_folder(model_dir, photos, tmp_path, capsys):
+    model = ["--model", str(model_dir / "model.keras")]
+    before = {p: p.read_bytes() for p in photos.values()}
+    assert P.main([str(photos["face"].parent), *model, "--annotate", str(photos["face"].parent)]) == 2
+    assert "Refusing" in capsys.readouterr().err
+    out = tmp_path / "annotated"
+    assert P.main([*_cli_inputs(photos), *model, "--annotate", str(out)]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["blank.png", "hopper.jpg"]  # unreadable inputs get no copy
+    annotated = Image.open(out / "hopper.jpg")
+    assert annotated.size == Image.open(photos["face"]).size
+    assert not np.array_equal(np.asarray(annotated), np.asarray(Image.open(photos["face"])))
+    assert {p: p.read_bytes() for p in photos.values()} == before  # inputs untouched
+
+
+def test_cli_as_a_module_subprocess(model_dir, photos):
+    env = {**os.environ, "FER_WORK_DIR": str(model_dir)}  # default --model: <work_dir>/model.keras
+    proc = subprocess.run([sys.executable, "-m", "fer_utils", "predict", str(photos["face"]), str(photos["text"])],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [o["status"] for o in out] == ["ok", "not_an_image"]
+    assert "2 inputs" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ Grad-CAM
+
+
+@pytest.mark.parametrize("sequential, dtype", [(False, "float32"), (True, "float32"), (False, "mixed_bfloat16")])
+def test_grad_cam_shape_and_range(keras, sequential, dtype, photos):
+    model = _tiny_model(keras, 1, sequential=sequential, dtype=dtype)
+    batch = P.preprocess_faces([P.read_image(photos[k]) for k in ("face", "gray")],
+                               P.Preprocessing((SIZE, SIZE), "grayscale"))
+    heat = P.grad_cam(model, batch)
+    assert heat.shape == (2, SIZE, SIZE) and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() <= 1 and np.isfinite(heat).all() and heat.max() > 0.99
+    assert P.grad_cam(model, batch, class_index=3).shape == (2, SIZE, SIZE)
+    overlay = P.overlay_heatmap(batch[0], heat[0])
+    assert overlay.shape == (SIZE, SIZE, 3) and overlay.dtype == np.uint8
+
+
+def test_grad_cam_uses_a_nested_backbone(keras, photos):
+    inp = keras.Input((SIZE, SIZE, 1))
+    b_in = keras.Input((SIZE, SIZE, 1))
+    b_x = keras.layers.Conv2D(4, 3, activation="relu")(b_in)
+    backbone = keras.Model(b_in, keras.layers.Conv2D(5, 3, activation="relu")(b_x), name="backbone")
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    x = keras.layers.GlobalAveragePooling2D()(backbone(x))
+    model = keras.Model(inp, keras.layers.Dense(len(EMOTIONS), activation="softmax")(x))
+    assert P._last_conv(model) is backbone
+    batch = P.preprocess_faces([P.read_image(photos["face"])], P.Preprocessing((SIZE, SIZE), "grayscale"))
+    heat = P.grad_cam(model, batch)
+    assert heat.shape == (1, SIZE, SIZE) and 0.99 < heat.max() <= 1
+
+
+def test_flip_tta_from_the_record(fer, photos):
+    flip = P.LoadedModel(fer.model, P.Preprocessing((SIZE, SIZE), "grayscale", tta="flip"))
+    batch = P.preprocess_faces([P.read_image(photos[k]) for k in ("face", "rgb")], flip.preprocessing)
+    expected = (fer.model.predict(batch, verbose=0) + fer.model.predict(batch[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(flip(batch), expected, atol=1e-5)
+    assert not np.allclose(fer(batch), expected, atol=1e-5)  # the mirror image does change the output
+
+
+# -------------------------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_export_savedmodel_and_tflite_match_predict(keras, dtype, photos, tmp_path):
+    fer = P.load_model(_save(_tiny_model(keras, 1, dtype=dtype), tmp_path / "model", "grayscale"))
+    faces = [P.read_image(photos[k]) for k in ("face", "rgb", "gray", "alpha")]
+    batch = P.preprocess_faces(faces, fer.preprocessing)
+    keras_out = fer.model.predict(batch, verbose=0)
+    # exports compute in float32: exactly the float32 copy's outputs, within bfloat16's error of the original
+    expected = P.float32_model(fer).predict(batch, verbose=0)
+    np.testing.assert_allclose(expected, keras_out, atol=1e-6 if dtype == "float32" else 3e-2)
+    saved = P.export_savedmodel(fer, tmp_path / "saved_model")
+    np.testing.assert_allclose(P.savedmodel_predict(saved, batch), expected, atol=1e-5)
+    tflite = P.export_tflite(fer, tmp_path / "model.tflite")
+    assert tflite.stat().st_size > 0
+    np.testing.assert_allclose(P.tflite_predict(tflite, batch), expected, atol=1e-4)
+    np.testing.assert_allclose(P.tflite_predict(tflite, batch[:1]), expected[:1], atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_real_faces_are_detected_and_test_folder_all_predicted(real_data_dir, fer):
+    images = sorted((real_data_dir / "images").glob("A*_00*.jpg"))[:20]
+    found = P.predict(fer, images, detection="detect")
+    assert (found.drop_duplicates("file").status == "ok").mean() >= 0.8
+    test = sorted((real_data_dir / "test").iterdir())[:30]
+    results = P.predict(fer, test)  # auto: every readable photo gets a prediction
+    assert results.drop_duplicates("file").status.isin(P.PREDICTED).all()
