@@ -131,23 +131,33 @@ def model_settings(model, model_path: Path | None = None) -> dict:
         if record.exists():
             info = json.loads(record.read_text())
             return {"image_size": tuple(info["image_size"]), "color_mode": info["color_mode"],
-                    "model": info.get("model", model.name)}
+                    "model": info.get("model", model.name),
+                    "tta": info.get("tta") if info.get("tta") not in (None, "none") else None}
     h, w, c = model.inputs[0].shape[1:]
-    return {"image_size": (int(h), int(w)), "color_mode": "grayscale" if c == 1 else "rgb", "model": model.name}
+    return {"image_size": (int(h), int(w)), "color_mode": "grayscale" if c == 1 else "rgb", "model": model.name,
+            "tta": None}
 
 
 def predict_split(model, work_dir: str | os.PathLike, split: str = "test", image_size=48,
-                  color_mode: str = "grayscale", batch_size: int = 256) -> pd.DataFrame:
+                  color_mode: str = "grayscale", batch_size: int = 256, tta: str | None = None) -> pd.DataFrame:
     """One row per file of a split: ``path`` (relative to the work folder), true and predicted class,
-    confidence and the probability of every emotion. No augmentation, file order."""
+    confidence and the probability of every emotion. No augmentation, file order. ``tta="flip"``
+    averages each face's probabilities with those of its mirror image (as the model's record asks)."""
     import fer_utils
 
-    fer_utils.import_tensorflow()
+    tf, _ = fer_utils.import_tensorflow()
     ds, files = pipelines.directory_dataset(work_dir, split, image_size, color_mode)
     y_true = np.array([EMOTIONS.index(Path(f).parent.name) for f in files], dtype=int)
-    probs = model.predict(ds.map(lambda x, y: x).batch(batch_size), verbose=0) if files else \
-        np.zeros((0, len(EMOTIONS)), dtype=np.float32)
-    probs = np.asarray(probs, dtype=np.float32)
+    if tta not in (None, "flip"):
+        raise ValueError(f"tta={tta!r}: None or 'flip'")
+    if files:
+        images = ds.map(lambda x, y: x).batch(batch_size)
+        probs = np.asarray(model.predict(images, verbose=0), dtype=np.float32)
+        if tta == "flip":
+            flipped = images.map(lambda x: tf.image.flip_left_right(x))
+            probs = (probs + np.asarray(model.predict(flipped, verbose=0), dtype=np.float32)) / 2
+    else:
+        probs = np.zeros((0, len(EMOTIONS)), dtype=np.float32)
     out = pd.DataFrame({"path": [Path(os.path.relpath(f, work_dir)).as_posix() for f in files],
                         "true": [EMOTIONS[i] for i in y_true],
                         "pred": [EMOTIONS[i] for i in probs.argmax(axis=1)] if len(files) else [],
@@ -202,7 +212,7 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, image_size=None, 
     settings = model_settings(model, model_path)
     size = pipelines._size(image_size) if image_size else settings["image_size"]
     color_mode = color_mode or settings["color_mode"]
-    predictions = predict_split(model, work, "test", size, color_mode, batch_size)
+    predictions = predict_split(model, work, "test", size, color_mode, batch_size, tta=settings["tta"])
     y_true, y_pred = predictions.y_true.to_numpy(), predictions.y_pred.to_numpy()
     metrics = compute_metrics(y_true, y_pred)
     train_counts = pipelines.split_counts(work)["train"]
@@ -215,6 +225,7 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, image_size=None, 
         manifest = load_manifest(work)
     per_source = per_source_table(predictions, manifest)
     metrics = {"step": "evaluate", "model": settings["model"], "image_size": list(size), "color_mode": color_mode,
+               "tta": settings["tta"],
                "class_names": list(EMOTIONS), "n_test": int(len(y_true)), **metrics, "ci": ci,
                "ci_level": 0.95, "n_boot": n_boot, "seed": seed, "baseline": baseline,
                "beats_baseline": bool(metrics["accuracy"] > baseline["accuracy"]),

@@ -184,7 +184,8 @@ def model_record(name: str, image_size, color_mode: str, **extra) -> dict:
     """What a model needs from its caller: the ``model.json`` contract."""
     size = [image_size, image_size] if isinstance(image_size, int) else [int(s) for s in image_size]
     return {"model": name, "image_size": size, "color_mode": color_mode, "class_names": list(EMOTIONS),
-            "input_range": [0, 255], "input_dtype": "float32", "output": "softmax probabilities", **extra}
+            "input_range": [0, 255], "input_dtype": "float32", "output": "softmax probabilities",
+            "interpolation": "bilinear", **extra}
 
 
 def plot_parameters(model):

@@ -143,3 +143,23 @@ def test_chain_03_to_06_on_synthetic_data(prepared_work_dir, tmp_path, monkeypat
         outputs = json.dumps([c.get("outputs", []) for c in cells if c["cell_type"] == "code"])
         assert str(work) not in outputs and str(tmp_path) not in outputs, f"absolute path in {path.name}"
         assert "Warning" not in outputs and '"stderr"' not in outputs, f"warning in {path.name}"
+
+
+def test_flip_tta_averages_each_face_with_its_mirror(prepared_work_dir):
+    """A model record asking for tta="flip" is honoured: probabilities are the mean over image and mirror."""
+    from fer_utils import models
+
+    net = models.build("seed_cnn", (48, 48, 1))
+    plain = evaluation.predict_split(net, prepared_work_dir, "test", 48, "grayscale")
+    tta = evaluation.predict_split(net, prepared_work_dir, "test", 48, "grayscale", tta="flip")
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    ds, _ = evaluation.pipelines.directory_dataset(prepared_work_dir, "test", 48, "grayscale")
+    mirrored = net.predict(ds.map(lambda x, y: tf.image.flip_left_right(x)).batch(64), verbose=0)
+    cols = [f"p_{e}" for e in EMOTIONS]
+    expected = (plain[cols].to_numpy() + mirrored) / 2
+    np.testing.assert_allclose(tta[cols].to_numpy(), expected, atol=1e-5)
+    assert not np.allclose(plain[cols].to_numpy(), tta[cols].to_numpy())
+    with pytest.raises(ValueError, match="tta"):
+        evaluation.predict_split(net, prepared_work_dir, "test", 48, "grayscale", tta="rotate")
