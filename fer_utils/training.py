@@ -106,6 +106,15 @@ def balanced_class_weight(counts, max_weight: float | None = None) -> dict[int, 
     return {i: float(w) for i, w in enumerate(weights)}
 
 
+def sqrt_class_weight(counts) -> dict[int, float]:
+    """Square-root ("soft") balancing: ``(n / (k * n_class)) ** 0.5``, rescaled so the mean weight per
+    training face is 1. Rare emotions count more without drowning the common ones; empty classes get 0."""
+    counts = np.asarray(counts, dtype=float)
+    weights = np.where(counts > 0, (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** 0.5, 0.0)
+    weights = weights * counts.sum() / (weights * counts).sum()
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
 def _make_epoch_timer():
     import fer_utils
 
@@ -159,14 +168,17 @@ def train(work_dir: str | os.PathLike, model="seed_cnn", epochs: int = 10, image
           mixed_precision="auto", class_weight=None, augment: bool = True, monitor: str = "val_accuracy",
           model_kwargs: dict | None = None, optimizer=None, loss="categorical_crossentropy",
           callbacks: list | None = None, fit_kwargs: dict | None = None, name: str | None = None,
-          verbose: int = 0) -> TrainResult:
+          head_epochs: int = 0, verbose: int = 0) -> TrainResult:
     """Train ``model`` on ``<work_dir>/split/train``, validate on ``split/val``, keep the best epoch.
 
     ``model``: a registered name (``models.available()``) or a built ``keras.Model`` that honours the
     model contract (e.g. phase 2 of a head-then-whole-model recipe: pass the phase-1 model, unfrozen,
     with a lower ``learning_rate`` and ``fit_kwargs={"initial_epoch": ...}``; ``history.csv`` then gets
     the new epochs appended). A built model keeps the dtype policy it was built with.
-    ``class_weight``: ``None``, ``"balanced"`` or ``{class_index: weight}``. ``optimizer``: a Keras
+    ``class_weight``: ``None``, ``"balanced"``, ``"sqrt"`` (square-root balancing) or ``{class_index: weight}``.
+    ``head_epochs``: for a registered model with a pretrained backbone (e.g. ``fer_transfer``), first
+    train only the new head for this many epochs (backbone frozen, ``learning_rate``), then the whole
+    model for ``epochs`` more at half that rate; ``train.json`` then covers both phases. ``optimizer``: a Keras
     optimizer (default Adam with ``learning_rate``; pass one with a schedule if you like).
     ``callbacks`` are added to the checkpoint and timer; ``fit_kwargs`` go to ``model.fit``.
     Keras' global dtype policy is float32 again when this returns.
@@ -174,6 +186,8 @@ def train(work_dir: str | os.PathLike, model="seed_cnn", epochs: int = 10, image
     import fer_utils
 
     tf, keras = fer_utils.import_tensorflow()
+    if head_epochs:
+        return _head_then_whole(**{k: v for k, v in locals().items() if k not in ("tf", "keras", "fer_utils")})
     work_dir = Path(work_dir)
     size = pipelines._size(image_size)
     shape = pipelines.input_shape(size, color_mode)
@@ -181,6 +195,9 @@ def train(work_dir: str | os.PathLike, model="seed_cnn", epochs: int = 10, image
     initial_epoch = int(fit_kwargs.get("initial_epoch", 0))
     prebuilt = not isinstance(model, str)
     name = name or (model.name if prebuilt else model)
+    if mixed_precision == "auto" and not prebuilt and models.traits(model).get("cpu_precision") \
+            and not tf.config.list_physical_devices("GPU"):
+        mixed_precision = models.traits(model)["cpu_precision"]  # measured faster for this model on CPU
     policy = resolve_precision(mixed_precision)
     keras.utils.set_random_seed(seed)
 
@@ -196,8 +213,9 @@ def train(work_dir: str | os.PathLike, model="seed_cnn", epochs: int = 10, image
             policy = net.dtype_policy.name if hasattr(net, "dtype_policy") else "float32"
         else:
             net = models.build(model, shape, len(EMOTIONS), **(model_kwargs or {}))
-        if class_weight == "balanced":
-            class_weight = balanced_class_weight([counts["train_per_class"][e] for e in EMOTIONS])
+        if class_weight in ("balanced", "sqrt"):
+            per_class = [counts["train_per_class"][e] for e in EMOTIONS]
+            class_weight = (balanced_class_weight if class_weight == "balanced" else sqrt_class_weight)(per_class)
         net.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate=learning_rate), loss=loss,
                     metrics=["accuracy"])
         checkpoint = work_dir / MODEL_FILE
@@ -230,6 +248,48 @@ def train(work_dir: str | os.PathLike, model="seed_cnn", epochs: int = 10, image
     record = _record(locals(), history, counts, net)
     paths = _write_records(work_dir, name, size, color_mode, record)
     return TrainResult(model=best, history=history, record=record, paths=paths)
+
+
+def _head_then_whole(work_dir, model, epochs, head_epochs, learning_rate, mixed_precision, model_kwargs,
+                     image_size, color_mode, seed, fit_kwargs, name, **common) -> TrainResult:
+    """Fine-tune a pretrained model: the new head alone first, then everything (``train``'s ``head_epochs``)."""
+    import fer_utils
+
+    tf, keras = fer_utils.import_tensorflow()
+    if not isinstance(model, str) or not models.traits(model).get("backbone"):
+        raise ValueError(f"head_epochs needs a registered model with a pretrained backbone, not {model!r}; "
+                         f"use head_epochs=0 (those with one: "
+                         f"{[m for m in models.available() if models.traits(m).get('backbone')]}).")
+    if mixed_precision == "auto" and models.traits(model).get("cpu_precision") \
+            and not tf.config.list_physical_devices("GPU"):
+        mixed_precision = models.traits(model)["cpu_precision"]
+    policy = resolve_precision(mixed_precision)
+    size = pipelines._size(image_size)
+    keras.utils.set_random_seed(seed)
+    with precision_policy(policy):
+        net = models.build(model, pipelines.input_shape(size, color_mode), len(EMOTIONS), **(model_kwargs or {}))
+    backbone = net.get_layer(models.traits(model)["backbone"])
+    args = dict(image_size=size, color_mode=color_mode, seed=seed, mixed_precision=policy, name=name or model,
+                **common)
+    for path in (Path(work_dir) / HISTORY, Path(work_dir) / MODEL_FILE):
+        path.unlink(missing_ok=True)  # phase 2 continues phase 1's history, never an older run's
+    backbone.trainable = False
+    head = train(work_dir, net, epochs=head_epochs, learning_rate=learning_rate, fit_kwargs=fit_kwargs, **args)
+    backbone.trainable = True
+    whole = train(work_dir, net, epochs=epochs, learning_rate=learning_rate / 2,
+                  fit_kwargs={**(fit_kwargs or {}), "initial_epoch": head_epochs}, **args)
+    record = whole.record
+    record["parameters"].update(model=model, epochs=epochs, head_epochs=head_epochs, learning_rate=learning_rate,
+                                model_kwargs=model_kwargs or {}, mixed_precision=mixed_precision)
+    record["phases"] = {"head": {k: head.record[k] for k in ("train_seconds", "seconds_per_epoch", "best_epoch")},
+                        "whole": {k: whole.record[k] for k in ("train_seconds", "seconds_per_epoch", "best_epoch")}}
+    record["train_seconds"] = round(head.record["train_seconds"] + whole.record["train_seconds"], 3)
+    record["data_seconds"] = round(head.record["data_seconds"] + whole.record["data_seconds"], 3)
+    record["epoch_seconds"] = head.record["epoch_seconds"] + whole.record["epoch_seconds"]
+    record["best_epoch"] = int(whole.history.loc[whole.history["val_accuracy"].idxmax(), "epoch"]) \
+        if common.get("monitor", "val_accuracy") == "val_accuracy" else record["best_epoch"]
+    paths = _write_records(Path(work_dir), name or model, size, color_mode, record)
+    return TrainResult(model=whole.model, history=whole.history, record=record, paths=paths)
 
 
 def _previous_best(work_dir: Path, monitor: str):
@@ -321,7 +381,9 @@ def summary_table(record: dict) -> pd.DataFrame:
     p = record["parameters"]
     rows = {"model": p["model"], "pipeline": p["pipeline"], "precision": record["precision"],
             "image size": "×".join(map(str, p["image_size"])) + f" {p['color_mode']}",
-            "epochs": p["epochs"], "training images": record["counts"]["train"],
+            "epochs": (f"{p['head_epochs']} head + {p['epochs']} whole model" if p.get("head_epochs")
+                       else p["epochs"]),
+            "training images": record["counts"]["train"],
             "first epoch (s)": record["first_epoch_seconds"], "seconds per epoch": record["seconds_per_epoch"],
             "training images per second": record["images_per_second"], "total training (s)": record["train_seconds"],
             "best epoch": record["best_epoch"],

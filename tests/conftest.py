@@ -134,7 +134,7 @@ def real_data_dir() -> Path:
 
 
 #: Tiny settings for running the whole chain on the synthetic dataset (only those a notebook declares are used).
-TINY = {"epochs": 2, "batch_size": 16, "n_gradcam": 2, "samples_per_emotion": 2}
+TINY = {"epochs": 1, "head_epochs": 1, "batch_size": 16, "n_gradcam": 2, "samples_per_emotion": 2}
 
 
 @pytest.fixture(scope="session")

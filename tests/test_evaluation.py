@@ -123,7 +123,7 @@ def test_chain_03_to_06_on_synthetic_data(prepared_work_dir, tmp_path, monkeypat
     monkeypatch.setenv("FER_WORK_DIR", str(work))
     status = runner.main(["--from", "03", "--until", "06", "--work-dir", str(work), "-p", "epochs", "2",
                           "-p", "image_size", "24", "-p", "batch_size", "8", "-p", "timing_epochs", "2",
-                          "-p", "n_boot", "100"])
+                          "-p", "n_boot", "100", "-p", "model", "seed_cnn", "-p", "head_epochs", "0"])
     assert status == 0
     for name in ("pipelines.json", "models/seed_cnn.keras", "model.keras", "model.json", "history.csv",
                  "train.json", "metrics.json", "predictions.csv", "run.json"):
