@@ -1,6 +1,7 @@
 """The chain runner: execute the numbered notebooks in order with papermill.
 
-    python -m fer_utils run [--data-dir DIR] [--work-dir DIR] [-p NAME VALUE]... [--until NN] [--publish]
+    python -m fer_utils run [--data-dir DIR] [--work-dir DIR] [-p NAME VALUE]... [--from NN] [--until NN]
+                            [--timeout S] [--publish]
 
 Executed copies go to ``<work_dir>/executed/``; the run's record to ``<work_dir>/run.json``. The data
 and work folders reach the notebooks through ``FER_DATA_DIR`` and ``FER_WORK_DIR`` (so the executed

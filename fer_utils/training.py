@@ -7,7 +7,7 @@ the precision used). The trained model is also kept as ``models/<name>.keras`` +
 
 Speed on CPU: the input pipeline is cached and prefetched (``fer_utils.pipelines``), and on CPUs with
 bfloat16 instructions (AMX or AVX512-BF16) ``mixed_precision="auto"`` trains under Keras'
-``mixed_bfloat16`` policy: about twice as fast, same accuracy; the model's outputs stay float32.
+``mixed_bfloat16`` policy (the seed CNN: about twice as fast); the model's outputs stay float32.
 """
 
 from __future__ import annotations
