@@ -77,6 +77,17 @@ def resolve_precision(mixed_precision="auto", gpu: bool | None = None) -> str:
     raise ValueError(f"mixed_precision must be 'auto', 'bf16', 'fp16' or 'float32', not {mixed_precision!r}")
 
 
+def _model_precision(model: str, mixed_precision):
+    """``"auto"`` becomes the model's registered ``cpu_precision`` on a CPU-only machine, where one is
+    registered (bfloat16 measured slower for it); anything else is returned as it is."""
+    if mixed_precision != "auto" or not models.traits(model).get("cpu_precision"):
+        return mixed_precision
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    return mixed_precision if tf.config.list_physical_devices("GPU") else models.traits(model)["cpu_precision"]
+
+
 @contextlib.contextmanager
 def precision_policy(policy: str):
     """Set Keras' global dtype policy inside the block and always restore ``float32`` after it."""
@@ -195,10 +206,7 @@ def train(work_dir: str | os.PathLike, model="seed_cnn", epochs: int = 10, image
     initial_epoch = int(fit_kwargs.get("initial_epoch", 0))
     prebuilt = not isinstance(model, str)
     name = name or (model.name if prebuilt else model)
-    if mixed_precision == "auto" and not prebuilt and models.traits(model).get("cpu_precision") \
-            and not tf.config.list_physical_devices("GPU"):
-        mixed_precision = models.traits(model)["cpu_precision"]  # measured faster for this model on CPU
-    policy = resolve_precision(mixed_precision)
+    policy = resolve_precision(mixed_precision if prebuilt else _model_precision(model, mixed_precision))
     keras.utils.set_random_seed(seed)
 
     with precision_policy(policy if not prebuilt else "float32"):
@@ -260,10 +268,7 @@ def _head_then_whole(work_dir, model, epochs, head_epochs, learning_rate, mixed_
         raise ValueError(f"head_epochs needs a registered model with a pretrained backbone, not {model!r}; "
                          f"use head_epochs=0 (those with one: "
                          f"{[m for m in models.available() if models.traits(m).get('backbone')]}).")
-    if mixed_precision == "auto" and models.traits(model).get("cpu_precision") \
-            and not tf.config.list_physical_devices("GPU"):
-        mixed_precision = models.traits(model)["cpu_precision"]
-    policy = resolve_precision(mixed_precision)
+    policy = resolve_precision(_model_precision(model, mixed_precision))
     size = pipelines._size(image_size)
     keras.utils.set_random_seed(seed)
     with precision_policy(policy):
