@@ -31,6 +31,7 @@ from fer_utils.data import (
     check_not_inside,
     copy_or_reencode,
     person_and_source,
+    require,
     write_record,
 )
 
@@ -295,8 +296,6 @@ def prepare(dataset: Dataset, work_dir: str | os.PathLike, seed: int = 42, test_
 
 
 def load_manifest(work_dir: str | os.PathLike) -> pd.DataFrame:
-    from fer_utils.data import require
-
     path = require(Path(work_dir) / MANIFEST, "02_preprocess_into_folders.ipynb", "manifest.csv")
     return pd.read_csv(path, dtype={"user_id": str, "label": str, "reason": str, "path": str},
                        keep_default_na=False, na_values={"row": [""], "emotion": [""], "width": [""], "height": [""]})

@@ -291,8 +291,6 @@ def _head_then_whole(work_dir, model, epochs, head_epochs, learning_rate, mixed_
     record["train_seconds"] = round(head.record["train_seconds"] + whole.record["train_seconds"], 3)
     record["data_seconds"] = round(head.record["data_seconds"] + whole.record["data_seconds"], 3)
     record["epoch_seconds"] = head.record["epoch_seconds"] + whole.record["epoch_seconds"]
-    record["best_epoch"] = int(whole.history.loc[whole.history["val_accuracy"].idxmax(), "epoch"]) \
-        if common.get("monitor", "val_accuracy") == "val_accuracy" else record["best_epoch"]
     paths = _write_records(Path(work_dir), name or model, size, color_mode, record)
     return TrainResult(model=whole.model, history=whole.history, record=record, paths=paths)
 
