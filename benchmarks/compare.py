@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 import fer_utils
-from fer_utils import EMOTIONS, data, evaluation, folders, models, pipelines, training
+from fer_utils import EMOTIONS, data, evaluation, folders, models, pipelines, training, workfolder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
             r = results[name]
             print(f"{name}: " + ", ".join(f"{m} {r[m]['value']:.3f}" for m in METRICS)
                   + f"; chain {r['chain_seconds']:.0f} s", flush=True)
-    info = data.machine_info()
+    info = workfolder.machine_info()
     report = {"machine": info, "dataset": {"legend_sha256": dataset.legend_sha256,
                                            "pinned_upstream": dataset.is_pinned_upstream},
               "prepare_seconds": round(prepare_s, 1), "seed": args.seed, "epochs": args.epochs,
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
             results["seed_cnn"]["chain_seconds"] / results["reference"]["chain_seconds"], 3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data.write_record(out / "compare.json", report)
+    workfolder.write_record(out / "compare.json", report)
     shown = table(results)
     header = (f"Machine: {info['processor']}, {info['cpu_count']} cores; TensorFlow {info.get('tensorflow')}, "
               f"Keras {info.get('keras')}. Test split: {next(iter(results.values()))['n_test']} faces "

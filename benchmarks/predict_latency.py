@@ -54,7 +54,7 @@ def time_photo(fer, photo, runs: int, warmup: int = 5) -> dict:
 
 
 def main(argv=None) -> int:
-    from fer_utils import data, import_tensorflow
+    from fer_utils import data, import_tensorflow, workfolder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir")
@@ -69,12 +69,12 @@ def main(argv=None) -> int:
     from fer_utils import prediction as P
 
     fer = P.load_model(args.model, work_dir=args.work_dir)
-    info = data.machine_info()
+    info = workfolder.machine_info()
     print(f"machine: {info['processor']}, {os.cpu_count()} logical cores, TF {tf.__version__} "
           f"(intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}), "
           f"Keras {keras.__version__}")
     p = fer.preprocessing
-    print(f"model: {data.display_path(fer.path, args.work_dir or os.environ.get('FER_WORK_DIR'))} "
+    print(f"model: {workfolder.display_path(fer.path, args.work_dir or os.environ.get('FER_WORK_DIR'))} "
           f"({fer.model.name}, {p.image_size[0]}×{p.image_size[1]} {p.color_mode}, "
           f"{fer.model.count_params():,} parameters)")
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         results = P.predict(fer, items)
         elapsed = time.perf_counter() - start
         counts = ", ".join(f"{n} {s}" for s, n in P.summary(results)["files"].items())
-        print(f"\nthroughput on {data.display_path(folder)} ({len(items)} photos: {counts}):\n"
+        print(f"\nthroughput on {workfolder.display_path(folder)} ({len(items)} photos: {counts}):\n"
               f"  {len(items) / elapsed:.1f} photos/s, {results.status.isin(P.PREDICTED).sum() / elapsed:.1f} "
               f"faces/s ({elapsed:.1f} s, batches of 64 faces)")
     return 0

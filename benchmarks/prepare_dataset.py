@@ -10,7 +10,7 @@ import statistics
 import tempfile
 import time
 
-from fer_utils import data, folders
+from fer_utils import data, folders, workfolder
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     dataset = data.get_dataset(args.data_dir)
-    info = data.machine_info()
+    info = workfolder.machine_info()
     print(f"machine: {info['processor']}, {info['cpu_count']} cores; {dataset.describe()}")
     times = []
     for i in range(args.repeat):
@@ -27,7 +27,7 @@ def main() -> None:
             t0 = time.perf_counter()
             manifest = folders.prepare(dataset, work)
             times.append(time.perf_counter() - t0)
-            stages = data.read_record(f"{work}/prepare.json")["timings"]
+            stages = workfolder.read_record(f"{work}/prepare.json")["timings"]
         counts = manifest.split.value_counts().to_dict()
         print(f"run {i + 1}: {times[-1]:.1f} s (audit {stages['audit_s']:.1f} s, split {stages['split_s']:.1f} s, "
               f"folders {stages['folders_s']:.1f} s); rows {len(manifest):,}: {counts}")

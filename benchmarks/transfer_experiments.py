@@ -40,7 +40,7 @@ def load_split(work_dir, split: str, image_size: int | tuple[int, int] = 64, int
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     folder = Path(work_dir) / "split" / split
     if not folder.is_dir():
-        from fer_utils.data import require
+        from fer_utils.workfolder import require
 
         require(folder, "02_preprocess_into_folders.ipynb", f"split/{split}/")
     ds = keras.utils.image_dataset_from_directory(
@@ -252,7 +252,7 @@ def train_transfer(work_dir=None, image_size: int = 64, epochs_head: int = 2, ep
     The weights of the best epoch on val (``monitor``, computed with ``tta``) are kept. Writes
     ``model.keras``, ``model.json``, ``history.csv``, ``train.json``; returns the train record.
     """
-    from fer_utils.data import get_work_dir, machine_info, seed_everything, write_record
+    from fer_utils.workfolder import get_work_dir, machine_info, seed_everything, write_record
 
     tf, keras = import_tensorflow()
     import pandas as pd

@@ -1,4 +1,4 @@
-"""Step 1 — obtain, verify and audit the dataset; work folders and run records.
+"""Step 1 — obtain, verify and audit the dataset.
 
 The dataset is github.com/muxspace/facial_expressions, pinned to one upstream commit. It is found, in
 this order: an explicit ``data_dir``; the environment variable ``FER_DATA_DIR``; a verified copy in the
@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
-import platform
-import random
 import re
-import shutil
 import tarfile
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -29,6 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from fer_utils import EMOTIONS
+from fer_utils.workfolder import sha256_of
 
 UPSTREAM_REPO = "muxspace/facial_expressions"
 UPSTREAM_COMMIT = "5fb9c13afac07c55eae8d25eb6b50af344ad60c9"
@@ -36,7 +32,6 @@ ARCHIVE_URL = f"https://github.com/{UPSTREAM_REPO}/archive/{UPSTREAM_COMMIT}.tar
 LEGEND_SHA256 = "a4be0fc5afa10e44fdc717bf2fe5b3e2c916c07335aec254111c74b40ec75eb0"
 LEGEND = Path("data") / "legend.csv"
 IMAGES = Path("images")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Spellings users write for the canonical emotions (after strip + lower case).
 LABEL_ALIASES = {
@@ -76,14 +71,6 @@ class Dataset:
         kind = ("pinned upstream copy (legend.csv sha256 verified)" if self.is_pinned_upstream
                 else "local copy whose legend.csv differs from the pinned upstream")
         return f"Dataset from {where}: {kind}, commit {UPSTREAM_COMMIT[:7]}."
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -374,17 +361,8 @@ def contributor_table(legend: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------------
-# Work folders and run records
+# Keeping the dataset untouched
 # --------------------------------------------------------------------------------------------------
-
-
-def get_work_dir(work_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
-    """The run's work folder: ``work_dir``, else ``$FER_WORK_DIR``, else ``work/`` in the repository."""
-    chosen = work_dir or os.environ.get("FER_WORK_DIR") or REPO_ROOT / "work"
-    path = Path(chosen).expanduser().resolve()
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def check_not_inside(work_dir: Path, data_root: Path) -> None:
@@ -395,118 +373,10 @@ def check_not_inside(work_dir: Path, data_root: Path) -> None:
                            "Choose a work_dir (or FER_WORK_DIR) outside the dataset folder.")
 
 
-def require(path: Path, notebook: str, what: str = "") -> Path:
-    """Return ``path`` if it exists, else raise an error naming the notebook that makes it."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{what or Path(path).name} not found in the work folder ({Path(path).name}). "
-                                f"Run notebooks/{notebook} first (same work_dir), or `python -m fer_utils run`.")
-    return Path(path)
-
-
-def display_path(path: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> str:
-    """A path as a reader should see it: relative to the work folder or the repository, never absolute."""
-    path = Path(path).resolve()
-    for base, label in ((work_dir, "<work_dir>"), (REPO_ROOT, ".")):
-        if base and path.is_relative_to(Path(base).resolve()):
-            rel = path.relative_to(Path(base).resolve())
-            return f"{label}/{rel}" if str(rel) != "." else label
-    return path.name
-
-
-def machine_info() -> dict:
-    """What the run ran on, for the record."""
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "processor": _cpu_name()}
-    try:
-        import sklearn
-
-        info["scikit_learn"] = sklearn.__version__
-    except ImportError:
-        pass
-    import sys
-
-    if "tensorflow" in sys.modules:
-        info["tensorflow"] = sys.modules["tensorflow"].__version__
-        info["keras"] = sys.modules["keras"].__version__
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
-def write_record(path: str | os.PathLike, record: dict) -> Path:
-    """Write a run record as JSON (atomically), adding when and on what machine it was written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {**record, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info()}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(record), indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def read_record(path: str | os.PathLike) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and (if imported) TensorFlow/Keras."""
-    random.seed(seed)
-    np.random.seed(seed)
-    import sys
-
-    if "keras" in sys.modules:
-        sys.modules["keras"].utils.set_random_seed(seed)
-
-
 def class_counts(labels) -> pd.Series:
     """Counts per emotion, in the canonical order, zeros included."""
     counts = Counter(labels)
     return pd.Series({e: counts.get(e, 0) for e in EMOTIONS}, name="images")
-
-
-def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | None) -> Path:
-    """Put ``src`` in ``dest_dir`` so that Pillow and ``tf.io.decode_image`` both read it.
-
-    JPEG/PNG files in L or RGB with a matching name are copied byte for byte; anything else (WebP named
-    .jpg, CMYK or 16-bit images, TIFF…) is re-encoded as PNG, keeping the file's stem.
-    """
-    suffix = src.suffix.lower()
-    if fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and suffix in TF_FORMATS[fmt]:
-        dest = dest_dir / src.name
-        shutil.copyfile(src, dest)
-        return dest
-    dest = dest_dir / (src.stem + ".png")
-    with Image.open(src) as im:
-        from PIL import ImageOps
-
-        im = ImageOps.exif_transpose(im)
-        im = im.convert("L" if im.mode in ("L", "LA", "I", "I;16", "1") else "RGB")
-        im.save(dest, format="PNG")
-    return dest
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,11 +21,8 @@ import numpy as np
 import pandas as pd
 
 from fer_utils import EMOTIONS, pipelines
-from fer_utils.data import require, write_record
+from fer_utils.workfolder import METRICS, PREDICTIONS, require, write_record
 
-METRICS = "metrics.json"
-PREDICTIONS = "predictions.csv"
-TRAIN_NOTEBOOK = "05_train_model.ipynb"
 LABELS = list(range(len(EMOTIONS)))
 
 
@@ -121,7 +118,7 @@ def load_model(path: str | os.PathLike):
     import fer_utils
 
     _, keras = fer_utils.import_tensorflow()
-    return keras.models.load_model(require(Path(path), TRAIN_NOTEBOOK, "The trained model"))
+    return keras.models.load_model(require(Path(path), "train", "The trained model"))
 
 
 def model_settings(model, model_path: Path | None = None) -> dict:

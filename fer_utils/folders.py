@@ -20,25 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageOps
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from fer_utils import EMOTIONS
 from fer_utils.data import (
     IMAGES,
+    TF_FORMATS,
     Audit,
     Dataset,
     audit_dataset,
     check_not_inside,
-    copy_or_reencode,
     person_and_source,
-    require,
-    write_record,
 )
-
-SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.csv"
-SPLIT_DIR = "split"
-RECORD = "prepare.json"
+from fer_utils.workfolder import MANIFEST, SPLIT_DIR, SPLITS, require, write_record
+from fer_utils.workfolder import PREPARE_RECORD as RECORD
 
 #: Why a row is excluded, by audit finding, in order of precedence.
 EXCLUDE_REASONS = {
@@ -178,6 +174,27 @@ def images_by_emotion(manifest: pd.DataFrame) -> dict[str, list[str]]:
     return {e: usable.loc[usable.emotion == e, "image"].tolist() for e in EMOTIONS}
 
 
+def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | None) -> Path:
+    """Put ``src`` in ``dest_dir`` so that Pillow and ``tf.io.decode_image`` both read it.
+
+    JPEG/PNG files in L or RGB with a matching name are copied byte for byte; anything else (WebP named
+    .jpg, CMYK or 16-bit images, TIFF…) is re-encoded as PNG, keeping the file's stem.
+    """
+    suffix = src.suffix.lower()
+    if fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and suffix in TF_FORMATS[fmt]:
+        dest = dest_dir / src.name
+        shutil.copyfile(src, dest)
+        return dest
+    dest = dest_dir / (src.stem + ".png")
+    with Image.open(src) as im:
+        im = ImageOps.exif_transpose(im)
+        im = im.convert("L" if im.mode in ("L", "LA", "I", "I;16", "1") else "RGB")
+        im.save(dest, format="PNG")
+    return dest
+
+
+
+
 def write_split_folders(manifest: pd.DataFrame, data_root: str | os.PathLike, work_dir: str | os.PathLike,
                         workers: int | None = None) -> pd.DataFrame:
     """Write ``split/<split>/<emotion>/<file>`` under the work folder; return the manifest with ``path``.
@@ -296,6 +313,6 @@ def prepare(dataset: Dataset, work_dir: str | os.PathLike, seed: int = 42, test_
 
 
 def load_manifest(work_dir: str | os.PathLike) -> pd.DataFrame:
-    path = require(Path(work_dir) / MANIFEST, "02_preprocess_into_folders.ipynb", "manifest.csv")
+    path = require(Path(work_dir) / MANIFEST, "prepare", "manifest.csv")
     return pd.read_csv(path, dtype={"user_id": str, "label": str, "reason": str, "path": str},
                        keep_default_na=False, na_values={"row": [""], "emotion": [""], "width": [""], "height": [""]})

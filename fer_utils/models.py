@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_utils import EMOTIONS, import_tensorflow
-from fer_utils.data import sha256_of
+from fer_utils.workfolder import sha256_of
 
 _REGISTRY: dict[str, Callable] = {}
 _TRAITS: dict[str, dict] = {}
@@ -183,7 +183,7 @@ def save_untrained(model, work_dir, name: str, image_size, color_mode: str) -> d
     """Write ``models/<name>.keras`` and ``models/<name>.json`` (the untrained model and its preprocessing)."""
     from pathlib import Path
 
-    from fer_utils.data import write_record
+    from fer_utils.workfolder import write_record
 
     folder = Path(work_dir) / "models"
     folder.mkdir(parents=True, exist_ok=True)

@@ -26,13 +26,10 @@ import numpy as np
 import pandas as pd
 
 from fer_utils import EMOTIONS
-from fer_utils.data import require
+from fer_utils.workfolder import SPLIT_DIR, SPLITS, require
 
-SPLIT_DIR = "split"
-SPLITS = ("train", "val", "test")
 COLOR_MODES = {"grayscale": 1, "rgb": 3}
 DEFAULT_BATCH_SIZE = 64
-PREPARE_NOTEBOOK = "02_preprocess_into_folders.ipynb"
 
 #: The augmentations, each as the legacy ``ImageDataGenerator`` argument and the Keras layer that does
 #: the same in a tf.data pipeline. Mild settings: faces are roughly aligned crops.
@@ -62,7 +59,7 @@ def split_dir(work_dir: str | os.PathLike, split: str) -> Path:
     """``<work_dir>/split/<split>``; raises an error naming notebook 02 if it is missing."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    return require(Path(work_dir) / SPLIT_DIR / split, PREPARE_NOTEBOOK, f"The {split} class folders")
+    return require(Path(work_dir) / SPLIT_DIR / split, "prepare", f"The {split} class folders")
 
 
 def input_shape(image_size=48, color_mode: str = "grayscale") -> tuple[int, int, int]:

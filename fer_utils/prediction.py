@@ -78,7 +78,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from fer_utils import EMOTIONS, _quiet_fd2
-from fer_utils.data import IMAGE_SUFFIXES, get_work_dir
+from fer_utils.data import IMAGE_SUFFIXES
+from fer_utils.workfolder import get_work_dir
 
 DETECTION_MODES = ("auto", "detect", "whole")
 STATUSES = ("ok", "whole_image_fallback", "no_face", "not_an_image", "unreadable", "not_found", "error")

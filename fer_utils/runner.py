@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fer_utils.data import REPO_ROOT, display_path, get_work_dir, write_record
+from fer_utils.workfolder import EXECUTED_DIR, REPO_ROOT, RUN_RECORD, display_path, get_work_dir, write_record
 
 NOTEBOOK = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["FER_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
     work = get_work_dir(args.work_dir)
     os.environ["FER_WORK_DIR"] = str(work)
-    executed = work / "executed"
+    executed = work / EXECUTED_DIR
     executed.mkdir(exist_ok=True)
     print(f"Work folder: {work}")
     record = {"step": "run", "parameters": params, "notebooks": {}, "status": "running"}
@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     record["status"] = "ok" if status == 0 else "failed"
     record["total_seconds"] = round(time.perf_counter() - t_run, 1)
-    write_record(work / "run.json", record)
+    write_record(work / RUN_RECORD, record)
     if status == 0:
-        print(f"Done in {record['total_seconds']:.0f} s. Executed notebooks: {executed}; record: {work / 'run.json'}")
+        print(f"Done in {record['total_seconds']:.0f} s. Executed notebooks: {executed}; record: {work / RUN_RECORD}")
         if args.publish:
             publish(work, notebooks)
     return status

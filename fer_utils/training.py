@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fer_utils import EMOTIONS, models, pipelines
-from fer_utils.data import write_record
+from fer_utils.workfolder import write_record
 
 MODEL_FILE = "model.keras"
 MODEL_RECORD = "model.json"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_utils import EMOTIONS, data
+from fer_utils import EMOTIONS, data, workfolder
 
 
 def test_audit_finds_every_planted_fault(synthetic_dataset):
@@ -85,7 +85,7 @@ def _archive_of(root: Path, path: Path, top: str) -> Path:
 def test_download_extracts_verifies_and_caches(synthetic_data_dir, tmp_path, monkeypatch):
     top = f"facial_expressions-{data.UPSTREAM_COMMIT}"
     archive = _archive_of(synthetic_data_dir, tmp_path / "upstream.tar.gz", top)
-    monkeypatch.setattr(data, "LEGEND_SHA256", data.sha256_of(synthetic_data_dir / data.LEGEND))
+    monkeypatch.setattr(data, "LEGEND_SHA256", workfolder.sha256_of(synthetic_data_dir / data.LEGEND))
     monkeypatch.delenv("FER_DATA_DIR", raising=False)
     cache = tmp_path / "cache"
     root = data.download_dataset(cache, url=archive.as_uri())
@@ -123,18 +123,18 @@ def test_work_dir_inside_dataset_is_refused(synthetic_data_dir):
 
 def test_require_names_the_notebook_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="Run notebooks/02_preprocess_into_folders.ipynb first"):
-        data.require(tmp_path / "manifest.csv", "02_preprocess_into_folders.ipynb")
+        workfolder.require(tmp_path / "manifest.csv", "02_preprocess_into_folders.ipynb")
 
 
 def test_display_path_never_shows_absolute_paths(tmp_path):
-    assert data.display_path(tmp_path / "a" / "b.csv", tmp_path) == "<work_dir>/a/b.csv"
-    assert data.display_path(data.REPO_ROOT / "figures") == "./figures"
-    assert not data.display_path("/somewhere/else/x.png").startswith("/")
+    assert workfolder.display_path(tmp_path / "a" / "b.csv", tmp_path) == "<work_dir>/a/b.csv"
+    assert workfolder.display_path(workfolder.REPO_ROOT / "figures") == "./figures"
+    assert not workfolder.display_path("/somewhere/else/x.png").startswith("/")
 
 
 def test_write_record_is_json_with_machine(tmp_path):
     import numpy as np
 
-    path = data.write_record(tmp_path / "r.json", {"n": np.int64(3), "x": np.float32(0.5), "p": tmp_path})
-    record = data.read_record(path)
+    path = workfolder.write_record(tmp_path / "r.json", {"n": np.int64(3), "x": np.float32(0.5), "p": tmp_path})
+    record = workfolder.read_record(path)
     assert record["n"] == 3 and record["x"] == 0.5 and record["machine"]["cpu_count"] >= 1

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from fer_utils import runner
-from fer_utils.data import REPO_ROOT
+from fer_utils.workfolder import REPO_ROOT
 
 
 def test_chain_runs_every_notebook_and_records_it(synthetic_chain):

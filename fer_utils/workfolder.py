@@ -1,0 +1,203 @@
+"""The work folder: the contract between the notebooks, and the run records every step writes.
+
+Everything a run makes goes to one work folder (the ``work_dir`` parameter, else ``$FER_WORK_DIR``, else
+``work/`` in the repository). This module names, in one place, the notebooks and every file and folder
+they hand on to each other (the table in CONTRIBUTING.md), and holds what every step shares: finding
+the work folder, refusing to go on when an earlier notebook has not run (``require``), writing JSON
+records with the machine they ran on, seeding, hashing, and showing paths without machine details.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# --------------------------------------------------------------------------------------------------
+# The notebooks, by the step they teach
+# --------------------------------------------------------------------------------------------------
+
+NOTEBOOKS = {
+    "load": "01_load_dataset.ipynb",
+    "prepare": "02_preprocess_into_folders.ipynb",
+    "pipelines": "03_build_input_pipelines.ipynb",
+    "model": "04_create_model.ipynb",
+    "train": "05_train_model.ipynb",
+    "evaluate": "06_evaluate_model.ipynb",
+    "predict": "07_predict_new_photos.ipynb",
+}
+
+# --------------------------------------------------------------------------------------------------
+# The layout of a work folder (who writes what: CONTRIBUTING.md)
+# --------------------------------------------------------------------------------------------------
+
+AUDIT_RECORD = "audit.json"  # 01
+AUDIT_FINDINGS = "audit_findings.csv"  # 01
+AUDIT_FILES = "audit_files.csv"  # 01
+MANIFEST = "manifest.csv"  # 02
+SPLIT_DIR = "split"  # 02: split/<train|val|test>/<emotion>/<file>
+SPLITS = ("train", "val", "test")
+PREPARE_RECORD = "prepare.json"  # 02
+PIPELINES_RECORD = "pipelines.json"  # 03: the input settings (image size, colour mode, resizing)
+UNTRAINED_MODEL = "untrained.keras"  # 04: the model notebook 05 trains
+UNTRAINED_RECORD = "untrained.json"  # 04
+MODEL_FILE = "model.keras"  # 05: the current trained model
+MODEL_RECORD = "model.json"  # 05: its preprocessing record (fer_utils.models.ModelRecord)
+HISTORY = "history.csv"  # 05
+TRAIN_RECORD = "train.json"  # 05
+TRAIN_PROGRESS = "train_progress.jsonl"  # 05: one JSON line per finished epoch (the runner shows it)
+MODELS_DIR = "models"  # 05: every trained model kept under its own name
+METRICS = "metrics.json"  # 06
+PREDICTIONS = "predictions.csv"  # 06
+FIGURES_DIR = "figures"  # every notebook
+EXECUTED_DIR = "executed"  # the runner
+RUN_RECORD = "run.json"  # the runner
+
+# --------------------------------------------------------------------------------------------------
+# Finding the work folder, requiring earlier outputs, showing paths
+# --------------------------------------------------------------------------------------------------
+
+
+def get_work_dir(work_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
+    """The run's work folder: ``work_dir``, else ``$FER_WORK_DIR``, else ``work/`` in the repository."""
+    chosen = work_dir or os.environ.get("FER_WORK_DIR") or REPO_ROOT / "work"
+    path = Path(chosen).expanduser().resolve()
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(work_dir: str | os.PathLike) -> Path:
+    """``<work_dir>/figures``, created."""
+    path = Path(work_dir) / FIGURES_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def notebook_name(step: str) -> str:
+    """``"prepare"`` -> ``"02_preprocess_into_folders.ipynb"``; a notebook file name is returned as it is."""
+    if step in NOTEBOOKS:
+        return NOTEBOOKS[step]
+    if step in NOTEBOOKS.values():
+        return step
+    raise KeyError(f"Unknown step {step!r}; steps: {', '.join(NOTEBOOKS)}")
+
+
+def require(path: str | os.PathLike, step: str, what: str = "") -> Path:
+    """Return ``path`` if it exists, else raise ``FileNotFoundError`` naming the notebook that makes it.
+
+    ``step`` is a key of ``NOTEBOOKS`` (``"prepare"``) or a notebook's file name.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what or path.name} not found in the work folder ({path.name}). "
+                                f"Run notebooks/{notebook_name(step)} first (same work_dir), "
+                                "or `python -m fer_utils run`.")
+    return path
+
+
+def display_path(path: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> str:
+    """A path as a reader should see it: relative to the work folder or the repository, never absolute."""
+    path = Path(path).resolve()
+    for base, label in ((work_dir, "<work_dir>"), (REPO_ROOT, ".")):
+        if base and path.is_relative_to(Path(base).resolve()):
+            rel = path.relative_to(Path(base).resolve())
+            return f"{label}/{rel}" if str(rel) != "." else label
+    return path.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------------
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def machine_info() -> dict:
+    """What the run ran on, for the record."""
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "processor": _cpu_name()}
+    try:
+        import sklearn
+
+        info["scikit_learn"] = sklearn.__version__
+    except ImportError:
+        pass
+    if "tensorflow" in sys.modules:
+        tf = sys.modules["tensorflow"]
+        info["tensorflow"] = tf.__version__
+        info["keras"] = sys.modules["keras"].__version__
+        try:
+            gpus = tf.config.list_physical_devices("GPU")
+            info["gpus"] = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+        except Exception:  # noqa: BLE001 - the record must never fail for lack of device details
+            pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def jsonable(value):
+    """``value`` with paths, NumPy scalars/arrays and tuples turned into plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def write_record(path: str | os.PathLike, record: dict, stamp: bool = True) -> Path:
+    """Write a run record as JSON (atomically), adding when and on what machine it was written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if stamp:
+        record = {**record, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info()}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(record), indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and (if imported) TensorFlow/Keras."""
+    random.seed(seed)
+    np.random.seed(seed)
+    if "keras" in sys.modules:
+        sys.modules["keras"].utils.set_random_seed(seed)
