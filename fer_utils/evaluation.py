@@ -12,7 +12,6 @@ every emotion equally, so they show whether the rare ones are recognised at all.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fer_utils import EMOTIONS, pipelines
-from fer_utils.workfolder import METRICS, PREDICTIONS, require, write_record
+from fer_utils import EMOTIONS, models, pipelines
+from fer_utils.workfolder import METRICS, PREDICTIONS, display_path, read_record, require, sha256_of, write_record
 
 LABELS = list(range(len(EMOTIONS)))
 
@@ -114,43 +113,29 @@ def majority_baseline(train_counts, y_true, class_names=EMOTIONS) -> dict:
 
 
 def load_model(path: str | os.PathLike):
-    """Load a ``.keras`` model (raises an error naming notebook 05 when it is missing)."""
-    import fer_utils
-
-    _, keras = fer_utils.import_tensorflow()
-    return keras.models.load_model(require(Path(path), "train", "The trained model"))
+    """Load a ``.keras`` model and its record (raises an error naming notebook 05 when it is missing)."""
+    return models.load(require(Path(path), "train", "The trained model"))
 
 
-def model_settings(model, model_path: Path | None = None) -> dict:
-    """``image_size`` and ``color_mode`` from the ``model.json`` beside the model, else from its input."""
-    if model_path is not None:
-        record = Path(model_path).with_suffix(".json")
-        if record.exists():
-            info = json.loads(record.read_text())
-            return {"image_size": tuple(info["image_size"]), "color_mode": info["color_mode"],
-                    "model": info.get("model", model.name),
-                    "tta": info.get("tta") if info.get("tta") not in (None, "none") else None}
-    h, w, c = model.inputs[0].shape[1:]
-    return {"image_size": (int(h), int(w)), "color_mode": "grayscale" if c == 1 else "rgb", "model": model.name,
-            "tta": None}
-
-
-def predict_split(model, work_dir: str | os.PathLike, split: str = "test", image_size=48,
-                  color_mode: str = "grayscale", batch_size: int = 256, tta: str | None = None) -> pd.DataFrame:
+def predict_split(model, work_dir: str | os.PathLike, split: str = "test", record: models.ModelRecord | None = None,
+                  batch_size: int = 256) -> pd.DataFrame:
     """One row per file of a split: ``path`` (relative to the work folder), true and predicted class,
-    confidence and the probability of every emotion. No augmentation, file order. ``tta="flip"``
-    averages each face's probabilities with those of its mirror image (as the model's record asks)."""
+    confidence and the probability of every emotion. No augmentation, file order.
+
+    Faces are prepared exactly as ``record`` says (image size, colour mode, resize method); with
+    ``record.tta == "flip"`` each face's probabilities are averaged with those of its mirror image.
+    """
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
-    ds, files = pipelines.directory_dataset(work_dir, split, image_size, color_mode)
+    record = record or models.ModelRecord.from_model(model)
+    ds, files = pipelines.directory_dataset(work_dir, split, record.image_size, record.color_mode,
+                                            record.interpolation)
     y_true = np.array([EMOTIONS.index(Path(f).parent.name) for f in files], dtype=int)
-    if tta not in (None, "flip"):
-        raise ValueError(f"tta={tta!r}: None or 'flip'")
     if files:
         images = ds.map(lambda x, y: x).batch(batch_size)
         probs = np.asarray(model.predict(images, verbose=0), dtype=np.float32)
-        if tta == "flip":
+        if record.tta == "flip":
             flipped = images.map(lambda x: tf.image.flip_left_right(x))
             probs = (probs + np.asarray(model.predict(flipped, verbose=0), dtype=np.float32)) / 2
     else:
@@ -193,23 +178,24 @@ class Evaluation:
         return comparison_table(self.metrics)
 
 
-def evaluate(model_path_or_model, work_dir: str | os.PathLike, image_size=None, color_mode: str | None = None,
+def evaluate(model_path_or_model, work_dir: str | os.PathLike, record: models.ModelRecord | None = None,
              batch_size: int = 256, n_boot: int = 1000, seed: int = 42, write: bool = True) -> Evaluation:
-    """Evaluate a model (a ``.keras`` path or a loaded model) on ``<work_dir>/split/test``.
+    """Evaluate a model (a ``.keras`` path, or a loaded model with its ``record``) on ``split/test``.
 
-    Image size and colour mode come from ``model.json`` beside the model file (or the model's input
-    shape) unless given. Writes ``metrics.json`` and ``predictions.csv`` when ``write``.
+    Faces are prepared as the model's record says (``model.json`` beside the file; for a model object
+    without ``record``, what its input shape implies). Writes ``metrics.json`` and ``predictions.csv``
+    when ``write``; ``metrics.json`` names the model file and its sha256, so a later reader can tell
+    whether it still describes the current model.
     """
     work = Path(work_dir)
+    model_path = None
     if isinstance(model_path_or_model, (str, os.PathLike)):
         model_path = Path(model_path_or_model)
-        model = load_model(model_path)
+        model, record = load_model(model_path)
     else:
-        model_path, model = None, model_path_or_model
-    settings = model_settings(model, model_path)
-    size = pipelines._size(image_size) if image_size else settings["image_size"]
-    color_mode = color_mode or settings["color_mode"]
-    predictions = predict_split(model, work, "test", size, color_mode, batch_size, tta=settings["tta"])
+        model = model_path_or_model
+        record = record or models.ModelRecord.from_model(model)
+    predictions = predict_split(model, work, "test", record, batch_size)
     y_true, y_pred = predictions.y_true.to_numpy(), predictions.y_pred.to_numpy()
     metrics = compute_metrics(y_true, y_pred)
     train_counts = pipelines.split_counts(work)["train"]
@@ -221,8 +207,11 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, image_size=None, 
 
         manifest = load_manifest(work)
     per_source = per_source_table(predictions, manifest)
-    metrics = {"step": "evaluate", "model": settings["model"], "image_size": list(size), "color_mode": color_mode,
-               "tta": settings["tta"],
+    model_file = {"model_file": display_path(model_path, work) if model_path else None,
+                  "model_sha256": sha256_of(model_path) if model_path else None,
+                  "run": record.run}
+    metrics = {"step": "evaluate", "model": record.model, **model_file, "image_size": list(record.image_size),
+               "color_mode": record.color_mode, "interpolation": record.interpolation, "tta": record.tta,
                "class_names": list(EMOTIONS), "n_test": int(len(y_true)), **metrics, "ci": ci,
                "ci_level": 0.95, "n_boot": n_boot, "seed": seed, "baseline": baseline,
                "beats_baseline": bool(metrics["accuracy"] > baseline["accuracy"]),
@@ -233,6 +222,24 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, image_size=None, 
         predictions.to_csv(tmp, index=False)
         tmp.replace(work / PREDICTIONS)
     return Evaluation(metrics=metrics, predictions=predictions, per_source=per_source)
+
+
+def metrics_describe(work_dir: str | os.PathLike, model_path: str | os.PathLike) -> tuple[bool | None, str]:
+    """Does ``<work_dir>/metrics.json`` describe the model file at ``model_path``?
+
+    Returns ``(True, ...)`` when its ``model_sha256`` is the file's, ``(False, why)`` when it describes
+    another model (or an older metrics.json names none), ``(None, why)`` when there is no metrics.json.
+    """
+    path = Path(work_dir) / METRICS
+    if not path.exists():
+        return None, "no metrics.json yet: notebooks/06_evaluate_model.ipynb writes it"
+    metrics = read_record(path)
+    digest = sha256_of(model_path)
+    if metrics.get("model_sha256") == digest:
+        return True, f"metrics.json describes this model ({metrics.get('model')}, run {metrics.get('run')})"
+    return False, (f"metrics.json describes another model ({metrics.get('model')}, run {metrics.get('run')}, "
+                   f"sha256 {str(metrics.get('model_sha256'))[:12]}), not this one (sha256 {digest[:12]}); "
+                   "run notebooks/06_evaluate_model.ipynb again to evaluate it")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ default of notebook 05, fine-tuned head first: ``training.train(..., head_epochs
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -179,26 +181,241 @@ def cnn_bn(input_shape, num_classes: int = len(EMOTIONS), filters=(32, 64, 128),
     return keras.Model(inputs, outputs, name="cnn_bn")
 
 
-def save_untrained(model, work_dir, name: str, image_size, color_mode: str) -> dict:
-    """Write ``models/<name>.keras`` and ``models/<name>.json`` (the untrained model and its preprocessing)."""
-    from pathlib import Path
+# --------------------------------------------------------------------------------------------------
+# Precision: the dtype policy a model is built (and trained) in
+# --------------------------------------------------------------------------------------------------
 
-    from fer_utils.workfolder import write_record
 
-    folder = Path(work_dir) / "models"
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / f"{name}.keras")
-    record = model_record(name, image_size, color_mode, trained=False, parameters=model.count_params())
-    write_record(folder / f"{name}.json", record)
+def cpu_supports_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """True when the CPU has bfloat16 instructions (``amx_bf16`` or ``avx512_bf16`` in its flags)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"amx_bf16", "avx512_bf16"})
+    return False
+
+
+def resolve_precision(mixed_precision="auto", gpu: bool | None = None) -> str:
+    """The Keras dtype policy to train under.
+
+    ``"auto"``: ``mixed_float16`` on a GPU, ``mixed_bfloat16`` on a CPU with bfloat16 instructions,
+    else ``float32``. ``True``/``"bf16"``/``"mixed_bfloat16"``, ``"fp16"``/``"mixed_float16"`` and
+    ``False``/``None``/``"float32"``/``"fp32"`` choose explicitly.
+    """
+    choice = str(mixed_precision).lower()
+    if choice == "auto":
+        if gpu is None:
+            tf, _ = import_tensorflow()
+            gpu = bool(tf.config.list_physical_devices("GPU"))
+        if gpu:
+            return "mixed_float16"
+        return "mixed_bfloat16" if cpu_supports_bf16() else "float32"
+    if choice in ("true", "bf16", "bfloat16", "mixed_bfloat16"):
+        return "mixed_bfloat16"
+    if choice in ("fp16", "float16", "mixed_float16"):
+        return "mixed_float16"
+    if choice in ("false", "none", "float32", "fp32"):
+        return "float32"
+    raise ValueError(f"precision must be 'auto', 'bf16', 'fp16' or 'float32', not {mixed_precision!r}")
+
+
+def model_precision(model: str, precision="auto") -> str:
+    """The dtype policy to build (and so train) a registered model in.
+
+    ``"auto"`` becomes the model's registered ``cpu_precision`` on a CPU-only machine where one is
+    registered (bfloat16 measured slower for it), else ``resolve_precision("auto")``; anything else is
+    resolved as given.
+    """
+    if precision == "auto" and traits(model).get("cpu_precision"):
+        tf, _ = import_tensorflow()
+        if not tf.config.list_physical_devices("GPU"):
+            return resolve_precision(traits(model)["cpu_precision"])
+    return resolve_precision(precision)
+
+
+@contextlib.contextmanager
+def precision_policy(policy: str):
+    """Set Keras' global dtype policy inside the block and always restore ``float32`` after it."""
+    _, keras = import_tensorflow()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield policy
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# --------------------------------------------------------------------------------------------------
+# The model record: what a model needs from whoever feeds it (``model.json``)
+# --------------------------------------------------------------------------------------------------
+
+COLOR_MODES = {"grayscale": 1, "rgb": 3}
+INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic", "lanczos3", "lanczos5", "gaussian", "mitchellcubic")
+TTA_MODES = ("none", "flip")
+
+
+class RecordError(ValueError):
+    """A model record is malformed or does not belong to its model; the message says what is wrong."""
+
+
+def _pair(size) -> tuple[int, int]:
+    if isinstance(size, (int, float, np.integer)):
+        return (int(size), int(size))
+    h, w = size
+    return (int(h), int(w))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRecord:
+    """The one description of a model file that training writes and everyone else reads.
+
+    Written beside the model as ``<name>.json`` (``model.keras`` -> ``model.json``) by notebook 04
+    (untrained) and 05 (trained); read by evaluation, prediction, the notebooks and the benchmarks, so a
+    face is resized, coloured and scaled exactly as in training. ``ModelRecord.read`` and ``write`` are the
+    only code that touches the file.
+    """
+
+    model: str  # registered name (or the Keras model's name)
+    image_size: tuple[int, int]  # (height, width) the model takes
+    color_mode: str = "grayscale"  # "grayscale" (1 channel) or "rgb" (3)
+    interpolation: str = "bilinear"  # tf.image.resize method used to shrink faces in training
+    class_names: tuple[str, ...] = EMOTIONS  # output k means class_names[k]
+    input_range: tuple[float, float] = (0.0, 255.0)  # pixels go in unscaled; the model rescales inside
+    tta: str = "none"  # test-time augmentation evaluation and prediction apply: "none" or "flip"
+    precision: str = "float32"  # the Keras dtype policy the model was built with
+    trained: bool = False
+    parameters: int | None = None
+    best_epoch: int | None = None  # trained models: the epoch kept
+    best: dict = dataclasses.field(default_factory=dict)  # its validation figures
+    config: dict = dataclasses.field(default_factory=dict)  # the TrainConfig it was trained with
+    model_sha256: str | None = None  # sha256 of the .keras file this record describes
+    run: str | None = None  # trained models: the run folder under models/ that keeps it
+    source: str = dataclasses.field(default="record", compare=False)  # "record" or "model input shape"
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_size", _pair(self.image_size))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "input_range", tuple(float(v) for v in self.input_range))
+        object.__setattr__(self, "tta", self.tta or "none")
+        if self.color_mode not in COLOR_MODES:
+            raise RecordError(f"color_mode must be one of {sorted(COLOR_MODES)}, not {self.color_mode!r}.")
+        if self.interpolation not in INTERPOLATIONS:
+            raise RecordError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}.")
+        if self.tta not in TTA_MODES:
+            raise RecordError(f"tta must be one of {TTA_MODES}, not {self.tta!r}.")
+
+    @property
+    def channels(self) -> int:
+        return COLOR_MODES[self.color_mode]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (*self.image_size, self.channels)
+
+    # -- reading and writing ----------------------------------------------------------------------
+
+    @staticmethod
+    def path_for(model_path: str | os.PathLike) -> Path:
+        """``model.keras`` -> ``model.json`` (a ``.json`` path is returned as it is)."""
+        path = Path(model_path)
+        return path if path.suffix == ".json" else path.with_suffix(".json")
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        out.update(image_size=list(self.image_size), class_names=list(self.class_names),
+                   input_range=list(self.input_range), input_dtype="float32", output="softmax probabilities")
+        return out
+
+    @classmethod
+    def from_dict(cls, record: dict, source: str = "record") -> ModelRecord:
+        names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+        if "model" not in record or "image_size" not in record:
+            raise RecordError("a model record needs at least 'model' and 'image_size'.")
+        try:
+            return cls(**{k: v for k, v in record.items() if k in names}, source=source)
+        except (TypeError, ValueError) as err:
+            raise RecordError(str(err)) from err
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ModelRecord:
+        """Read the record of a model (``model.keras`` or ``model.json``); ``RecordError`` if malformed."""
+        from fer_utils.workfolder import read_record
+
+        json_path = cls.path_for(path)
+        try:
+            return cls.from_dict(read_record(json_path), source=json_path.name)
+        except (ValueError, RecordError) as err:
+            raise RecordError(f"{json_path.name}: {err}") from err
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the record beside its model (``model.keras`` -> ``model.json``)."""
+        from fer_utils.workfolder import write_record
+
+        return write_record(self.path_for(path), {"record": "model", **self.to_dict()})
+
+    @classmethod
+    def from_model(cls, model) -> ModelRecord:
+        """What the model contract implies from a Keras model alone (no record file): its input shape,
+        pixels in [0, 255], the 8 emotions, bilinear resizing, no TTA."""
+        shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else tuple(model.input_shape)
+        _, h, w, c = shape
+        if h is None or w is None or c not in (1, 3):
+            raise RecordError(f"Cannot tell the image size/colour mode from the model input shape {shape}; "
+                              "put its model.json beside the model.")
+        return cls(getattr(model, "name", "model"), (h, w), "grayscale" if c == 1 else "rgb",
+                   source="model input shape")
+
+    def check_model(self, model) -> None:
+        """Raise ``RecordError`` when the record does not describe ``model`` (input shape, outputs)."""
+        try:
+            _, h, w, c = tuple(model.inputs[0].shape)
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return
+        if c is not None and c != self.channels:
+            raise RecordError(f"The model takes {c}-channel images but its record says color_mode="
+                              f"{self.color_mode!r}; the record does not belong to this model.")
+        if h is not None and w is not None and (h, w) != self.image_size:
+            raise RecordError(f"The model takes {h}×{w} images but its record says image_size="
+                              f"{list(self.image_size)}; the record does not belong to this model.")
+        n_out = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
+        if n_out is not None and n_out != len(self.class_names):
+            raise RecordError(f"The model has {n_out} outputs but its record names {len(self.class_names)} "
+                              "classes.")
+
+    def replace(self, **changes) -> ModelRecord:
+        return dataclasses.replace(self, **changes)
+
+
+def save(model, path: str | os.PathLike, record: ModelRecord) -> ModelRecord:
+    """Save ``model`` to ``path`` (``.keras``) and its record beside it, with the file's sha256."""
+    from fer_utils.workfolder import sha256_of
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
+    record = record.replace(model_sha256=sha256_of(path), parameters=int(model.count_params()))
+    record.write(path)
     return record
 
 
-def model_record(name: str, image_size, color_mode: str, **extra) -> dict:
-    """What a model needs from its caller: the ``model.json`` contract."""
-    size = [image_size, image_size] if isinstance(image_size, int) else [int(s) for s in image_size]
-    return {"model": name, "image_size": size, "color_mode": color_mode, "class_names": list(EMOTIONS),
-            "input_range": [0, 255], "input_dtype": "float32", "output": "softmax probabilities",
-            "interpolation": "bilinear", **extra}
+def load(path: str | os.PathLike, compile: bool = False):
+    """Load a ``.keras`` model and its record; returns ``(model, record)``. Without a record file the
+    record comes from the model's input shape (``record.source == "model input shape"``)."""
+    _, keras = import_tensorflow()
+    path = Path(path)
+    model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    if ModelRecord.path_for(path).exists():
+        record = ModelRecord.read(path)
+    else:
+        record = ModelRecord.from_model(model)
+    record.check_model(model)
+    return model, record
 
 
 def plot_parameters(model):

@@ -42,6 +42,32 @@ AUGMENTATIONS = {
 }
 
 
+#: Augmentation strengths (``TrainConfig.augment``): ``"standard"`` is ``AUGMENTATIONS`` above (both
+#: pipelines); ``"strong"`` (tf.data only) widens the geometry and adds brightness and contrast changes.
+AUGMENT_LEVELS = ("none", "standard", "strong")
+STRONG_EXTRA = {
+    "rotation ±15°": ("RandomRotation", {"factor": 15 / 360, "fill_mode": "reflect"}),
+    "shift ±12 %": ("RandomTranslation", {"height_factor": 0.12, "width_factor": 0.12, "fill_mode": "reflect"}),
+    "zoom ±15 %": ("RandomZoom", {"height_factor": 0.15, "fill_mode": "reflect"}),
+    "brightness ±15 %": ("RandomBrightness", {"factor": 0.15, "value_range": (0, 255)}),
+    "contrast ±20 %": ("RandomContrast", {"factor": 0.2, "value_range": (0, 255)}),
+}
+#: ``tf.image.resize`` methods -> the nearest Pillow filter the legacy generator knows.
+LEGACY_INTERPOLATION = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "box",
+                        "lanczos3": "lanczos", "lanczos5": "lanczos"}
+
+
+def augment_level(augment) -> str:
+    """``True`` -> ``"standard"``, ``False``/``None`` -> ``"none"``; a level name is checked and returned."""
+    if augment is True:
+        return "standard"
+    if augment in (False, None, 0):
+        return "none"
+    if augment not in AUGMENT_LEVELS:
+        raise ValueError(f"augment must be one of {AUGMENT_LEVELS} (or True/False), not {augment!r}")
+    return augment
+
+
 def _size(image_size) -> tuple[int, int]:
     if isinstance(image_size, int):
         return (image_size, image_size)
@@ -87,8 +113,8 @@ def legacy_augmentation_kwargs(names=None) -> dict:
 
 
 def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
-                      batch_size: int = DEFAULT_BATCH_SIZE, augment: bool = True, seed: int = 42,
-                      splits=SPLITS) -> dict:
+                      batch_size: int = DEFAULT_BATCH_SIZE, augment=True, seed: int = 42,
+                      splits=SPLITS, interpolation: str = "bilinear") -> dict:
     """The seed tutorial's ``ImageDataGenerator(...).flow_from_directory(...)`` for each split.
 
     In Keras 3 the class survives only as legacy code reachable through
@@ -102,15 +128,22 @@ def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: st
     image_data_generator = tf.keras.preprocessing.image.ImageDataGenerator
     _quiet_legacy_scipy()
     _check_color_mode(color_mode)
+    level = augment_level(augment)
+    if level not in ("none", "standard"):
+        raise ValueError(f"augment={augment!r}: the legacy generator knows only 'none' and 'standard'; "
+                         "use pipeline='tf.data' for 'strong'.")
+    if interpolation not in LEGACY_INTERPOLATION:
+        raise ValueError(f"interpolation={interpolation!r} has no ImageDataGenerator equivalent; "
+                         f"choose one of {sorted(LEGACY_INTERPOLATION)}.")
     out = {}
     for split in splits:
         train = split == "train"
-        generator = image_data_generator(**(legacy_augmentation_kwargs() if (train and augment) else {}),
+        generator = image_data_generator(**(legacy_augmentation_kwargs() if (train and level != "none") else {}),
                                          dtype="float32")
         out[split] = generator.flow_from_directory(
             str(split_dir(work_dir, split)), target_size=_size(image_size), color_mode=color_mode,
             classes=list(EMOTIONS), class_mode="categorical", batch_size=batch_size, shuffle=train,
-            seed=seed, interpolation="bilinear")
+            seed=seed, interpolation=LEGACY_INTERPOLATION[interpolation])
     return out
 
 
@@ -119,27 +152,31 @@ def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: st
 # --------------------------------------------------------------------------------------------------
 
 
-def augmentation_layers(names=None, seed: int = 42):
+def augmentation_layers(names=None, seed: int = 42, level: str = "standard"):
     """A ``keras.Sequential`` of preprocessing layers for the named augmentations (all by default).
 
+    ``level="strong"`` uses the flip of ``AUGMENTATIONS`` and then ``STRONG_EXTRA`` instead.
     Used in the input pipeline (``tf_datasets``), never inside a model.
     """
     import fer_utils
 
     _, keras = fer_utils.import_tensorflow()
-    layers = []
-    for i, name in enumerate(names if names is not None else AUGMENTATIONS):
-        cls, kwargs = AUGMENTATIONS[name][1]
-        layers.append(getattr(keras.layers, cls)(**kwargs, seed=seed + i))
+    if level == "strong":
+        specs = [AUGMENTATIONS["horizontal flip"][1], *STRONG_EXTRA.values()]
+    else:
+        specs = [AUGMENTATIONS[name][1] for name in (names if names is not None else AUGMENTATIONS)]
+    layers = [getattr(keras.layers, cls)(**kwargs, seed=seed + i) for i, (cls, kwargs) in enumerate(specs)]
     return keras.Sequential(layers, name="augmentation")
 
 
-def directory_dataset(work_dir: str | os.PathLike, split: str, image_size=48, color_mode: str = "grayscale"):
+def directory_dataset(work_dir: str | os.PathLike, split: str, image_size=48, color_mode: str = "grayscale",
+                      interpolation: str = "bilinear"):
     """One split as an unbatched, unshuffled ``tf.data.Dataset`` of ``(pixels, one_hot)``, plus its file paths.
 
     ``image_dataset_from_directory`` with ``label_mode="categorical"`` and ``class_names=EMOTIONS``: the
-    one-hot position is the index in ``EMOTIONS``. Pixels are float32 in [0, 255], resized (bilinear,
-    aspect ratio not kept — the same squeeze the legacy generator applies).
+    one-hot position is the index in ``EMOTIONS``. Pixels are float32 in [0, 255], resized with
+    ``interpolation`` (a ``tf.image.resize`` method; ``"bilinear"`` reads few source pixels when shrinking a
+    350×350 face, ``"area"`` averages them), aspect ratio not kept — the squeeze the legacy generator applies.
     """
     import fer_utils
 
@@ -147,27 +184,32 @@ def directory_dataset(work_dir: str | os.PathLike, split: str, image_size=48, co
     ds = keras.utils.image_dataset_from_directory(
         str(split_dir(work_dir, split)), labels="inferred", label_mode="categorical", class_names=list(EMOTIONS),
         color_mode=_check_color_mode(color_mode), batch_size=None, image_size=_size(image_size), shuffle=False,
-        interpolation="bilinear", verbose=False)
+        interpolation=interpolation, verbose=False)
     return ds, list(ds.file_paths)
 
 
 def tf_datasets(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
-                batch_size: int = DEFAULT_BATCH_SIZE, augment: bool = True, seed: int = 42, splits=SPLITS,
-                cache: bool = True, augmentations=None) -> dict:
+                batch_size: int = DEFAULT_BATCH_SIZE, augment=True, seed: int = 42, splits=SPLITS,
+                cache: bool = True, augmentations=None, interpolation: str = "bilinear",
+                mixup: float = 0.0) -> dict:
     """The tf.data equivalent of ``legacy_generators``: ``{split: tf.data.Dataset}`` of batches.
 
     Per split: decode + resize each file once, store it as uint8 and ``cache()`` it in memory (48×48
     grayscale: 2.3 kB a face); for ``train`` only, ``shuffle`` the whole split again every epoch and
     augment each batch with ``augmentation_layers``; then ``prefetch`` so the next batch is ready while
-    the model trains. ``augmentations`` names a subset of ``AUGMENTATIONS`` (default: all).
+    the model trains. ``augment`` is a level of ``AUGMENT_LEVELS`` (or True/False); ``augmentations``
+    names a subset of ``AUGMENTATIONS`` (default: all). ``mixup`` > 0 blends each training batch with a
+    shuffled copy of itself (one Beta(mixup, mixup) weight per batch, the larger of λ and 1 − λ), images
+    and one-hot labels alike.
     """
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
     autotune = tf.data.AUTOTUNE
+    level = augment_level(augment)
     out = {}
     for split in splits:
-        ds, files = directory_dataset(work_dir, split, image_size, color_mode)
+        ds, files = directory_dataset(work_dir, split, image_size, color_mode, interpolation)
         # Keep the cache small (uint8, 4× smaller than float32); resizing is done once, here.
         ds = ds.map(lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y),
                     num_parallel_calls=autotune)
@@ -176,26 +218,52 @@ def tf_datasets(work_dir: str | os.PathLike, image_size=48, color_mode: str = "g
         if split == "train":
             ds = ds.shuffle(max(len(files), 1), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune)
-        if split == "train" and augment:
+        if split == "train" and level != "none":
             # sequential on purpose: the layers draw from one seeded random state, and parallel calls would
             # draw in a varying order (runs would not repeat); prefetch still overlaps it with training
-            ds = ds.map(_augmenter(augmentation_layers(augmentations, seed)))
+            ds = ds.map(_augmenter(augmentation_layers(augmentations, seed, level)))
+        if split == "train" and mixup > 0:
+            ds = ds.map(_mixer(mixup, seed))
         out[split] = ds.prefetch(autotune)
     return out
 
 
 def _augmenter(layers):
-    return lambda x, y: (layers(x, training=True), y)
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    return lambda x, y: (tf.clip_by_value(layers(x, training=True), 0.0, 255.0), y)
 
 
-def make_pipelines(pipeline: str, work_dir, image_size=48, color_mode="grayscale", batch_size=DEFAULT_BATCH_SIZE,
-                   augment=True, seed=42, splits=SPLITS) -> dict:
-    """``tf_datasets`` for ``pipeline="tf.data"``, ``legacy_generators`` for ``pipeline="generator"``."""
-    if pipeline in ("tf.data", "tfdata", "tf_data"):
-        return tf_datasets(work_dir, image_size, color_mode, batch_size, augment, seed, splits)
-    if pipeline in ("generator", "legacy", "ImageDataGenerator"):
-        return legacy_generators(work_dir, image_size, color_mode, batch_size, augment, seed, splits)
-    raise ValueError(f"pipeline must be 'tf.data' or 'generator', not {pipeline!r}")
+def _mixer(alpha: float, seed: int):
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+
+    def mix(x, y):  # sequential map: seeded ops draw in a repeatable order
+        g = tf.random.gamma([2], alpha=alpha, seed=seed)  # two Gammas make one Beta(alpha, alpha) draw
+        lam = tf.maximum(g[0], g[1]) / (g[0] + g[1])
+        order = tf.random.shuffle(tf.range(tf.shape(x)[0]), seed=seed + 1)
+        return lam * x + (1 - lam) * tf.gather(x, order), lam * y + (1 - lam) * tf.gather(y, order)
+
+    return mix
+
+
+def make_pipelines(config, work_dir, splits=SPLITS) -> dict:
+    """The input pipelines a ``training.TrainConfig`` asks for: ``{split: batches}``.
+
+    ``config.pipeline="tf.data"``: ``tf_datasets``; ``"generator"``: ``legacy_generators`` (no mixup).
+    Size, colour mode, resizing, batch size, augmentation, mixup and seed all come from ``config``.
+    """
+    common = dict(image_size=config.image_size, color_mode=config.color_mode, batch_size=config.batch_size,
+                  augment=config.augment, seed=config.seed, splits=splits, interpolation=config.interpolation)
+    if config.pipeline == "tf.data":
+        return tf_datasets(work_dir, mixup=config.mixup, **common)
+    if config.pipeline == "generator":
+        if config.mixup:
+            raise ValueError("mixup needs pipeline='tf.data'; the legacy generator cannot mix batches.")
+        return legacy_generators(work_dir, **common)
+    raise ValueError(f"pipeline must be 'tf.data' or 'generator', not {config.pipeline!r}")
 
 
 def split_counts(work_dir: str | os.PathLike) -> pd.DataFrame:

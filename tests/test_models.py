@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from fer_utils import EMOTIONS, models
+from fer_utils import EMOTIONS, models, workfolder
 
 tf, keras = __import__("fer_utils").import_tensorflow()
 
@@ -41,7 +43,7 @@ def test_contract_pixels_in_probabilities_out(name, shape):
 
 
 def test_output_stays_float32_under_mixed_precision():
-    from fer_utils.training import precision_policy
+    from fer_utils.models import precision_policy
 
     with precision_policy("mixed_bfloat16"):
         net = models.build("seed_cnn", (32, 32, 1))
@@ -83,9 +85,22 @@ def test_check_contract_rejects(kwargs, message):
     models.check_contract(_model())
 
 
-def test_save_untrained_writes_model_and_record(tmp_path):
+def test_model_record_round_trip_and_checks(tmp_path):
     net = models.build("seed_cnn", (24, 24, 1))
-    record = models.save_untrained(net, tmp_path, "seed_cnn", 24, "grayscale")
-    assert (tmp_path / "models" / "seed_cnn.keras").exists()
-    assert record["image_size"] == [24, 24] and record["input_range"] == [0, 255]
-    assert record["class_names"] == list(EMOTIONS)
+    record = models.save(net, tmp_path / "untrained.keras", models.ModelRecord("seed_cnn", 24, interpolation="area"))
+    assert (tmp_path / "untrained.keras").exists() and (tmp_path / "untrained.json").exists()
+    assert record.model_sha256 == workfolder.sha256_of(tmp_path / "untrained.keras")
+    assert record.parameters == net.count_params()
+    loaded, again = models.load(tmp_path / "untrained.keras")
+    assert again == record and again.image_size == (24, 24) and again.input_range == (0.0, 255.0)
+    assert again.class_names == EMOTIONS and again.interpolation == "area" and again.source == "untrained.json"
+    raw = json.loads((tmp_path / "untrained.json").read_text())
+    assert raw["image_size"] == [24, 24] and raw["input_range"] == [0, 255] and raw["class_names"] == list(EMOTIONS)
+    with pytest.raises(models.RecordError, match="does not belong"):
+        models.ModelRecord("seed_cnn", 32).check_model(loaded)
+    with pytest.raises(models.RecordError, match="color_mode"):
+        models.ModelRecord("seed_cnn", 24, color_mode="cmyk")
+    (tmp_path / "bad.json").write_text('{"model": "x"}')
+    with pytest.raises(models.RecordError, match="bad.json"):
+        models.ModelRecord.read(tmp_path / "bad.json")
+    assert models.ModelRecord.from_model(loaded).source == "model input shape"

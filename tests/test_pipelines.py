@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_utils import EMOTIONS, pipelines
+from fer_utils import EMOTIONS, pipelines, training
 
 SIZE = 24
 
@@ -106,4 +106,6 @@ def test_missing_folders_name_notebook_02(tmp_path):
     with pytest.raises(FileNotFoundError, match="02_preprocess_into_folders"):
         pipelines.tf_datasets(tmp_path)
     with pytest.raises(ValueError, match="pipeline"):
-        pipelines.make_pipelines("torch", tmp_path)
+        training.TrainConfig(pipeline="torch")
+    with pytest.raises(ValueError, match="legacy generator"):
+        pipelines.legacy_generators(tmp_path, augment="strong")

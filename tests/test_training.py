@@ -1,4 +1,4 @@
-"""Training: artefacts, records, precision handling, and the options other models rely on."""
+"""Training: one config, one train(), records, kept models, progress, precision, the options experiments use."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_utils import EMOTIONS, models, training
+from fer_utils import EMOTIONS, models, training, workfolder
 
 tf, keras = __import__("fer_utils").import_tensorflow()
+
+TINY = dict(model="seed_cnn", head_epochs=0, image_size=24, batch_size=8, precision="float32")
 
 
 @pytest.fixture()
@@ -26,31 +28,34 @@ def work(prepared_work_dir, tmp_path):
 def trained(prepared_work_dir, tmp_path_factory):
     dest = tmp_path_factory.mktemp("trained") / "work"
     shutil.copytree(prepared_work_dir, dest)
-    result = training.train(dest, epochs=2, image_size=24, batch_size=8, seed=7, mixed_precision="auto")
+    config = training.TrainConfig(**{**TINY, "precision": "auto"}, epochs=2, seed=7)
+    result = training.train(config, dest, run_name="first", show_progress=False)
     return dest, result
 
 
 def test_train_writes_the_contract_files(trained):
     work, result = trained
-    for name in ("model.keras", "model.json", "history.csv", "train.json", "models/seed_cnn.keras",
-                 "models/seed_cnn.json"):
+    for name in ("model.keras", "model.json", "history.csv", "train.json", "models/first/model.keras",
+                 "models/first/model.json", "models/first/train.json", "models/first/history.csv",
+                 workfolder.TRAIN_PROGRESS):
         assert (work / name).exists(), name
-    info = json.loads((work / "model.json").read_text())
-    assert info["model"] == "seed_cnn" and info["image_size"] == [24, 24] and info["color_mode"] == "grayscale"
-    assert info["class_names"] == list(EMOTIONS) and info["input_range"] == [0, 255]
+    record = models.ModelRecord.read(work / "model.json")
+    assert record.model == "seed_cnn" and record.image_size == (24, 24) and record.color_mode == "grayscale"
+    assert record.class_names == EMOTIONS and record.input_range == (0.0, 255.0) and record.trained
+    assert record.model_sha256 == workfolder.sha256_of(work / "model.keras") and record.run == "first"
+    assert record.config == training.TrainConfig(**{**TINY, "precision": "auto"}, epochs=2, seed=7).to_dict()
     history = pd.read_csv(work / "history.csv")
-    assert history.epoch.tolist() == [1, 2]
+    assert history.epoch.tolist() == [1, 2] and set(history.phase) == {"train"}
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(history.columns)
     assert history[["loss", "val_loss"]].notna().all().all()
 
 
-def test_train_record(trained):
+def test_train_record_holds_the_config_verbatim(trained):
     work, result = trained
     record = json.loads((work / "train.json").read_text())
-    p = record["parameters"]
-    assert p["epochs"] == 2 and p["image_size"] == [24, 24] and p["batch_size"] == 8 and p["seed"] == 7
-    assert p["pipeline"] == "tf.data" and p["model"] == "seed_cnn"
-    assert record["precision"] == training.resolve_precision("auto")
+    assert training.TrainConfig.from_dict(record["config"]) == training.TrainConfig(
+        **{**TINY, "precision": "auto"}, epochs=2, seed=7)
+    assert record["precision"] == models.model_precision("seed_cnn", "auto") and record["run"] == "first"
     assert len(record["epoch_seconds"]) == 2 and record["seconds_per_epoch"] > 0
     assert record["images_per_second"] > 0 and record["train_seconds"] > 0
     assert record["counts"]["train"] == sum(record["counts"]["train_per_class"].values()) > 0
@@ -59,13 +64,43 @@ def test_train_record(trained):
     assert record["best"]["val_accuracy"] == pytest.approx(best_val)
 
 
+def test_progress_lines_one_per_epoch(trained):
+    work, _ = trained
+    lines = [json.loads(line) for line in (work / workfolder.TRAIN_PROGRESS).read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2] and all(line["epochs"] == 2 for line in lines)
+    assert lines[-1]["eta_seconds"] == 0 and lines[0]["eta_seconds"] > 0 and "val_accuracy" in lines[0]
+
+
 def test_best_model_is_saved_and_policy_is_reset(trained):
     work, result = trained
     assert keras.mixed_precision.global_policy().name == "float32"
-    model = keras.models.load_model(work / "model.keras")
+    model, record = models.load(work / "model.keras")
     models.check_contract(model, (24, 24, 1))
     x = np.full((2, 24, 24, 1), 100, "float32")
     np.testing.assert_allclose(model.predict(x, verbose=0), result.model.predict(x, verbose=0), rtol=1e-5)
+
+
+def test_a_second_run_keeps_the_first_model(trained, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(trained[0], work)
+    first_sha = workfolder.sha256_of(work / "model.keras")
+    second = training.train(training.TrainConfig(**TINY, epochs=1, seed=1), work, run_name="second",
+                            show_progress=False)
+    assert second.replaced == work / "models" / "first"
+    assert workfolder.sha256_of(work / "models" / "first" / "model.keras") == first_sha
+    assert workfolder.sha256_of(work / "model.keras") == workfolder.sha256_of(work / "models/second/model.keras")
+    table = training.trained_models(work)
+    assert table.set_index("run").current.to_dict() == {"first": False, "second": True}
+    with pytest.raises(FileExistsError):
+        training.train(training.TrainConfig(**TINY, epochs=1), work, run_name="second", show_progress=False)
+
+
+def test_a_model_from_before_runs_is_moved_aside(work):
+    (work / "model.keras").write_bytes(b"an older model")
+    (work / "model.json").write_text("{}")
+    result = training.train(training.TrainConfig(**TINY, epochs=1), work, run_name="new", show_progress=False)
+    assert result.replaced.name.startswith("previous-")
+    assert (result.replaced / "model.keras").read_bytes() == b"an older model"
 
 
 def test_generator_pipeline_rgb_and_options(work):
@@ -75,29 +110,53 @@ def test_generator_pipeline_rgb_and_options(work):
         def on_epoch_end(self, epoch, logs=None):
             seen.append(epoch)
 
-    result = training.train(work, model="cnn_bn", epochs=1, image_size=20, color_mode="rgb", batch_size=8,
-                            pipeline="generator", mixed_precision="float32", class_weight="balanced",
-                            callbacks=[Spy()], model_kwargs={"filters": (8, 16)})
+    config = training.TrainConfig(model="cnn_bn", head_epochs=0, epochs=1, image_size=20, color_mode="rgb",
+                                  batch_size=8, pipeline="generator", precision="float32", class_weight="balanced",
+                                  model_kwargs={"filters": (8, 16)}, interpolation="area")
+    result = training.train(config, work, callbacks=[Spy()], show_progress=False)
     assert seen == [0]
-    assert result.record["precision"] == "float32" and result.record["parameters"]["pipeline"] == "generator"
+    assert result.record["precision"] == "float32" and result.record["config"]["pipeline"] == "generator"
     assert result.model.inputs[0].shape[1:] == (20, 20, 3)
-    assert isinstance(result.record["parameters"]["class_weight"], dict)
-    assert json.loads((work / "model.json").read_text())["color_mode"] == "rgb"
+    assert set(result.record["class_weight"]) == set(EMOTIONS)
+    assert models.ModelRecord.read(work / "model.json").color_mode == "rgb"
 
 
-def test_second_phase_appends_history(work):
-    first = training.train(work, epochs=1, image_size=24, batch_size=8, mixed_precision="float32")
-    second = training.train(work, model=first.model, epochs=1, image_size=24, batch_size=8, learning_rate=1e-4,
-                            fit_kwargs={"initial_epoch": 1})
-    history = pd.read_csv(work / "history.csv")
-    assert history.epoch.tolist() == [1, 2]
-    assert second.record["parameters"]["model"] == first.model.name
+def test_a_built_model_is_trained_as_given(work):
+    net = training.build_model(training.TrainConfig(**TINY, epochs=1))
+    net.get_layer("conv1").trainable = False
+    before = net.get_layer("conv1").get_weights()[0].copy()
+    result = training.train(training.TrainConfig(**TINY, epochs=1), work, model=net, show_progress=False)
+    assert result.model is net
+    np.testing.assert_array_equal(before, net.get_layer("conv1").get_weights()[0])
+
+
+def test_experiment_options_run(work):
+    config = training.TrainConfig(**TINY, epochs=2, mixup=0.2, label_smoothing=0.1, class_weight=0.3,
+                                  lr_schedule="cosine", weight_decay=1e-4, augment="strong", tta="flip",
+                                  monitor="val_macro_f1")
+    result = training.train(config, work, show_progress=False)
+    assert {"val_macro_f1", "val_balanced_accuracy"} <= set(result.history.columns)
+    assert result.record["best"]["val_macro_f1"] == pytest.approx(result.history.val_macro_f1.max())
+    assert models.ModelRecord.read(work / "model.json").tta == "flip"
 
 
 def test_seeded_runs_repeat(work):
-    a = training.train(work, epochs=1, image_size=24, batch_size=8, seed=3, mixed_precision="float32")
-    b = training.train(work, epochs=1, image_size=24, batch_size=8, seed=3, mixed_precision="float32")
+    config = training.TrainConfig(**TINY, epochs=1, seed=3)
+    a = training.train(config, work, write=False, show_progress=False)
+    b = training.train(config, work, write=False, show_progress=False)
     assert a.history.loss.iloc[0] == pytest.approx(b.history.loss.iloc[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model": "nope"}, "model='nope'"), ({"head_epochs": 2}, "no pretrained backbone"),
+    ({"augment": "wild"}, "augment"), ({"class_weight": "most"}, "class_weight"), ({"monitor": "val_f2"}, "monitor"),
+    ({"epochs": 0}, "at least one epoch"), ({"interpolation": "cubic"}, "interpolation"),
+])
+def test_bad_configs_say_what_is_wrong(changes, message):
+    with pytest.raises(ValueError, match=message):
+        training.TrainConfig(**{**TINY, "epochs": 1, **changes})
+    with pytest.raises(ValueError, match="Unknown TrainConfig field"):
+        training.TrainConfig.from_dict({"epochz": 3})
 
 
 def test_resolve_precision_and_cpu_flags(tmp_path):
@@ -105,24 +164,28 @@ def test_resolve_precision_and_cpu_flags(tmp_path):
     with_bf16.write_text("processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_tile\n")
     without = tmp_path / "cpuinfo"
     without.write_text("processor : 0\nflags : fpu sse avx2\n")
-    assert training.cpu_supports_bf16(with_bf16) and not training.cpu_supports_bf16(without)
-    assert not training.cpu_supports_bf16(tmp_path / "missing")
-    assert training.resolve_precision("float32") == "float32"
-    assert training.resolve_precision("bf16") == "mixed_bfloat16"
-    assert training.resolve_precision("auto", gpu=True) == "mixed_float16"
-    expected = "mixed_bfloat16" if training.cpu_supports_bf16() else "float32"
-    assert training.resolve_precision("auto", gpu=False) == expected
+    assert models.cpu_supports_bf16(with_bf16) and not models.cpu_supports_bf16(without)
+    assert not models.cpu_supports_bf16(tmp_path / "missing")
+    assert models.resolve_precision("float32") == "float32"
+    assert models.resolve_precision("bf16") == "mixed_bfloat16"
+    assert models.resolve_precision("auto", gpu=True) == "mixed_float16"
+    expected = "mixed_bfloat16" if models.cpu_supports_bf16() else "float32"
+    assert models.resolve_precision("auto", gpu=False) == expected
     with pytest.raises(ValueError):
-        training.resolve_precision("int8")
+        models.resolve_precision("int8")
 
 
-def test_balanced_class_weight():
+def test_class_weights():
     w = training.balanced_class_weight([10, 0, 30])
     assert w == {0: pytest.approx(2.0), 1: 0.0, 2: pytest.approx(40 / 60)}
     assert training.balanced_class_weight([1, 99], max_weight=5.0)[0] == 5.0
+    counts = [100, 1, 10]
+    assert training.class_weight_power(counts, 0) == {0: pytest.approx(1), 1: pytest.approx(1), 2: pytest.approx(1)}
+    sqrt = training.sqrt_class_weight(counts)
+    assert sqrt[1] > sqrt[2] > sqrt[0] and sum(w * n for w, n in zip(sqrt.values(), counts)) == pytest.approx(111)
 
 
 def test_missing_folders_name_notebook_02(tmp_path):
     with pytest.raises(FileNotFoundError, match="02_preprocess_into_folders"):
-        training.train(tmp_path, epochs=1)
+        training.train(training.TrainConfig(**TINY, epochs=1), tmp_path)
     assert keras.mixed_precision.global_policy().name == "float32"
