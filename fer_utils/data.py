@@ -239,6 +239,78 @@ def person_and_source(image: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Any image as 8-bit L or RGB (the class folders and prediction both read images through this)
+# --------------------------------------------------------------------------------------------------
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """An upright 8-bit ``L`` (gray) or ``RGB`` copy of a Pillow image of any mode.
+
+    - **Upright**: turned by its EXIF orientation (a broken EXIF block is ignored).
+    - **Transparency** (an alpha channel — ``LA``, ``RGBA``, ``PA``, premultiplied ``La``/``RGBa`` — or a
+      palette's or colour key's ``transparency``) is flattened onto white.
+    - **Gray stays gray**: ``1``, ``L``, ``LA``, ``I*`` and ``F`` give ``L``; everything else ``RGB``.
+    - **High bit depth is scaled, never clipped** (Pillow's own ``convert("L")`` clips 16-bit values at 255):
+      ``I;16``/``I;16B``/``I;16L``/``I;16N`` (16-bit files) ÷ 257, so 65535 → 255. ``I`` (32-bit integers,
+      what NumPy int arrays and some PGM/TIFF files give): values all in [0, 255] are taken as 8-bit, all
+      in [0, 65535] as 16-bit (÷ 257), anything else is stretched from its minimum to its maximum.
+      ``F`` (floats): values all in [0, 1] are × 255, all in [0, 255] taken as they are, anything else
+      stretched min–max; NaN and ±inf count as the minimum. 16-bit RGB(A) PNGs already open as 8-bit.
+    - Other colour spaces (``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``…) are converted by Pillow.
+    """
+    from PIL import ImageOps
+
+    def scale(arr: np.ndarray, mode: str) -> np.ndarray:
+        """Pixel values of a high-bit-depth mode → uint8 by the rules of ``to_8bit``."""
+        if arr.dtype == np.uint8:
+            return arr
+        if mode.startswith("I;16"):
+            return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        values = arr.astype(np.float64)
+        finite = np.isfinite(values)
+        if not finite.any():
+            return np.zeros(arr.shape, np.uint8)
+        lo, hi = values[finite].min(), values[finite].max()
+        values = np.where(finite, values, lo)
+        if mode == "F" and lo >= 0 and hi <= 1:
+            values = values * 255.0
+        elif lo >= 0 and hi <= 255:
+            pass
+        elif mode != "F" and lo >= 0 and hi <= 65535:
+            values = values / 257.0
+        else:
+            values = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+    try:
+        im = ImageOps.exif_transpose(im)  # a copy, even without an orientation
+    except Exception:  # noqa: BLE001 - a broken EXIF block should not lose the picture
+        im = im.copy()
+    mode = im.mode
+    if mode in ("L", "RGB") and im.info.get("transparency") is None:
+        return im
+    if mode == "1":
+        return im.convert("L")
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(scale(np.asarray(im), mode), "L")
+    alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa") or im.info.get("transparency") is not None
+    if alpha:
+        gray = mode in ("L", "LA", "La")
+        rgba = im.convert("LA").convert("RGBA") if mode == "La" else im.convert("RGBA")
+        flat = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        flat.alpha_composite(rgba)
+        return flat.convert("L" if gray else "RGB")
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError):  # a mode Pillow cannot convert: go through its pixel values
+        arr = np.asarray(im)
+        if arr.ndim == 3 and arr.shape[-1] >= 3:
+            channels = [scale(arr[..., c], "I" if arr.dtype.kind in "iu" else "F") for c in range(3)]
+            return Image.fromarray(np.stack(channels, axis=-1), "RGB")
+        return Image.fromarray(scale(arr.reshape(arr.shape[:2]), "I"), "L")
+
+
+# --------------------------------------------------------------------------------------------------
 # Auditing the files
 # --------------------------------------------------------------------------------------------------
 

@@ -53,21 +53,75 @@ def metric_function(name: str):
     return lambda y_true, y_pred: float(_from_confusion(_confusion(y_true, y_pred))[name])
 
 
+#: What the intervals mean, as metrics.json and the notebooks say it.
+CI_METHOD = ("percentile bootstrap over people: each resample draws test people with replacement and keeps all "
+             "of a person's test faces together; a resample that lacks an emotion present in the test split is "
+             "drawn again, so balanced accuracy always averages over the same emotions")
+
+
+def bootstrap_samples(y_true, y_pred, metrics=("accuracy",), groups=None, n: int = 1000, seed: int = 42,
+                      same_classes: bool = True) -> tuple[dict[str, np.ndarray], int]:
+    """``n`` bootstrap values of each metric, and how many resamples were drawn again.
+
+    ``groups`` (e.g. the person of each face): resample whole groups, with all their faces; without it,
+    faces are resampled one by one. ``same_classes``: a resample lacking a class present in ``y_true`` is
+    drawn again (up to 100 times each), so a metric averaging over present classes (balanced accuracy)
+    averages over the same ones in every resample. ``metrics`` are names (``metric_function``) or
+    ``fn(y_true, y_pred) -> float``.
+    """
+    fns = {m if isinstance(m, str) else getattr(m, "__name__", "custom"):
+           metric_function(m) if isinstance(m, str) else m for m in metrics}
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if groups is None:
+        units = [np.array([i]) for i in range(len(y_true))]
+    else:
+        _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+        units = np.split(order, bounds)
+    present = set(np.unique(y_true).tolist())
+    rng = np.random.default_rng(seed)
+    values = {name: np.empty(n) for name in fns}
+    redrawn = 0
+    for i in range(n):
+        for _ in range(100):
+            idx = np.concatenate([units[u] for u in rng.integers(0, len(units), len(units))])
+            if not same_classes or set(np.unique(y_true[idx]).tolist()) == present:
+                break
+            redrawn += 1
+        for name, fn in fns.items():
+            values[name][i] = fn(y_true[idx], y_pred[idx])
+    return values, redrawn
+
+
 def bootstrap_ci(y_true, y_pred, metric="accuracy", n: int = 1000, seed: int = 42,
-                 level: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval ``[lo, hi]`` of ``metric`` over test faces resampled with replacement.
+                 level: float = 0.95, groups=None) -> list[float]:
+    """Percentile bootstrap interval ``[lo, hi]`` of ``metric`` (see ``bootstrap_samples``): over people
+    when ``groups`` gives each face's person, else over faces.
 
     ``metric`` is a name (``metric_function``) or any ``fn(y_true, y_pred) -> float``.
     """
-    fn = metric_function(metric) if isinstance(metric, str) else metric
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) == 0:
         return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y_true), size=(n, len(y_true)))
-    values = np.array([fn(y_true[i], y_pred[i]) for i in idx])
+    values, _ = bootstrap_samples(y_true, y_pred, (metric,), groups, n, seed)
+    v = next(iter(values.values()))
     alpha = (1 - level) / 2
-    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
+    return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
+
+
+def paired_difference_ci(y_true, pred_a, pred_b, metric="accuracy", groups=None, n: int = 1000, seed: int = 42,
+                         level: float = 0.95) -> dict:
+    """``metric(a) − metric(b)`` on the same faces, with a paired bootstrap interval (the same resampled
+    people score both models)."""
+    fn = metric_function(metric) if isinstance(metric, str) else metric
+    y_true, pred_a, pred_b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
+    both = np.concatenate([pred_a[:, None], pred_b[:, None]], axis=1)
+    diff = lambda t, p: fn(t, p[:, 0]) - fn(t, p[:, 1])  # noqa: E731 - a small closure for bootstrap_samples
+    values, _ = bootstrap_samples(y_true, both, (diff,), groups, n, seed)
+    v = next(iter(values.values()))
+    alpha = (1 - level) / 2
+    return {"value": float(diff(y_true, both)), "ci_low": float(np.quantile(v, alpha)),
+            "ci_high": float(np.quantile(v, 1 - alpha))}
 
 
 def compute_metrics(y_true, y_pred, class_names=EMOTIONS) -> dict:
@@ -150,6 +204,16 @@ def predict_split(model, work_dir: str | os.PathLike, split: str = "test", recor
     return out
 
 
+def people_of(predictions: pd.DataFrame, manifest: pd.DataFrame | None):
+    """The person (manifest ``group``: people merged across identical files) of each predicted face, or None
+    when the manifest does not cover every face."""
+    if manifest is None or "group" not in manifest or "path" not in manifest:
+        return None
+    by_path = dict(zip(manifest["path"], manifest["group"]))
+    groups = [by_path.get(p) for p in predictions["path"]]
+    return None if any(g is None or g == "" for g in groups) else np.asarray(groups, dtype=str)
+
+
 def per_source_table(predictions: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.DataFrame:
     """Test faces, accuracy and macro-F1 per image source (LFW, IMFDB, other) from the manifest."""
     if manifest is None or "source" not in manifest or "path" not in manifest:
@@ -200,12 +264,15 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, record: models.Mo
     metrics = compute_metrics(y_true, y_pred)
     train_counts = pipelines.split_counts(work)["train"]
     baseline = majority_baseline(train_counts.to_numpy(), y_true)
-    ci = {m: bootstrap_ci(y_true, y_pred, m, n_boot, seed) for m in ("accuracy", "macro_f1", "balanced_accuracy")}
     manifest = None
     if (work / "manifest.csv").exists():
         from fer_utils.folders import load_manifest
 
         manifest = load_manifest(work)
+    groups = people_of(predictions, manifest)
+    samples, redrawn = bootstrap_samples(y_true, y_pred, ("accuracy", "macro_f1", "balanced_accuracy"), groups,
+                                         n_boot, seed)
+    ci = {m: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for m, v in samples.items()}
     per_source = per_source_table(predictions, manifest)
     model_file = {"model_file": display_path(model_path, work) if model_path else None,
                   "model_sha256": sha256_of(model_path) if model_path else None,
@@ -213,7 +280,12 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, record: models.Mo
     metrics = {"step": "evaluate", "model": record.model, **model_file, "image_size": list(record.image_size),
                "color_mode": record.color_mode, "interpolation": record.interpolation, "tta": record.tta,
                "class_names": list(EMOTIONS), "n_test": int(len(y_true)), **metrics, "ci": ci,
-               "ci_level": 0.95, "n_boot": n_boot, "seed": seed, "baseline": baseline,
+               "ci_level": 0.95, "n_boot": n_boot, "seed": seed,
+               "ci_method": CI_METHOD if groups is not None else CI_METHOD.replace(
+                   "over people: each resample draws test people with replacement and keeps all of a person's "
+                   "test faces together", "over faces (no manifest: people unknown)"),
+               "ci_resamples_redrawn": redrawn, "n_people": int(len(set(groups))) if groups is not None else None,
+               "baseline": baseline,
                "beats_baseline": bool(metrics["accuracy"] > baseline["accuracy"]),
                "per_source": per_source.drop(columns="most frequent emotions").to_dict(orient="index")}
     if write:
@@ -228,12 +300,14 @@ def metrics_describe(work_dir: str | os.PathLike, model_path: str | os.PathLike)
     """Does ``<work_dir>/metrics.json`` describe the model file at ``model_path``?
 
     Returns ``(True, ...)`` when its ``model_sha256`` is the file's, ``(False, why)`` when it describes
-    another model (or an older metrics.json names none), ``(None, why)`` when there is no metrics.json.
+    another model, ``(None, why)`` when there is no metrics.json or it names no model file (older runs).
     """
     path = Path(work_dir) / METRICS
     if not path.exists():
         return None, "no metrics.json yet: notebooks/06_evaluate_model.ipynb writes it"
     metrics = read_record(path)
+    if not metrics.get("model_sha256"):
+        return None, "metrics.json does not say which model file it describes (written before models were named)"
     digest = sha256_of(model_path)
     if metrics.get("model_sha256") == digest:
         return True, f"metrics.json describes this model ({metrics.get('model')}, run {metrics.get('run')})"
@@ -255,7 +329,8 @@ def per_class_table(metrics: dict) -> pd.DataFrame:
 
 
 def comparison_table(metrics: dict) -> pd.DataFrame:
-    """The model beside the majority-class baseline, with the model's 95 % bootstrap intervals."""
+    """The model beside the majority-class baseline, with the model's 95 % bootstrap intervals (over people
+    when the manifest names them: ``metrics["ci_method"]``)."""
     names = ("accuracy", "macro_f1", "balanced_accuracy")
     ci = metrics.get("ci", {})
     return pd.DataFrame({

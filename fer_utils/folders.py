@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from fer_utils import EMOTIONS
@@ -32,6 +32,7 @@ from fer_utils.data import (
     audit_dataset,
     check_not_inside,
     person_and_source,
+    to_8bit,
 )
 from fer_utils.workfolder import MANIFEST, SPLIT_DIR, SPLITS, require, write_record
 from fer_utils.workfolder import PREPARE_RECORD as RECORD
@@ -178,7 +179,9 @@ def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | Non
     """Put ``src`` in ``dest_dir`` so that Pillow and ``tf.io.decode_image`` both read it.
 
     JPEG/PNG files in L or RGB with a matching name are copied byte for byte; anything else (WebP named
-    .jpg, CMYK or 16-bit images, TIFF…) is re-encoded as PNG, keeping the file's stem.
+    .jpg, CMYK, 16-bit or transparent images, TIFF…) is re-encoded as PNG, keeping the file's stem, by
+    ``fer_utils.data.to_8bit`` — the same rule prediction reads photos with (16-bit scaled, not clipped;
+    transparency flattened onto white; upright by EXIF orientation).
     """
     suffix = src.suffix.lower()
     if fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and suffix in TF_FORMATS[fmt]:
@@ -187,9 +190,7 @@ def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | Non
         return dest
     dest = dest_dir / (src.stem + ".png")
     with Image.open(src) as im:
-        im = ImageOps.exif_transpose(im)
-        im = im.convert("L" if im.mode in ("L", "LA", "I", "I;16", "1") else "RGB")
-        im.save(dest, format="PNG")
+        to_8bit(im).save(dest, format="PNG")
     return dest
 
 

@@ -442,7 +442,12 @@ def count_flops(model) -> int:
     _, keras = fer_utils.import_tensorflow()
     total = 0
     for layer in _all_layers(model):
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            out_shape = layer.output.shape
+            kh, kw, cin, mult = layer.depthwise_kernel.shape
+            cout = layer.pointwise_kernel.shape[-1]
+            total += 2 * out_shape[1] * out_shape[2] * (kh * kw * cin * mult + cin * mult * cout)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
             out_shape = layer.output.shape
             if isinstance(layer, keras.layers.Dense):
                 total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]

@@ -7,27 +7,52 @@ Executed copies go to ``<work_dir>/executed/``; the run's record to ``<work_dir>
 and work folders reach the notebooks through ``FER_DATA_DIR`` and ``FER_WORK_DIR`` (so the executed
 copies carry no machine paths); ``-p`` parameters are injected papermill-style into each notebook that
 declares them, and a name no notebook declares is an error.
+
+While a notebook trains, the runner follows ``<work_dir>/train_progress.jsonl`` (one JSON line per finished
+epoch, written by ``fer_utils.training``) and shows each epoch and the time left in its terminal
+(``TrainingProgress``). ``--publish`` writes the committed notebooks through ``normalise_notebook``, so
+they differ only where their content does; ``normalise_file`` does the same for a notebook edited by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import copy
+import functools
 import json
+import logging
+import math
 import os
 import re
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from fer_utils.workfolder import EXECUTED_DIR, REPO_ROOT, RUN_RECORD, display_path, get_work_dir, write_record
+from fer_utils.workfolder import (
+    EXECUTED_DIR,
+    REPO_ROOT,
+    RUN_RECORD,
+    TRAIN_PROGRESS,
+    display_path,
+    get_work_dir,
+    write_record,
+)
 
 NOTEBOOK = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 FIGURES_DIR = REPO_ROOT / "figures"
-#: The kernel's own log level: ERROR hides ipykernel's start-up warning about local TCP transport.
-KERNEL_ARGS = ["--IPKernelApp.log_level=40"]
+#: The notebooks bar: how many have run and for how long, but no count-based "time left" (notebook 05
+#: takes most of the run's time; the time left in training is shown from its progress lines instead).
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+
+# --------------------------------------------------------------------------------------------------
+# The notebooks and their parameters
+# --------------------------------------------------------------------------------------------------
 
 
 def numbered_notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -65,6 +90,325 @@ def declared_parameters(path: Path) -> dict:
     return papermill.inspect_notebook(str(path))
 
 
+# --------------------------------------------------------------------------------------------------
+# The kernel: quiet on success, loud on errors
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def kernel_manager_class() -> type:
+    """The jupyter_client kernel manager the runner hands papermill (made on first use, so that importing
+    this module does not import jupyter_client).
+
+    It is nbclient's default, ``AsyncKernelManager``, with two changes, so that a successful run prints only
+    the runner's own lines while the kernel's errors and warnings still reach the terminal:
+
+    - **No interrupt before shutdown.** jupyter_client sends a kernel SIGINT before it asks it to shut down.
+      papermill's last request to a kernel is ``kernel_info`` (for the notebook's ``language_info``), and
+      ipykernel installs Python's SIGINT handler while it handles a request, until just after it has sent the
+      reply: an interrupt landing in that window makes the kernel log ``ERROR | KeyboardInterrupt caught in
+      kernel.`` (3 notebooks in 30 here). After a run the kernel is idle and the shutdown request alone
+      stops it; a kernel still busy (a cell that ran over ``--timeout``) is terminated after half of
+      ``shutdown_wait_time`` (2.5 s), then killed, as before.
+    - **Encrypted transport.** With CurveZMQ in pyzmq, ``transport_encryption = "auto"`` gives kernels whose
+      kernelspec declares support (ipykernel's does) a key pair, so the kernel no longer warns that it is
+      "running over TCP without encryption" (and no kernel log level has to hide that warning).
+    """
+    import zmq
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+
+    class RunnerKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _transport_encryption_default(self) -> str:
+            return "auto" if zmq.has("curve") else "disabled"
+
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:  # set by shutdown_kernel before it interrupts; see the docstring above
+                return
+            await super()._async_interrupt_kernel()
+
+        interrupt_kernel = _async_interrupt_kernel
+
+    return RunnerKernelManager
+
+
+# --------------------------------------------------------------------------------------------------
+# Training progress, shown while a notebook runs
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_progress_line(line: str | bytes) -> dict | None:
+    """One line of ``train_progress.jsonl`` as a dict; ``None`` for a blank, partial or garbled line."""
+    try:
+        entry = json.loads(line)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _number(entry: dict, key: str) -> float | None:
+    """``entry[key]`` if it is a finite number, else ``None`` (progress lines are read, never trusted)."""
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def time_left(entry: dict) -> float | None:
+    """Seconds of training left after a progress entry: its ``eta_seconds``, else the mean pace so far times
+    the epochs left; 0 after the last epoch; ``None`` when the entry does not say."""
+    epoch, epochs = _number(entry, "epoch"), _number(entry, "epochs")
+    if epoch is None or epochs is None:
+        return None
+    if epoch >= epochs:
+        return 0.0
+    eta = _number(entry, "eta_seconds")
+    if eta is not None:
+        return max(eta, 0.0)
+    elapsed = _number(entry, "elapsed_seconds")
+    if elapsed is not None and epoch > 0:
+        return elapsed / epoch * (epochs - epoch)
+    return None
+
+
+def format_time_left(seconds: float) -> str:
+    """``"~40 s left"``, ``"~2 min left"``, ``"~1 h 05 min left"``."""
+    if seconds < 90:
+        return f"~{max(1, round(seconds))} s left"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"~{minutes} min left"
+    return f"~{minutes // 60} h {minutes % 60:02d} min left"
+
+
+def _epoch_and_eta(entry: dict) -> tuple[str, str]:
+    epoch, epochs = _number(entry, "epoch"), _number(entry, "epochs")
+    if epoch is None:
+        where = "training"
+    else:
+        where = f"epoch {epoch:.0f}" + (f"/{epochs:.0f}" if epochs is not None else "")
+    left = time_left(entry)
+    eta = "" if left is None else "training done" if left == 0 else format_time_left(left)
+    return where, eta
+
+
+def progress_postfix(stem: str, entry: dict) -> str:
+    """The notebooks bar's postfix during training, e.g. ``05_train_model: epoch 3/14, val_acc 0.842, ~2 min
+    left``."""
+    where, eta = _epoch_and_eta(entry)
+    val_acc = _number(entry, "val_accuracy")
+    parts = [where, f"val_acc {val_acc:.3f}" if val_acc is not None else "", eta]
+    return f"{stem}: " + ", ".join(p for p in parts if p)
+
+
+#: Scores a progress line shows, under the names it shows them by.
+PROGRESS_SCORES = {"loss": "loss", "val_accuracy": "val_acc", "val_macro_f1": "val_f1"}
+
+
+def progress_line(stem: str, entry: dict) -> str:
+    """One terminal line per finished epoch, e.g. ``05_train_model: epoch 3/14 (head) 12.3 s · loss 0.510,
+    val_acc 0.842 · ~2 min left``."""
+    where, eta = _epoch_and_eta(entry)
+    phase, seconds = entry.get("phase"), _number(entry, "seconds")
+    if isinstance(phase, str) and phase:
+        where += f" ({phase})"
+    if seconds is not None:
+        where += f" {seconds:.1f} s"
+    scores = ", ".join(f"{label} {value:.3f}" for key, label in PROGRESS_SCORES.items()
+                       if (value := _number(entry, key)) is not None)
+    return f"{stem}: " + " · ".join(p for p in (where, scores, eta) if p)
+
+
+class ProgressFile:
+    """The entries appended to a progress file since this object was made, each returned once.
+
+    What the file holds when it is made (an earlier run's lines) is never returned. A file that no longer
+    starts with what has been read was truncated or recreated by a new training run: all of it is new. Only
+    complete lines are read (a line being written is read on a later call); a garbled line is skipped.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._read_so_far = self._contents()
+
+    def _contents(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError:  # not there (yet), or being replaced
+            return b""
+
+    def new_entries(self) -> list[dict]:
+        """The entries of the complete lines written since the last call."""
+        data = self._contents()
+        if not data.startswith(self._read_so_far):
+            self._read_so_far = b""
+        end = data.rfind(b"\n") + 1
+        if end <= len(self._read_so_far):
+            return []
+        fresh, self._read_so_far = data[len(self._read_so_far):end], data[:end]
+        return [entry for line in fresh.splitlines() if (entry := parse_progress_line(line)) is not None]
+
+
+class TrainingProgress:
+    """While a notebook runs, hand the epochs its training appends to ``path`` to ``show``.
+
+    A context manager around the (blocking) execution of a notebook: on entry it notes what the file holds
+    already (never shown: an earlier run's) and starts a daemon thread that polls the file every
+    ``interval`` seconds and calls ``show(entries)`` with the new ones; on exit it stops the thread and shows
+    what arrived since its last poll. Nothing that goes wrong while following the file reaches the run: a
+    garbled line is skipped, and the first exception of ``show`` or of reading is kept in ``error``.
+    """
+
+    def __init__(self, path: str | os.PathLike, show: Callable[[list[dict]], None], interval: float = 1.0):
+        self.path, self.show, self.interval = Path(path), show, interval
+        self.error: Exception | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._file: ProgressFile | None = None
+
+    def __enter__(self) -> TrainingProgress:
+        self._file = ProgressFile(self.path)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._follow, name="training-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(5.0, 5 * self.interval))
+        if not self._thread.is_alive():  # else it is stuck in show(): leave the file to it
+            self.poll()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        """Show what was appended since the last poll (called by the thread, and once more on exit)."""
+        try:
+            entries = self._file.new_entries()
+            if entries:
+                self.show(entries)
+        except Exception as err:  # noqa: BLE001 - showing progress must never break the run
+            if self.error is None:
+                self.error = err
+                logging.getLogger(__name__).debug("training progress not shown", exc_info=True)
+
+
+def _show_epochs(bar, stem: str, entries: list[dict]) -> None:
+    """Write one line per epoch above the notebooks bar and put the latest in the bar's postfix."""
+    from tqdm.auto import tqdm
+
+    for entry in entries:
+        tqdm.write(progress_line(stem, entry), file=sys.stdout)
+    bar.set_postfix_str(progress_postfix(stem, entries[-1]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalised notebooks (what is committed)
+# --------------------------------------------------------------------------------------------------
+
+#: Cell metadata that records when and how a cell ran or was displayed, not what it is.
+CELL_METADATA_NOISE = ("execution", "papermill", "ExecuteTime", "collapsed", "scrolled", "trusted")
+#: Notebook metadata of the same kind: papermill's run record, saved widget state, nbformat's transients.
+NOTEBOOK_METADATA_NOISE = ("papermill", "widgets", "orig_nbformat", "orig_nbformat_minor", "signature")
+KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+INJECTED_PARAMETERS = "injected-parameters"  # papermill's tag for the cell it adds
+CELL_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # nbformat 4.5
+NORMALISE_HINT = ('python -c "from fer_utils.runner import normalise_file, numbered_notebooks; '
+                  '[normalise_file(p) for p in numbered_notebooks()]"')
+
+
+def normalise_notebook(nb: dict) -> dict:
+    """A copy of a notebook (nbformat 4, as a dict) without what changes from run to run, in the spirit of
+    tensorflow/docs' ``nbfmt``: cell sources, outputs and execution counts are kept as they are.
+
+    - drops papermill's ``injected-parameters`` cells;
+    - drops per-cell run metadata (``execution`` timestamps, ``papermill`` timings, ``ExecuteTime``,
+      ``collapsed``, ``scrolled``, ``trusted``) and empty ``tags``;
+    - drops the notebook's ``papermill`` record and ``widgets`` state; sets the kernelspec to ``python3`` /
+      ``Python 3`` / ``python``; keeps ``language_info`` without its ``version`` (so a new Python patch
+      release does not rewrite every notebook);
+    - keeps cell ids, giving a cell without a valid, unique one a deterministic id (``cNN`` from its position)
+      and the notebook nbformat 4.5;
+    - splits multi-line sources and text outputs into lists of lines, as Jupyter and nbformat write them.
+
+    Idempotent. ``normalised_json`` is the text to write.
+    """
+    import nbformat
+    from nbformat.v4.rwbase import split_lines
+
+    if nb.get("nbformat") != 4:
+        raise ValueError(f"normalise_notebook handles nbformat 4 notebooks, not nbformat {nb.get('nbformat')}")
+    nb = nbformat.from_dict(copy.deepcopy(nb))
+    meta = nb.setdefault("metadata", {})
+    for key in NOTEBOOK_METADATA_NOISE:
+        meta.pop(key, None)
+    meta["kernelspec"] = dict(KERNELSPEC)
+    if isinstance(meta.get("language_info"), dict):
+        meta["language_info"].pop("version", None)
+
+    cells = []
+    for cell in nb.get("cells", []):
+        cell_meta = cell.setdefault("metadata", {})
+        if INJECTED_PARAMETERS in (cell_meta.get("tags") or []):
+            continue
+        for key in CELL_METADATA_NOISE:
+            cell_meta.pop(key, None)
+        if "tags" in cell_meta and not cell_meta["tags"]:
+            del cell_meta["tags"]
+        if cell.get("cell_type") == "code":
+            cell.setdefault("outputs", [])
+            cell.setdefault("execution_count", None)
+        cells.append(cell)
+    nb["cells"] = cells
+    _give_cells_ids(cells)
+    nb["nbformat_minor"] = max(nb.get("nbformat_minor", 0), 5)
+    return split_lines(nb)
+
+
+def _give_cells_ids(cells: list[dict]) -> None:
+    """Keep each cell's valid id (the first of duplicates); give the others ``cNN`` from their position."""
+    taken = {c.get("id") for c in cells if isinstance(c.get("id"), str) and CELL_ID.match(c["id"])}
+    kept = set()
+    for index, cell in enumerate(cells):
+        cell_id = cell.get("id")
+        if cell_id in taken and cell_id not in kept:
+            kept.add(cell_id)
+            continue
+        new, n = f"c{index:02d}", 0
+        while new in taken:
+            n += 1
+            new = f"c{index:02d}-{n}"
+        cell["id"] = new
+        taken.add(new)
+        kept.add(new)
+
+
+def normalised_json(nb: dict) -> str:
+    """The text of a normalised notebook: ``normalise_notebook``, then JSON as Jupyter writes it."""
+    return json.dumps(normalise_notebook(nb), indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def normalise_file(path: str | os.PathLike) -> bool:
+    """Normalise a notebook file in place (``normalise_notebook``); ``True`` if that changed it."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    normalised = normalised_json(json.loads(text))
+    if normalised == text:
+        return False
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(normalised, encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fer_utils run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="dataset root holding images/ and data/legend.csv "
@@ -85,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from tqdm.auto import tqdm
 
     notebooks = numbered_notebooks(Path(args.notebooks_dir))
@@ -122,22 +467,28 @@ def main(argv: list[str] | None = None) -> int:
     record = {"step": "run", "parameters": params, "notebooks": {}, "status": "running"}
     t_run = time.perf_counter()
     status = 0
-    bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stdout)
+    bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stdout, bar_format=BAR_FORMAT)
     for path in bar:
         bar.set_postfix_str(path.stem)
         out = executed / path.name
         mine = {k: v for k, v in params.items() if k in declared[path]}
         t0 = time.perf_counter()
         try:
-            papermill.execute_notebook(str(path), str(out), parameters=mine, cwd=str(path.parent),
-                                       kernel_name="python3", progress_bar=False, execution_timeout=args.timeout,
-                                       extra_arguments=KERNEL_ARGS)
-        except papermill.PapermillExecutionError as err:
+            with TrainingProgress(work / TRAIN_PROGRESS, functools.partial(_show_epochs, bar, path.stem)):
+                papermill.execute_notebook(str(path), str(out), parameters=mine, cwd=str(path.parent),
+                                           kernel_name="python3", progress_bar=False,
+                                           execution_timeout=args.timeout, kernel_manager_class=kernel_manager_class())
+        except (papermill.PapermillExecutionError, TimeoutError, DeadKernelError) as err:
             seconds = time.perf_counter() - t0
-            record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "failed",
-                                              "error": f"{err.ename}: {err.evalue}"}
+            if isinstance(err, papermill.PapermillExecutionError):
+                where, error = f" in cell {err.exec_count}", f"{err.ename}: {err.evalue}"
+            elif isinstance(err, TimeoutError):  # nbclient's CellTimeoutError
+                where, error = "", f"a cell ran longer than --timeout {args.timeout} s"
+            else:
+                where, error = "", "the kernel died (killed, or out of memory)"
+            record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "failed", "error": error}
             bar.close()
-            print(f"\n{path.name} failed in cell {err.exec_count} after {seconds:.0f} s: {err.ename}: {err.evalue}\n"
+            print(f"\n{path.name} failed{where} after {seconds:.0f} s: {error}\n"
                   f"The executed copy with the error is {out}", file=sys.stderr)
             status = 1
             break
@@ -156,14 +507,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def publish(work: Path, notebooks: list[Path]) -> None:
-    """Copy the executed notebooks over the committed ones and the figures into ``figures/``."""
+    """Write the executed notebooks, normalised (``normalise_notebook``), over the committed ones, and copy
+    the figures into ``figures/``."""
     for path in notebooks:
-        nb = json.loads((work / "executed" / path.name).read_text())
-        nb["cells"] = [c for c in nb["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
-        papermill_meta = nb.get("metadata", {}).get("papermill", {})
-        for key in ("input_path", "output_path", "parameters", "environment_variables"):
-            papermill_meta.pop(key, None)  # machine paths; the published copy runs with defaults
-        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        nb = json.loads((work / EXECUTED_DIR / path.name).read_text(encoding="utf-8"))
+        path.write_text(normalised_json(nb), encoding="utf-8")
     figures = work / "figures"
     if figures.is_dir():
         FIGURES_DIR.mkdir(exist_ok=True)

@@ -111,12 +111,16 @@ def _residual_block(x, filters, name, padding="same"):
     shortcut = keras.layers.BatchNormalization(name=f"{name}_short_bn")(shortcut)
     y = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep")(x)
     y = keras.layers.BatchNormalization(name=f"{name}_bn")(y)
+    y = keras.layers.Activation("relu", name=f"{name}_relu")(y)
+    y = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep2")(y)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
     y = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(y)
     return keras.layers.Add(name=f"{name}_add")([y, shortcut])
 
 
-def tiny_fer_like(input_shape=(64, 64, 1), padding="same", seed=0):
-    """A small model with FER2013 mini-Xception's layer kinds: 1×1 stride-2 shortcuts, 7-way conv head."""
+def tiny_fer_like(input_shape=(64, 64, 1), padding="same", seed=0, filters=(8, 16)):
+    """A small model with FER2013 mini-Xception's structure: a conv stem, residual blocks of separable
+    convolutions with 1×1 stride-2 shortcuts, a 7-way conv head and global average pooling."""
     from fer_utils import import_tensorflow
 
     _, keras = import_tensorflow()
@@ -125,8 +129,8 @@ def tiny_fer_like(input_shape=(64, 64, 1), padding="same", seed=0):
     x = keras.layers.Conv2D(4, 3, use_bias=False, name="stem")(inputs)
     x = keras.layers.BatchNormalization(name="stem_bn")(x)
     x = keras.layers.Activation("relu", name="stem_relu")(x)
-    x = _residual_block(x, 8, "b1", padding)
-    x = _residual_block(x, 16, "b2", padding)
+    for i, f in enumerate(filters, start=1):
+        x = _residual_block(x, f, f"b{i}", padding)
     x = keras.layers.Conv2D(7, 3, padding="same", name="classifier7")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Activation("softmax", name="predictions")(x)

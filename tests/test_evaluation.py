@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,6 +53,35 @@ def test_bootstrap_ci_brackets_the_estimate_and_repeats():
     assert evaluation.bootstrap_ci(y_true, y_true, "macro_f1", n=50) == [1.0, 1.0]
 
 
+def test_person_bootstrap_keeps_a_persons_faces_together_and_the_same_classes():
+    rng = np.random.default_rng(0)
+    y_true = np.repeat(np.arange(4), 25)
+    y_pred = np.where(rng.random(100) < 0.7, y_true, (y_true + 1) % 4)
+    people = np.repeat(np.arange(20), 5)  # five faces a person, each person one emotion
+    by_face = evaluation.bootstrap_ci(y_true, y_pred, "accuracy", n=400, seed=1)
+    by_person = evaluation.bootstrap_ci(y_true, y_pred, "accuracy", n=400, seed=1, groups=people)
+    assert by_person[0] <= evaluation.metric_function("accuracy")(y_true, y_pred) <= by_person[1]
+    # A class present in the test set is in every resample: the always-one-class baseline has no spread.
+    rare = np.array([0] * 97 + [1, 2, 3])
+    always_zero = np.zeros(100, dtype=int)
+    lo, hi = evaluation.bootstrap_ci(rare, always_zero, "balanced_accuracy", n=200, seed=3)
+    assert lo == hi == pytest.approx(0.25)
+    _, redrawn = evaluation.bootstrap_samples(rare, always_zero, ("balanced_accuracy",), n=200, seed=3)
+    assert redrawn > 0
+    assert by_face != by_person
+
+
+def test_paired_difference_is_zero_for_the_same_model_and_signed():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 8, 300)
+    good = np.where(rng.random(300) < 0.8, y_true, 0)
+    bad = np.where(rng.random(300) < 0.4, y_true, 0)
+    same = evaluation.paired_difference_ci(y_true, good, good, "macro_f1", n=100)
+    assert same == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    diff = evaluation.paired_difference_ci(y_true, good, bad, "accuracy", groups=np.arange(300) // 3, n=200)
+    assert 0 < diff["ci_low"] <= diff["value"] <= diff["ci_high"]
+
+
 def test_majority_baseline_uses_training_counts():
     y_true = np.array([4, 4, 5, 5, 5, 0])
     b = evaluation.majority_baseline([1, 0, 0, 0, 10, 3, 0, 0], y_true)
@@ -91,6 +119,7 @@ def test_evaluate_writes_sane_metrics(evaluated):
     metrics = json.loads((work / "metrics.json").read_text())
     _check_metrics(metrics, work)
     assert metrics["image_size"] == [24, 24] and metrics["model"] == "seed_cnn"
+    assert "over people" in metrics["ci_method"] and 0 < metrics["n_people"] < metrics["n_test"]
     predictions = pd.read_csv(work / "predictions.csv")
     assert len(predictions) == metrics["n_test"]
     assert (predictions.path.str.startswith("split/test/")).all()

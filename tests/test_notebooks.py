@@ -49,9 +49,33 @@ def test_every_notebook_has_one_parameters_cell():
         assert nb["metadata"]["kernelspec"]["name"] == "python3"
 
 
-def test_notebooks_pass_nbval(synthetic_chain, synthetic_data_dir):
+def test_committed_notebooks_are_normalised():
+    """Committed notebooks are stored as ``runner.normalise_notebook`` writes them (what ``--publish`` does):
+    no run timestamps or durations, papermill records or Python patch versions, so a diff shows content only."""
+    stale = [p.name for p in runner.numbered_notebooks()
+             if p.read_text(encoding="utf-8") != runner.normalised_json(json.loads(p.read_text(encoding="utf-8")))]
+    assert not stale, f"not normalised: {', '.join(stale)}. Fix (from the repository root): {runner.NORMALISE_HINT}"
+
+
+def test_each_setting_is_declared_in_one_notebook():
+    """A value set in one notebook is used by the next, never declared again there (and silently ignored)."""
+    shared = {"work_dir", "data_dir", "seed"}
+    seen = {}
+    for path in runner.numbered_notebooks():
+        for name in runner.declared_parameters(path):
+            if name not in shared:
+                assert name not in seen, f"{name!r} is declared in {seen.get(name)} and {path.name}"
+                seen[name] = path.name
+    from fer_utils import training
+
+    config_fields = set(training.TrainConfig().to_dict()) - {"model_kwargs"}
+    assert config_fields - shared <= set(seen), f"TrainConfig fields no notebook sets: {config_fields - set(seen)}"
+
+
+def test_notebooks_pass_nbval(synthetic_chain, synthetic_data_dir, fake_fer_weights):
     """nbval (--nbval-lax) re-runs each committed notebook against the chain's work folder."""
-    env = {**os.environ, "FER_DATA_DIR": str(synthetic_data_dir), "FER_WORK_DIR": str(synthetic_chain)}
+    env = {**os.environ, "FER_DATA_DIR": str(synthetic_data_dir), "FER_WORK_DIR": str(synthetic_chain),
+           "FER_PRETRAINED": str(fake_fer_weights)}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO_ROOT),
          *map(str, runner.numbered_notebooks())],

@@ -1,4 +1,5 @@
-"""Prediction on new photos: reading bad files, detection modes, batching, CLI, annotation, Grad-CAM, export.
+"""Prediction on new photos: reading bad files, detection modes, batching, CLI, provenance, annotation, Grad-CAM,
+export. (Awkward files of every kind: ``test_prediction_files.py``.)
 
 A tiny untrained model honouring the contract is built here (seconds); the real face comes from the
 Grace Hopper portrait that matplotlib ships (``mpl-data/sample_data``), so Haar detection is exercised
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -20,8 +23,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fer_utils import EMOTIONS, import_tensorflow
+from fer_utils import EMOTIONS, import_tensorflow, models
 from fer_utils import prediction as P
+from fer_utils.models import ModelRecord
+from fer_utils.prediction import gradcam
+from fer_utils.workfolder import sha256_of
 
 REPO = Path(__file__).resolve().parent.parent
 HOPPER = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
@@ -45,16 +51,20 @@ def _tiny_model(keras, channels: int, sequential: bool = False, dtype: str = "fl
     return keras.Model(inp, x, name="tiny")
 
 
+def _record(color_mode: str = "grayscale", size=(SIZE, SIZE), **kwargs) -> ModelRecord:
+    return ModelRecord("tiny", size, color_mode, **kwargs)
+
+
 def _save(model, folder: Path, color_mode: str, record: bool = True) -> Path:
+    """``model.keras`` (+ its ``model.json`` with the file's sha256, via ``models.save``) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.keras"
     with warnings.catch_warnings():  # Keras 3.15 + NumPy 2 warn inside model.save; not ours to fix
         warnings.filterwarnings("ignore", message=".*__array__ implementation doesn't accept a copy.*")
-        model.save(path)
-    if record:
-        (folder / "model.json").write_text(json.dumps(
-            {"model": model.name, "image_size": [SIZE, SIZE], "color_mode": color_mode,
-             "class_names": list(EMOTIONS), "input_range": [0, 255]}))
+        if record:
+            models.save(model, path, ModelRecord(model.name, (SIZE, SIZE), color_mode))
+        else:
+            model.save(path)
     return path
 
 
@@ -141,9 +151,11 @@ def test_read_image_applies_exif_orientation(tmp_path):
 
 
 def test_load_model_reads_record(fer):
-    assert fer.preprocessing.image_size == (SIZE, SIZE)
-    assert fer.preprocessing.color_mode == "grayscale"
-    assert fer.preprocessing.source == "model.json"
+    assert isinstance(fer.record, ModelRecord) and fer.preprocessing is fer.record  # the old name still works
+    assert fer.record.image_size == (SIZE, SIZE)
+    assert fer.record.color_mode == "grayscale"
+    assert fer.record.source == "model.json"
+    assert fer.record.model_sha256 == sha256_of(fer.path)
 
 
 def test_load_model_errors_name_the_fix(tmp_path):
@@ -160,9 +172,14 @@ def test_load_model_errors_name_the_fix(tmp_path):
 def test_load_model_without_record_and_with_wrong_record(tmp_path, keras):
     path = _save(_tiny_model(keras, 3), tmp_path / "rgb", "rgb", record=False)
     loaded = P.load_model(path)
-    assert (loaded.preprocessing.color_mode, loaded.preprocessing.source) == ("rgb", "model input shape")
-    (tmp_path / "rgb" / "model.json").write_text(json.dumps({"image_size": [SIZE, SIZE], "color_mode": "grayscale"}))
+    assert (loaded.record.color_mode, loaded.record.source) == ("rgb", "model input shape")
+    (tmp_path / "rgb" / "model.json").write_text(json.dumps({"model": "tiny", "image_size": [SIZE, SIZE],
+                                                             "color_mode": "grayscale"}))
     with pytest.raises(P.ModelLoadError, match="does not belong"):
+        P.load_model(path)
+    (tmp_path / "rgb" / "model.json").write_text(json.dumps({"model": "tiny", "image_size": [SIZE, SIZE],
+                                                             "color_mode": "rgb", "tta": "sideways"}))
+    with pytest.raises(P.ModelLoadError, match="tta"):
         P.load_model(path)
 
 
@@ -176,7 +193,7 @@ def test_default_model_path_uses_work_dir(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("color_mode, channels", [("grayscale", 1), ("rgb", 3)])
 def test_preprocess_shapes_for_any_input_mode(photos, color_mode, channels):
-    prep = P.Preprocessing((SIZE, SIZE + 8), color_mode)
+    prep = _record(color_mode, (SIZE, SIZE + 8))
     faces = [P.read_image(photos["gray"]), P.read_image(photos["rgb"]), P.read_image(photos["alpha"])]
     batch = P.preprocess_faces(faces, prep)
     assert batch.shape == (3, SIZE, SIZE + 8, channels) and batch.dtype == np.float32
@@ -187,8 +204,17 @@ def test_preprocess_matches_training_resize(photos):
     tf, _ = import_tensorflow()
     im = P.read_image(photos["gray"])
     expected = tf.image.resize(np.asarray(im, np.float32)[..., None], (SIZE, SIZE), method="bilinear").numpy()
-    got = P.preprocess_faces([im], P.Preprocessing((SIZE, SIZE), "grayscale"))[0]
+    got = P.preprocess_faces([im], _record())[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_preprocess_uses_the_records_interpolation(photos, fer):
+    tf, _ = import_tensorflow()
+    im = P.read_image(photos["gray"])
+    expected = tf.image.resize(np.asarray(im, np.float32)[..., None], (SIZE, SIZE), method="area").numpy()
+    got = P.preprocess_faces([im], _record(interpolation="area"))[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert not np.allclose(got, P.preprocess_faces([im], fer)[0], atol=1e-2)  # a LoadedModel works too
 
 
 def test_crop_box_margin_and_clipping():
@@ -339,9 +365,71 @@ def test_cli_as_a_module_subprocess(model_dir, photos):
     proc = subprocess.run([sys.executable, "-m", "fer_utils", "predict", str(photos["face"]), str(photos["text"])],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = json.loads(proc.stdout)  # stdout holds the JSON only
     assert [o["status"] for o in out] == ["ok", "not_an_image"]
     assert "2 inputs" in proc.stderr
+    assert "Model: <work_dir>/model.keras (tiny, 32×32 grayscale, trained: no, sha256 " in proc.stderr
+
+
+# --------------------------------------------------------------------------------------- provenance
+
+MODEL_LINE = re.compile(r"^Model: (?P<path>\S+) \(tiny, 32×32 grayscale, trained: no, sha256 (?P<sha>[0-9a-f]{12})\)$",
+                        re.MULTILINE)
+
+
+@pytest.fixture
+def model_copy(model_dir, tmp_path) -> Path:
+    """A copy of the tiny model and its record, free to be tampered with."""
+    for name in ("model.keras", "model.json"):
+        shutil.copy(model_dir / name, tmp_path / name)
+    return tmp_path / "model.keras"
+
+
+def test_model_provenance_when_everything_matches(model_copy):
+    digest = sha256_of(model_copy)
+    (model_copy.parent / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "model_sha256": digest}))
+    info = P.model_provenance(P.load_model(model_copy), work_dir=model_copy.parent)
+    assert info["path"] == "<work_dir>/model.keras" and info["metrics"] == "<work_dir>/metrics.json"
+    assert (info["name"], info["sha256"], info["trained"]) == ("tiny", digest, False)
+    assert info["record_match"] is True and info["metrics_match"] is True and info["warnings"] == []
+
+
+def test_model_provenance_unknown_without_records(tmp_path, keras):
+    path = _save(_tiny_model(keras, 1), tmp_path, "grayscale", record=False)
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))  # an older one: names no model
+    info = P.model_provenance(P.load_model(path))
+    assert info["record_source"] == "model input shape"
+    assert info["record_match"] is None and info["metrics_match"] is None and info["warnings"] == []
+    assert P.model_provenance(P.as_loaded(_tiny_model(keras, 1)))["sha256"] is None  # in memory: no file
+
+
+def test_cli_names_the_model_and_warns_about_stale_metrics(model_copy, photos, capsys, monkeypatch):
+    (model_copy.parent / "metrics.json").write_text(json.dumps({"accuracy": 0.9, "model_sha256": "ab" * 32}))
+    info = P.model_provenance(P.load_model(model_copy))
+    assert info["metrics_match"] is False and info["record_match"] is True
+    monkeypatch.chdir(model_copy.parent)
+    assert P.main([str(photos["face"]), "--model", "model.keras"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["status"] == "ok"  # stdout: the results only
+    line = MODEL_LINE.search(captured.err)
+    assert line and line["path"] == "model.keras" and line["sha"] == sha256_of(model_copy)[:12]
+    assert "Warning: metrics.json describes another model" in captured.err
+    assert f"sha256 abababababab), not this one (sha256 {line['sha']})" in captured.err
+    assert "run notebooks/06_evaluate_model.ipynb again to evaluate it." in captured.err
+    assert "model.json does not match" not in captured.err
+
+
+def test_cli_warns_when_the_record_describes_another_file(model_copy, photos, capsys):
+    record = json.loads((model_copy.parent / "model.json").read_text())
+    (model_copy.parent / "model.json").write_text(json.dumps({**record, "model_sha256": "cd" * 32}))
+    info = P.model_provenance(P.load_model(model_copy))
+    assert info["record_match"] is False and info["metrics_match"] is None
+    assert P.main([str(photos["face"]), "--model", str(model_copy), "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("file,face,status")  # the CSV is untouched by the warnings
+    assert MODEL_LINE.search(captured.err)["path"] == str(model_copy)  # as the user gave it
+    assert "Warning: model.json does not match the model file (it was written for sha256 cdcdcdcdcdcd" in captured.err
+    assert "metrics.json" not in captured.err
 
 
 # ------------------------------------------------------------------------------------------ Grad-CAM
@@ -350,8 +438,7 @@ def test_cli_as_a_module_subprocess(model_dir, photos):
 @pytest.mark.parametrize("sequential, dtype", [(False, "float32"), (True, "float32"), (False, "mixed_bfloat16")])
 def test_grad_cam_shape_and_range(keras, sequential, dtype, photos):
     model = _tiny_model(keras, 1, sequential=sequential, dtype=dtype)
-    batch = P.preprocess_faces([P.read_image(photos[k]) for k in ("face", "gray")],
-                               P.Preprocessing((SIZE, SIZE), "grayscale"))
+    batch = P.preprocess_faces([P.read_image(photos[k]) for k in ("face", "gray")], _record())
     heat = P.grad_cam(model, batch)
     assert heat.shape == (2, SIZE, SIZE) and heat.dtype == np.float32
     assert heat.min() >= 0 and heat.max() <= 1 and np.isfinite(heat).all() and heat.max() > 0.99
@@ -368,14 +455,14 @@ def test_grad_cam_uses_a_nested_backbone(keras, photos):
     x = keras.layers.Rescaling(1 / 255)(inp)
     x = keras.layers.GlobalAveragePooling2D()(backbone(x))
     model = keras.Model(inp, keras.layers.Dense(len(EMOTIONS), activation="softmax")(x))
-    assert P._last_conv(model) is backbone
-    batch = P.preprocess_faces([P.read_image(photos["face"])], P.Preprocessing((SIZE, SIZE), "grayscale"))
+    assert gradcam._last_conv(model) is backbone
+    batch = P.preprocess_faces([P.read_image(photos["face"])], _record())
     heat = P.grad_cam(model, batch)
     assert heat.shape == (1, SIZE, SIZE) and 0.99 < heat.max() <= 1
 
 
 def test_flip_tta_from_the_record(fer, photos):
-    flip = P.LoadedModel(fer.model, P.Preprocessing((SIZE, SIZE), "grayscale", tta="flip"))
+    flip = P.LoadedModel(fer.model, _record(tta="flip"))
     batch = P.preprocess_faces([P.read_image(photos[k]) for k in ("face", "rgb")], flip.preprocessing)
     expected = (fer.model.predict(batch, verbose=0) + fer.model.predict(batch[:, :, ::-1], verbose=0)) / 2
     np.testing.assert_allclose(flip(batch), expected, atol=1e-5)

@@ -1,6 +1,7 @@
 """The chain runner: order, parameters, --until, failures (on tiny throwaway notebooks)."""
 
 import json
+import time
 
 import nbformat
 import pytest
@@ -76,3 +77,151 @@ def test_cli_help_lists_commands(capsys):
 
     assert main(["--help"]) == 0
     assert "run" in capsys.readouterr().out
+
+
+def test_a_timed_out_cell_fails_the_run_cleanly(tmp_path, capsys):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _notebook(folder / "01_slow_step.ipynb", "x = 1", "import time\ntime.sleep(60)")
+    work = tmp_path / "work"
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work), "--timeout", "1"]) == 1
+    assert "a cell ran longer than --timeout 1 s" in capsys.readouterr().err
+    record = json.loads((work / "run.json").read_text())
+    assert record["status"] == "failed" and record["notebooks"]["01_slow_step"]["status"] == "failed"
+
+
+# --------------------------------------------------------------------------------------------------
+# A successful run is quiet: no kernel log lines
+# --------------------------------------------------------------------------------------------------
+
+FAKE_TRAINING = """import json, os, pathlib, time
+progress = pathlib.Path(os.environ['FER_WORK_DIR'], 'train_progress.jsonl')
+progress.write_text('')  # as fer_utils.training does at the start of every run
+for epoch in (1, 2):
+    time.sleep(0.3)
+    with open(progress, 'a') as fh:
+        fh.write(json.dumps({'phase': 'head', 'epoch': epoch, 'epochs': 2, 'seconds': 0.3,
+                             'elapsed_seconds': 0.3 * epoch, 'eta_seconds': 0.3 * (2 - epoch),
+                             'loss': 1.5 / epoch, 'val_accuracy': 0.4 * epoch}) + '\\n')
+print('trained', epochs)"""
+
+
+def test_successful_run_prints_no_kernel_errors_or_warnings_and_shows_training(tmp_path, capfd):
+    """Two tiny notebooks: the terminal shows the runner's lines and the epochs, and nothing from the kernels
+    (``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.``, ``WARNING | ... TCP without encryption``)."""
+    folder, work = tmp_path / "notebooks", tmp_path / "work"
+    folder.mkdir()
+    work.mkdir()
+    stale = {"phase": "old", "epoch": 9, "epochs": 9, "val_accuracy": 0.123}
+    (work / "train_progress.jsonl").write_text(json.dumps(stale) + "\n")  # an earlier run's: not shown
+    _notebook(folder / "01_fake_training.ipynb", "epochs = 2", FAKE_TRAINING)
+    _notebook(folder / "02_after_training.ipynb", "y = 1", "print(y + 1)")
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work)]) == 0
+    captured = capfd.readouterr()
+    out = captured.out + captured.err
+    for noise in ("ERROR", "WARNING", "TCP", "KeyboardInterrupt", "Traceback"):
+        assert noise not in out, f"{noise!r} in the runner's output:\n{out}"
+    assert json.loads((work / "run.json").read_text())["status"] == "ok"
+    lines = out.replace("\r", "\n").splitlines()
+    shown = [line for line in lines if line.startswith("01_fake_training: epoch")]
+    assert shown == ["01_fake_training: epoch 1/2 (head) 0.3 s · loss 1.500, val_acc 0.400 · ~1 s left",
+                     "01_fake_training: epoch 2/2 (head) 0.3 s · loss 0.750, val_acc 0.800 · training done"]
+    assert "epoch 9/9" not in out and "0.123" not in out
+    assert "<" not in "".join(line for line in lines if line.startswith("notebooks:"))  # no count-based ETA
+
+
+def test_kernel_manager_does_not_interrupt_a_kernel_it_is_shutting_down():
+    """jupyter_client interrupts a kernel before shutting it down; an idle ipykernel then may log
+    ``KeyboardInterrupt caught in kernel.`` The runner's kernel manager skips that interrupt, and only it."""
+    import asyncio
+
+    import zmq
+
+    km = runner.kernel_manager_class()(kernel_name="python3")
+    km.shutting_down = True
+    assert asyncio.run(km.interrupt_kernel()) is None  # no kernel running, yet no complaint: nothing was sent
+    km.shutting_down = False
+    with pytest.raises(RuntimeError, match="No kernel is running"):  # any other interrupt goes through
+        asyncio.run(km.interrupt_kernel())
+    assert km.transport_encryption == ("auto" if zmq.has("curve") else "disabled")
+
+
+# --------------------------------------------------------------------------------------------------
+# Training progress
+# --------------------------------------------------------------------------------------------------
+
+EPOCH = {"phase": "head", "epoch": 3, "epochs": 14, "seconds": 12.3, "elapsed_seconds": 40.1,
+         "eta_seconds": 135.0, "loss": 0.51, "val_accuracy": 0.8423}
+
+
+def _append(path, text):
+    with open(path, "a") as fh:
+        fh.write(text)
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "~1 s left"), (40.4, "~40 s left"), (89, "~89 s left"),
+                                           (135, "~2 min left"), (3599, "~1 h 00 min left"),
+                                           (3900, "~1 h 05 min left")])
+def test_format_time_left(seconds, text):
+    assert runner.format_time_left(seconds) == text
+
+
+def test_progress_postfix_and_line():
+    assert runner.progress_postfix("05_train_model", EPOCH) == "05_train_model: epoch 3/14, val_acc 0.842, ~2 min left"
+    assert runner.progress_line("05_train_model", EPOCH) == (
+        "05_train_model: epoch 3/14 (head) 12.3 s · loss 0.510, val_acc 0.842 · ~2 min left")
+    no_eta = {k: v for k, v in EPOCH.items() if k != "eta_seconds"}  # pace so far: 40.1 s / 3 epochs × 11 left
+    assert runner.time_left(no_eta) == pytest.approx(40.1 / 3 * 11)
+    assert runner.progress_postfix("05", {**EPOCH, "epoch": 14}) == "05: epoch 14/14, val_acc 0.842, training done"
+    garbage = {"epoch": "three", "epochs": None, "val_accuracy": float("nan"), "loss": True, "phase": 7}
+    assert runner.progress_postfix("05", garbage) == "05: training"
+    assert runner.progress_line("05", garbage) == "05: training"
+
+
+def test_progress_file_returns_only_new_complete_lines(tmp_path):
+    path = tmp_path / "train_progress.jsonl"
+    progress = runner.ProgressFile(path)
+    assert progress.new_entries() == []  # no file yet
+    _append(path, json.dumps({"epoch": 9}) + "\n")
+    stale = runner.ProgressFile(path)  # what the file holds when following starts is never returned
+    assert stale.new_entries() == []
+    _append(path, json.dumps({"epoch": 1}) + "\n" + '{"epoch": 2, "val_')  # the second line is half written
+    assert stale.new_entries() == [{"epoch": 1}]
+    assert stale.new_entries() == []
+    _append(path, 'accuracy": 0.5}\n{not json}\n\n[1, 2]\n' + json.dumps({"epoch": 3}) + "\n")
+    assert stale.new_entries() == [{"epoch": 2, "val_accuracy": 0.5}, {"epoch": 3}]  # garbled lines skipped
+    path.write_text(json.dumps({"epoch": 1, "run": 2}) + "\n")  # truncated by a new training run
+    assert stale.new_entries() == [{"epoch": 1, "run": 2}]
+    path.unlink()
+    assert stale.new_entries() == []
+    path.write_bytes(b'\xff\xfe garbage\n' + json.dumps({"epoch": 2, "run": 2}).encode() + b"\n")
+    assert stale.new_entries() == [{"epoch": 2, "run": 2}]
+
+
+def test_training_progress_follows_the_file_in_a_thread_and_stops(tmp_path):
+    path = tmp_path / "train_progress.jsonl"
+    path.write_text(json.dumps({"epoch": 5, "epochs": 5}) + "\n")  # stale
+    shown = []
+    with runner.TrainingProgress(path, shown.extend, interval=0.02) as follower:
+        path.write_text("")
+        _append(path, json.dumps({"epoch": 1, "epochs": 2}) + "\n")
+        for _ in range(250):  # up to 5 s
+            if shown:
+                break
+            time.sleep(0.02)
+        assert shown == [{"epoch": 1, "epochs": 2}]  # shown by the thread while the "notebook" runs
+        _append(path, json.dumps({"epoch": 2, "epochs": 2}) + "\n")
+    assert shown == [{"epoch": 1, "epochs": 2}, {"epoch": 2, "epochs": 2}]  # the last one at the latest on exit
+    assert not follower._thread.is_alive() and follower.error is None
+
+
+def test_training_progress_never_breaks_the_run(tmp_path):
+    path = tmp_path / "train_progress.jsonl"
+
+    def broken_display(entries):
+        raise RuntimeError("display failed")
+
+    with runner.TrainingProgress(path, broken_display, interval=0.01) as follower:
+        _append(path, json.dumps({"epoch": 1}) + "\n")
+        time.sleep(0.1)
+    assert isinstance(follower.error, RuntimeError) and not follower._thread.is_alive()

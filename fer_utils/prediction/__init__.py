@@ -1,0 +1,148 @@
+"""Step 7 — use the trained model on new photos: find faces, predict, explain (Grad-CAM), export.
+
+The model is the one notebook 05 writes, ``<work_dir>/model.keras``, with its record ``model.json`` beside
+it (``fer_utils.models.ModelRecord``: ``image_size``, ``color_mode``, ``class_names``, ``input_range``,
+``interpolation``, ``tta``, the sha256 of the model file). It takes float32 pixels in [0, 255] and outputs
+softmax probabilities (the contract in ``fer_utils.models``). ``model_provenance`` says which file is used
+and whether the ``model.json`` and ``metrics.json`` beside it describe that very file; the command line
+prints it, with a warning when they do not.
+
+Typical use::
+
+    from fer_utils import prediction
+
+    fer = prediction.load_model()                       # <work_dir>/model.keras + model.json
+    results = prediction.predict(fer, ["photos/", "me.jpg"])   # one row per face (a DataFrame)
+
+or from a shell: ``python -m fer_utils predict photos/ me.jpg --format csv --annotate annotated/``.
+
+The modules, one concern each:
+
+=================  ==================================================================================
+``images``         any file, Pillow image or array → an upright 8-bit L/RGB image; folders → files
+``detection``      the Haar cascade, face boxes, crops
+``inference``      the model and its record, provenance, preprocessing, batches, the rows and their formats
+``annotation``     boxes and labels drawn on copies of the photos
+``gradcam``        Grad-CAM heatmaps
+``export``         SavedModel and TFLite export, and running the exports
+``cli``            ``python -m fer_utils predict``
+=================  ==================================================================================
+
+Everything public is imported here: use ``prediction.predict``, ``prediction.annotate``... (the modules are
+not named after those functions, so ``prediction.predict`` is always the function).
+
+How a photo becomes rows:
+
+1. **Read** with Pillow (JPEG, PNG, WebP, BMP, GIF, TIFF…; the first frame of an animation or of a
+   multi-page file) and made an 8-bit gray or RGB image by ``fer_utils.data.to_8bit`` — the rule the
+   class folders were written with: turned upright by its EXIF orientation, transparency flattened onto
+   white, 16-bit and float images scaled to 8 bits (not clipped), CMYK, LAB… converted to RGB. The same
+   face gives the same prediction whatever the file's format, bit depth or colour mode.
+2. **Find faces** with ``detection``:
+
+   - ``"detect"``: OpenCV's frontal-face Haar cascade (it ships inside ``opencv-python-headless`` 4.x, so
+     nothing is downloaded); faces smaller than ``min_face`` × the shorter side are ignored.
+   - ``"whole"``: the whole image is one face (photos that are already face crops, like the dataset's).
+   - ``"auto"`` (default): detect, and when nothing is found use the whole image, flagged
+     ``whole_image_fallback``. Tight face crops rarely fire a detector (about 2 in 3 of the dataset's
+     unlabelled ``test/`` photos do not), so this default gives every readable photo a prediction and
+     says which ones were not detected.
+
+3. **Crop** each face box grown by ``margin`` of its size on every side (0.1 by default: on the
+   training images the cascade's box covers about 83 % of the face crop, so 0.1 reproduces the framing
+   the model learned), clipped to the image.
+4. **Preprocess exactly as training did** (``fer_utils.pipelines.directory_dataset``): convert to the
+   model's colour mode (Pillow's ITU-R 601 luma for grayscale), resize with ``tf.image.resize``
+   (``interpolation`` from ``model.json``, default bilinear, no antialiasing — what
+   ``image_dataset_from_directory`` does), float32 in [0, 255]. The model rescales inside itself.
+   ``"tta": "flip"`` in ``model.json`` averages each face with its mirror image.
+5. **Predict** all faces of a batch of photos in one call of the model.
+
+Every input gets at least one row (a folder with no image file in it too); a bad file never stops the
+batch, and no input, however broken, raises. ``status`` is one of:
+
+=========================  ===================================================================
+``ok``                     a face, found by the detector (or the whole image with ``detection="whole"``)
+``whole_image_fallback``   ``auto``: no face detected, so the whole image was used as the face
+``no_face``                ``detect``: the detector found no face (no prediction)
+``not_an_image``           not an image format Pillow knows (text, empty file, PDF…), or a folder without images
+``unreadable``             an image format, but it cannot be decoded (truncated, corrupt, too large)
+``not_found``              the path does not exist (or is a broken or looping symbolic link)
+``error``                  anything else that went wrong for this file (``message`` says what)
+=========================  ===================================================================
+
+Rows have ``file`` (as the caller gave it; files found in a folder are joined to the folder as given),
+``face`` (0, 1… left to right; None without a face), ``status``, ``detection`` (``"haar"``, ``"whole"``
+or None), ``box`` (``[x, y, w, h]`` of the face in the upright image, pixels; the whole image for
+``"whole"``; None without a face), ``emotion`` and ``confidence`` (the top class and its probability),
+``probabilities`` (emotion → probability, all 8) and ``message`` (why a file has no prediction).
+"""
+
+from fer_utils.prediction.annotation import (
+    BOX_COLORS,
+    AnnotatedCopies,
+    annotate,
+    check_annotate_dir,
+    write_annotated,
+)
+from fer_utils.prediction.cli import build_parser, main
+from fer_utils.prediction.detection import (
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_FACE,
+    DETECT_MAX_SIDE,
+    DETECT_MIN_FACE_PX,
+    DETECTION_MODES,
+    HAAR_CASCADE,
+    crop_box,
+    detect_faces,
+)
+from fer_utils.prediction.export import (
+    export_savedmodel,
+    export_tflite,
+    float32_model,
+    savedmodel_predict,
+    tflite_interpreter,
+    tflite_predict,
+)
+from fer_utils.prediction.gradcam import grad_cam, overlay_heatmap
+from fer_utils.prediction.images import ImageProblem, collect_inputs, read_image
+from fer_utils.prediction.inference import (
+    COLUMNS,
+    HOW_TO_TRAIN,
+    PREDICTED,
+    STATUSES,
+    LoadedModel,
+    ModelLoadError,
+    as_loaded,
+    default_model_path,
+    describe_model,
+    load_model,
+    model_provenance,
+    predict,
+    preprocess_faces,
+    summary,
+    to_flat,
+    to_records,
+)
+
+__all__ = [
+    # the model and its record
+    "LoadedModel", "ModelLoadError", "load_model", "as_loaded", "default_model_path", "model_provenance",
+    "describe_model", "HOW_TO_TRAIN",
+    # reading inputs
+    "ImageProblem", "read_image", "collect_inputs",
+    # faces
+    "DETECTION_MODES", "HAAR_CASCADE", "DEFAULT_MIN_FACE", "DEFAULT_MARGIN", "DETECT_MIN_FACE_PX",
+    "DETECT_MAX_SIDE", "detect_faces", "crop_box",
+    # prediction and its rows
+    "STATUSES", "PREDICTED", "COLUMNS", "preprocess_faces", "predict", "summary", "to_records", "to_flat",
+    # annotated copies
+    "BOX_COLORS", "AnnotatedCopies", "annotate", "check_annotate_dir", "write_annotated",
+    # Grad-CAM
+    "grad_cam", "overlay_heatmap",
+    # export
+    "float32_model", "export_savedmodel", "export_tflite", "tflite_interpreter", "tflite_predict",
+    "savedmodel_predict",
+    # command line
+    "build_parser", "main",
+]

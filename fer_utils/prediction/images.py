@@ -1,0 +1,153 @@
+"""Reading inputs: any file, Pillow image or array → an upright 8-bit ``L``/``RGB`` Pillow image; folders → files.
+
+``read_image`` never lets a bad input escape as anything but an ``ImageProblem`` whose ``status`` says what
+kind of problem it is (see ``fer_utils.prediction.STATUSES``); the pixels go through
+``fer_utils.data.to_8bit``, the same rule the class folders of notebook 02 are written with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fer_utils.data import IMAGE_SUFFIXES, to_8bit
+
+
+class ImageProblem(Exception):
+    """A file that yields no image; ``status`` is one of ``STATUSES``."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def resolved(item) -> Path | None:
+    """``Path(item).resolve()``, or None for anything that cannot be resolved (a symbolic link loop...)."""
+    try:
+        return Path(item).resolve()
+    except (OSError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def is_folder(item) -> bool:
+    """``item`` names an existing folder (False for anything that is not a usable path)."""
+    if not isinstance(item, (str, os.PathLike)):
+        return False
+    try:
+        return Path(item).is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL byte...
+        return False
+
+
+def _check_path(path: Path) -> None:
+    """Raise ``ImageProblem`` for a path that cannot hold an image, before Pillow opens it."""
+    try:
+        if not path.exists():
+            if path.is_symlink():
+                raise ImageProblem("not_found", "a symbolic link that leads nowhere (broken, or a loop)")
+            raise ImageProblem("not_found", "no such file")
+        if path.is_dir():
+            has_images = any(Path(f).suffix.lower() in IMAGE_SUFFIXES for _, _, files in os.walk(path) for f in files)
+            raise ImageProblem("not_an_image", "a folder" if has_images else "a folder with no image files in it")
+        if not path.is_file():  # a FIFO would block Pillow forever; devices and sockets are no images
+            raise ImageProblem("not_an_image", "not a regular file")
+        if path.stat().st_size == 0:
+            raise ImageProblem("not_an_image", "empty file")
+    except OSError as err:
+        raise ImageProblem("unreadable", f"{type(err).__name__}: {err.strerror or err}") from None
+    except ValueError as err:  # e.g. an embedded NUL byte
+        raise ImageProblem("not_found", f"not a usable path: {err}") from None
+
+
+@contextlib.contextmanager
+def _pillow_notes_ignored():
+    """Pillow's ``UserWarning`` notes ("Corrupt EXIF data"...): a broken EXIF block is ignored, not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
+
+
+def _converted(im: Image.Image) -> Image.Image:
+    try:
+        with _pillow_notes_ignored():
+            out = to_8bit(im)
+    except Exception as err:  # noqa: BLE001 - an exotic mode Pillow cannot convert
+        raise ImageProblem("unreadable", f"cannot convert a {im.mode} image to 8-bit: {err}") from None
+    return out  # a copy: never the caller's (or an open file's) image itself
+
+
+def _open(path: Path) -> Image.Image:
+    """The first frame of ``path``, decoded and converted while the file is open; ``ImageProblem`` if impossible."""
+    try:
+        with _pillow_notes_ignored(), Image.open(path) as im:
+            try:
+                im.load()
+            except Exception as err:  # noqa: BLE001 - truncated/corrupt data surfaces here with varied types
+                raise ImageProblem("unreadable", f"{im.format or 'image'} data cannot be decoded: "
+                                                 f"{type(err).__name__}: {err}") from None
+            return _converted(im)
+    except ImageProblem:
+        raise
+    except UnidentifiedImageError:
+        raise ImageProblem("not_an_image", "not an image format Pillow can read") from None
+    except Image.DecompressionBombError as err:
+        raise ImageProblem("unreadable", f"too large to decode safely: {err}") from None
+    except PermissionError:
+        raise ImageProblem("unreadable", "permission denied") from None
+    except Exception as err:  # noqa: BLE001 - Pillow's plugins raise many types on malformed headers
+        raise ImageProblem("unreadable", f"{type(err).__name__}: {err}") from None
+
+
+def read_image(source) -> Image.Image:
+    """Read a photo as an upright 8-bit Pillow image in mode ``L`` or ``RGB``; raise ``ImageProblem`` if unusable.
+
+    ``source``: a path, a Pillow image or a NumPy array (H×W or H×W×3/4). Only the first frame of an
+    animation or a multi-page file is used. Pixels follow ``fer_utils.data.to_8bit``: turned by the
+    EXIF orientation, transparency flattened onto white, 16-bit and float images scaled (not clipped).
+    """
+    if isinstance(source, np.ndarray):
+        try:
+            im = Image.fromarray(source)
+        except (TypeError, ValueError) as err:
+            raise ImageProblem("not_an_image", f"an array Pillow cannot read as an image: {err}") from None
+    elif isinstance(source, Image.Image):
+        im = source
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        _check_path(path)
+        return _open(path)
+    else:
+        raise ImageProblem("error", f"not a path, a Pillow image or an array: {type(source).__name__}")
+    return _converted(im)
+
+
+def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = ()) -> list:
+    """Expand folders (walked recursively, image files by suffix, hidden files skipped, sorted).
+
+    Files named explicitly are kept whatever their suffix (a non-image then gets its status), and so are
+    Pillow images, arrays and anything else (which gets an ``error`` row). A folder with no image file
+    in it is kept as it is, so that it gets a row too. Files are returned as the caller spelled them (a
+    folder's files joined to the folder), never made absolute. Paths under any ``exclude`` folder (e.g.
+    the annotation folder) are skipped.
+    """
+    excluded = [r for r in map(resolved, exclude) if r is not None]
+    out = []
+    for item in paths:
+        if not is_folder(item):
+            out.append(str(item) if isinstance(item, os.PathLike) else item)
+            continue
+        found = []
+        for root, dirs, files in os.walk(Path(item)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                             and not any(resolved(Path(root) / d) == e for e in excluded))
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(os.path.join(root, name))
+        out.extend(found or [str(item)])
+    return out

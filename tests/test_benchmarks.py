@@ -1,0 +1,46 @@
+"""The benchmark scripts run end to end on tiny synthetic data and write what their documents promise."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pandas as pd
+
+from fer_utils import EMOTIONS, workfolder
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, workfolder.REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_folds_writes_the_protocol_and_paired_differences(synthetic_data_dir, tmp_path):
+    compare = _load("compare")
+    out = tmp_path / "results"
+    assert compare.main(["--folds", "2", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path / "w"),
+                         "--only", "majority", "reference", "seed_cnn", "--epochs", "1", "--n-boot", "30",
+                         "--out", str(out)]) == 0
+    report = json.loads((out / "compare_folds2.json").read_text())
+    assert report["protocol"]["folds"] == 2 and report["protocol"]["grouped_by"] == "person"
+    n = None
+    for name in ("majority", "reference", "seed_cnn"):
+        cv = report["configs"][name]["cv"]
+        for m in ("accuracy", "macro_f1", "balanced_accuracy"):
+            assert cv[m]["ci_low"] <= cv[m]["value"] <= cv[m]["ci_high"] and len(cv[m]["per_fold"]) == 2
+        n = n or report["configs"][name]["n"]
+        assert report["configs"][name]["n"] == n  # every configuration predicts the same faces
+        assert set(report["configs"][name]["per_class"]) == set(EMOTIONS)
+    # every usable face is predicted exactly once, out of fold
+    manifests = [tmp_path / "w" / f"fold{i}" / "manifest.csv" for i in (1, 2)]
+    tests = pd.concat([pd.read_csv(m).query("split == 'test'") for m in manifests])
+    assert tests.image.is_unique and len(tests) == n
+    usable = pd.read_csv(manifests[0]).query("split != 'excluded'")
+    assert len(usable) == n
+    paired = report["paired"]
+    assert set(paired["seed_cnn_minus_reference"]) == {"accuracy", "macro_f1", "balanced_accuracy"}
+    assert len(paired["seed_cnn_over_reference_chain_time"]["per_fold"]) == 2
+    assert report["configs"]["seed_cnn"]["utilisation"] > 0 and report["peak_gflops"]["float32"] > 0
+    assert "Paired differences" in (out / "compare_folds2.md").read_text()
