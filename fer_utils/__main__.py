@@ -1,11 +1,15 @@
-"""Command line: ``python -m fer_utils run ...`` (the notebook chain), ``python -m fer_utils predict ...``."""
+"""Command line: ``python -m fer_utils run ...`` (the notebook chain), ``python -m fer_utils predict ...``,
+``python -m fer_utils demo`` (a local web page for the trained model), ``python -m fer_utils site`` (the
+series as a static HTML site)."""
 
 import sys
 
-USAGE = """usage: python -m fer_utils {run,predict} ...
+USAGE = """usage: python -m fer_utils {run,predict,demo,site} ...
 
   run       execute the numbered notebooks in order with papermill (python -m fer_utils run --help)
   predict   predict the emotions of faces in photos (python -m fer_utils predict --help)
+  demo      a local web page to try the trained model on photos (python -m fer_utils demo --help)
+  site      build the notebook series as a static HTML site (python -m fer_utils site --help)
 """
 
 
@@ -21,6 +25,12 @@ def main(argv=None) -> int:
     if command == "predict":
         from fer_utils.prediction import main as predict
         return predict(rest)
+    if command == "demo":
+        from fer_utils.prediction.demo import main as demo
+        return demo(rest)
+    if command == "site":
+        from fer_utils.runner import site_main
+        return site_main(rest)
     print(f"Unknown command {command!r}.\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -154,6 +154,18 @@ class TrainConfig:
                                   interpolation=self.interpolation, tta=self.tta, config=self.to_dict(), **extra)
 
 
+def device_summary() -> str:
+    """Where training runs: ``"1 GPU (NVIDIA H100 80GB HBM3)"`` or ``"CPU only (2 cores)"``."""
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"CPU only ({os.cpu_count()} cores)"
+    names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    return f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(names)})"
+
+
 def build_model(config: TrainConfig):
     """Build ``config.model`` for ``config.input_shape`` in its precision (``models.model_precision``)."""
     policy = models.model_precision(config.model, config.precision)

@@ -1,0 +1,494 @@
+"""``python -m fer_utils demo``: a local web page to try the trained model on a photo.
+
+    python -m fer_utils demo [--model PATH] [--work-dir DIR] [--port N] [--detection auto|detect|whole]
+
+Drop or choose a photo (or click *Try a sample photo*): the page shows the photo with each face boxed and
+labelled (``annotate``), the eight probabilities of each face as bars, and each face's Grad-CAM map
+(``grad_cam`` + ``overlay_heatmap``, as in notebook 07). The photo goes through ``predict`` from its file,
+exactly as with ``python -m fer_utils predict``, so a file that is not an image, a truncated one or an
+empty one gets the same status and message as on the command line — shown on the page, never a traceback.
+
+The page is served on 127.0.0.1 only and needs no network: every script and style comes from the local
+server, photos never leave the computer. The model is ``<work_dir>/model.keras`` (``--model`` for another);
+without one the command says what to run first and exits with status 2.
+
+**Why Voilà and ipywidgets, not Gradio.** Gradio (6.31, the current release) declares ``pillow<13``, and
+this project pins Pillow 13.0.0 (every image of the dataset is decoded and checked with it): the two cannot
+be installed together. Voilà (Jupyter's own dashboard server, which the series' Jupyter stack already
+mostly is: the ``demo`` extra adds 27 MB) serves an ipywidgets app from a notebook, works offline (its
+JavaScript is bundled), and lets ``build_app`` return an ordinary widget that tests drive without a
+browser. What Gradio's image component would add and this page lacks: taking a photo with the webcam —
+save one and upload it.
+
+Install the extra first: ``pip install -e ".[demo]"``. ``build_app(loaded_model, detection)`` builds the
+page's widget (``DemoApp``), ``analyse`` is what it shows for one file, and ``main`` is the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import io
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fer_utils.prediction.annotation import annotate
+from fer_utils.prediction.detection import DEFAULT_MARGIN, DEFAULT_MIN_FACE, DETECTION_MODES, crop_box
+from fer_utils.prediction.gradcam import grad_cam, overlay_heatmap
+from fer_utils.prediction.images import ImageProblem, read_image
+from fer_utils.prediction.inference import (
+    PREDICTED,
+    LoadedModel,
+    ModelLoadError,
+    describe_model,
+    load_model,
+    model_provenance,
+    predict,
+    preprocess_faces,
+)
+
+DEMO_INSTALL = 'pip install -e ".[demo]"'
+DEFAULT_PORT = 8866
+DISPLAY_SIDE = (320, 960)  # the annotated photo is shown with its longer side in this range (pixels)
+FACE_HEIGHT = 200  # Grad-CAM maps are shown this high (pixels)
+NOTEBOOK_NAME = "Facial emotion recognition.ipynb"  # the page's title is the notebook's name
+SAMPLE_NAME = "grace_hopper.jpg"  # matplotlib's sample portrait: a real face for "Try a sample photo"
+STATUS_TEXT = {  # what each status means, in words, for the page
+    "ok": "face found",
+    "whole_image_fallback": "no face detected, so the whole image was used as the face",
+    "no_face": "no face found",
+    "not_an_image": "this file is not an image",
+    "unreadable": "this image cannot be decoded",
+    "not_found": "the file is gone",
+    "error": "something went wrong with this file",
+}
+INTENDED_USE = ("For learning and experiments only: a facial <em>expression</em> is not an <em>emotion</em>, and "
+                "this model must not be used to decide anything about a person. Use photos of people only with "
+                "their consent. Everything runs on this computer; nothing is uploaded anywhere.")
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# What the page shows for one photo
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Face:
+    """One predicted face: its result row (``predict``'s columns) and its Grad-CAM map over the crop (RGB)."""
+
+    row: dict
+    gradcam: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class Analysis:
+    """What ``analyse`` found in one file: ``predict``'s rows, the annotated photo (None when no face was
+    predicted), the faces, and what to tell the user (``problems``: rows without a prediction; ``notes``:
+    predictions to take with care; ``gradcam_error`` when the maps could not be made)."""
+
+    name: str
+    results: pd.DataFrame
+    annotated: Image.Image | None
+    faces: list[Face]
+    problems: list[str]
+    notes: list[str]
+    gradcam_error: str | None = None
+
+
+def _display_scale(size: tuple[int, int]) -> float:
+    lo, hi = DISPLAY_SIDE
+    side = max(size)
+    return hi / side if side > hi else lo / side if side < lo else 1.0
+
+
+def _scaled_rows(rows: list[dict], scale: float) -> list[dict]:
+    out = []
+    for row in rows:
+        row = dict(row)
+        if isinstance(row.get("box"), list):
+            row["box"] = [round(v * scale) for v in row["box"]]
+        out.append(row)
+    return out
+
+
+def _face_crop(im: Image.Image, row: dict, margin: float) -> Image.Image:
+    """The crop ``predict`` classified for a row (the box grown by ``margin``; the whole image for ``whole``)."""
+    if row.get("detection") == "whole":
+        return im
+    return im.crop(crop_box(row["box"], im.size, margin))
+
+
+def _describe(status: str, message) -> str:
+    meaning = STATUS_TEXT.get(status, status)
+    detail = f" ({message})" if isinstance(message, str) and message and message != meaning else ""
+    return f"{status}: {meaning}{detail}"
+
+
+def analyse(loaded: LoadedModel, path: str | os.PathLike, detection: str = "auto", name: str | None = None,
+            min_face: float = DEFAULT_MIN_FACE, margin: float = DEFAULT_MARGIN) -> Analysis:
+    """Predict the faces of one file with ``predict`` (the command line's statuses and messages) and make
+    what the page shows: the photo annotated at display size, and each face's Grad-CAM map. Never raises
+    for a bad file: its status is in ``problems``."""
+    name = name or Path(path).name
+    results = predict(loaded, [str(path)], detection=detection, min_face=min_face, margin=margin)
+    results["file"] = name
+    rows = results.to_dict("records")
+    problems = [_describe(r["status"], r["message"]) for r in rows if r["status"] not in PREDICTED]
+    notes = [_describe(r["status"], None) for r in rows if r["status"] == "whole_image_fallback"]
+    predicted = [r for r in rows if r["status"] in PREDICTED]
+    if not predicted:
+        return Analysis(name, results, None, [], problems, notes)
+    try:
+        im = read_image(str(path))
+    except ImageProblem as problem:  # the file changed since it was predicted
+        return Analysis(name, results, None, [], [_describe(problem.status, str(problem))], notes)
+    scale = _display_scale(im.size)
+    shown = im if scale == 1 else im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                                            Image.LANCZOS if scale < 1 else Image.BICUBIC)
+    annotated = annotate(shown, _scaled_rows(rows, scale))
+    crops = [_face_crop(im, r, margin) for r in predicted]
+    faces, gradcam_error = [Face(r) for r in predicted], None
+    try:
+        heatmaps = grad_cam(loaded, preprocess_faces(crops, loaded))
+    except Exception as err:  # noqa: BLE001 - the predictions are still worth showing
+        log.warning("Grad-CAM failed", exc_info=True)
+        gradcam_error = f"Grad-CAM maps could not be made for this model: {type(err).__name__}: {err}"
+    else:
+        for face, crop, heat in zip(faces, crops, heatmaps):
+            width = max(1, round(crop.width * FACE_HEIGHT / crop.height))
+            face.gradcam = overlay_heatmap(np.asarray(crop.convert("RGB").resize((width, FACE_HEIGHT),
+                                                                                 Image.BICUBIC)), heat)
+    return Analysis(name, results, annotated, faces, problems, notes, gradcam_error)
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML pieces (plain HTML with inline styles: they render the same in any front end)
+# --------------------------------------------------------------------------------------------------
+
+
+def probability_bars(probabilities: dict, top: str | None = None) -> str:
+    """The probabilities as a table of horizontal bars (the top class highlighted), in the model's class order."""
+    lines = []
+    for emotion, p in probabilities.items():
+        pct = 100 * float(p)
+        strong = emotion == top
+        color = "#2e7d32" if strong else "#7f8c8d"
+        weight = "600" if strong else "400"
+        lines.append(
+            f'<tr class="fer-prob"><td style="padding:1px 8px 1px 0;font-weight:{weight}">{html.escape(emotion)}</td>'
+            f'<td style="padding:1px 0"><div role="meter" aria-label="{html.escape(emotion)}" aria-valuemin="0" '
+            f'aria-valuemax="100" aria-valuenow="{pct:.1f}" style="width:220px;height:14px;background:#eceff1;'
+            f'border-radius:3px"><div style="width:{pct:.1f}%;height:100%;background:{color};border-radius:3px">'
+            f'</div></div></td><td style="padding:1px 0 1px 8px;text-align:right;font-variant-numeric:tabular-nums;'
+            f'font-weight:{weight}">{pct:.1f}&nbsp;%</td></tr>')
+    return f'<table class="fer-probabilities" style="border-collapse:collapse">{"".join(lines)}</table>'
+
+
+def face_caption(index: int, row: dict) -> str:
+    how = "whole image" if row.get("detection") == "whole" else "detected face"
+    return (f'<div class="fer-face-title" style="font-weight:600;margin-bottom:4px">Face {index + 1}: '
+            f'{html.escape(str(row["emotion"]))} {100 * row["confidence"]:.0f}&nbsp;% '
+            f'<span style="font-weight:400;color:#555">({how})</span></div>')
+
+
+def messages_html(analysis: Analysis) -> str:
+    """The summary line, and what went wrong or needs care, for the top of the results."""
+    name = html.escape(analysis.name)
+    n = len(analysis.faces)
+    parts = []
+    if n:
+        parts.append(f'<p class="fer-summary"><b>{name}</b>: {n} face{"s" if n != 1 else ""}.</p>')
+    for text in analysis.problems:
+        parts.append(f'<p class="fer-problem" style="color:#b71c1c"><b>{name}</b> — {html.escape(text)}</p>')
+    for text in analysis.notes + ([analysis.gradcam_error] if analysis.gradcam_error else []):
+        parts.append(f'<p class="fer-note" style="color:#8a5300">{html.escape(text)}</p>')
+    return "".join(parts)
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# The page: ipywidgets
+# --------------------------------------------------------------------------------------------------
+
+
+def _safe_name(name: str) -> str:
+    """A file name that is safe to write in the upload folder (the user's name, without any folder part)."""
+    base = re.sub(r"[^\w.\- ]+", "_", Path(str(name).replace("\\", "/")).name).strip(" .") or "upload"
+    return base[-120:]
+
+
+def sample_photo() -> Path:
+    """matplotlib's sample portrait of Grace Hopper (shipped with matplotlib; a real face)."""
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data(SAMPLE_NAME, asfileobj=False))
+
+
+class DemoApp:
+    """The page: upload (or sample) → ``analyse`` → the annotated photo, and per face its Grad-CAM map and
+    probability bars. ``widget`` is the ipywidgets box to display; ``show_file`` and ``show_bytes`` are what
+    the upload and the sample button call (tests call them too)."""
+
+    def __init__(self, loaded: LoadedModel, detection: str = "auto", model_line: str = ""):
+        import ipywidgets as w
+
+        if detection not in DETECTION_MODES:
+            raise ValueError(f"detection must be one of {DETECTION_MODES}, not {detection!r}")
+        self.loaded = loaded
+        self._uploads = tempfile.TemporaryDirectory(prefix="fer-demo-")
+        self._last: tuple[str, bytes] | None = None  # the last file shown, to re-run when detection changes
+        self.analysis: Analysis | None = None
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload a photo",
+                                   icon="upload", button_style="primary", layout=w.Layout(width="auto"))
+        self.sample = w.Button(description="Try a sample photo", icon="image", layout=w.Layout(width="auto"))
+        self.detection = w.ToggleButtons(
+            options=[("auto", "auto"), ("faces only", "detect"), ("whole image", "whole")], value=detection,
+            tooltips=["find faces; if none, use the whole image",
+                      "find faces; none found, no prediction",
+                      "the image is one face (for photos that are face crops)"],
+            style={"button_width": "auto"})
+        self.status = w.HTML(value='<p class="fer-status" style="color:#555">Choose a photo with one or more '
+                                   'faces: it is analysed here, on this computer.</p>')
+        self.photo = w.Image(format="jpeg", layout=w.Layout(max_width="100%", height="auto", display="none"))
+        self.faces = w.VBox()
+        header = w.HTML(
+            '<h2 style="margin:0 0 4px 0">Facial emotion recognition</h2>'
+            '<p style="margin:0 0 8px 0;color:#333">Each face is boxed and labelled with the emotion the model sees; '
+            'below, per face, the probabilities of the eight emotions and the Grad-CAM map (red: where the '
+            'evidence for the predicted emotion lies).</p>'
+            + (f'<p class="fer-model" style="margin:0 0 8px 0;color:#555;font-size:90%">{html.escape(model_line)}</p>'
+               if model_line else ""))
+        footer = w.HTML(f'<p style="color:#666;font-size:85%;margin-top:16px">{INTENDED_USE}</p>')
+        controls = w.HBox([self.upload, self.sample, w.Label("Faces:", layout=w.Layout(margin="0 0 0 16px")),
+                           self.detection], layout=w.Layout(flex_flow="row wrap", align_items="center"))
+        self.widget = w.VBox([header, controls, self.status, self.photo, self.faces, footer],
+                             layout=w.Layout(max_width="1000px", padding="8px"))
+        self.upload.observe(self._on_upload, names="value")
+        self.sample.on_click(self._on_sample)
+        self.detection.observe(self._on_detection, names="value")
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # events ---------------------------------------------------------------------------------------
+
+    def _on_upload(self, change) -> None:
+        files = change["new"]
+        if not files:
+            return
+        item = files[0]
+        self.show_bytes(item["name"], bytes(item["content"]))
+
+    def _on_sample(self, _button) -> None:
+        path = sample_photo()
+        self.show_bytes(path.name, path.read_bytes())
+
+    def _on_detection(self, _change) -> None:
+        if self._last is not None:
+            self.show_bytes(*self._last)
+
+    # showing a file -------------------------------------------------------------------------------
+
+    def show_bytes(self, name: str, data: bytes) -> Analysis | None:
+        """Write an uploaded file to a private folder and show it (``show_file``); the copy is removed after."""
+        self._last = (name, data)
+        path = Path(self._uploads.name) / _safe_name(name)
+        try:
+            path.write_bytes(data)
+            return self.show_file(path, name)
+        except OSError as err:
+            self._fail(name, f"could not store the upload: {err.strerror or err}")
+            return None
+        finally:
+            path.unlink(missing_ok=True)
+
+    def show_file(self, path: str | os.PathLike, name: str | None = None) -> Analysis | None:
+        """Analyse a file and show the result; any failure is shown as a message on the page."""
+        name = name or Path(path).name
+        self.status.value = f'<p class="fer-status" style="color:#555">Analysing {html.escape(name)}…</p>'
+        try:
+            analysis = analyse(self.loaded, path, self.detection.value, name=name)
+        except Exception as err:  # noqa: BLE001 - the page says what went wrong, the server log has the traceback
+            log.exception("analysing %s failed", name)
+            self._fail(name, f"{type(err).__name__}: {err}")
+            return None
+        self.render(analysis)
+        return analysis
+
+    def _fail(self, name: str, why: str) -> None:
+        self.analysis = None
+        self.status.value = (f'<p class="fer-problem" style="color:#b71c1c"><b>{html.escape(name)}</b> — '
+                             f'something went wrong: {html.escape(why)}</p>')
+        self.photo.layout.display = "none"
+        self.faces.children = ()
+
+    def render(self, analysis: Analysis) -> None:
+        import ipywidgets as w
+
+        self.analysis = analysis
+        self.status.value = messages_html(analysis)
+        if analysis.annotated is None:
+            self.photo.layout.display = "none"
+            self.faces.children = ()
+            return
+        self.photo.value = jpeg_bytes(analysis.annotated)
+        self.photo.layout.display = None
+        boxes = []
+        for i, face in enumerate(analysis.faces):
+            left = [w.HTML(face_caption(i, face.row))]
+            if face.gradcam is not None:
+                left += [w.Image(value=png_bytes(face.gradcam), format="png",
+                                 layout=w.Layout(width=f"{face.gradcam.shape[1]}px", height=f"{FACE_HEIGHT}px")),
+                         w.HTML('<div style="color:#666;font-size:85%">Grad-CAM: evidence for '
+                                f'{html.escape(str(face.row["emotion"]))}</div>')]
+            bars = w.HTML(probability_bars(face.row["probabilities"], face.row["emotion"]),
+                          layout=w.Layout(margin="28px 0 0 24px"))
+            boxes.append(w.HBox([w.VBox(left), bars], layout=w.Layout(margin="12px 0", flex_flow="row wrap")))
+        self.faces.children = tuple(boxes)
+
+
+def build_app(loaded_model, detection: str = "auto", work_dir: str | os.PathLike | None = None) -> DemoApp:
+    """The demo page for a model: a ``LoadedModel`` (``load_model``), a path to a ``.keras`` file or a Keras
+    model. ``display(app)`` (or ``app.widget``) shows it in a notebook; ``python -m fer_utils demo`` serves it."""
+    from fer_utils.prediction.inference import as_loaded
+
+    loaded = as_loaded(loaded_model)
+    provenance = model_provenance(loaded, work_dir)
+    line = " ".join([describe_model(provenance), *provenance["warnings"]])
+    return DemoApp(loaded, detection, line)
+
+
+def show_app(model_path: str, detection: str = "auto"):
+    """What the served notebook runs: load the model and display the page (a readable message if it fails)."""
+    from IPython.display import HTML, display
+
+    try:
+        app = build_app(load_model(model_path), detection)
+    except ModelLoadError as err:
+        display(HTML(f'<p style="color:#b71c1c">{html.escape(str(err))}</p>'))
+        return None
+    display(app.widget)
+    return app
+
+
+# --------------------------------------------------------------------------------------------------
+# The command: serve the page with Voilà
+# --------------------------------------------------------------------------------------------------
+
+
+def demo_notebook(model_path: str | os.PathLike, detection: str) -> dict:
+    """The one-cell notebook Voilà serves (its code is never shown on the page)."""
+    import nbformat
+
+    source = ("from fer_utils.prediction import demo\n\n"
+              f"app = demo.show_app({str(model_path)!r}, {detection!r})")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    return nb
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fer_utils demo",
+        description="A local web page (127.0.0.1 only, no network needed) to try the trained model on photos: faces "
+                    "boxed and labelled, probabilities as bars, Grad-CAM maps.",
+        epilog=f"Needs the 'demo' extra: {DEMO_INSTALL}. Exit status 2 when there is no model or the extra is "
+               "missing.")
+    parser.add_argument("--model", help="a .keras file (default: <work_dir>/model.keras)")
+    parser.add_argument("--work-dir", help="the work folder whose model.keras to use ($FER_WORK_DIR, else work/)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; the next free one if it is taken)")
+    parser.add_argument("--detection", choices=DETECTION_MODES, default="auto",
+                        help="the page's initial face mode: auto (detect, else the whole image), detect, whole")
+    return parser
+
+
+def _missing_extra() -> str | None:
+    """What to install when the ``demo`` extra is missing, else None."""
+    missing = []
+    for module in ("voila", "ipywidgets"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        return (f"The demo page needs the 'demo' extra ({', '.join(missing)} not installed). Install it with\n"
+                f"  {DEMO_INSTALL}\n(from the repository root, in the environment you run this from).")
+    return None
+
+
+def _voila_class():
+    """Voilà's application, announcing the page's address once it listens."""
+    from tornado.ioloop import IOLoop
+    from voila.app import Voila
+
+    class DemoVoila(Voila):
+        def start(self):
+            IOLoop.current().add_callback(self._announce)
+            super().start()
+
+        def _announce(self):
+            print(f"Demo page: {self.display_url}  (only on this computer; Ctrl+C stops it)", flush=True)
+
+    return DemoVoila
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fer_utils demo [--model PATH] [--work-dir DIR] [--port N] [--detection MODE]``."""
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not 0 < args.port < 65536:
+        parser.error("--port must be between 1 and 65535")
+    why = _missing_extra()
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_model(args.model, work_dir=args.work_dir)
+    except ModelLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    provenance = model_provenance(loaded)
+    print(describe_model(provenance), file=sys.stderr)
+    for line in provenance["warnings"]:
+        print(line, file=sys.stderr)
+    model_path = Path(loaded.path).resolve()
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # a debugger note every kernel would print
+    with tempfile.TemporaryDirectory(prefix="fer-demo-page-") as folder:
+        notebook = Path(folder) / NOTEBOOK_NAME
+        notebook.write_text(json.dumps(demo_notebook(model_path, args.detection)), encoding="utf-8")
+        app = _voila_class()()
+        app.initialize([str(notebook), "--no-browser", "--Voila.ip=127.0.0.1", f"--Voila.port={args.port}",
+                        "--Voila.log_level=WARN", "--VoilaConfiguration.show_tracebacks=False",
+                        "--VoilaConfiguration.preheat_kernel=True", "--VoilaConfiguration.default_pool_size=1",
+                        # uploads travel over the kernel's websocket: allow photos of up to 64 MB
+                        "--Voila.tornado_settings=" + json.dumps({"websocket_max_message_size": 64 << 20})])
+        app.start()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
