@@ -50,9 +50,12 @@ def run(work: Path, name: str, changes: dict, n_boot: int) -> dict:
     ev = evaluation.evaluate(result.model, work, record=result.model_record, n_boot=n_boot, seed=config.seed,
                              write=False)
     m = ev.metrics
+    val = evaluation.predict_split(result.model, work, "val", result.model_record)
+    val_m = evaluation.compute_metrics(val.y_true.to_numpy(), val.y_pred.to_numpy())
     return {
         "name": name, "changes": changes, "config": config.to_dict(),
         "val": {k: round(v, 4) for k, v in result.record["best"].items() if k.startswith("val_")},
+        "val_scores": {k: round(val_m[k], 4) for k in METRICS},  # the kept model on val, as evaluated on test
         "best_epoch": result.record["best_epoch"], "epochs": len(result.history),
         "test": {k: {"value": round(m[k], 4), "ci": [round(c, 4) for c in m["ci"][k]]} for k in METRICS},
         "per_class_f1": {e: round(v["f1"], 3) for e, v in m["per_class"].items()},
@@ -70,8 +73,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| run | changes | val acc / F1 | test accuracy [95 % CI] | test macro-F1 [95 % CI] | "
              "test balanced acc [95 % CI] | train s | kept epoch |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        val = f"{r['val'].get('val_accuracy', float('nan')):.3f} / " + (
-            f"{r['val']['val_macro_f1']:.3f}" if "val_macro_f1" in r["val"] else "–")
+        scores = r.get("val_scores") or {"accuracy": r["val"].get("val_accuracy", float("nan"))}
+        val = f"{scores['accuracy']:.3f} / " + (f"{scores['macro_f1']:.3f}" if "macro_f1" in scores else "–")
         cells = [f"{r['test'][k]['value']:.3f} [{r['test'][k]['ci'][0]:.3f}, {r['test'][k]['ci'][1]:.3f}]"
                  for k in METRICS]
         changes = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "(defaults)"

@@ -165,8 +165,9 @@ def download_dataset(cache_dir: Path, url: str = ARCHIVE_URL) -> Path:
             partial.unlink(missing_ok=True)
             raise DatasetError(
                 f"Could not download the dataset from {url} ({err}). If you are offline, point at a local "
-                "copy instead: set FER_DATA_DIR (or the data_dir parameter) to the folder holding images/ "
-                f"and data/legend.csv, e.g. a clone of github.com/{UPSTREAM_REPO} at commit {UPSTREAM_COMMIT}."
+                "copy instead — the folder holding images/ and data/legend.csv, e.g. a clone of "
+                f"github.com/{UPSTREAM_REPO} at commit {UPSTREAM_COMMIT}: `python -m fer_utils run --data-dir "
+                "DIR`, or set FER_DATA_DIR=DIR (or the notebooks' data_dir parameter)."
             ) from err
         partial.rename(archive)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".extract-") as tmp:

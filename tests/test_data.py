@@ -71,8 +71,9 @@ def test_bad_data_dir_says_what_to_do(tmp_path):
 def test_offline_without_copy_explains_how_to_point_at_one(tmp_path, monkeypatch):
     monkeypatch.delenv("FER_DATA_DIR", raising=False)
     monkeypatch.setattr(data, "ARCHIVE_URL", "http://127.0.0.1:9/archive.tar.gz")
-    with pytest.raises(data.DatasetError, match="FER_DATA_DIR"):
+    with pytest.raises(data.DatasetError, match="FER_DATA_DIR") as err:
         data.download_dataset(tmp_path, url=data.ARCHIVE_URL)
+    assert "--data-dir" in str(err.value) and "data_dir parameter" in str(err.value)
     assert not list(tmp_path.glob("*.part")), "a partial download was left behind"
 
 
