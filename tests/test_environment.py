@@ -7,6 +7,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+#: Extras for particular hardware: not in environment.yml (CPU) nor pulled in by dev.
+HARDWARE_EXTRAS = {"gpu"}
 
 
 def _pins(specs):
@@ -18,9 +20,27 @@ def _pins(specs):
     return pins
 
 
+def _self_extras(project, specs):
+    """The project's own extras that ``specs`` pull in (``fer-notebooks[demo,site]``), and the other specs."""
+    own = re.compile(rf"\s*{re.escape(project['name'])}\[([^\]]*)\]\s*", re.IGNORECASE)
+    extras, rest = [], []
+    for spec in specs:
+        m = own.fullmatch(spec)
+        if m:
+            extras += [e.strip() for e in m[1].split(",")]
+        else:
+            rest.append(spec)
+    return extras, rest
+
+
 def pyproject_pins():
+    """The pins of the dependencies and of every extra (environment.yml installs them all)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return _pins(project["dependencies"] + project["optional-dependencies"]["dev"])
+    specs = list(project["dependencies"])
+    for name, group in project["optional-dependencies"].items():
+        if name not in HARDWARE_EXTRAS:
+            specs += _self_extras(project, group)[1]
+    return _pins(specs)
 
 
 def environment_pins():
@@ -31,6 +51,22 @@ def environment_pins():
 
 def test_environment_and_pyproject_pin_the_same_set():
     assert pyproject_pins() == environment_pins()
+
+
+def test_dev_extra_pulls_in_the_other_extras():
+    """The README's install line (``-e ".[dev]"``) must bring what every test needs, the browser tests included."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pulled, _ = _self_extras(project, extras["dev"])
+    assert set(pulled) == set(extras) - {"dev"} - HARDWARE_EXTRAS
+    for name, group in extras.items():  # a self-reference names only extras that exist
+        assert set(_self_extras(project, group)[0]) <= set(extras) - {name}
+
+
+def test_gpu_extra_pins_the_same_tensorflow():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    cpu = _pins([d for d in project["dependencies"] if d.startswith("tensorflow")])["tensorflow"]
+    assert project["optional-dependencies"]["gpu"] == [f"tensorflow[and-cuda]=={cpu}"]
 
 
 def test_environment_uses_python_311():

@@ -247,9 +247,10 @@ def test_whole_batch_with_bad_inputs_never_crashes(fer, photos, tmp_path):
     assert bad.emotion.isna().all() and bad.box.isna().all() and bad.message.notna().all()
 
 
-def test_detection_finds_a_real_face(fer):
-    results = P.predict(fer, HOPPER, detection="detect")
-    assert len(results) == 1 and results.status[0] == "ok" and results.detection[0] == "haar"
+@pytest.mark.parametrize("detector", ["haar", "mtcnn"])
+def test_detection_finds_a_real_face(fer, detector):
+    results = P.predict(fer, HOPPER, detection="detect", detector=detector)
+    assert len(results) == 1 and results.status[0] == "ok" and results.detection[0] == detector
     x, y, w, h = results.box[0]
     assert 100 < x < 250 and 50 < y < 200 and 150 < w < 350 and w == h  # the face, not the whole portrait
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from fer_utils.prediction.images import ImageProblem, is_folder, read_image, resolved
 from fer_utils.prediction.inference import PREDICTED
 
-BOX_COLORS = {"haar": (46, 204, 64), "whole": (255, 133, 27)}
+BOX_COLORS = {"haar": (46, 204, 64), "mtcnn": (46, 204, 64), "whole": (255, 133, 27)}  # found; whole image
 NO_IMAGE = ("not_found", "not_an_image", "unreadable", "error")  # statuses of inputs that have no picture
 
 

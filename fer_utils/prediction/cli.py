@@ -1,4 +1,5 @@
-"""``python -m fer_utils predict PATH... [--model M] [--format json|csv] [--output F] [--annotate DIR]``.
+"""``python -m fer_utils predict PATH... [--model M] [--format json|csv] [--output F] [--annotate DIR]
+[--detection auto|detect|whole] [--detector haar|mtcnn]``.
 
 The results (JSON or CSV) go to stdout or ``--output``; everything else — which model, warnings about
 records that describe another model, what was annotated, counts and time — goes to stderr.
@@ -16,7 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fer_utils.prediction.annotation import check_annotate_dir, write_annotated
-from fer_utils.prediction.detection import DEFAULT_MARGIN, DEFAULT_MIN_FACE, DETECTION_MODES
+from fer_utils.prediction.detection import (
+    DEFAULT_DETECTOR,
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_FACE,
+    DETECTION_MODES,
+    DETECTORS,
+    check_detector,
+)
 from fer_utils.prediction.images import collect_inputs
 from fer_utils.prediction.inference import (
     PREDICTED,
@@ -49,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detection", choices=DETECTION_MODES, default="auto",
                         help="auto: detect faces, else use the whole image (flagged); detect: faces only; "
                              "whole: each image is one face (default auto)")
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                        help="face detector for auto/detect: haar (OpenCV's cascade) or mtcnn (a CNN cascade, "
+                             f"better on turned faces; benchmarks/results/detectors.md) (default {DEFAULT_DETECTOR})")
     parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE,
                         help="smallest face to detect, as a fraction of the shorter side (default 0.1)")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
@@ -80,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     try:
+        if args.detection != "whole":
+            check_detector(args.detector)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
         loaded = load_model(args.model)
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -91,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     items = collect_inputs(args.paths, exclude=[args.annotate] if args.annotate else ())
     results = predict(loaded, items, detection=args.detection, min_face=args.min_face, margin=args.margin,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, detector=args.detector)
     elapsed = time.perf_counter() - start
     if args.format == "json":  # a JSON list, one face per line
         text = "[\n" + ",\n".join("  " + json.dumps(r) for r in to_records(results)) + "\n]\n"

@@ -2,7 +2,7 @@
 
     python -m fer_utils demo [--model PATH] [--work-dir DIR] [--port N] [--detection auto|detect|whole]
 
-Drop or choose a photo (or click *Try a sample photo*): the page shows the photo with each face boxed and
+Choose a photo with *Upload a photo* (or click *Try a sample photo*): the page shows the photo with each face boxed and
 labelled (``annotate``), the eight probabilities of each face as bars, and each face's Grad-CAM map
 (``grad_cam`` + ``overlay_heatmap``, as in notebook 07). The photo goes through ``predict`` from its file,
 exactly as with ``python -m fer_utils predict``, so a file that is not an image, a truncated one or an
@@ -16,9 +16,10 @@ without one the command says what to run first and exits with status 2.
 this project pins Pillow 13.0.0 (every image of the dataset is decoded and checked with it): the two cannot
 be installed together. Voilà (Jupyter's own dashboard server, which the series' Jupyter stack already
 mostly is: the ``demo`` extra adds 27 MB) serves an ipywidgets app from a notebook, works offline (its
-JavaScript is bundled), and lets ``build_app`` return an ordinary widget that tests drive without a
-browser. What Gradio's image component would add and this page lacks: taking a photo with the webcam —
-save one and upload it.
+JavaScript is bundled; the page's template, ``TEMPLATE``, leaves out the two style sheets Voilà links from a
+CDN), and lets ``build_app`` return an ordinary widget that tests drive without a browser. What Gradio's
+image component would add and this page lacks: dropping a file on the page and taking a photo with the
+webcam — save one and upload it.
 
 Install the extra first: ``pip install -e ".[demo]"``. ``build_app(loaded_model, detection)`` builds the
 page's widget (``DemoApp``), ``analyse`` is what it shows for one file, and ``main`` is the command.
@@ -60,8 +61,8 @@ from fer_utils.prediction.inference import (
 
 DEMO_INSTALL = 'pip install -e ".[demo]"'
 DEFAULT_PORT = 8866
-DISPLAY_SIDE = (320, 960)  # the annotated photo is shown with its longer side in this range (pixels)
-FACE_HEIGHT = 200  # Grad-CAM maps are shown this high (pixels)
+DISPLAY_SIDE = (320, 640)  # the annotated photo is shown with its longer side in this range (pixels)
+FACE_HEIGHT = 160  # Grad-CAM maps are shown this high (pixels)
 NOTEBOOK_NAME = "Facial emotion recognition.ipynb"  # the page's title is the notebook's name
 SAMPLE_NAME = "grace_hopper.jpg"  # matplotlib's sample portrait: a real face for "Try a sample photo"
 STATUS_TEXT = {  # what each status means, in words, for the page
@@ -189,7 +190,7 @@ def probability_bars(probabilities: dict, top: str | None = None) -> str:
         lines.append(
             f'<tr class="fer-prob"><td style="padding:1px 8px 1px 0;font-weight:{weight}">{html.escape(emotion)}</td>'
             f'<td style="padding:1px 0"><div role="meter" aria-label="{html.escape(emotion)}" aria-valuemin="0" '
-            f'aria-valuemax="100" aria-valuenow="{pct:.1f}" style="width:220px;height:14px;background:#eceff1;'
+            f'aria-valuemax="100" aria-valuenow="{pct:.1f}" style="width:180px;height:14px;background:#eceff1;'
             f'border-radius:3px"><div style="width:{pct:.1f}%;height:100%;background:{color};border-radius:3px">'
             f'</div></div></td><td style="padding:1px 0 1px 8px;text-align:right;font-variant-numeric:tabular-nums;'
             f'font-weight:{weight}">{pct:.1f}&nbsp;%</td></tr>')
@@ -272,20 +273,22 @@ class DemoApp:
             style={"button_width": "auto"})
         self.status = w.HTML(value='<p class="fer-status" style="color:#555">Choose a photo with one or more '
                                    'faces: it is analysed here, on this computer.</p>')
-        self.photo = w.Image(format="jpeg", layout=w.Layout(max_width="100%", height="auto", display="none"))
-        self.faces = w.VBox()
+        self.photo = w.Image(format="jpeg", layout=w.Layout(max_width="100%", height="auto", display="none",
+                                                             margin="0 24px 12px 0", align_self="flex-start"))
+        self.faces = w.VBox(layout=w.Layout(flex="1 1 420px"))
+        results = w.HBox([self.photo, self.faces], layout=w.Layout(flex_flow="row wrap"))
         header = w.HTML(
             '<h2 style="margin:0 0 4px 0">Facial emotion recognition</h2>'
             '<p style="margin:0 0 8px 0;color:#333">Each face is boxed and labelled with the emotion the model sees; '
-            'below, per face, the probabilities of the eight emotions and the Grad-CAM map (red: where the '
-            'evidence for the predicted emotion lies).</p>'
+            'beside the photo, per face, its Grad-CAM map (red: where the evidence for the predicted emotion '
+            'lies) and the probabilities of the eight emotions.</p>'
             + (f'<p class="fer-model" style="margin:0 0 8px 0;color:#555;font-size:90%">{html.escape(model_line)}</p>'
                if model_line else ""))
         footer = w.HTML(f'<p style="color:#666;font-size:85%;margin-top:16px">{INTENDED_USE}</p>')
         controls = w.HBox([self.upload, self.sample, w.Label("Faces:", layout=w.Layout(margin="0 0 0 16px")),
                            self.detection], layout=w.Layout(flex_flow="row wrap", align_items="center"))
-        self.widget = w.VBox([header, controls, self.status, self.photo, self.faces, footer],
-                             layout=w.Layout(max_width="1000px", padding="8px"))
+        self.widget = w.VBox([header, controls, self.status, results, footer],
+                             layout=w.Layout(max_width="1200px", padding="8px"))
         self.upload.observe(self._on_upload, names="value")
         self.sample.on_click(self._on_sample)
         self.detection.observe(self._on_detection, names="value")
@@ -365,8 +368,9 @@ class DemoApp:
                          w.HTML('<div style="color:#666;font-size:85%">Grad-CAM: evidence for '
                                 f'{html.escape(str(face.row["emotion"]))}</div>')]
             bars = w.HTML(probability_bars(face.row["probabilities"], face.row["emotion"]),
-                          layout=w.Layout(margin="28px 0 0 24px"))
-            boxes.append(w.HBox([w.VBox(left), bars], layout=w.Layout(margin="12px 0", flex_flow="row wrap")))
+                          layout=w.Layout(margin="24px 0 0 16px"))
+            boxes.append(w.HBox([w.VBox(left, layout=w.Layout(flex="0 0 auto")), bars],
+                                layout=w.Layout(margin="0 0 16px 0", flex_flow="row wrap")))
         self.faces.children = tuple(boxes)
 
 
@@ -456,6 +460,58 @@ def _voila_class():
     return DemoVoila
 
 
+#: Voilà's "lab" template, less the two style sheets it links from a CDN (Font Awesome 5, for icons that
+#: JupyterLab's own bundled styles already draw): offline, they would only fail to load.
+TEMPLATE_NAME = "fer-demo"
+TEMPLATE = """{%- extends 'voila/templates/lab/index.html.j2' -%}
+{%- block notebook_css -%}
+{{ super() | replace(CDN_ALL, "") | replace(CDN_SHIMS, "") }}
+{%- endblock notebook_css -%}
+"""
+CDN_LINK = ('<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free@^5/css/{}" '
+            'type="text/css" />')
+
+
+def write_template(jupyter_dir: Path) -> Path:
+    """Write the page's Voilà template into ``<jupyter_dir>/voila/templates/fer-demo`` (a Jupyter data folder
+    for ``JUPYTER_PATH``)."""
+    folder = jupyter_dir / "voila" / "templates" / TEMPLATE_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "conf.json").write_text(json.dumps({"base_template": "lab"}), encoding="utf-8")
+    text = TEMPLATE.replace("CDN_ALL", json.dumps(CDN_LINK.format("all.min.css")))
+    text = text.replace("CDN_SHIMS", json.dumps(CDN_LINK.format("v4-shims.min.css")))
+    (folder / "index.html.j2").write_text(text, encoding="utf-8")
+    return folder
+
+
+def voila_config(port: int):
+    """Voilà's settings for the page: 127.0.0.1 only, no browser opened, no tracebacks on the page, one kernel
+    kept ready (the model loaded) for the next visitor, photos of up to 64 MB, encrypted kernel channels."""
+    import zmq
+    from traitlets.config import Config
+
+    c = Config()
+    c.Voila.ip = "127.0.0.1"
+    c.Voila.port = port
+    c.Voila.open_browser = False
+    c.Voila.log_level = "WARN"
+    c.Voila.tornado_settings = {"websocket_max_message_size": 64 << 20}  # uploads travel over the websocket
+    c.VoilaConfiguration.show_tracebacks = False
+    c.VoilaConfiguration.template = TEMPLATE_NAME
+    c.VoilaConfiguration.preheat_kernel = True
+    c.VoilaConfiguration.default_pool_size = 1
+    if zmq.has("curve"):  # else every kernel warns that it runs "over TCP without encryption"
+        c.KernelManager.transport_encryption = "auto"
+    return c
+
+
+class _QuietTrust(logging.Filter):
+    """Drop "Notebook ... is not trusted": the served notebook is made here, and trust changes nothing in Voilà."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is not trusted" not in record.getMessage()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fer_utils demo [--model PATH] [--work-dir DIR] [--port N] [--detection MODE]``."""
     parser = build_parser()
@@ -478,14 +534,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_path = Path(loaded.path).resolve()
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # a debugger note every kernel would print
     with tempfile.TemporaryDirectory(prefix="fer-demo-page-") as folder:
-        notebook = Path(folder) / NOTEBOOK_NAME
+        notebook = Path(folder) / "page" / NOTEBOOK_NAME
+        notebook.parent.mkdir()
         notebook.write_text(json.dumps(demo_notebook(model_path, args.detection)), encoding="utf-8")
-        app = _voila_class()()
-        app.initialize([str(notebook), "--no-browser", "--Voila.ip=127.0.0.1", f"--Voila.port={args.port}",
-                        "--Voila.log_level=WARN", "--VoilaConfiguration.show_tracebacks=False",
-                        "--VoilaConfiguration.preheat_kernel=True", "--VoilaConfiguration.default_pool_size=1",
-                        # uploads travel over the kernel's websocket: allow photos of up to 64 MB
-                        "--Voila.tornado_settings=" + json.dumps({"websocket_max_message_size": 64 << 20})])
+        write_template(Path(folder) / "jupyter")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(folder) / "jupyter"),
+                                                                   os.environ.get("JUPYTER_PATH")]))
+        app = _voila_class()(config=voila_config(args.port))
+        app.initialize([str(notebook)])
+        app.log.addFilter(_QuietTrust())
         app.start()
     return 0
 

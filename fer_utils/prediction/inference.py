@@ -22,9 +22,12 @@ from fer_utils import EMOTIONS
 from fer_utils.evaluation import metrics_describe
 from fer_utils.models import ModelRecord, RecordError
 from fer_utils.prediction.detection import (
+    DEFAULT_DETECTOR,
     DEFAULT_MARGIN,
     DEFAULT_MIN_FACE,
     DETECTION_MODES,
+    DETECTORS,
+    check_detector,
     crop_box,
     detect_faces,
 )
@@ -235,7 +238,8 @@ def _name(item, index: int) -> str:
     return f"<{type(item).__name__} {index}>"
 
 
-def _faces_of(item, record: ModelRecord, detection: str, min_face: float, margin: float):
+def _faces_of(item, record: ModelRecord, detection: str, min_face: float, margin: float,
+              detector: str = DEFAULT_DETECTOR):
     """(rows without predictions, preprocessed faces) for one input."""
     try:
         im = read_image(item)
@@ -244,9 +248,9 @@ def _faces_of(item, record: ModelRecord, detection: str, min_face: float, margin
     if detection == "whole":
         rows, crops = [{"status": "ok", "detection": "whole", "box": [0, 0, im.width, im.height]}], [im]
     else:
-        boxes = detect_faces(im, min_face=min_face)
+        boxes = detect_faces(im, min_face=min_face, detector=detector)
         if boxes:
-            rows = [{"status": "ok", "detection": "haar", "box": b} for b in boxes]
+            rows = [{"status": "ok", "detection": detector, "box": b} for b in boxes]
             crops = [im.crop(crop_box(b, im.size, margin)) for b in boxes]
         elif detection == "detect":
             return [{"status": "no_face", "message": "no face found (try detection='auto' or 'whole')"}], None
@@ -258,7 +262,7 @@ def _faces_of(item, record: ModelRecord, detection: str, min_face: float, margin
 
 
 def _iter_rows(loaded: LoadedModel, items: list, detection: str, min_face: float, margin: float,
-               batch_size: int):
+               batch_size: int, detector: str = DEFAULT_DETECTOR):
     record = loaded.record
     names = record.class_names
     pending: list[tuple[str, list[dict], np.ndarray | None]] = []
@@ -283,7 +287,7 @@ def _iter_rows(loaded: LoadedModel, items: list, detection: str, min_face: float
     for i, item in enumerate(items):
         name = _name(item, i)
         try:
-            rows, faces = _faces_of(item, record, detection, min_face, margin)
+            rows, faces = _faces_of(item, record, detection, min_face, margin, detector)
         except Exception as err:  # noqa: BLE001 - one bad file never stops the batch
             rows, faces = [{"status": "error", "message": f"{type(err).__name__}: {err}"}], None
         pending.append((name, rows, faces))
@@ -295,21 +299,27 @@ def _iter_rows(loaded: LoadedModel, items: list, detection: str, min_face: float
 
 
 def predict(model, inputs, detection: str = "auto", min_face: float = DEFAULT_MIN_FACE,
-            margin: float = DEFAULT_MARGIN, batch_size: int = 64) -> pd.DataFrame:
+            margin: float = DEFAULT_MARGIN, batch_size: int = 64,
+            detector: str = DEFAULT_DETECTOR) -> pd.DataFrame:
     """Predict the emotion of every face in ``inputs``: one row per face (see ``fer_utils.prediction``).
 
     ``model``: a ``LoadedModel`` (``load_model()``), a Keras model honouring the contract, a path to a
     ``.keras`` file, or None for ``<work_dir>/model.keras``. ``inputs``: a path, a folder, a Pillow
     image, an array, or a list of them; folders are walked. Faces are batched: one model call per
-    ``batch_size`` faces.
+    ``batch_size`` faces. ``detector``: ``"haar"`` or ``"mtcnn"`` (``detect_faces``), used by the
+    ``"auto"`` and ``"detect"`` modes; rows name it in ``detection``.
     """
     if detection not in DETECTION_MODES:
         raise ValueError(f"detection must be one of {DETECTION_MODES}, not {detection!r}")
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}, not {detector!r}")
+    if detection != "whole":
+        check_detector(detector)  # a missing package stops here, not as an error in every row
     loaded = as_loaded(model)
     if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)):
         inputs = [inputs]
     items = collect_inputs(inputs)
-    rows = list(_iter_rows(loaded, items, detection, min_face, margin, batch_size))
+    rows = list(_iter_rows(loaded, items, detection, min_face, margin, batch_size, detector))
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["face"] = frame["face"].astype("Int64")
     return frame

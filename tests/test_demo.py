@@ -1,0 +1,314 @@
+"""The demo page (``python -m fer_utils demo``, ``fer_utils.prediction.demo``): what it shows for good and bad
+files (the command line's statuses), the ipywidgets app driven from Python, the command's errors, and the
+served page in headless Chromium (marker ``browser``).
+
+A tiny untrained model honouring the contract is built here (seconds); the face is matplotlib's Grace Hopper
+portrait, so the Haar detector finds a real face without the dataset.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import matplotlib.cbook
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_utils import EMOTIONS, import_tensorflow, models
+from fer_utils import prediction as P
+from fer_utils.models import ModelRecord
+from fer_utils.prediction import demo
+
+REPO = Path(__file__).resolve().parent.parent
+HOPPER = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """A work folder's ``model.keras`` + ``model.json``: a tiny grayscale CNN (untrained; seconds to build)."""
+    _, keras = import_tensorflow()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv_a")(x)
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="conv_last")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(len(EMOTIONS), activation="softmax")(x), name="tiny")
+    path = tmp_path_factory.mktemp("work") / "model.keras"
+    with warnings.catch_warnings():  # Keras 3.15 + NumPy 2 warn inside model.save; not ours to fix
+        warnings.filterwarnings("ignore", message=".*__array__ implementation doesn't accept a copy.*")
+        models.save(model, path, ModelRecord("tiny", (SIZE, SIZE), "grayscale"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fer(model_path):
+    return P.load_model(model_path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A face photo and the bad files a user may drop on the page."""
+    d = tmp_path_factory.mktemp("uploads")
+    face = d / "hopper.jpg"
+    Image.open(HOPPER).convert("RGB").save(face, quality=90)
+    out = {"face": face, "text": d / "notes.jpg", "truncated": d / "cut.jpg", "tiny": d / "dot.png",
+           "empty": d / "empty.jpg"}
+    out["text"].write_text("this is not an image\n")
+    out["truncated"].write_bytes(face.read_bytes()[:400])
+    Image.new("L", (1, 1), 128).save(out["tiny"])
+    out["empty"].write_bytes(b"")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- analyse
+
+
+def test_a_face_is_boxed_labelled_and_explained(fer, files):
+    a = demo.analyse(fer, files["face"])
+    assert a.name == "hopper.jpg" and a.problems == [] and a.notes == [] and a.gradcam_error is None
+    assert len(a.faces) == 1
+    row = a.faces[0].row
+    assert row["status"] == "ok" and row["detection"] not in (None, "whole") and row["emotion"] in EMOTIONS
+    assert list(row["probabilities"]) == list(EMOTIONS)
+    assert abs(sum(row["probabilities"].values()) - 1) < 1e-4
+    assert a.annotated.size == (512, 600)  # shown as it is: within demo.DISPLAY_SIDE
+    heat = a.faces[0].gradcam
+    assert heat.dtype == np.uint8 and heat.shape[0] == demo.FACE_HEIGHT and heat.shape[2] == 3
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "tiny", "empty"])
+def test_bad_files_get_the_command_lines_statuses(fer, files, kind):
+    """The page runs ``predict`` on the uploaded file: the same statuses and messages as the command line."""
+    cli = P.to_records(P.predict(fer, [str(files[kind])]))
+    a = demo.analyse(fer, files[kind])
+    assert [r["status"] for r in P.to_records(a.results)] == [r["status"] for r in cli]
+    assert [r["message"] for r in P.to_records(a.results)] == [r["message"] for r in cli]
+    shown = demo.messages_html(a)
+    for r in cli:
+        if r["status"] not in P.PREDICTED:
+            assert r["status"] in shown and r["message"] in shown and a.annotated is None
+    assert "Traceback" not in shown
+
+
+def test_large_photos_are_shown_smaller(fer, tmp_path):
+    big = tmp_path / "big.png"
+    Image.open(HOPPER).resize((2048, 2400)).save(big)
+    a = demo.analyse(fer, big)
+    assert max(a.annotated.size) == demo.DISPLAY_SIDE[1] and a.faces[0].row["box"][2] > 500  # rows: original pixels
+
+
+def test_a_one_pixel_image_is_predicted_whole_and_flagged(fer, files):
+    a = demo.analyse(fer, files["tiny"])
+    assert [f.row["status"] for f in a.faces] == ["whole_image_fallback"]
+    assert a.notes and "whole image" in a.notes[0]
+    assert min(a.annotated.size) >= demo.DISPLAY_SIDE[0]  # enlarged to be seen, label drawn at that size
+
+
+def test_probability_bars_show_every_emotion_in_order():
+    probs = dict(zip(EMOTIONS, np.linspace(0.01, 0.2, len(EMOTIONS))))
+    html = demo.probability_bars(probs, "surprise")
+    assert html.count('class="fer-prob"') == len(EMOTIONS)
+    assert [html.index(f">{e}<") for e in EMOTIONS] == sorted(html.index(f">{e}<") for e in EMOTIONS)
+    assert 'aria-valuenow="20.0"' in html and "20.0&nbsp;%" in html
+
+
+# --------------------------------------------------------------------------------------------------- the app
+
+
+@pytest.fixture()
+def app(fer):
+    pytest.importorskip("ipywidgets", reason="the 'demo' extra is not installed (pip install -e '.[demo]')")
+    return demo.build_app(fer)
+
+
+def test_app_shows_an_upload(app, files):
+    data = files["face"].read_bytes()
+    app.upload.value = ({"name": "me.jpg", "type": "image/jpeg", "size": len(data), "content": memoryview(data),
+                         "last_modified": datetime.datetime.now(datetime.UTC)},)  # as from a browser
+    assert "<b>me.jpg</b>: 1 face." in app.status.value
+    assert app.photo.layout.display is None and app.photo.value[:2] == b"\xff\xd8"  # a JPEG
+    (face,) = app.faces.children
+    html = "".join(getattr(w, "value", "") for w in face.children[0].children + (face.children[1],)
+                   if isinstance(getattr(w, "value", None), str))
+    assert "Face 1:" in html and html.count('class="fer-prob"') == len(EMOTIONS)
+    assert not list(Path(app._uploads.name).iterdir())  # the copy of the upload is gone
+
+
+def test_app_says_what_is_wrong_with_a_bad_file(app, files):
+    app.show_bytes("face.jpg", files["face"].read_bytes())
+    app.show_bytes("<b>notes</b>.jpg", files["text"].read_bytes())
+    assert "not_an_image" in app.status.value and "not an image format Pillow can read" in app.status.value
+    assert "&lt;b&gt;notes&lt;/b&gt;.jpg" in app.status.value  # the name is shown, never as markup
+    assert app.photo.layout.display == "none" and app.faces.children == ()
+    assert "Traceback" not in app.status.value
+
+
+def test_app_sample_button_and_detection_modes(app):
+    app.sample.click()
+    assert app.analysis.name == demo.SAMPLE_NAME and app.analysis.faces[0].row["detection"] != "whole"
+    app.detection.value = "whole"  # re-runs the last photo
+    row = app.analysis.faces[0].row
+    assert row["detection"] == "whole" and row["box"][:2] == [0, 0]
+
+
+def test_app_shows_failures_as_messages(app, files, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("the disk is on fire")
+
+    monkeypatch.setattr(demo, "analyse", boom)
+    assert app.show_bytes("me.jpg", files["face"].read_bytes()) is None
+    assert "something went wrong: RuntimeError: the disk is on fire" in app.status.value
+
+
+def test_upload_names_cannot_leave_the_upload_folder():
+    assert demo._safe_name("../../etc/passwd") == "passwd"
+    assert demo._safe_name("C:\\Users\\me\\x y.jpg") == "x y.jpg"
+    assert demo._safe_name("..") == "upload" and demo._safe_name("a<b>|c.png") == "a_b_c.png"
+
+
+def test_served_notebook_and_template(tmp_path):
+    import nbformat
+
+    nb = nbformat.from_dict(demo.demo_notebook("/m/model.keras", "detect"))
+    nbformat.validate(nb)
+    assert "demo.show_app('/m/model.keras', 'detect')" in nb.cells[0].source
+    folder = demo.write_template(tmp_path)
+    assert (folder / "conf.json").is_file() and "replace(" in (folder / "index.html.j2").read_text()
+    voila = pytest.importorskip("voila", reason="the 'demo' extra is not installed")
+    lab = Path(sys.prefix) / "share" / "jupyter" / "voila" / "templates" / "lab" / "index.html.j2"
+    if lab.is_file():  # the links the template strips are still Voilà's (else the browser test says what is)
+        assert demo.CDN_LINK.format("all.min.css") in lab.read_text(), voila.__version__
+
+
+# --------------------------------------------------------------------------------------------------- the command
+
+
+def _demo_command(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "fer_utils", "demo", *args], capture_output=True, text=True,
+                          timeout=120, cwd=kwargs.get("cwd"))
+
+
+def test_without_a_model_it_says_what_to_run(tmp_path):
+    pytest.importorskip("voila", reason="the 'demo' extra is not installed")
+    proc = _demo_command("--work-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert "No trained model at" in proc.stderr and P.HOW_TO_TRAIN in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+
+def test_a_file_that_is_no_keras_model_is_refused(tmp_path, capsys):
+    pytest.importorskip("voila", reason="the 'demo' extra is not installed")
+    (tmp_path / "model.h5").write_bytes(b"HDF")
+    assert demo.main(["--model", str(tmp_path / "model.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a Keras 3 .keras file" in err and "Traceback" not in err
+
+
+def test_without_the_extra_it_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "voila", None)
+    assert demo.main(["--model", "x.keras"]) == 2
+    err = capsys.readouterr().err
+    assert demo.DEMO_INSTALL in err and "voila" in err and "Traceback" not in err
+
+
+def test_bad_port_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["--port", "70000"])
+    assert exit_.value.code == 2
+
+
+# --------------------------------------------------------------------------------------------------- in a browser
+
+
+class DemoServer:
+    """``python -m fer_utils demo`` in a subprocess, on a free port; its output is collected by a thread."""
+
+    def __init__(self, model: Path, port: int):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "fer_utils", "demo", "--model", str(model),
+                                      "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, cwd=REPO)
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("Demo page: "):
+                self.url = line.split()[2]
+                self._ready.set()
+        self._ready.set()
+
+    def wait(self, timeout: float) -> str:
+        self._ready.wait(timeout)
+        assert self.url, "the demo did not start:\n" + "".join(self.lines)
+        return self.url
+
+    def stop(self) -> None:
+        self.proc.terminate()  # Voilà stops on SIGTERM and shuts its kernels down
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.mark.browser
+def test_demo_page_in_a_browser(model_path, files, tmp_path):
+    """Upload a face photo: a boxed, labelled face, its bars and Grad-CAM appear; upload a text file named .jpg:
+    a readable message, no traceback; no console error and nothing fetched from outside 127.0.0.1."""
+    pytest.importorskip("voila", reason="the 'demo' extra is not installed (pip install -e '.[demo]')")
+    from browser import PageWatch, chromium, free_port
+
+    port = free_port()
+    server = DemoServer(model_path, port)
+    try:
+        start = time.perf_counter()
+        url = server.wait(timeout=180)
+        assert url == f"http://127.0.0.1:{port}/"
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1280, "height": 1200})
+            watch = PageWatch(page)
+            page.goto(url)
+            page.get_by_text("Upload a photo").wait_for(timeout=180_000)  # the kernel has loaded the model
+            print(f"page ready {time.perf_counter() - start:.1f} s after the command started")
+            with page.expect_file_chooser() as chooser:
+                page.get_by_text("Upload a photo").click()
+            chooser.value.set_files(files["face"])
+            title = page.locator(".fer-face-title")
+            title.wait_for(timeout=60_000)
+            assert title.inner_text().startswith("Face 1: ")
+            assert page.locator(".fer-summary").inner_text() == "hopper.jpg: 1 face."
+            assert page.locator(".fer-probabilities tr").count() == len(EMOTIONS)
+            sizes = page.evaluate("[...document.querySelectorAll('img')].map(i => [i.naturalWidth, i.naturalHeight])")
+            assert len(sizes) >= 2 and all(w > 0 and h > 0 for w, h in sizes), sizes  # photo + Grad-CAM map
+            page.screenshot(path=tmp_path / "demo_face.png", full_page=True)
+
+            with page.expect_file_chooser() as chooser:
+                page.get_by_text("Upload a photo").click()
+            chooser.value.set_files(files["text"])
+            problem = page.locator(".fer-problem")
+            problem.wait_for(timeout=60_000)
+            assert "notes.jpg" in problem.inner_text() and "not_an_image" in problem.inner_text()
+            assert page.locator(".fer-face-title").count() == 0
+            body = page.inner_text("body")
+            assert "Traceback" not in body and "Error" not in body
+            page.screenshot(path=tmp_path / "demo_bad_file.png", full_page=True)
+            assert not watch.problems(), watch.problems()
+    finally:
+        server.stop()
+    output = "".join(server.lines)
+    assert "Traceback" not in output, output
