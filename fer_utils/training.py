@@ -183,10 +183,20 @@ def class_weight_power(counts, power: float = 0.5) -> dict[int, float]:
 
     ``power=0``: none; ``0.5``: square-root ("soft") balancing; ``1``: full balancing. Empty classes get 0.
     """
-    counts = np.asarray(counts, dtype=float)
+    counts = np.asarray(counts, dtype=float)  # n_c: training faces per class; N = counts.sum(), K = len(counts)
     weights = np.where(counts > 0, (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** power, 0.0)
-    weights = weights * counts.sum() / (weights * counts).sum()
+    weights = weights * counts.sum() / (weights * counts).sum()  # an average face still weighs 1
     return {i: float(w) for i, w in enumerate(weights)}
+
+
+def class_weights(config, counts) -> dict[int, float] | None:
+    """The ``class_weight`` dict ``model.fit`` gets for ``config.class_weight`` and the training counts."""
+    if config.class_weight is None:
+        return None
+    if config.class_weight == "balanced":
+        return balanced_class_weight(counts)
+    power = 0.5 if config.class_weight == "sqrt" else float(config.class_weight)
+    return class_weight_power(counts, power)
 
 
 def balanced_class_weight(counts, max_weight: float | None = None) -> dict[int, float]:
@@ -203,17 +213,6 @@ def balanced_class_weight(counts, max_weight: float | None = None) -> dict[int, 
 def sqrt_class_weight(counts) -> dict[int, float]:
     """Square-root ("soft") balancing: ``class_weight_power(counts, 0.5)``."""
     return class_weight_power(counts, 0.5)
-
-
-def class_weights(config: TrainConfig, counts) -> dict[int, float] | None:
-    """The ``class_weight`` dict ``model.fit`` gets for ``config.class_weight`` and the training counts."""
-    if config.class_weight is None:
-        return None
-    if config.class_weight == "balanced":
-        return balanced_class_weight(counts)
-    if config.class_weight == "sqrt":
-        return sqrt_class_weight(counts)
-    return class_weight_power(counts, float(config.class_weight))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,24 +329,25 @@ class Phase:
     backbone_trainable: bool | None  # None: the model has no backbone
 
 
-def phases(config: TrainConfig) -> list[Phase]:
-    """The training phases ``config`` asks for: head then whole model for a pretrained model with
-    ``head_epochs``, else one phase."""
-    if config.head_epochs:
-        return [Phase("head", config.head_epochs, config.learning_rate, False),
+def phases(config) -> list:
+    """The training phases ``config`` asks for: head, then whole model for a pretrained model with
+    ``head_epochs``; else one phase."""
+    if config.head_epochs:  # 1. backbone frozen: only the new head learns, at the full rate
+        return [Phase("head", config.head_epochs, config.learning_rate, backbone_trainable=False),
+                # 2. backbone unfrozen: everything learns, at a lower rate (small steps keep what FER2013 taught)
                 Phase("whole", config.epochs, config.learning_rate * config.whole_model_lr_factor, True)]
     backbone = models.traits(config.model).get("backbone")
     return [Phase("train", config.epochs, config.learning_rate, True if backbone else None)]
 
 
-def compile_model(net, config: TrainConfig, learning_rate: float, steps: int | None = None) -> None:
+def compile_model(net, config, learning_rate: float, steps: int | None = None) -> None:
     """``model.compile`` with Adam (AdamW with ``weight_decay``), the learning-rate schedule, cross-entropy
     (with label smoothing) and accuracy."""
     import fer_utils
 
     _, keras = fer_utils.import_tensorflow()
     rate = learning_rate
-    if config.lr_schedule == "cosine" and steps:
+    if config.lr_schedule == "cosine" and steps:  # decays to 0 over the phase's steps
         rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.0)
     if config.weight_decay:
         optimizer = keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
@@ -382,17 +382,47 @@ def _val_arrays(batches):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def train(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callbacks=(), run_name: str | None = None,
-          show_progress: bool = True, write: bool = True) -> TrainResult:
-    """Train on ``<work_dir>/split/train``, validate on ``split/val``, keep the best epoch (``config.monitor``).
+@dataclasses.dataclass
+class Run:
+    """A training run in progress: what ``start`` prepares, ``fit_phase`` advances and ``finish`` saves."""
 
-    ``model``: a built Keras model (e.g. notebook 04's ``untrained.keras``) honouring the model contract
-    for ``config.input_shape``; default: ``config.model`` built from the registry in ``config.precision``.
-    The phases (``phases(config)``) share the model in memory; the best epoch's weights are restored at
-    the end. ``callbacks`` are added to every ``fit``. With ``write``, files go to ``models/<run_name>/``
-    and become the work folder's current model (see the module docstring). Keras' global dtype policy is
-    float32 again when this returns.
-    """
+    config: TrainConfig
+    work: Path
+    model: object  # the Keras model being trained
+    batches: dict  # "train" and "val" input pipelines (notebook 03's, with config's settings)
+    counts: dict  # faces per split, and "train_per_class"
+    steps: int  # training batches per epoch
+    callbacks: list  # given to every fit: validation scores, the best epoch (KeepBest), epoch log, yours
+    keep: object  # the KeepBest callback: the best epoch's weights, in memory, across phases
+    log: object  # the EpochLog callback: seconds per epoch, progress lines
+    policy: str  # the dtype policy the model was built in
+    write: bool = True
+    class_weight: dict | None = None  # what fit gets (set it with class_weights(config, run.train_counts))
+    histories: list = dataclasses.field(default_factory=list)  # one DataFrame per finished phase
+    epochs_done: int = 0
+    data_seconds: float = 0.0
+    fit_seconds: float = 0.0
+
+    @property
+    def train_counts(self) -> list[int]:
+        """Training faces per emotion, in ``EMOTIONS`` order."""
+        return [self.counts["train_per_class"][e] for e in EMOTIONS]
+
+    def add_history(self, phase: Phase, history: dict) -> pd.DataFrame:
+        """Record one phase's ``fit(...).history`` (one row per epoch)."""
+        frame = pd.DataFrame(history)
+        frame.insert(0, "epoch", np.arange(self.epochs_done + 1, self.epochs_done + len(frame) + 1))
+        frame.insert(1, "phase", phase.name)
+        frame["learning_rate"] = phase.learning_rate
+        self.histories.append(frame)
+        self.epochs_done += phase.epochs
+        return frame
+
+
+def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callbacks=(), show_progress: bool = True,
+          write: bool = True) -> Run:
+    """Seed everything, build the input pipelines (``pipelines.make_pipelines``) and the callbacks, and take the
+    model (``model``, e.g. notebook 04's ``untrained.keras``, else ``config.model`` built from the registry)."""
     import fer_utils
 
     _, keras = fer_utils.import_tensorflow()
@@ -408,9 +438,7 @@ def train(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
         net = model
         models.check_contract(net, config.input_shape)
     policy = net.dtype_policy.name if hasattr(net, "dtype_policy") else "float32"
-    weights = class_weights(config, [counts["train_per_class"][e] for e in EMOTIONS])
-    plan = phases(config)
-    total = sum(p.epochs for p in plan)
+    total = sum(p.epochs for p in phases(config))
     progress = work / TRAIN_PROGRESS if write else None
     if progress is not None:
         progress.write_text("")
@@ -420,38 +448,60 @@ def train(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
     if config.monitor in ("val_macro_f1", "val_balanced_accuracy") or config.tta != "none":
         extra.append(ValScores(*_val_arrays(batches["val"]), config.tta))
     steps = max(1, counts["train"] // config.batch_size) if config.pipeline == "tf.data" else len(batches["train"])
-    histories, done = [], 0
-    t_fit = time.perf_counter()
-    for phase in plan:
-        if phase.epochs == 0:
-            continue
-        if phase.backbone_trainable is not None:
-            net.get_layer(models.traits(config.model)["backbone"]).trainable = phase.backbone_trainable
-        compile_model(net, config, phase.learning_rate, steps * phase.epochs)
-        log.phase = phase.name
-        fit = net.fit(batches["train"], validation_data=batches["val"], initial_epoch=done,
-                      epochs=done + phase.epochs, class_weight=weights, shuffle=False, verbose=0,
-                      callbacks=[*extra, keep, log, *callbacks])
-        frame = pd.DataFrame(fit.history)
-        frame.insert(0, "epoch", np.arange(done + 1, done + len(frame) + 1))
-        frame.insert(1, "phase", phase.name)
-        frame["learning_rate"] = phase.learning_rate
-        histories.append(frame)
-        done += phase.epochs
-    train_seconds = time.perf_counter() - t_fit
+    return Run(config=config, work=work, model=net, batches=batches, counts=counts, steps=steps,
+               callbacks=[*extra, keep, log, *callbacks], keep=keep, log=log, policy=policy, write=write,
+               data_seconds=data_seconds)
+
+
+def fit_phase(run, phase):
+    """One phase: freeze or unfreeze the backbone, compile at the phase's learning rate, ``fit`` its epochs."""
+    net, config = run.model, run.config
+    if phase.epochs == 0:
+        return None
+    if phase.backbone_trainable is not None:  # the pretrained part: frozen (head phase) or trainable
+        net.get_layer(models.traits(config.model)["backbone"]).trainable = phase.backbone_trainable
+    t0 = time.perf_counter()
+    compile_model(net, config, phase.learning_rate, run.steps * phase.epochs)  # after every (un)freeze
+    run.log.phase = phase.name
+    fit = net.fit(run.batches["train"], validation_data=run.batches["val"],
+                  initial_epoch=run.epochs_done, epochs=run.epochs_done + phase.epochs,
+                  class_weight=run.class_weight, shuffle=False, verbose=0, callbacks=run.callbacks)
+    run.fit_seconds += time.perf_counter() - t0
+    return run.add_history(phase, fit.history)
+
+
+def finish(run: Run, run_name: str | None = None) -> TrainResult:
+    """Restore the best epoch's weights; with ``run.write``, save the model under ``models/<run_name>/`` and make
+    it the work folder's current model (see the module docstring)."""
+    config, net, keep = run.config, run.model, run.keep
     keep.restore()
-    history = pd.concat(histories, ignore_index=True)
-    timing = pd.DataFrame(log.rows)
+    history = pd.concat(run.histories, ignore_index=True)
+    timing = pd.DataFrame(run.log.rows)
     history["seconds"] = timing["seconds"].to_numpy()[: len(history)]
     history["train_seconds"] = timing["train_seconds"].to_numpy()[: len(history)]
-
-    record = _record(config, history, counts, net, policy, keep, data_seconds, train_seconds, weights)
-    model_record = config.model_record(precision=policy, trained=True, best_epoch=keep.best_epoch,
+    record = _record(config, history, run.counts, net, run.policy, keep, run.data_seconds, run.fit_seconds,
+                     run.class_weight)
+    model_record = config.model_record(precision=run.policy, trained=True, best_epoch=keep.best_epoch,
                                        best=record["best"], parameters=int(net.count_params()))
     result = TrainResult(model=net, history=history, record=record, model_record=model_record, paths={})
-    if write:
-        _write(result, work, run_name or default_run_name(config))
+    if run.write:
+        _write(result, run.work, run_name or default_run_name(config))
     return result
+
+
+def train(config, work_dir, model=None, *, callbacks=(), run_name=None, show_progress=True, write=True):
+    """Train on ``<work_dir>/split/train``, validate on ``split/val``, keep the best epoch (``config.monitor``).
+
+    ``model``: a built model honouring the contract (e.g. notebook 04's ``untrained.keras``); default:
+    ``config.model`` from the registry. ``callbacks`` go to every ``fit``. With ``write``, the model is saved
+    under ``models/<run_name>/`` and becomes the current one. The runner's notebooks, the benchmarks and the
+    tests all train through this function; notebook 05 runs its lines one cell at a time.
+    """
+    run = start(config, work_dir, model, callbacks=callbacks, show_progress=show_progress, write=write)
+    run.class_weight = class_weights(config, run.train_counts)  # rare emotions weigh more in the loss
+    for phase in phases(config):  # head, then whole model (pretrained), or one phase
+        fit_phase(run, phase)
+    return finish(run, run_name)
 
 
 def default_run_name(config: TrainConfig) -> str:

@@ -456,10 +456,63 @@ def test_grad_cam_uses_a_nested_backbone(keras, photos):
     x = keras.layers.Rescaling(1 / 255)(inp)
     x = keras.layers.GlobalAveragePooling2D()(backbone(x))
     model = keras.Model(inp, keras.layers.Dense(len(EMOTIONS), activation="softmax")(x))
-    assert gradcam._last_conv(model) is backbone
+    assert gradcam.feature_layer(model) is backbone
     batch = P.preprocess_faces([P.read_image(photos["face"])], _record())
     heat = P.grad_cam(model, batch)
     assert heat.shape == (1, SIZE, SIZE) and 0.99 < heat.max() <= 1
+
+
+def _split_softmax_model(keras, kernel_scale: float = 1.0):
+    """The tiny model with its softmax as a separate ``probabilities`` layer after ``logits``, as ours are."""
+    fused = _tiny_model(keras, 1)
+    inp = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv_a")(x)
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="conv_last")(x)
+    x = keras.layers.Dense(len(EMOTIONS), name="logits")(keras.layers.GlobalAveragePooling2D()(x))
+    x = keras.layers.Activation("softmax", name="probabilities")(x)
+    split = keras.Model(inp, x, name="split")
+    for name in ("conv_a", "conv_last"):
+        split.get_layer(name).set_weights(fused.get_layer(name).get_weights())
+    kernel, bias = fused.layers[-1].get_weights()
+    split.get_layer("logits").set_weights([kernel * kernel_scale, bias * kernel_scale])
+    return fused, split
+
+
+def test_grad_cam_differentiates_the_pre_softmax_score(keras, photos):
+    batch = P.preprocess_faces([P.read_image(photos[k]) for k in ("face", "gray")], _record())
+    fused, split = _split_softmax_model(keras)
+    assert gradcam.feature_layer(split).name == "conv_last"
+    heat = P.grad_cam(split, batch, class_index=2)
+    np.testing.assert_allclose(P.grad_cam(fused, batch, class_index=2), heat, atol=1e-5)  # Dense+softmax: same logits
+    # By hand: the gradient of the logit (not of the probability) with respect to conv_last's maps.
+    tf, _ = import_tensorflow()
+    probe = keras.Model(split.inputs, [split.get_layer("conv_last").output, split.get_layer("logits").output])
+    x = tf.constant(batch)
+    with tf.GradientTape() as tape:
+        maps, logits = probe(x)
+        score = logits[:, 2]
+    weights = tf.reduce_mean(tape.gradient(score, maps), axis=(1, 2), keepdims=True)
+    cam = tf.image.resize(tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[..., None], (SIZE, SIZE)).numpy()[..., 0]
+    np.testing.assert_allclose(heat, cam / (cam.max(axis=(1, 2), keepdims=True) + 1e-8), atol=1e-5)
+    # Logits scaled by 3 (a softmax temperature) scale every pre-softmax gradient by 3: the normalised map
+    # does not change. A map from the probability or log-probability would.
+    _, hotter = _split_softmax_model(keras, kernel_scale=3.0)
+    np.testing.assert_allclose(P.grad_cam(hotter, batch, class_index=2), heat, atol=1e-4)
+
+
+def test_grad_cam_layers_of_our_models(keras, fake_fer_weights):
+    """seed_cnn: its last convolution ``conv3``; fer_transfer: the pretrained backbone's output (its last
+    residual block), not the ``classifier`` convolution after it; both score the ``logits`` before the softmax."""
+    seed = models.seed_cnn((48, 48, 1))
+    transfer = models.fer_transfer((64, 64, 1), weights=fake_fer_weights)
+    assert gradcam.feature_layer(seed).name == "conv3"
+    assert gradcam.feature_layer(transfer).name == models.BACKBONE
+    for model in (seed, transfer):
+        assert model.layers[-1].name == "probabilities" and model.layers[-2].name == "logits"
+        heat = P.grad_cam(model, np.full((1, *model.input_shape[1:]), 128.0, np.float32) +
+                          np.random.default_rng(0).normal(0, 40, (1, *model.input_shape[1:])).astype(np.float32))
+        assert heat.shape == (1, *model.input_shape[1:3]) and np.isfinite(heat).all()
 
 
 def test_flip_tta_from_the_record(fer, photos):

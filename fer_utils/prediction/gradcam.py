@@ -1,4 +1,5 @@
-"""Grad-CAM: where in a face the evidence for a class lies, as a heatmap over the model's input."""
+"""Grad-CAM (Selvaraju et al. 2017, arXiv:1610.02391): where in a face the evidence for a class lies, as a
+heatmap over the model's input."""
 
 from __future__ import annotations
 
@@ -8,77 +9,94 @@ from PIL import Image
 from fer_utils.prediction.inference import LoadedModel
 
 
-def _last_conv(model, layer_name: str | None = None):
-    """The layer whose feature maps Grad-CAM weighs: the last top-level convolution, or a nested model
-    (a pretrained backbone) that contains convolutions and outputs feature maps, whichever comes last."""
+def feature_layer(model, layer_name: str | None = None):
+    """The layer whose feature maps Grad-CAM weighs: the last convolutional feature maps before the classifier.
+
+    A model with a pretrained backbone (a nested model of convolutions with 4-D output): the backbone's output
+    (``fer_transfer``: its last residual block's ``Add``), not the 3×3 ``classifier`` convolution that scores
+    the emotions after it. Otherwise the last top-level convolution (``seed_cnn``: ``conv3``).
+    """
     from fer_utils import import_tensorflow
 
     _, keras = import_tensorflow()
     if layer_name:
         return model.get_layer(layer_name)
     conv_types = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D)
-    for layer in reversed(model.layers):
-        if isinstance(layer, conv_types):
-            return layer
-        if isinstance(layer, keras.Model) and any(isinstance(sub, conv_types) for sub in layer._flatten_layers()):
-            if len(layer.output.shape) == 4:
-                return layer
+    backbones = [layer for layer in model.layers if isinstance(layer, keras.Model) and len(layer.output.shape) == 4
+                 and any(isinstance(sub, conv_types) for sub in layer._flatten_layers())]
+    convs = [layer for layer in model.layers if isinstance(layer, conv_types)]
+    if backbones or convs:
+        return (backbones or convs)[-1]
     raise ValueError(f"{model.name} has no convolution layer (or convolutional sub-model); pass layer_name.")
 
 
-def _grad_model(model, conv):
-    """A model from the input to ``[conv output, predictions]``."""
+def gradient_model(model, conv):
+    """A model from the input to ``[conv output, input of the last layer]`` (the last layer is the softmax)."""
     from fer_utils import import_tensorflow
 
     _, keras = import_tensorflow()
+    last = model.layers[-1]
     # conv.output is the layer's first call; a nested backbone's first call is inside its own graph, so
     # also try the tensors of each of its calls (the last is the call in this model's graph)
     candidates = [lambda: conv.output, *[lambda n=n: n.output_tensors[0] for n in reversed(conv._inbound_nodes)]]
     for tensor in candidates:
         try:
-            return keras.Model(model.inputs, [tensor(), model.outputs[0]])
+            return keras.Model(model.inputs, [tensor(), last.input])
         except (AttributeError, IndexError, ValueError, TypeError):
             continue
     if not isinstance(model, keras.Sequential):
         raise ValueError(f"Cannot connect {conv.name} to the output of {model.name}; pass layer_name.")
     inp = keras.Input(tuple(model.input_shape[1:]))  # a Sequential without an input graph: rebuild it
     x, conv_out = inp, None
-    for layer in model.layers:
+    for layer in model.layers[:-1]:
         x = layer(x)
         if layer is conv:
             conv_out = x
     return keras.Model(inp, [conv_out, x])
 
 
-def grad_cam(model, image_batch: np.ndarray, class_index=None, layer_name: str | None = None) -> np.ndarray:
-    """Grad-CAM heatmaps ``(N, H, W)`` in [0, 1] for a preprocessed batch (what ``preprocess_faces`` returns).
+def class_scores(model, before_softmax):
+    """The pre-softmax class scores (logits) from the input of the model's last layer: that input itself
+    when the last layer is a softmax ``Activation`` (our models: the ``logits`` layer's output, which the
+    ``probabilities`` layer turns into probabilities); ``x · kernel + bias`` for a ``Dense`` with softmax."""
+    from fer_utils import import_tensorflow
 
-    Gradients of the log-probability of ``class_index`` (an int, one per image, or None for each image's
-    predicted class) with respect to the last ``Conv2D`` layer's output (or ``layer_name``), averaged per
-    channel, weight that layer's maps; the ReLU of the sum, scaled to [0, 1] per image and resized to
-    the input size, is the heatmap: where the evidence for that class is.
-    """
+    tf, keras = import_tensorflow()
+    last, x = model.layers[-1], tf.cast(before_softmax, tf.float32)
+    if getattr(getattr(last, "activation", None), "__name__", None) != "softmax":
+        raise ValueError(f"{model.name} does not end in a softmax layer: no pre-softmax class scores.")
+    if isinstance(last, keras.layers.Activation):
+        return x
+    if isinstance(last, keras.layers.Dense):
+        return tf.matmul(x, tf.cast(last.kernel, tf.float32)) + tf.cast(last.bias, tf.float32)
+    raise ValueError(f"Cannot take the softmax apart from {last.name} ({type(last).__name__}).")
+
+
+def grad_cam(model, image_batch: np.ndarray, class_index=None, layer_name: str | None = None) -> np.ndarray:
+    """Grad-CAM heatmaps ``(N, H, W)`` in [0, 1] for a preprocessed batch (what ``preprocess_faces`` returns):
+    the gradients of a class's pre-softmax score (``class_index``: an int, one per image, or None for the
+    predicted class) averaged over each feature map (``feature_layer``) weigh the maps; ReLU, upsample, scale."""
     from fer_utils import import_tensorflow
 
     tf, _ = import_tensorflow()
     model = model.model if isinstance(model, LoadedModel) else model
-    grad_model = _grad_model(model, _last_conv(model, layer_name))
+    grad_model = gradient_model(model, feature_layer(model, layer_name))
     x = tf.convert_to_tensor(np.asarray(image_batch, np.float32))
     with tf.GradientTape() as tape:
-        conv_raw, probs = grad_model(x, training=False)  # conv_raw is bfloat16 under mixed precision
-        probs = tf.cast(probs, tf.float32)
+        maps, before_softmax = grad_model(x, training=False)  # maps are bfloat16 under mixed precision
+        logits = class_scores(model, before_softmax)
         if class_index is None:
-            idx = tf.argmax(probs, axis=-1, output_type=tf.int32)
+            idx = tf.argmax(logits, axis=-1, output_type=tf.int32)  # the predicted class
         else:
-            idx = tf.broadcast_to(tf.constant(class_index, tf.int32), tf.shape(probs)[:1])
-        score = tf.math.log(tf.gather(probs, idx, batch_dims=1) + 1e-7)
-    grads = tape.gradient(score, conv_raw)
+            idx = tf.broadcast_to(tf.constant(class_index, tf.int32), tf.shape(logits)[:1])
+        score = tf.gather(logits, idx, batch_dims=1)  # y^c, the class's score before the softmax
+    grads = tape.gradient(score, maps)  # dy^c / dA^k at every position of every feature map k
     if grads is None:
-        raise RuntimeError("Grad-CAM got no gradient: the conv layer is not on the path to the output.")
-    grads, conv_out = tf.cast(grads, tf.float32), tf.cast(conv_raw, tf.float32)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * conv_out, axis=-1))[..., None]
-    cam = tf.image.resize(cam, tuple(x.shape[1:3]), method="bilinear")
+        raise RuntimeError("Grad-CAM got no gradient: the feature layer is not on the path to the output.")
+    grads, maps = tf.cast(grads, tf.float32), tf.cast(maps, tf.float32)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # alpha_k^c: averaged over the positions
+    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[..., None]  # ReLU(sum_k alpha_k^c A^k)
+    cam = tf.image.resize(cam, tuple(x.shape[1:3]), method="bilinear")  # upsample to the input size
     cam = cam / (tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True) + 1e-8)
     return np.clip(cam.numpy()[..., 0], 0.0, 1.0)
 
