@@ -665,6 +665,28 @@ def _site_links(markdown: str, present: set[str]) -> str:
     return _LINK.sub(fix, markdown)
 
 
+def _notebook_links(nb: dict, present: set[str]) -> dict:
+    """Links in a notebook's markdown as the site needs them: ``../README.md`` → the landing page; links to
+    other pages and figures of the site kept; links to repository files outside the site become their text."""
+    def fix(m: re.Match) -> str:
+        bang, text, target = m.groups()
+        path, _, anchor = target.partition("#")
+        if not path or re.match(r"^[a-z][a-z0-9+.-]*:", target):
+            return m.group(0)
+        resolved = os.path.normpath(os.path.join("notebooks", path)).replace(os.sep, "/")
+        if resolved == "README.md":
+            return f"{bang}[{text}](../index.md)"
+        if resolved in present:
+            return m.group(0)
+        return text if not bang else f"*{text}*"
+
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            source = "".join(cell.get("source", ""))
+            cell["source"] = _LINK.sub(fix, source)
+    return nb
+
+
 def _notebook_title(stem: str) -> str:
     """``05_train_model`` → ``05 · Train model``."""
     number, _, words = stem.partition("_")
@@ -702,6 +724,10 @@ def site_sources(src: Path, notebooks: list[Path], readme: Path = REPO_ROOT / "R
     if figures.is_dir():
         shutil.copytree(figures, src / "figures")
         present |= {f"figures/{p.name}" for p in figures.iterdir()}
+    for path in notebooks:  # now that every page and figure of the site is known, fix the notebooks' links
+        copy = src / "notebooks" / path.name
+        copy.write_text(json.dumps(_notebook_links(json.loads(copy.read_text(encoding="utf-8")), present),
+                                   ensure_ascii=False), encoding="utf-8")
 
     preamble, sections = readme_sections(readme.read_text(encoding="utf-8"))
     found = {title: text for title, text in sections}

@@ -66,7 +66,7 @@ def test_readme_sections_become_pages(site):
     index = _text((site / "index.html").read_text(encoding="utf-8"))
     assert "muxspace/facial_expressions" in data_card and "who is missing" in data_card
     assert "Intended use" in model_card and "known failures" in model_card
-    assert "Side by side" in results and "macro-F1" in results
+    assert "Five person-disjoint folds" in results and "macro-F1" in results
     assert "Quick start" in index and "Step through the notebooks" in index
     assert "who is missing" not in index  # the cards are pages of their own, not repeated on the landing page
     readme_title = Path(runner.REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
