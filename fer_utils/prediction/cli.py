@@ -29,10 +29,7 @@ from fer_utils.prediction.images import collect_inputs
 from fer_utils.prediction.inference import (
     PREDICTED,
     STATUSES,
-    ModelLoadError,
-    describe_model,
-    load_model,
-    model_provenance,
+    load_and_announce,
     predict,
     summary,
     to_flat,
@@ -96,15 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    try:
-        loaded = load_model(args.model)
-    except ModelLoadError as err:
-        print(f"error: {err}", file=sys.stderr)
+    loaded = load_and_announce(args.model)
+    if loaded is None:
         return 2
-    provenance = model_provenance(loaded)
-    print(describe_model(provenance), file=sys.stderr)
-    for line in provenance["warnings"]:
-        print(line, file=sys.stderr)
     start = time.perf_counter()
     items = collect_inputs(args.paths, exclude=[args.annotate] if args.annotate else ())
     results = predict(loaded, items, detection=args.detection, min_face=args.min_face, margin=args.margin,

@@ -53,6 +53,7 @@ from fer_utils.prediction.inference import (
     LoadedModel,
     ModelLoadError,
     describe_model,
+    load_and_announce,
     load_model,
     model_provenance,
     predict,
@@ -522,15 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
-    try:
-        loaded = load_model(args.model, work_dir=args.work_dir)
-    except ModelLoadError as err:
-        print(f"error: {err}", file=sys.stderr)
+    loaded = load_and_announce(args.model, work_dir=args.work_dir)
+    if loaded is None:
         return 2
-    provenance = model_provenance(loaded)
-    print(describe_model(provenance), file=sys.stderr)
-    for line in provenance["warnings"]:
-        print(line, file=sys.stderr)
     model_path = Path(loaded.path).resolve()
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # a debugger note every kernel would print
     with tempfile.TemporaryDirectory(prefix="fer-demo-page-") as folder:

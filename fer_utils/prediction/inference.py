@@ -185,6 +185,24 @@ def model_provenance(loaded: LoadedModel, work_dir: str | os.PathLike | None = N
     return info
 
 
+def load_and_announce(path: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None):
+    """For the command-line tools: load the model and say on standard error which model it is (and any
+    provenance warning). Returns the ``LoadedModel``, or None after printing why it could not be loaded
+    (the caller then exits with status 2)."""
+    import sys
+
+    try:
+        loaded = load_model(path, work_dir=work_dir)
+    except ModelLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    provenance = model_provenance(loaded)
+    print(describe_model(provenance), file=sys.stderr)
+    for line in provenance["warnings"]:
+        print(line, file=sys.stderr)
+    return loaded
+
+
 def describe_model(provenance: dict) -> str:
     """The one line the command line prints: ``Model: <path> (<name>, <H>×<W> <colour mode>, trained: yes/no,
     sha256 <first 12>)``."""
