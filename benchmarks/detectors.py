@@ -313,7 +313,7 @@ def main(argv=None) -> int:
     import matplotlib.cbook
 
     hopper = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    model_path = workfolder.get_work_dir(args.work_dir, create=False) / "model.keras"
+    model_path = workfolder.get_work_dir(args.work_dir, create=False) / workfolder.MODEL_FILE
     if model_path.is_file():
         fer, model_desc = P.load_model(model_path), workfolder.display_path(model_path)
     else:

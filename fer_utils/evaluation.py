@@ -20,7 +20,16 @@ import numpy as np
 import pandas as pd
 
 from fer_utils import EMOTIONS, models, pipelines
-from fer_utils.workfolder import METRICS, PREDICTIONS, display_path, read_record, require, sha256_of, write_record
+from fer_utils.workfolder import (
+    MANIFEST,
+    METRICS,
+    PREDICTIONS,
+    display_path,
+    read_record,
+    require,
+    sha256_of,
+    write_record,
+)
 
 LABELS = list(range(len(EMOTIONS)))
 
@@ -240,29 +249,36 @@ class Evaluation:
 
 
 def evaluate(model_path_or_model, work_dir: str | os.PathLike, record: models.ModelRecord | None = None,
-             batch_size: int = 256, n_boot: int = 1000, seed: int = 42, write: bool = True) -> Evaluation:
+             batch_size: int = 256, n_boot: int = 1000, seed: int = 42, write: bool = True,
+             predictions: pd.DataFrame | None = None) -> Evaluation:
     """Evaluate a model (a ``.keras`` path, or a loaded model with its ``record``) on ``split/test``.
 
     Faces are prepared as the model's record says (``model.json`` beside the file; for a model object
-    without ``record``, what its input shape implies). Writes ``metrics.json`` and ``predictions.csv``
-    when ``write``; ``metrics.json`` names the model file and its sha256, so a later reader can tell
-    whether it still describes the current model.
+    without ``record``, what its input shape implies). ``predictions``: the test split's ``predict_split``
+    rows when they have been made already (notebook 06 makes them in a cell): they are used as they are,
+    not predicted again. Writes ``metrics.json`` and ``predictions.csv`` when ``write``; ``metrics.json``
+    names the model file and its sha256, so a later reader can tell whether it still describes the current
+    model.
     """
     work = Path(work_dir)
     model_path = None
     if isinstance(model_path_or_model, (str, os.PathLike)):
         model_path = Path(model_path_or_model)
-        model, record = load_model(model_path)
+        if predictions is None:
+            model, record = load_model(model_path)
+        else:
+            record = record or models.ModelRecord.read(require(model_path, "train", "The trained model"))
     else:
         model = model_path_or_model
         record = record or models.ModelRecord.from_model(model)
-    predictions = predict_split(model, work, "test", record, batch_size)
+    if predictions is None:
+        predictions = predict_split(model, work, "test", record, batch_size)
     y_true, y_pred = predictions.y_true.to_numpy(), predictions.y_pred.to_numpy()
     metrics = compute_metrics(y_true, y_pred)
     train_counts = pipelines.split_counts(work)["train"]
     baseline = majority_baseline(train_counts.to_numpy(), y_true)
     manifest = None
-    if (work / "manifest.csv").exists():
+    if (work / MANIFEST).exists():
         from fer_utils.folders import load_manifest
 
         manifest = load_manifest(work)

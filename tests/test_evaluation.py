@@ -142,6 +142,16 @@ def test_evaluate_accepts_a_loaded_model_and_plots(evaluated):
     assert list(result.comparison().index) == ["accuracy", "macro_f1", "balanced_accuracy"]
 
 
+def test_evaluate_uses_predictions_already_made(evaluated, monkeypatch):
+    """Notebook 06 predicts the test split in a cell; evaluate takes those rows instead of predicting again."""
+    work, result = evaluated
+    made = result.predictions.copy()
+    monkeypatch.setattr(evaluation, "predict_split", lambda *a, **k: pytest.fail("predicted the test split again"))
+    again = evaluation.evaluate(work / "model.keras", work, predictions=made, n_boot=200, write=False)
+    assert again.metrics["accuracy"] == result.metrics["accuracy"] and again.metrics["ci"] == result.metrics["ci"]
+    assert again.metrics["model_sha256"] == result.metrics["model_sha256"]
+
+
 def test_metrics_record_the_model_they_describe(evaluated, tmp_path):
     work, result = evaluated
     metrics = json.loads((work / "metrics.json").read_text())

@@ -32,7 +32,7 @@ from fer_utils.prediction.detection import (
     detect_faces,
 )
 from fer_utils.prediction.images import ImageProblem, collect_inputs, read_image
-from fer_utils.workfolder import METRICS, NOTEBOOKS, display_path, get_work_dir, sha256_of
+from fer_utils.workfolder import METRICS, MODEL_FILE, NOTEBOOKS, display_path, get_work_dir, sha256_of
 
 STATUSES = ("ok", "whole_image_fallback", "no_face", "not_an_image", "unreadable", "not_found", "error")
 PREDICTED = ("ok", "whole_image_fallback")  # statuses that carry a prediction
@@ -91,7 +91,7 @@ class LoadedModel:
 
 def default_model_path(work_dir: str | os.PathLike | None = None) -> Path:
     """``<work_dir>/model.keras`` (work folder: ``work_dir``, else ``$FER_WORK_DIR``, else ``work/``)."""
-    return get_work_dir(work_dir, create=False) / "model.keras"
+    return get_work_dir(work_dir, create=False) / MODEL_FILE
 
 
 def load_model(path: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None) -> LoadedModel:
