@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from fer_utils import EMOTIONS
+from fer_utils.data import draw_face
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_DATA = Path(os.environ.get("FER_DATA_DIR") or REPO.parent / "shared" / "facial_expressions")
@@ -19,26 +19,6 @@ PEOPLE = ["Ada_Lovelace", "Alan_Turing", "Grace_Hopper", "Katherine_Johnson", "E
           "Barbara_Liskov", "Donald_Knuth", "Margaret_Hamilton", "John_McCarthy", "Radia_Perlman",
           "Claude_Shannon", "Frances_Allen"]
 IMFDB_PEOPLE = ["HrithikRoshan", "KatrinaKaif", "Dileep"]
-
-
-def draw_face(emotion: str, rng: np.random.Generator, size: int = 64, mode: str = "L") -> Image.Image:
-    """A cartoon face whose mouth and brows depend on the emotion, with noise: learnable, not trivial."""
-    k = EMOTIONS.index(emotion)
-    im = Image.new("L", (size, size), int(rng.integers(90, 140)))
-    d = ImageDraw.Draw(im)
-    s = size / 64
-    d.ellipse([8 * s, 6 * s, 56 * s, 60 * s], fill=int(rng.integers(170, 210)))
-    for x in (22, 42):  # eyes
-        d.ellipse([(x - 4) * s, 24 * s, (x + 4) * s, 30 * s], fill=40)
-    brow = (k % 4 - 1.5) * 2  # brow tilt by emotion
-    d.line([14 * s, (20 - brow) * s, 28 * s, (20 + brow) * s], fill=30, width=max(1, int(2 * s)))
-    d.line([36 * s, (20 + brow) * s, 50 * s, (20 - brow) * s], fill=30, width=max(1, int(2 * s)))
-    curve = (k // 2) * 3  # mouth shape by emotion: smile vs frown, open vs closed
-    top, bottom = 40 - curve / 2, 44 + curve / 2 + 3 * (k % 2)
-    d.chord([20 * s, top * s, 44 * s, bottom * s], 0 if k % 3 else 180, 180 if k % 3 else 360, fill=60)
-    arr = np.asarray(im, dtype=np.float32) + rng.normal(0, 8, (size, size))
-    im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    return im.convert(mode)
 
 
 def make_synthetic_dataset(root: Path, per_person: int = 6, seed: int = 0) -> dict:

@@ -4,7 +4,9 @@ import io
 import tarfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from PIL import Image
 
 from fer_utils import EMOTIONS, data, workfolder
 
@@ -139,3 +141,23 @@ def test_write_record_is_json_with_machine(tmp_path):
     path = workfolder.write_record(tmp_path / "r.json", {"n": np.int64(3), "x": np.float32(0.5), "p": tmp_path})
     record = workfolder.read_record(path)
     assert record["n"] == 3 and record["x"] == 0.5 and record["machine"]["cpu_count"] >= 1
+
+
+def test_write_synthetic_dataset_layouts_and_determinism(tmp_path):
+    from fer_utils.data import write_synthetic_dataset
+
+    a = write_synthetic_dataset(tmp_path / "a", "folders", n_images=40, emotions=EMOTIONS[:5], workers=1)
+    b = write_synthetic_dataset(tmp_path / "b", "folders", n_images=40, emotions=EMOTIONS[:5], workers=4)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(files) == 40 and {p.parts[0] for p in files} == set(EMOTIONS[:5])
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert a["counts"] == b["counts"] == {e: 8 for e in EMOTIONS[:5]}
+    c = write_synthetic_dataset(tmp_path / "c", "csv", n_images=30, n_people=4, seed=1, image_format="jpeg")
+    table = pd.read_csv(c["csv"])
+    assert list(table.columns) == ["image", "emotion", "person"] and len(table) == 30
+    assert table.person.nunique() == 4 == c["people"]
+    assert all((tmp_path / "c" / i).is_file() for i in table.image)
+    with Image.open(tmp_path / "c" / table.image[0]) as im:
+        assert (im.format, im.size) == ("JPEG", (48, 48))
+    with pytest.raises(FileExistsError):
+        write_synthetic_dataset(tmp_path / "c", "csv", n_images=3)
