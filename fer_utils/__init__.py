@@ -36,16 +36,50 @@ def _quiet_fd2():
         os.close(devnull)
 
 
+#: What ``import_tensorflow`` set up before TensorFlow's runtime started (see ``_start_devices``).
+STARTUP = {"started": False, "logical_cpus": None, "multi_worker": None, "error": None}
+
+
+def _start_devices(tf) -> None:
+    """Device set-up that TensorFlow only allows before its runtime starts (once per process).
+
+    - ``$FER_LOGICAL_CPUS=n``: split the CPU into ``n`` logical devices, so ``MirroredStrategy`` can be
+      tried on a machine without GPUs (``training.get_strategy("mirrored")``).
+    - ``$TF_CONFIG`` (a cluster, as every ``tf.distribute`` launcher sets it): create the process's
+      ``MultiWorkerMirroredStrategy`` now, because it configures collective ops, which TensorFlow refuses
+      once the runtime runs (``training.get_strategy("multi_worker")`` returns it).
+    """
+    if STARTUP["started"]:
+        return
+    STARTUP["started"] = True
+    n = os.environ.get("FER_LOGICAL_CPUS", "").strip()
+    if n:
+        try:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(n))
+            STARTUP["logical_cpus"] = int(n)
+        except (ValueError, RuntimeError) as err:
+            STARTUP["error"] = f"FER_LOGICAL_CPUS={n!r}: {type(err).__name__}: {err}"
+    if os.environ.get("TF_CONFIG"):
+        try:
+            STARTUP["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, RuntimeError) as err:  # reported by get_strategy("multi_worker"), if asked for
+            STARTUP["error"] = f"{type(err).__name__}: {err}"
+
+
 def import_tensorflow():
     """Import TensorFlow and Keras without the C++ start-up log lines; returns ``(tf, keras)``.
 
-    Keeps oneDNN on (bfloat16 on CPU runs through it); only the log lines are hidden.
+    Keeps oneDNN on (bfloat16 on CPU runs through it); only the log lines are hidden. The first call also
+    does the device set-up that must precede TensorFlow's runtime (``_start_devices``).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_fd2():
         import keras
         import tensorflow as tf
 
-        tf.constant(0)  # initialise the runtime here, where its log lines are silenced
+        if not STARTUP["started"]:
+            _start_devices(tf)
+            tf.constant(0)  # initialise the runtime here, where its log lines are silenced
     tf.get_logger().setLevel("ERROR")
     return tf, keras

@@ -1,12 +1,14 @@
 """Command line: ``python -m fer_utils run ...`` (the notebook chain), ``python -m fer_utils predict ...``,
+``python -m fer_utils train ...`` (notebook 05 as one command, also on a cluster),
 ``python -m fer_utils demo`` (a local web page for the trained model), ``python -m fer_utils site`` (the
 series as a static HTML site)."""
 
 import sys
 
-USAGE = """usage: python -m fer_utils {run,predict,demo,site} ...
+USAGE = """usage: python -m fer_utils {run,train,predict,demo,site} ...
 
   run       execute the numbered notebooks in order with papermill (python -m fer_utils run --help)
+  train     train as notebook 05 does, on one device, several or a cluster (python -m fer_utils train --help)
   predict   predict the emotions of faces in photos (python -m fer_utils predict --help)
   demo      a local web page to try the trained model on photos (python -m fer_utils demo --help)
   site      build the notebook series as a static HTML site (python -m fer_utils site --help)
@@ -22,6 +24,9 @@ def main(argv=None) -> int:
     if command == "run":
         from fer_utils.runner import main as run
         return run(rest)
+    if command == "train":
+        from fer_utils.runner import train_main
+        return train_main(rest)
     if command == "predict":
         from fer_utils.prediction import main as predict
         return predict(rest)

@@ -845,3 +845,94 @@ def site_main(argv: list[str] | None = None) -> int:
           f"Open {index}\nor serve it: python -m http.server --bind 127.0.0.1 -d {out} 8000  "
           "(then http://127.0.0.1:8000/)")
     return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# python -m fer_utils train: notebook 05's training as one command (for GPUs, clusters and scripts)
+# --------------------------------------------------------------------------------------------------
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fer_utils train",
+        description="Train as notebook 05 does, in a work folder that notebooks 02–04 prepared (the class folders "
+                    "and, if present, notebook 04's untrained.keras), with any TrainConfig setting changed by -p. "
+                    "On a cluster, start the same command on every worker, each with its own TF_CONFIG and "
+                    "-p strategy multi_worker; the chief (worker 0) writes the model.")
+    parser.add_argument("--work-dir", help="the prepared work folder (default: $FER_WORK_DIR, else work/)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a TrainConfig field, e.g. -p epochs 3 -p strategy mirrored (repeatable)")
+    parser.add_argument("--run-name", help="the folder under models/ (default: <model>-<size>px-<time>)")
+    parser.add_argument("--quiet", action="store_true", help="no line per epoch")
+    return parser
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from fer_utils import models, training
+    from fer_utils.workfolder import SPLIT_DIR, UNTRAINED_MODEL, get_work_dir, require
+
+    args = build_train_parser().parse_args(argv)
+    changes = {name: parse_value(value) for name, value in args.parameter}
+    work = get_work_dir(args.work_dir)
+    try:
+        require(work / SPLIT_DIR, "prepare", "The class folders (split/)")
+        net, settings = None, {}
+        if (work / UNTRAINED_MODEL).exists() and "model" not in changes:  # notebook 04's model and its input
+            net, built = models.load(work / UNTRAINED_MODEL)
+            settings = {"image_size": built.image_size, "color_mode": built.color_mode,
+                        "interpolation": built.interpolation, "model": built.model, "precision": built.precision}
+            if not models.traits(built.model).get("backbone"):
+                settings["head_epochs"] = 0
+        config = training.TrainConfig(**{**settings, **changes})
+        training.get_strategy(config.strategy)  # a missing or unreachable cluster fails here, plainly
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = training.train(config, work, model=net, run_name=args.run_name, show_progress=not args.quiet)
+    d = result.record["distribution"]
+    best = result.record["best"].get("val_accuracy", float("nan"))
+    print(f"{d['task']}: {config.strategy}, {d['workers']} worker(s), {d['replicas']} replica(s), global batch "
+          f"{d['global_batch_size']}; best epoch {result.record['best_epoch']}, val accuracy {best:.4f}; "
+          f"{result.record['images_per_second']:.0f} training images/s"
+          + (f"; model: {display_path(result.paths['model'], work)}" if result.paths else " (not the chief: no files)"),
+          flush=True)
+    return 0
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports on 127.0.0.1 that nothing listens on (for a local cluster)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def start_local_workers(train_args: list[str], workers: int = 2, log_dir: str | os.PathLike | None = None,
+                        env: dict | None = None, ports: list[int] | None = None) -> list:
+    """Start ``python -m fer_utils train <train_args>`` ``workers`` times on this machine, each with the
+    ``TF_CONFIG`` of one worker of a cluster on 127.0.0.1: what a cluster launcher (Kubernetes, Slurm...)
+    does on real machines. Each worker's output goes to ``<log_dir>/worker-<i>.log``. Returns the processes
+    (``subprocess.Popen``); wait for them, or kill one to see the run resume."""
+    import subprocess
+
+    ports = ports or free_ports(workers)
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    procs = []
+    for i in range(workers):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}}
+        out = subprocess.DEVNULL
+        if log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            out = open(Path(log_dir) / f"worker-{i}.log", "w")  # noqa: SIM115 - the child process writes it
+        procs.append(subprocess.Popen([sys.executable, "-m", "fer_utils", "train", *train_args],
+                                      env={**os.environ, **(env or {}), "TF_CONFIG": json.dumps(tf_config)},
+                                      stdout=out, stderr=subprocess.STDOUT))
+        if out is not subprocess.DEVNULL:
+            out.close()
+    return procs

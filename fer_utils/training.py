@@ -50,6 +50,8 @@ from fer_utils.workfolder import (
 )
 
 CLASS_WEIGHTS = ("sqrt", "balanced")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+BACKUP_DIR = ".backup"  # in the work folder: what an interrupted run resumes from (deleted when it finishes)
 MONITORS = ("val_accuracy", "val_loss", "val_macro_f1", "val_balanced_accuracy")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -90,6 +92,8 @@ class TrainConfig:
     tta: str = "none"  # "none" or "flip": test-time augmentation that validation, evaluation and prediction use
     monitor: str = "val_accuracy"  # which validation figure picks the kept epoch (MONITORS)
     pipeline: str = "tf.data"  # "tf.data" or "generator" (the seed's ImageDataGenerator)
+    strategy: str = "default"  # tf.distribute: "default" (one device), "mirrored" (this machine's GPUs or
+    #   logical CPUs), "multi_worker" (a cluster named by $TF_CONFIG); batch_size is per replica
     seed: int = 42
 
     def __post_init__(self):
@@ -126,6 +130,11 @@ class TrainConfig:
             problems.append(f"monitor={self.monitor!r} (one of {MONITORS})")
         if self.pipeline not in ("tf.data", "generator"):
             problems.append(f"pipeline={self.pipeline!r} ('tf.data' or 'generator')")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy={self.strategy!r} (one of {STRATEGIES})")
+        elif self.strategy != "default" and self.pipeline != "tf.data":
+            problems.append(f"strategy={self.strategy!r} needs pipeline='tf.data' (tf.distribute shards tf.data "
+                            "datasets, not the generator)")
         if problems:
             raise ValueError("Bad training configuration: " + "; ".join(problems) + ".")
 
@@ -164,6 +173,158 @@ def device_summary() -> str:
         return f"CPU only ({os.cpu_count()} cores)"
     names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
     return f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(names)})"
+
+
+# --------------------------------------------------------------------------------------------------
+# More than one device: tf.distribute
+# --------------------------------------------------------------------------------------------------
+
+_MIRRORED = {}
+
+
+def get_strategy(name: str = "default"):
+    """The ``tf.distribute`` strategy called ``name`` (``STRATEGIES``), made once per process.
+
+    - ``"default"``: TensorFlow's default strategy (one device; what you get without asking).
+    - ``"mirrored"``: ``MirroredStrategy`` over this machine's GPUs, or, without GPUs, its logical CPU
+      devices (``$FER_LOGICAL_CPUS=2`` splits the CPU in two before TensorFlow starts).
+    - ``"multi_worker"``: ``MultiWorkerMirroredStrategy`` over the cluster in ``$TF_CONFIG``; it is created
+      when TensorFlow starts (``fer_utils.import_tensorflow``), because collective ops cannot be set up later.
+    """
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if "mirrored" not in _MIRRORED:
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+            cross = None if gpus else tf.distribute.ReductionToOneDevice()  # NCCL all-reduce is for GPUs only
+            _MIRRORED["mirrored"] = tf.distribute.MirroredStrategy(devices, cross_device_ops=cross)
+        return _MIRRORED["mirrored"]
+    if name == "multi_worker":
+        if fer_utils.STARTUP["multi_worker"] is not None:
+            return fer_utils.STARTUP["multi_worker"]
+        if fer_utils.STARTUP["error"]:
+            raise RuntimeError(f"strategy='multi_worker': the cluster in $TF_CONFIG could not be joined "
+                               f"({fer_utils.STARTUP['error']}). Check TF_CONFIG's addresses and that every worker "
+                               "runs the same command.")
+        if os.environ.get("TF_CONFIG"):
+            raise RuntimeError("strategy='multi_worker': $TF_CONFIG was set after TensorFlow started in this "
+                               "process. Set it in the environment before starting Python (or the Jupyter kernel).")
+        raise RuntimeError("strategy='multi_worker' needs a cluster: set TF_CONFIG on every worker and start "
+                           "each with the same command, e.g. `python -m fer_utils train --work-dir W -p strategy "
+                           "multi_worker` (README: 'Train on a GPU or a cluster').")
+    raise ValueError(f"strategy={name!r} (one of {STRATEGIES})")
+
+
+def worker_info(strategy) -> dict:
+    """Who this process is in ``strategy``'s cluster: task name, whether it is the chief (the one that writes
+    the model and records), how many workers, replicas and which devices."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None) if resolver is not None else None
+    if task_type:
+        cluster = resolver.cluster_spec().as_dict()
+        task_id = int(resolver.task_id or 0)
+        chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
+        workers = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+        task = f"{task_type}-{task_id}"
+    else:
+        chief, workers, task = True, 1, "local"
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: whatever device TensorFlow places ops on
+        devices = []
+    return {"task": task, "chief": chief, "workers": workers, "replicas": int(strategy.num_replicas_in_sync),
+            "devices": [d.split("/device:")[-1] for d in devices] or ["default"]}
+
+
+def memory_info() -> dict:
+    """Peak memory of this process so far: resident CPU memory and, per GPU, TensorFlow's peak allocation (MB)."""
+    import resource
+
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    info = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    for gpu in tf.config.list_logical_devices("GPU"):
+        peak = tf.config.experimental.get_memory_info(gpu.name.split("device:")[-1])["peak"]
+        info[f"{gpu.name.split('device:')[-1]}_peak_mb"] = round(peak / 2**20, 1)
+    return info
+
+
+def _into_scope(model, strategy):
+    """A copy of ``model`` whose variables are created in ``strategy``'s scope (one per device)."""
+    import fer_utils
+
+    _, keras = fer_utils.import_tensorflow()
+    with strategy.scope():
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+    return copy
+
+
+def _build_from_local_batch(net, strategy) -> None:
+    """Work around Keras 3.15 with ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585): before its first
+    step, ``fit`` averages the first distributed batch with ``strategy.reduce`` only to learn its shapes, and
+    that reduce fails between workers. Build from this worker's own first batch instead (same shapes)."""
+    import fer_utils
+
+    tf, keras = fer_utils.import_tensorflow()
+    build = net._symbolic_build
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = keras.tree.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            build(data_batch=data_batch)
+
+    net._maybe_symbolic_build = maybe_symbolic_build
+    # The same issue: each step's loss and metrics (scalars) are averaged over workers with axis=0, which a
+    # scalar does not have; average them with axis=None (what that reduce means for a scalar).
+    from keras.src.backend.tensorflow import trainer
+
+    if not getattr(trainer.reduce_per_replica, "fer_utils_patched", False):
+        original = trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+                return keras.tree.map_structure(
+                    lambda v: strategy.reduce("MEAN", v, axis=None) if trainer._is_per_replica_instance(v) else v,
+                    values)
+            return original(values, strategy, reduction)
+
+        reduce_per_replica.fer_utils_patched = True
+        trainer.reduce_per_replica = reduce_per_replica
+
+
+def _shard_by_data(batches: dict) -> dict:
+    """Each worker takes every n-th batch (``AutoShardPolicy.DATA``): the class-folder datasets are made from
+    a list of files in memory, so there are no input files to split between workers."""
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return {k: b.with_options(options) for k, b in batches.items()}
+
+
+def _backup_dir(work: Path, config: TrainConfig, net, worker: dict) -> Path:
+    """``<work>/.backup/<key>/<task>/``: the key changes with the config, the model and the cluster, so an
+    interrupted run resumes only into the same run; every worker keeps its own files."""
+    import hashlib
+
+    fingerprint = json.dumps([config.to_dict(), int(net.count_params()), worker["workers"], worker["replicas"]],
+                             sort_keys=True, default=str)
+    return work / BACKUP_DIR / hashlib.sha1(fingerprint.encode()).hexdigest()[:12] / worker["task"]
 
 
 def build_model(config: TrainConfig):
@@ -224,12 +385,32 @@ def _callbacks(keras):
     """The callback classes (defined lazily: Keras is imported only when training)."""
 
     class KeepBest(keras.callbacks.Callback):
-        """Remember the weights of the best epoch by ``monitor`` (in memory, across phases)."""
+        """Remember the weights of the best epoch by ``monitor`` (in memory, across phases; with a ``backup``
+        folder also on disk, so that a resumed run still knows its best epoch)."""
 
-        def __init__(self, monitor: str):
+        def __init__(self, monitor: str, backup: Path | None = None):
             super().__init__()
             self.monitor, self.mode = monitor, ("min" if monitor.endswith("loss") else "max")
             self.best, self.best_epoch, self.snapshot = None, None, None
+            self.backup = backup
+
+        def resume(self, model) -> None:
+            """Take the best epoch saved by an interrupted run of the same training (if any)."""
+            if self.backup is None or not (self.backup / "best.json").exists():
+                return
+            saved = json.loads((self.backup / "best.json").read_text())
+            with np.load(self.backup / "best.npz") as arrays:
+                by_path = {path: arrays[f"arr_{i}"] for i, path in enumerate(saved["paths"])}
+            self.best, self.best_epoch = saved["best"], saved["best_epoch"]
+            self.snapshot = [(v, by_path[v.path]) for v in model.weights]
+
+        def _save(self) -> None:
+            self.backup.mkdir(parents=True, exist_ok=True)
+            tmp = self.backup / "best.tmp.npz"
+            np.savez(tmp, *[value for _, value in self.snapshot])
+            tmp.replace(self.backup / "best.npz")
+            (self.backup / "best.json").write_text(json.dumps(
+                {"best": self.best, "best_epoch": self.best_epoch, "paths": [v.path for v, _ in self.snapshot]}))
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(self.monitor)
@@ -240,6 +421,8 @@ def _callbacks(keras):
                 self.best, self.best_epoch = float(value), epoch + 1
                 # by variable object, not position: freezing a backbone reorders model.weights
                 self.snapshot = [(v, np.array(v.numpy())) for v in self.model.weights]
+                if self.backup is not None:
+                    self._save()
 
         def restore(self):
             for variable, value in self.snapshot or ():
@@ -273,10 +456,14 @@ def _callbacks(keras):
         """Seconds per epoch (and of them the training batches alone); one progress line per epoch,
         printed and appended to ``train_progress.jsonl`` for the runner."""
 
-        def __init__(self, total_epochs: int, progress_file: Path | None, show: bool):
+        def __init__(self, total_epochs: int, progress_file: Path | None, show: bool, backup: Path | None = None):
             super().__init__()
             self.total, self.file, self.show = total_epochs, progress_file, show
             self.rows, self.phase, self.started = [], "", time.perf_counter()
+            self.backup = backup / "epochs.jsonl" if backup is not None else None
+            if self.backup is not None and self.backup.exists():  # epochs an interrupted run finished
+                rows = [json.loads(line) for line in self.backup.read_text().splitlines() if line.strip()]
+                self.rows = list({r["epoch"]: r for r in rows}.values())
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t0, self._train_end = time.perf_counter(), None
@@ -288,8 +475,13 @@ def _callbacks(keras):
         def on_epoch_end(self, epoch, logs=None):
             end = time.perf_counter()
             seconds, train_seconds = end - self._t0, (self._train_end or end) - self._t0
-            self.rows.append({"epoch": epoch + 1, "phase": self.phase, "seconds": seconds,
-                              "train_seconds": train_seconds})
+            row = {"epoch": epoch + 1, "phase": self.phase, **{k: float(v) for k, v in (logs or {}).items()},
+                   "seconds": seconds, "train_seconds": train_seconds}
+            self.rows = [r for r in self.rows if r["epoch"] != epoch + 1] + [row]
+            if self.backup is not None:
+                self.backup.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.backup, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
             left = self.total - (epoch + 1)
             same_phase = [r["seconds"] for r in self.rows if r["phase"] == self.phase]
             pace = float(np.median(same_phase[1:] if len(same_phase) > 1 else same_phase))
@@ -396,6 +588,10 @@ class Run:
     keep: object  # the KeepBest callback: the best epoch's weights, in memory, across phases
     log: object  # the EpochLog callback: seconds per epoch, progress lines
     policy: str  # the dtype policy the model was built in
+    strategy: object = None  # the tf.distribute strategy (get_strategy(config.strategy))
+    worker: dict = dataclasses.field(default_factory=dict)  # worker_info(strategy): task, chief, replicas...
+    backup: Path | None = None  # this run's backup folder: an interrupted run resumes from it
+    resumed_epochs: int = 0  # epochs an interrupted run had finished before this one resumed it
     write: bool = True
     class_weight: dict | None = None  # what fit gets (set it with class_weights(config, run.train_counts))
     histories: list = dataclasses.field(default_factory=list)  # one DataFrame per finished phase
@@ -408,12 +604,19 @@ class Run:
         """Training faces per emotion, in ``EMOTIONS`` order."""
         return [self.counts["train_per_class"][e] for e in EMOTIONS]
 
-    def add_history(self, phase: Phase, history: dict) -> pd.DataFrame:
-        """Record one phase's ``fit(...).history`` (one row per epoch)."""
-        frame = pd.DataFrame(history)
-        frame.insert(0, "epoch", np.arange(self.epochs_done + 1, self.epochs_done + len(frame) + 1))
-        frame.insert(1, "phase", phase.name)
+    @property
+    def global_batch_size(self) -> int:
+        """Faces per training step over all replicas: ``batch_size`` × replicas."""
+        return self.config.batch_size * int(self.worker.get("replicas", 1))
+
+    def add_history(self, phase: Phase) -> pd.DataFrame:
+        """Record one finished phase: one row per epoch (those of an interrupted run it resumed included),
+        with what ``fit`` logged, the learning rate and the seconds."""
+        rows = [r for r in self.log.rows if r["phase"] == phase.name]
+        frame = pd.DataFrame(rows).sort_values("epoch", ignore_index=True)
+        timing = frame.pop("seconds"), frame.pop("train_seconds")
         frame["learning_rate"] = phase.learning_rate
+        frame["seconds"], frame["train_seconds"] = timing
         self.histories.append(frame)
         self.epochs_done += phase.epochs
         return frame
@@ -427,47 +630,88 @@ def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
 
     _, keras = fer_utils.import_tensorflow()
     work = Path(work_dir)
-    keras.utils.set_random_seed(config.seed)
+    strategy = get_strategy(config.strategy)  # tf.distribute: one device, mirrored devices or a cluster
+    worker = worker_info(strategy)
+    write = write and worker["chief"]  # only the chief writes the model and the records
+    keras.utils.set_random_seed(config.seed)  # the same seed on every worker: the same shuffling everywhere
     t_data = time.perf_counter()
-    batches = pipelines.make_pipelines(config, work, splits=("train", "val"))
+    global_batch = config.batch_size * worker["replicas"]  # each replica takes batch_size faces per step
+    batches = pipelines.make_pipelines(config.replace(batch_size=global_batch), work, splits=("train", "val"))
+    if worker["workers"] > 1:
+        batches = _shard_by_data(batches)
     counts = _counts(work)
     data_seconds = time.perf_counter() - t_data
     if model is None:
-        net = build_model(config)
+        with strategy.scope():  # variables are created on every device the strategy uses
+            net = build_model(config)
     else:
-        net = model
-        models.check_contract(net, config.input_shape)
+        models.check_contract(model, config.input_shape)
+        net = model if config.strategy == "default" else _into_scope(model, strategy)
+    if worker["workers"] > 1:
+        _build_from_local_batch(net, strategy)
     policy = net.dtype_policy.name if hasattr(net, "dtype_policy") else "float32"
     total = sum(p.epochs for p in phases(config))
+    backup = _backup_dir(work, config, net, worker)
     progress = work / TRAIN_PROGRESS if write else None
+    KeepBest, ValScores, EpochLog = _callbacks(keras)
+    keep, log = KeepBest(config.monitor, backup), EpochLog(total, progress, show_progress, backup)
+    keep.resume(net)
     if progress is not None:
         progress.write_text("")
-    KeepBest, ValScores, EpochLog = _callbacks(keras)
-    keep, log = KeepBest(config.monitor), EpochLog(total, progress, show_progress)
     extra = []
     if config.monitor in ("val_macro_f1", "val_balanced_accuracy") or config.tta != "none":
         extra.append(ValScores(*_val_arrays(batches["val"]), config.tta))
-    steps = max(1, counts["train"] // config.batch_size) if config.pipeline == "tf.data" else len(batches["train"])
+    steps = max(1, counts["train"] // global_batch) if config.pipeline == "tf.data" else len(batches["train"])
+    if log.rows and show_progress:
+        print(f"Resuming an interrupted run of this training after epoch {max(r['epoch'] for r in log.rows)} "
+              f"(backup in {display_path(backup, work)})", flush=True)
     return Run(config=config, work=work, model=net, batches=batches, counts=counts, steps=steps,
-               callbacks=[*extra, keep, log, *callbacks], keep=keep, log=log, policy=policy, write=write,
-               data_seconds=data_seconds)
+               callbacks=[*extra, keep, log, *callbacks], keep=keep, log=log, policy=policy, strategy=strategy,
+               worker=worker, backup=backup, resumed_epochs=len(log.rows), write=write, data_seconds=data_seconds)
+
+
+def backup_callbacks(run, phase) -> list:
+    """``BackupAndRestore`` for this phase: the weights, optimizer state and epoch are saved after every epoch,
+    and a ``fit`` that finds them (an interrupted run, restarted) continues from there."""
+    import fer_utils
+
+    _, keras = fer_utils.import_tensorflow()
+    return [keras.callbacks.BackupAndRestore(str(run.backup / phase.name), double_checkpoint=True)]
+
+
+def resume_finished_phase(run, phase) -> bool:
+    """True when an interrupted run of this training had finished ``phase``: its weights are loaded instead."""
+    done = run.backup / f"{phase.name}.done.weights.h5"
+    if done.exists():
+        run.model.load_weights(done)
+        return True
+    return False
+
+
+def _phase_finished(run, phase) -> None:
+    run.model.save_weights(run.backup / f"{phase.name}.done.weights.h5")
 
 
 def fit_phase(run, phase):
-    """One phase: freeze or unfreeze the backbone, compile at the phase's learning rate, ``fit`` its epochs."""
+    """One phase: freeze or unfreeze the backbone, compile at the phase's learning rate, ``fit`` its epochs.
+    A phase that an interrupted run had finished is not repeated; one it had begun continues (``run.backup``)."""
     net, config = run.model, run.config
     if phase.epochs == 0:
         return None
+    if resume_finished_phase(run, phase):
+        return run.add_history(phase)
     if phase.backbone_trainable is not None:  # the pretrained part: frozen (head phase) or trainable
         net.get_layer(models.traits(config.model)["backbone"]).trainable = phase.backbone_trainable
     t0 = time.perf_counter()
-    compile_model(net, config, phase.learning_rate, run.steps * phase.epochs)  # after every (un)freeze
+    with run.strategy.scope():  # the optimizer's variables live on every device too
+        compile_model(net, config, phase.learning_rate, run.steps * phase.epochs)  # after every (un)freeze
     run.log.phase = phase.name
-    fit = net.fit(run.batches["train"], validation_data=run.batches["val"],
-                  initial_epoch=run.epochs_done, epochs=run.epochs_done + phase.epochs,
-                  class_weight=run.class_weight, shuffle=False, verbose=0, callbacks=run.callbacks)
+    net.fit(run.batches["train"], validation_data=run.batches["val"],
+            initial_epoch=run.epochs_done, epochs=run.epochs_done + phase.epochs, class_weight=run.class_weight,
+            shuffle=False, verbose=0, callbacks=[*backup_callbacks(run, phase), *run.callbacks])
     run.fit_seconds += time.perf_counter() - t0
-    return run.add_history(phase, fit.history)
+    _phase_finished(run, phase)
+    return run.add_history(phase)
 
 
 def finish(run: Run, run_name: str | None = None) -> TrainResult:
@@ -476,11 +720,17 @@ def finish(run: Run, run_name: str | None = None) -> TrainResult:
     config, net, keep = run.config, run.model, run.keep
     keep.restore()
     history = pd.concat(run.histories, ignore_index=True)
-    timing = pd.DataFrame(run.log.rows)
-    history["seconds"] = timing["seconds"].to_numpy()[: len(history)]
-    history["train_seconds"] = timing["train_seconds"].to_numpy()[: len(history)]
     record = _record(config, history, run.counts, net, run.policy, keep, run.data_seconds, run.fit_seconds,
                      run.class_weight)
+    record["distribution"] = {"strategy": config.strategy, **run.worker, "global_batch_size": run.global_batch_size,
+                              "resumed_after_epoch": run.resumed_epochs or None}
+    record["memory"] = memory_info()
+    shutil.rmtree(run.backup, ignore_errors=True)  # finished: nothing to resume any more
+    for parent in (run.backup.parent, run.backup.parent.parent):
+        try:
+            parent.rmdir()  # only when empty: other workers may still be finishing
+        except OSError:
+            break
     model_record = config.model_record(precision=run.policy, trained=True, best_epoch=keep.best_epoch,
                                        best=record["best"], parameters=int(net.count_params()))
     result = TrainResult(model=net, history=history, record=record, model_record=model_record, paths={})

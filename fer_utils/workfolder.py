@@ -34,6 +34,7 @@ NOTEBOOKS = {
     "train": "05_train_model.ipynb",
     "evaluate": "06_evaluate_model.ipynb",
     "predict": "07_predict_new_photos.ipynb",
+    "scale": "08_train_at_scale.ipynb",
 }
 
 # --------------------------------------------------------------------------------------------------

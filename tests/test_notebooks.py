@@ -75,7 +75,7 @@ def test_each_setting_is_declared_in_one_notebook():
 def test_notebooks_pass_nbval(synthetic_chain, synthetic_data_dir, fake_fer_weights):
     """nbval (--nbval-lax) re-runs each committed notebook against the chain's work folder."""
     env = {**os.environ, "FER_DATA_DIR": str(synthetic_data_dir), "FER_WORK_DIR": str(synthetic_chain),
-           "FER_PRETRAINED": str(fake_fer_weights)}
+           "FER_PRETRAINED": str(fake_fer_weights), "FER_SCALE_FACES": "480"}  # notebook 08: small settings
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO_ROOT),
          *map(str, runner.numbered_notebooks())],

@@ -1,0 +1,180 @@
+"""Training on more than one device with tf.distribute, through the same ``training.train``.
+
+Each test runs training in fresh processes, as a cluster would: the CPU split into two logical devices
+(``MirroredStrategy``) and two worker processes on 127.0.0.1 (``MultiWorkerMirroredStrategy``), whose
+results must match one device's; and a two-worker run whose worker is killed mid-epoch must resume from its
+backup and finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fer_utils import data, runner, training
+from fer_utils.workfolder import SPLIT_DIR, TRAIN_PROGRESS, TRAIN_RECORD
+
+#: A small seed-CNN run, no augmentation (random per replica), identical on every worker.
+SETTINGS = ["-p", "model", "seed_cnn", "-p", "image_size", "48", "-p", "head_epochs", "0", "-p", "augment", "none",
+            "-p", "precision", "float32", "-p", "class_weight", "None"]
+
+
+def make_split(work: Path, per_split: dict, seed: int = 0) -> Path:
+    """``work/split/<split>/<emotion>/*.png`` from generated faces (the class folders notebook 02 writes)."""
+    for i, (split, n) in enumerate(per_split.items()):
+        data.write_synthetic_dataset(work / SPLIT_DIR / split, "folders", n_images=n, seed=seed + i)
+    return work
+
+
+@pytest.fixture(scope="module")
+def small_split(tmp_path_factory) -> Path:
+    return make_split(tmp_path_factory.mktemp("dist-data"), {"train": 320, "val": 96, "test": 32})
+
+
+def copy_of(split_work: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(split_work / SPLIT_DIR, dest / SPLIT_DIR)
+    return dest
+
+
+def history(work: Path) -> pd.DataFrame:
+    return pd.read_csv(work / "history.csv")
+
+
+def wait_all(procs, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return codes
+
+
+def test_strategy_is_validated_and_multi_worker_without_a_cluster_says_what_to_do(tmp_path, small_split,
+                                                                                     capsys):
+    with pytest.raises(ValueError, match="strategy='ring'"):
+        training.TrainConfig(strategy="ring")
+    with pytest.raises(ValueError, match="needs pipeline='tf.data'"):
+        training.TrainConfig(strategy="mirrored", pipeline="generator")
+    work = copy_of(small_split, tmp_path)
+    env_before = os.environ.pop("TF_CONFIG", None)
+    try:
+        rc = runner.train_main(["--work-dir", str(work), *SETTINGS, "-p", "strategy", "multi_worker"])
+    finally:
+        if env_before is not None:
+            os.environ["TF_CONFIG"] = env_before
+    assert rc == 2
+    assert "set TF_CONFIG on every worker" in capsys.readouterr().err
+
+
+def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, small_split):
+    """``$FER_LOGICAL_CPUS=2`` splits the CPU; MirroredStrategy then trains on both devices with the same global
+    batch as one device: same data per step, so the losses agree (dropout draws differ per replica)."""
+    work = copy_of(small_split, tmp_path)
+    script = (
+        "import json, sys\n"
+        "from fer_utils import training\n"
+        "out = {}\n"
+        "for name, batch in (('default', 32), ('mirrored', 16)):\n"
+        "    c = training.TrainConfig(model='seed_cnn', image_size=48, head_epochs=0, epochs=3, augment='none',\n"
+        "                             precision='float32', class_weight=None, batch_size=batch, strategy=name)\n"
+        "    r = training.train(c, sys.argv[1], write=False, show_progress=False)\n"
+        "    out[name] = {'history': r.history[['loss', 'val_loss', 'val_accuracy']].to_dict('list'),\n"
+        "                 'distribution': r.record['distribution']}\n"
+        "print(json.dumps(out))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(work)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "FER_LOGICAL_CPUS": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    one, two = out["default"], out["mirrored"]
+    assert one["distribution"]["replicas"] == 1
+    assert two["distribution"]["replicas"] == 2 and two["distribution"]["devices"] == ["CPU:0", "CPU:1"]
+    assert one["distribution"]["global_batch_size"] == two["distribution"]["global_batch_size"] == 32
+    for key in ("loss", "val_loss"):  # both learn, and the gap between them is small next to what they learnt
+        a, b = one["history"][key], two["history"][key]
+        assert a[-1] < a[0] - 0.2 and b[-1] < b[0] - 0.2, (key, a, b)
+        assert abs(a[-1] - b[-1]) < 0.25 * (a[0] - a[-1]), (key, a, b)
+    assert abs(one["history"]["val_accuracy"][-1] - two["history"]["val_accuracy"][-1]) <= 0.15
+
+
+def test_two_workers_on_localhost_match_one_worker(tmp_path, small_split):
+    """Two ``python -m fer_utils train`` processes with TF_CONFIG (MultiWorkerMirroredStrategy) train one model:
+    both report the same figures, only the chief writes files, and they match one worker's run."""
+    one = copy_of(small_split, tmp_path / "one")
+    assert runner.train_main(["--work-dir", str(one), *SETTINGS, "-p", "epochs", "3", "-p", "batch_size", "32",
+                              "--quiet"]) == 0
+    two = copy_of(small_split, tmp_path / "two")
+    procs = runner.start_local_workers(["--work-dir", str(two), *SETTINGS, "-p", "epochs", "3",
+                                        "-p", "batch_size", "16", "-p", "strategy", "multi_worker"],
+                                       workers=2, log_dir=two / "logs")
+    codes = wait_all(procs, timeout=300)
+    logs = [(two / "logs" / f"worker-{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    record = json.loads((two / TRAIN_RECORD).read_text())
+    dist = record["distribution"]
+    assert (dist["strategy"], dist["workers"], dist["replicas"], dist["global_batch_size"]) == ("multi_worker", 2, 2,
+                                                                                                32)
+    assert dist["task"] == "worker-0" and dist["chief"]
+    assert "worker-1: multi_worker" in logs[1] and "not the chief: no files" in logs[1]
+    # both workers saw the same (all-reduced) figures each epoch
+    last = [line for line in logs[1].splitlines() if line.startswith("epoch  3/3")]
+    assert last and last[0].split("·")[1] in logs[0]
+    h1, h2 = history(one), history(two)
+    assert len(h2) == 3
+    for key in ("loss", "val_loss"):  # as for MirroredStrategy: close, next to how much each learnt
+        assert h2[key].iloc[-1] < h2[key].iloc[0]
+        assert abs(h1[key].iloc[-1] - h2[key].iloc[-1]) < 0.25 * (h1[key].iloc[0] - h1[key].iloc[-1]), (key, h1, h2)
+
+
+def test_a_killed_worker_resumes_from_its_backup_and_finishes(tmp_path):
+    """Kill worker 1 in the middle of an epoch; restart the cluster (as a launcher would): training continues
+    after the last finished epoch instead of starting again, and the record says so."""
+    work = make_split(tmp_path, {"train": 1600, "val": 96, "test": 32}, seed=5)
+    args = ["--work-dir", str(work), *SETTINGS, "-p", "epochs", "5", "-p", "batch_size", "16",
+            "-p", "strategy", "multi_worker"]
+    procs = runner.start_local_workers(args, workers=2, log_dir=work / "logs-1")
+    progress = work / TRAIN_PROGRESS
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        lines = progress.read_text().splitlines() if progress.exists() else []
+        if len(lines) >= 2:
+            break
+        time.sleep(0.05)
+    lines = progress.read_text().splitlines()
+    assert len(lines) >= 2 and all(p.poll() is None for p in procs), (work / "logs-1" / "worker-0.log").read_text()
+    seconds = json.loads(lines[-1])["seconds"]
+    time.sleep(seconds / 3)  # inside epoch 3
+    procs[1].send_signal(signal.SIGKILL)
+    killed_after = len(progress.read_text().splitlines())
+    assert killed_after < 5
+    try:  # the chief cannot go on without its peer: it fails, or hangs until the launcher stops it
+        procs[0].wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        procs[0].wait()
+    assert not (work / TRAIN_RECORD).exists()
+    procs = runner.start_local_workers(args, workers=2, log_dir=work / "logs-2")
+    codes = wait_all(procs, timeout=300)
+    chief = (work / "logs-2" / "worker-0.log").read_text()
+    assert codes == [0, 0], chief[-3000:]
+    assert f"Resuming an interrupted run of this training after epoch {killed_after}" in chief
+    record = json.loads((work / TRAIN_RECORD).read_text())
+    assert record["distribution"]["resumed_after_epoch"] == killed_after
+    h = history(work)
+    assert h.epoch.tolist() == [1, 2, 3, 4, 5]  # the epochs before the kill are kept, none is repeated
+    epoch_lines = [line for line in chief.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 5 - killed_after  # only the remaining epochs ran again
+    assert not (work / training.BACKUP_DIR).exists()  # finished: the backup is gone
