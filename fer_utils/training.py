@@ -215,7 +215,7 @@ def get_strategy(name: str = "default"):
                                "process. Set it in the environment before starting Python (or the Jupyter kernel).")
         raise RuntimeError("strategy='multi_worker' needs a cluster: set TF_CONFIG on every worker and start "
                            "each with the same command, e.g. `python -m fer_utils train --work-dir W -p strategy "
-                           "multi_worker` (README: 'Train on a GPU or a cluster').")
+                           "multi_worker` (README: 'Train on more devices or a cluster').")
     raise ValueError(f"strategy={name!r} (one of {STRATEGIES})")
 
 
@@ -664,7 +664,7 @@ def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
     steps = max(1, counts["train"] // global_batch) if config.pipeline == "tf.data" else len(batches["train"])
     if log.rows and show_progress:
         print(f"Resuming an interrupted run of this training after epoch {max(r['epoch'] for r in log.rows)} "
-              f"(backup in {display_path(backup, work)})", flush=True)
+              f"(backup in {display_path(backup, work)}; delete it to start afresh)", flush=True)
     return Run(config=config, work=work, model=net, batches=batches, counts=counts, steps=steps,
                callbacks=[*extra, keep, log, *callbacks], keep=keep, log=log, policy=policy, strategy=strategy,
                worker=worker, backup=backup, resumed_epochs=len(log.rows), write=write, data_seconds=data_seconds)
