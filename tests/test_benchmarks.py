@@ -44,3 +44,21 @@ def test_compare_folds_writes_the_protocol_and_paired_differences(synthetic_data
     assert len(paired["seed_cnn_over_reference_chain_time"]["per_fold"]) == 2
     assert report["configs"]["seed_cnn"]["utilisation"] > 0 and report["peak_gflops"]["float32"] > 0
     assert "Paired differences" in (out / "compare_folds2.md").read_text()
+
+
+def test_scale_measures_each_strategy_and_writes_its_json(tmp_path):
+    scale = _load("scale")
+    out = tmp_path / "scale.json"
+    assert scale.main(["--work-dir", str(tmp_path / "w"), "--images", "256", "--epochs", "2", "--batch-size", "16",
+                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    runs = {r["name"]: r for r in report["runs"]}
+    assert report["device"] and report["settings"]["training_images"] == 256
+    assert runs["1 device, float32"]["precision"] == "float32" and runs["1 device, float32"]["replicas"] == 1
+    if "GPU" not in report["device"]:  # on CPUs: the CPU split in two, and two local workers
+        assert runs["mirrored, auto precision"]["replicas"] == 2
+        assert runs["2 workers, auto precision"]["workers"] == 2
+        assert runs["2 workers, auto precision"]["global_batch_size"] == 32
+    for row in runs.values():
+        assert row["images_per_second"] > 0 and row["peak_memory"]["peak_rss_mb"] > 0
+    assert not (tmp_path / "w" / "scale-benchmark").exists()  # its generated data is removed afterwards
