@@ -3,6 +3,13 @@
 The dataset is github.com/muxspace/facial_expressions, pinned to one upstream commit. It is found, in
 this order: an explicit ``data_dir``; the environment variable ``FER_DATA_DIR``; a verified copy in the
 cache folder; a fresh download into that cache (with a progress bar, extracted safely, verified).
+
+Your own data works too (``data_dir`` / ``FER_DATA_DIR``), in one of three layouts (``LAYOUTS``; the
+README's "Your own data"): the muxspace one (``images/`` + ``data/legend.csv``); a CSV of
+``image,emotion[,person]`` (``data_dir`` names the CSV file, or a folder holding ``labels.csv`` or a
+single ``*.csv``; image paths are relative to the CSV's folder); or class folders (``<emotion>/*.jpg``,
+also inside split folders ``train/<emotion>/``, ``test/<emotion>/``: FER2013's image release). Labels
+other than the 8 emotions and their usual spellings are mapped with ``label_map``.
 """
 
 from __future__ import annotations
@@ -49,6 +56,23 @@ class DatasetError(RuntimeError):
     """The dataset could not be found, downloaded or verified; the message says what to do."""
 
 
+#: The dataset layouts ``get_dataset`` recognises, in the order it looks for them.
+LAYOUTS = {
+    "muxspace": "images/<file> and data/legend.csv (user.id,image,emotion): muxspace/facial_expressions",
+    "csv": "a CSV of image,emotion[,person] (labels.csv, or the one *.csv at the root, or data_dir naming "
+           "the CSV file); image paths relative to the CSV's folder",
+    "folders": "class folders <emotion>/<file>, or <split>/<emotion>/<file> (FER2013's image release)",
+}
+#: The CSV ``get_dataset`` takes when a folder holds several.
+LABELS_CSV = "labels.csv"
+#: Column names accepted in a labels CSV (after strip + lower case), first match wins.
+CSV_COLUMNS = {"image": ("image", "file", "filename", "path"), "emotion": ("emotion", "label", "expression"),
+               "person": ("person", "person_id", "subject", "identity", "user.id", "user_id"),
+               "source": ("source",)}
+#: Folder names taken for a dataset's own split (``train/<emotion>/...``): their files are re-split by us.
+SPLIT_FOLDERS = ("train", "training", "test", "testing", "val", "valid", "validation", "publictest", "privatetest")
+
+
 # --------------------------------------------------------------------------------------------------
 # Locating, downloading and verifying
 # --------------------------------------------------------------------------------------------------
@@ -60,15 +84,28 @@ class Dataset:
 
     root: Path
     origin: str  # "data_dir", "FER_DATA_DIR", "cache" or "download"
-    legend_sha256: str
+    legend_sha256: str  # of legend.csv, of the labels CSV, or of the class folders' file list (``LAYOUTS``)
+    layout: str = "muxspace"  # a key of LAYOUTS
+    labels_csv: Path | None = None  # layout "csv": the CSV file
 
     @property
     def is_pinned_upstream(self) -> bool:
-        return self.legend_sha256 == LEGEND_SHA256
+        return self.layout == "muxspace" and self.legend_sha256 == LEGEND_SHA256
+
+    @property
+    def images_dir(self) -> Path:
+        """The folder the ``image`` column's paths are relative to: ``images/`` (muxspace), else the root."""
+        return self.root / IMAGES if self.layout == "muxspace" else self.root
 
     def describe(self) -> str:
         where = {"data_dir": "the data_dir parameter", "FER_DATA_DIR": "$FER_DATA_DIR",
                  "cache": "the download cache", "download": "a fresh download"}[self.origin]
+        if self.layout == "csv":
+            return (f"Dataset from {where}: your own data, labels from {self.labels_csv.name} (sha256 "
+                    f"{self.legend_sha256[:12]}), image paths relative to its folder.")
+        if self.layout == "folders":
+            return (f"Dataset from {where}: your own data in class folders (the folder name is the label; "
+                    f"file list sha256 {self.legend_sha256[:12]}).")
         kind = ("pinned upstream copy (legend.csv sha256 verified)" if self.is_pinned_upstream
                 else "local copy whose legend.csv differs from the pinned upstream")
         return f"Dataset from {where}: {kind}, commit {UPSTREAM_COMMIT[:7]}."
@@ -92,19 +129,85 @@ def check_dataset_root(root: Path) -> str:
     if missing:
         raise DatasetError(f"{root} is not a facial_expressions dataset root: it lacks {', '.join(missing)}. "
                            "Point data_dir or FER_DATA_DIR at the folder that holds images/ and "
-                           "data/legend.csv (the root of a clone of muxspace/facial_expressions).")
+                           "data/legend.csv (the root of a clone of muxspace/facial_expressions) — or, for your "
+                           "own data, at a CSV of image,emotion[,person] or a folder of class folders "
+                           "(<emotion>/*.jpg): README, 'Your own data'.")
     return sha256_of(root / LEGEND)
+
+
+def _class_folders(root: Path) -> list[tuple[Path, str]]:
+    """(class folder, source) pairs of a class-folder dataset: ``root/<label>/`` (source ``folders``) and
+    ``root/<split>/<label>/`` (source: the split folder's name, e.g. ``train``)."""
+    pairs = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.name.lower() in SPLIT_FOLDERS:
+            pairs += [(c, sub.name) for c in sorted(sub.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+        else:
+            pairs.append((sub, "folders"))
+    return pairs
+
+
+def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
+    """``(layout, root, labels_csv)`` of a dataset path (``LAYOUTS``), or a ``DatasetError`` saying what is there.
+
+    A ``.csv`` file: the CSV layout, rooted at its folder. A folder: muxspace if it has ``data/legend.csv``;
+    else a CSV layout if it holds ``labels.csv`` or exactly one ``*.csv``; else class folders if it has
+    sub-folders with files; ``images/`` without ``data/legend.csv`` is an incomplete muxspace copy.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DatasetError(f"{path} is a file but not a CSV. Point data_dir or FER_DATA_DIR at a dataset folder, "
+                               "or at a CSV of image,emotion[,person] (image paths relative to the CSV's folder).")
+        return "csv", path.parent, path
+    if not path.is_dir():
+        raise DatasetError(f"Dataset folder {path} does not exist. Point data_dir or FER_DATA_DIR at "
+                           "the folder that holds images/ and data/legend.csv (or your own data: README, "
+                           "'Your own data').")
+    if (path / LEGEND).exists() or (path / IMAGES).is_dir() and not list(path.glob("*.csv")):
+        check_dataset_root(path)
+        return "muxspace", path, None
+    csvs = sorted(p for p in path.glob("*.csv") if p.is_file())
+    if (path / LABELS_CSV).is_file():
+        return "csv", path, path / LABELS_CSV
+    if len(csvs) == 1:
+        return "csv", path, csvs[0]
+    if len(csvs) > 1:
+        raise DatasetError(f"{path} holds {len(csvs)} CSV files ({', '.join(p.name for p in csvs[:5])}) and no "
+                           f"{LABELS_CSV}: point data_dir or FER_DATA_DIR at the one that labels the images.")
+    if any(any(f.is_file() for f in folder.rglob("*")) for folder, _ in _class_folders(path)):
+        return "folders", path, None
+    check_dataset_root(path)  # raises, saying what a dataset root needs
+    raise AssertionError("unreachable")
+
+
+def _folders_digest(root: Path) -> str:
+    """sha256 of a class-folder dataset's file list (relative paths and sizes): what identifies it."""
+    digest = hashlib.sha256()
+    for folder, _ in _class_folders(root):
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                digest.update(f"{f.relative_to(root).as_posix()}\t{f.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def open_dataset(path: str | os.PathLike, origin: str = "data_dir") -> Dataset:
+    """The ``Dataset`` at ``path`` in whichever layout it has (``find_layout``)."""
+    layout, root, csv = find_layout(path)
+    if layout == "muxspace":
+        return Dataset(root, origin, sha256_of(root / LEGEND))
+    if layout == "csv":
+        return Dataset(root, origin, sha256_of(csv), "csv", csv)
+    return Dataset(root, origin, _folders_digest(root), "folders")
 
 
 def get_dataset(data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                 download: bool = True) -> Dataset:
     """Find the dataset (see the module docstring for the order) and return where it is."""
     if data_dir:
-        root = Path(data_dir).expanduser()
-        return Dataset(root, "data_dir", check_dataset_root(root))
+        return open_dataset(data_dir, "data_dir")
     if os.environ.get("FER_DATA_DIR"):
-        root = Path(os.environ["FER_DATA_DIR"]).expanduser()
-        return Dataset(root, "FER_DATA_DIR", check_dataset_root(root))
+        return open_dataset(os.environ["FER_DATA_DIR"], "FER_DATA_DIR")
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cached = cache / f"facial_expressions-{UPSTREAM_COMMIT}"
     if cached.is_dir():
@@ -190,34 +293,129 @@ def download_dataset(cache_dir: Path, url: str = ARCHIVE_URL) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
-def normalise_label(raw) -> str | None:
-    """Strip and lower-case a label and map common spellings ("sad", "happy") to the 8 emotions."""
+def normalise_label(raw, label_map: dict | None = None) -> str | None:
+    """Strip and lower-case a label and map common spellings ("sad", "happy") to the 8 emotions.
+
+    ``label_map`` (``check_label_map``) is looked up first: it maps a label to an emotion, or to None to
+    leave it out. A label that ends up none of the 8 gives None.
+    """
     if not isinstance(raw, str):
         return None
     label = raw.strip().lower()
+    if label_map and label in label_map:
+        label = label_map[label]
+        if label is None:
+            return None
     label = LABEL_ALIASES.get(label, label)
     return label if label in EMOTIONS else None
 
 
-def load_legend(root: str | os.PathLike) -> pd.DataFrame:
-    """Read ``data/legend.csv`` as text, with a ``row`` column (its line number) and normalised labels."""
-    path = Path(root) / LEGEND
+def check_label_map(label_map: dict | None) -> dict[str, str | None]:
+    """``label_map`` with its keys stripped and lower-cased and its values checked: each one of the 8
+    emotions (or a spelling ``LABEL_ALIASES`` knows) or None (leave that label out). {} when None."""
+    if not label_map:
+        return {}
+    if not isinstance(label_map, dict):
+        raise DatasetError(f"label_map must be a dict such as {{'joy': 'happiness', 'other': None}}, "
+                           f"not {type(label_map).__name__}.")
+    checked, bad = {}, []
+    for key, value in label_map.items():
+        target = None if value is None else LABEL_ALIASES.get(str(value).strip().lower(), str(value).strip().lower())
+        if target is not None and target not in EMOTIONS:
+            bad.append(f"{key!r}: {value!r}")
+        checked[str(key).strip().lower()] = target
+    if bad:
+        raise DatasetError(f"label_map maps to something that is not an emotion: {', '.join(bad)}. Map each label "
+                           f"to one of {', '.join(EMOTIONS)}, or to None to leave it out.")
+    return checked
+
+
+def unknown_labels_error(legend: pd.DataFrame, where: str) -> DatasetError:
+    """The error for labels that are none of the 8 emotions: each with its count, and the label_map to write."""
+    unknown = legend.loc[legend["emotion"].isna() & ~legend["left_out"], "label"].str.strip().str.lower()
+    counts = unknown.value_counts()
+    listed = ", ".join(f"{label!r} ({n:,})" for label, n in counts.head(20).items())
+    example = "{" + ", ".join(f"{label!r}: None" for label in counts.head(3).index) + "}"
+    return DatasetError(
+        f"Unknown labels in {where}: {listed}{' …' if len(counts) > 20 else ''} (label: number of images) — none "
+        f"of the 8 emotions ({', '.join(EMOTIONS)}) nor a usual spelling of one. Map each to an emotion, or leave "
+        f"it out with None, in notebook 01's label_map parameter, e.g. label_map = {example} (write the emotion a "
+        f"label means instead of None, e.g. 'happiness'); from the command line: "
+        f"python -m fer_utils run --data-dir DIR -p label_map \"{example}\".")
+
+
+def _read_labels_csv(path: Path) -> pd.DataFrame:
+    """A labels CSV as text with canonical column names (``CSV_COLUMNS``): image, emotion, person?, source?"""
     try:
-        legend = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path} is not a readable CSV file: {err}") from err
-    legend.columns = [c.strip().lower() for c in legend.columns]
-    missing = {"image", "emotion"} - set(legend.columns)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path.name} is not a readable CSV file: {err}") from err
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    renamed = {}
+    for canonical, names in CSV_COLUMNS.items():
+        found = [c for c in names if c in table.columns]
+        if found:
+            renamed[found[0]] = canonical
+    missing = [c for c in ("image", "emotion") if c not in renamed.values()]
     if missing:
-        raise DatasetError(f"{path} lacks the column(s) {sorted(missing)}; expected user.id,image,emotion.")
-    if "user.id" not in legend.columns:
-        legend["user.id"] = ""
-    legend = legend.rename(columns={"user.id": "user_id", "emotion": "label"})
-    legend["image"] = legend["image"].str.strip()
-    legend["user_id"] = legend["user_id"].str.strip()
-    legend.insert(0, "row", np.arange(2, len(legend) + 2))  # line numbers as a spreadsheet shows them
-    legend["emotion"] = legend["label"].map(normalise_label)
-    return legend[["row", "user_id", "image", "label", "emotion"]]
+        raise DatasetError(f"{path.name} lacks the column(s) {missing}: it has {list(table.columns)}. A labels CSV "
+                           "needs a header with image (the file, relative to the CSV's folder) and emotion, and may "
+                           f"have person (who is in the photo) and source; other accepted names: {CSV_COLUMNS}.")
+    return table[list(renamed)].rename(columns=renamed)
+
+
+def _relative(image: str) -> str:
+    """A CSV's image path as a POSIX path relative to the CSV's folder (``./a\\b.jpg`` -> ``a/b.jpg``)."""
+    return Path(image.strip().replace("\\", "/")).as_posix().removeprefix("./")
+
+
+def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
+    """The labels, one row per labelled image, whatever the layout: ``row``, ``user_id``, ``image`` (relative
+    to ``Dataset.images_dir``), ``label`` (as written), ``emotion`` (normalised; None if unknown or left
+    out), ``left_out`` (``label_map`` mapped it to None); besides, ``person`` and ``source`` when the
+    layout says them (a CSV's person/source columns; class folders: the split folder).
+
+    ``row`` is the line number in the CSV as a spreadsheet shows it (muxspace: ``data/legend.csv``), or,
+    for class folders, the file's number in sorted order. ``root`` is a dataset folder or a ``Dataset``.
+    """
+    dataset = root if isinstance(root, Dataset) else open_dataset(root)
+    mapping = check_label_map(label_map)
+    if dataset.layout == "folders":
+        rows = [(f.relative_to(dataset.root).as_posix(), folder.name, source)
+                for folder, source in _class_folders(dataset.root)
+                for f in sorted(folder.rglob("*")) if f.is_file() and not f.name.startswith(".")]
+        legend = pd.DataFrame(rows, columns=["image", "label", "source"])
+        legend["user_id"] = ""
+    else:
+        path = dataset.labels_csv if dataset.layout == "csv" else dataset.root / LEGEND
+        if dataset.layout == "csv":
+            legend = _read_labels_csv(path).rename(columns={"emotion": "label"})
+            legend["image"] = legend["image"].map(_relative)
+            legend["user_id"] = ""
+            for col in ("person", "source"):
+                if col in legend:
+                    legend[col] = legend[col].str.strip()
+        else:
+            try:
+                legend = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            except (pd.errors.ParserError, UnicodeDecodeError) as err:
+                raise DatasetError(f"{path} is not a readable CSV file: {err}") from err
+            legend.columns = [c.strip().lower() for c in legend.columns]
+            missing = {"image", "emotion"} - set(legend.columns)
+            if missing:
+                raise DatasetError(f"{path} lacks the column(s) {sorted(missing)}; expected user.id,image,emotion.")
+            if "user.id" not in legend.columns:
+                legend["user.id"] = ""
+            legend = legend.rename(columns={"user.id": "user_id", "emotion": "label"})
+            legend["image"] = legend["image"].str.strip()
+            legend["user_id"] = legend["user_id"].str.strip()
+    legend.insert(0, "row", np.arange(2, len(legend) + 2) if dataset.layout != "folders"
+                  else np.arange(1, len(legend) + 1))  # line numbers as a spreadsheet shows them
+    legend["emotion"] = [normalise_label(label, mapping) for label in legend["label"]]
+    keys = legend["label"].str.strip().str.lower()
+    legend["left_out"] = keys.isin([k for k, v in mapping.items() if v is None])
+    extra = [c for c in ("person", "source") if c in legend]
+    return legend[["row", "user_id", "image", "label", "emotion", "left_out", *extra]]
 
 
 _LFW = re.compile(r"^(?P<person>[A-Za-z][A-Za-z'.-]*(?:_[A-Za-z'.-]+)*)_(?P<n>\d{4})$")
@@ -333,12 +531,44 @@ def inspect_image(path: Path) -> dict:
     return info
 
 
-def scan_images(root: str | os.PathLike, workers: int | None = None) -> pd.DataFrame:
-    """Inspect every file in ``images/``: one row per file, sorted by name."""
-    folder = Path(root) / IMAGES
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def dataset_files(dataset: Dataset) -> list[str]:
+    """The files the audit inspects, as paths relative to ``dataset.images_dir`` (sorted):
+
+    - muxspace: every file in ``images/``;
+    - class folders: every file in a class folder, and the images (by their ending) lying outside one —
+      at the root or directly in a split folder — which have no label;
+    - CSV: every image (by its ending) anywhere under the CSV's folder, and every file a row names.
+
+    Hidden files and folders (``.name``) are skipped; other files (a README, the CSV itself) are not images.
+    """
+    base = dataset.images_dir
+    if dataset.layout == "muxspace":
+        return sorted(p.name for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
+    found = {p.relative_to(base).as_posix() for p in base.rglob("*")
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, base)}
+    if dataset.layout == "folders":
+        found |= {p.relative_to(base).as_posix() for folder, _ in _class_folders(base) for p in folder.rglob("*")
+                  if p.is_file() and _visible(p, base)}
+    else:
+        named = _read_labels_csv(dataset.labels_csv)["image"].map(_relative)
+        inside = base.resolve()
+        found |= {n for n in named if n and (base / n).is_file() and (base / n).resolve().is_relative_to(inside)}
+    return sorted(found)
+
+
+def scan_images(root, workers: int | None = None) -> pd.DataFrame:
+    """Inspect every file of the dataset (``dataset_files``): one row per file, sorted by name (``file``: its
+    path relative to ``Dataset.images_dir``; for muxspace, the name in ``images/``)."""
+    dataset = root if isinstance(root, Dataset) else open_dataset(root)
+    names = dataset_files(dataset)
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        rows = list(pool.map(inspect_image, paths))
+        rows = list(pool.map(inspect_image, [dataset.images_dir / n for n in names]))
+    for row, name in zip(rows, names):
+        row["file"] = name
     files = pd.DataFrame(rows, columns=["file", "bytes", "format", "mode", "width", "height", "sha1", "error"])
     files["suffix"] = [Path(f).suffix.lower() for f in files["file"]]
     files["readable"] = files["error"].isna()
@@ -356,6 +586,9 @@ class Audit:
     legend: pd.DataFrame  # the legend with row numbers, person, source and file facts joined in
     files: pd.DataFrame  # one row per file in images/
     findings: pd.DataFrame  # kind, image, row, detail
+    layout: str = "muxspace"  # the dataset's layout (LAYOUTS)
+    split_by: str = "person"  # "person": who is in each photo is known; "image": it is not (no person column)
+    label_map: dict = dataclasses.field(default_factory=dict)  # check_label_map's result, as applied
 
     def summary(self) -> pd.DataFrame:
         """Findings counted by kind (kinds with none are listed too, with 0)."""
@@ -363,24 +596,62 @@ class Audit:
         return pd.DataFrame({"kind": list(FINDING_KINDS), "count": [int(counts.get(k, 0)) for k in FINDING_KINDS],
                              "meaning": list(FINDING_KINDS.values())})
 
+    def emotions_absent(self) -> list[str]:
+        """The emotions (of the 8) that no usable labelled row has: the model is never trained on them."""
+        readable = self.legend["readable"].fillna(False).astype(bool)
+        present = set(self.legend.loc[readable, "emotion"].dropna())
+        return [e for e in EMOTIONS if e not in present]
+
 
 FINDING_KINDS = {
     "exact duplicate row": "the same user.id, image and label again; the first row is used",
     "repeated image": "the same image listed again with the same emotion by another row; the first is used",
     "conflicting labels": "the same image listed with different emotions; none of its rows is used",
     "unknown label": "a label that is not one of the 8 emotions, even after strip/lower case",
+    "left out by label_map": "a label the label_map parameter maps to None; its rows are not used",
     "missing file": "a legend row whose image is not in images/",
     "unreadable file": "a file that Pillow cannot decode (corrupt, truncated or not an image)",
     "format mismatch": "the content is not what the file name says (e.g. WebP named .jpg); re-encoded",
     "unlisted file": "an image in images/ that no legend row names; it has no label",
     "same content": "byte-identical files under different names; kept in one split together",
 }
+#: Where each layout's labels are, in the findings' words.
+_LABELS_WHERE = {"muxspace": ("legend row", "not in images/", "no legend row"),
+                 "csv": ("CSV row", "not found (relative to the CSV's folder)", "no row of the labels CSV names it"),
+                 "folders": ("file", "not found", "not in a class folder, so no label")}
 
 
-def audit_dataset(root: str | os.PathLike, files: pd.DataFrame | None = None) -> Audit:
-    """Audit the legend against the files: every problem becomes one row of ``findings``."""
-    legend = load_legend(root)
-    files = scan_images(root) if files is None else files
+def person_and_source_of(legend: pd.DataFrame, layout: str) -> tuple[list[str], list[str]]:
+    """Each row's person (whom a split keeps together) and source: from the file name (muxspace:
+    ``person_and_source``), from a CSV's person/source columns, else the image itself (its own group) and
+    the split folder (class folders) or the layout's name."""
+    if layout == "muxspace":
+        pairs = [person_and_source(i) for i in legend["image"]]
+        return [p for p, _ in pairs], [s for _, s in pairs]
+    images = legend["image"].astype(str)
+    person = legend["person"] if "person" in legend else pd.Series("", index=legend.index)
+    person = [p if isinstance(p, str) and p else f"image:{i}" for p, i in zip(person, images)]
+    source = legend["source"] if "source" in legend else pd.Series("", index=legend.index)
+    source = [s if isinstance(s, str) and s else layout for s in source]
+    return person, source
+
+
+def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | None = None) -> Audit:
+    """Audit the legend against the files: every problem becomes one row of ``findings``.
+
+    ``root``: a dataset folder (any layout) or a ``Dataset``. ``label_map`` maps labels to emotions, or to
+    None to leave them out (``check_label_map``). In your own data (CSV or class folders) a label that is
+    none of the 8 emotions, nor mapped, stops the audit with a ``DatasetError`` listing each with its count;
+    in the muxspace layout it is an ``unknown label`` finding, as upstream has always been read.
+    """
+    dataset = root if isinstance(root, Dataset) else open_dataset(root)
+    mapping = check_label_map(label_map)
+    legend = load_legend(dataset, mapping)
+    where_row, not_found, unlisted_detail = _LABELS_WHERE[dataset.layout]
+    if dataset.layout != "muxspace" and (legend["emotion"].isna() & ~legend["left_out"]).any():
+        what = dataset.labels_csv.name if dataset.layout == "csv" else "the class folders' names"
+        raise unknown_labels_error(legend, what)
+    files = scan_images(dataset) if files is None else files
     findings: list[dict] = []
 
     def add(kind, image, row, detail):
@@ -390,10 +661,13 @@ def audit_dataset(root: str | os.PathLike, files: pd.DataFrame | None = None) ->
     for r in legend[exact].itertuples():
         first = legend[(legend.image == r.image) & (legend.label == r.label) & (legend.user_id == r.user_id)].row.min()
         add("exact duplicate row", r.image, r.row, f"same as row {first}")
-    unknown = legend.emotion.isna()
+    left_out = legend.left_out & ~exact
+    for r in legend[left_out].itertuples():
+        add("left out by label_map", r.image, r.row, f"label {r.label!r}")
+    unknown = legend.emotion.isna() & ~legend.left_out
     for r in legend[unknown].itertuples():
         add("unknown label", r.image, r.row, f"label {r.label!r}")
-    known = legend[~exact & ~unknown]
+    known = legend[~exact & legend.emotion.notna()]
     labels_per_image = known.groupby("image")["emotion"].agg(lambda s: sorted(set(s)))
     conflicting = set(labels_per_image[labels_per_image.map(len) > 1].index)
     for r in known[known.image.isin(conflicting)].itertuples():
@@ -401,31 +675,32 @@ def audit_dataset(root: str | os.PathLike, files: pd.DataFrame | None = None) ->
     repeated = known[~known.image.isin(conflicting)].duplicated("image", keep="first")
     for r in known[~known.image.isin(conflicting)][repeated].itertuples():
         first = known[known.image == r.image].row.min()
-        add("repeated image", r.image, r.row, f"also row {first} (user {legend.set_index('row').user_id[first]})")
+        add("repeated image", r.image, r.row, f"also row {first} (user {legend.set_index('row').user_id[first]})"
+            if dataset.layout == "muxspace" else f"also {where_row} {first}")
 
     by_file = files.set_index("file")
     on_disk = set(by_file.index)
     for r in legend[~legend.image.isin(on_disk)].itertuples():
-        add("missing file", r.image, r.row, "not in images/")
+        add("missing file", r.image, r.row, not_found)
     for f in files[~files.readable].itertuples():
         add("unreadable file", f.file, None, f.error)
     for f in files[files.readable & ~files.format_matches_name].itertuples():
         add("format mismatch", f.file, None, f"{f.format} content in a {f.suffix} file")
     for f in sorted(on_disk - set(legend.image)):
-        add("unlisted file", f, None, "no legend row")
+        add("unlisted file", f, None, unlisted_detail)
     dup_hashes = files[files.sha1.notna() & files.sha1.duplicated(keep=False)].groupby("sha1")["file"].agg(list)
     for names in dup_hashes:
         for name in names:
             add("same content", name, None, "identical to " + ", ".join(n for n in names if n != name))
 
-    people = [person_and_source(i) for i in legend.image]
-    legend["person"] = [p for p, _ in people]
-    legend["source"] = [s for _, s in people]
+    has_person = dataset.layout == "muxspace" or ("person" in legend and legend["person"].ne("").any())
+    legend["person"], legend["source"] = person_and_source_of(legend, dataset.layout)
     legend = legend.merge(files[["file", "format", "mode", "width", "height", "readable"]],
                           how="left", left_on="image", right_on="file").drop(columns="file")
     findings_df = pd.DataFrame(findings, columns=["kind", "image", "row", "detail"])
     findings_df["row"] = findings_df["row"].astype("Int64")
-    return Audit(legend=legend, files=files, findings=findings_df)
+    return Audit(legend=legend, files=files, findings=findings_df, layout=dataset.layout,
+                 split_by="person" if has_person else "image", label_map=mapping)
 
 
 def contributor_table(legend: pd.DataFrame) -> pd.DataFrame:
@@ -474,8 +749,9 @@ def plot_class_distribution(legend: pd.DataFrame):
     return fig
 
 
-def sample_grid(legend: pd.DataFrame, root: str | os.PathLike, per_emotion: int = 6, seed: int = 42):
-    """A grid of random faces, one row per emotion (readable files only)."""
+def sample_grid(legend: pd.DataFrame, root, per_emotion: int = 6, seed: int = 42):
+    """A grid of random faces, one row per emotion (readable files only); ``root``: a ``Dataset`` or a
+    muxspace dataset folder."""
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(seed)
@@ -488,7 +764,8 @@ def sample_grid(legend: pd.DataFrame, root: str | os.PathLike, per_emotion: int 
             ax = axes[r, c]
             ax.axis("off")
             if c < len(chosen):
-                with Image.open(Path(root) / IMAGES / chosen[c]) as im:
+                images_dir = root.images_dir if isinstance(root, Dataset) else Path(root) / IMAGES
+                with Image.open(images_dir / chosen[c]) as im:
                     ax.imshow(im.convert("RGB"))
         axes[r, 0].set_title(f"{emotion} ({len(names)})", loc="left", fontsize=9)
     fig.tight_layout()

@@ -7,6 +7,10 @@ scikit-learn, bootstraps 95 % intervals, breaks accuracy down by image source, a
 On data this imbalanced (neutral and happiness are ~90 % of the faces) accuracy alone flatters: a model
 that always answers the most frequent training class scores ~50 %. Macro-F1 and balanced accuracy weigh
 every emotion equally, so they show whether the rare ones are recognised at all.
+
+The model always has 8 outputs, but a dataset may lack some emotions (FER2013 has no contempt). Macro-F1
+averages over the emotions the model was trained on (``trained_labels``: those with training faces), and
+``metrics.json`` names them (``scored_classes``); on the muxspace data that is all 8.
 """
 
 from __future__ import annotations
@@ -43,23 +47,35 @@ def _confusion(y_true, y_pred, k: int = len(EMOTIONS)) -> np.ndarray:
     return np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k)
 
 
-def _from_confusion(cm: np.ndarray) -> dict:
-    """accuracy, macro-F1 over all classes (0 for a class never predicted nor present) and balanced
-    accuracy over the classes present — the same numbers scikit-learn gives, from a confusion matrix."""
+def _from_confusion(cm: np.ndarray, labels=None) -> dict:
+    """accuracy, macro-F1 over ``labels`` (default all classes; 0 for a class never predicted nor present)
+    and balanced accuracy over the classes present — the same numbers scikit-learn gives, from a confusion
+    matrix."""
     tp = np.diag(cm).astype(float)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
     denom = support + predicted
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     present = support > 0
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=present)
+    f1 = f1 if labels is None else f1[np.asarray(labels, dtype=int)]
     return {"accuracy": tp.sum() / cm.sum(), "macro_f1": f1.mean(), "balanced_accuracy": recall[present].mean()}
 
 
-def metric_function(name: str):
-    """``fn(y_true, y_pred) -> float`` for ``"accuracy"``, ``"macro_f1"`` or ``"balanced_accuracy"``."""
+def metric_function(name: str, labels=None):
+    """``fn(y_true, y_pred) -> float`` for ``"accuracy"``, ``"macro_f1"`` (averaged over ``labels``, default
+    all 8) or ``"balanced_accuracy"``."""
     if name not in ("accuracy", "macro_f1", "balanced_accuracy"):
         raise ValueError(f"unknown metric {name!r}")
-    return lambda y_true, y_pred: float(_from_confusion(_confusion(y_true, y_pred))[name])
+    return lambda y_true, y_pred: float(_from_confusion(_confusion(y_true, y_pred), labels)[name])
+
+
+def trained_labels(train_counts) -> list[int]:
+    """The class indices the model was trained on: those with training faces (all 8 when ``train_counts``
+    is None). Macro-F1 averages over these; an emotion the dataset lacks would otherwise count as F1 0."""
+    if train_counts is None:
+        return list(LABELS)
+    counts = np.asarray(train_counts)
+    return [k for k in LABELS if counts[k] > 0]
 
 
 #: What the intervals mean, as metrics.json and the notebooks say it.
@@ -69,17 +85,17 @@ CI_METHOD = ("percentile bootstrap over people: each resample draws test people 
 
 
 def bootstrap_samples(y_true, y_pred, metrics=("accuracy",), groups=None, n: int = 1000, seed: int = 42,
-                      same_classes: bool = True) -> tuple[dict[str, np.ndarray], int]:
+                      same_classes: bool = True, labels=None) -> tuple[dict[str, np.ndarray], int]:
     """``n`` bootstrap values of each metric, and how many resamples were drawn again.
 
     ``groups`` (e.g. the person of each face): resample whole groups, with all their faces; without it,
     faces are resampled one by one. ``same_classes``: a resample lacking a class present in ``y_true`` is
     drawn again (up to 100 times each), so a metric averaging over present classes (balanced accuracy)
-    averages over the same ones in every resample. ``metrics`` are names (``metric_function``) or
-    ``fn(y_true, y_pred) -> float``.
+    averages over the same ones in every resample. ``metrics`` are names (``metric_function``, macro-F1
+    over ``labels``) or ``fn(y_true, y_pred) -> float``.
     """
     fns = {m if isinstance(m, str) else getattr(m, "__name__", "custom"):
-           metric_function(m) if isinstance(m, str) else m for m in metrics}
+           metric_function(m, labels) if isinstance(m, str) else m for m in metrics}
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if groups is None:
         units = [np.array([i]) for i in range(len(y_true))]
@@ -104,7 +120,7 @@ def bootstrap_samples(y_true, y_pred, metrics=("accuracy",), groups=None, n: int
 
 
 def bootstrap_ci(y_true, y_pred, metric="accuracy", n: int = 1000, seed: int = 42,
-                 level: float = 0.95, groups=None) -> list[float]:
+                 level: float = 0.95, groups=None, labels=None) -> list[float]:
     """Percentile bootstrap interval ``[lo, hi]`` of ``metric`` (see ``bootstrap_samples``): over people
     when ``groups`` gives each face's person, else over faces.
 
@@ -112,17 +128,17 @@ def bootstrap_ci(y_true, y_pred, metric="accuracy", n: int = 1000, seed: int = 4
     """
     if len(y_true) == 0:
         return [float("nan"), float("nan")]
-    values, _ = bootstrap_samples(y_true, y_pred, (metric,), groups, n, seed)
+    values, _ = bootstrap_samples(y_true, y_pred, (metric,), groups, n, seed, labels=labels)
     v = next(iter(values.values()))
     alpha = (1 - level) / 2
     return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
 
 
 def paired_difference_ci(y_true, pred_a, pred_b, metric="accuracy", groups=None, n: int = 1000, seed: int = 42,
-                         level: float = 0.95) -> dict:
+                         level: float = 0.95, labels=None) -> dict:
     """``metric(a) − metric(b)`` on the same faces, with a paired bootstrap interval (the same resampled
     people score both models)."""
-    fn = metric_function(metric) if isinstance(metric, str) else metric
+    fn = metric_function(metric, labels) if isinstance(metric, str) else metric
     y_true, pred_a, pred_b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
     both = np.concatenate([pred_a[:, None], pred_b[:, None]], axis=1)
     diff = lambda t, p: fn(t, p[:, 0]) - fn(t, p[:, 1])  # noqa: E731 - a small closure for bootstrap_samples
@@ -133,8 +149,12 @@ def paired_difference_ci(y_true, pred_a, pred_b, metric="accuracy", groups=None,
             "ci_high": float(np.quantile(v, 1 - alpha))}
 
 
-def compute_metrics(y_true, y_pred, class_names=EMOTIONS) -> dict:
-    """scikit-learn's accuracy, macro-F1, balanced accuracy, per-class report and confusion matrix."""
+def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
+    """scikit-learn's accuracy, macro-F1, balanced accuracy, per-class report and confusion matrix.
+
+    ``labels``: the class indices macro-F1 averages over — the emotions the model was trained on
+    (``trained_labels``); default all 8. The report and the matrix always cover all 8.
+    """
     from sklearn.metrics import (
         accuracy_score,
         balanced_accuracy_score,
@@ -144,6 +164,7 @@ def compute_metrics(y_true, y_pred, class_names=EMOTIONS) -> dict:
     )
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    scored = list(LABELS) if labels is None else [int(k) for k in labels]
     with warnings.catch_warnings():  # a class predicted but absent from the test split is expected here
         warnings.simplefilter("ignore", UserWarning)
         balanced = balanced_accuracy_score(y_true, y_pred)
@@ -154,18 +175,20 @@ def compute_metrics(y_true, y_pred, class_names=EMOTIONS) -> dict:
                  for name in class_names}
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=LABELS, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=scored, average="macro", zero_division=0)),
         "balanced_accuracy": float(balanced),
+        "scored_classes": [class_names[k] for k in scored],
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=LABELS).tolist(),
     }
 
 
 def majority_baseline(train_counts, y_true, class_names=EMOTIONS) -> dict:
-    """Always answer the most frequent TRAINING class; its metrics on the test labels."""
+    """Always answer the most frequent TRAINING class; its metrics on the test labels (macro-F1 over the
+    classes with training faces, as the model's)."""
     majority = int(np.argmax(np.asarray(train_counts)))
     y_pred = np.full(len(y_true), majority)
-    m = compute_metrics(y_true, y_pred, class_names)
+    m = compute_metrics(y_true, y_pred, class_names, labels=trained_labels(train_counts))
     return {"predicts": class_names[majority], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
             "balanced_accuracy": m["balanced_accuracy"]}
 
@@ -220,15 +243,16 @@ def people_of(predictions: pd.DataFrame, manifest: pd.DataFrame | None):
     return None if any(g is None or g == "" for g in groups) else np.asarray(groups, dtype=str)
 
 
-def per_source_table(predictions: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.DataFrame:
-    """Test faces, accuracy and macro-F1 per image source (LFW, IMFDB, other) from the manifest."""
+def per_source_table(predictions: pd.DataFrame, manifest: pd.DataFrame | None, labels=None) -> pd.DataFrame:
+    """Test faces, accuracy and macro-F1 (over ``labels``, default all 8) per image source (LFW, IMFDB, other)
+    from the manifest."""
     if manifest is None or "source" not in manifest or "path" not in manifest:
         return pd.DataFrame(columns=["faces", "accuracy", "macro_f1", "most frequent emotions"])
     merged = predictions.merge(manifest[["path", "source"]], on="path", how="left")
     merged["source"] = merged["source"].fillna("unknown")
     rows = []
     for source, g in merged.groupby("source"):
-        m = _from_confusion(_confusion(g.y_true, g.y_pred))
+        m = _from_confusion(_confusion(g.y_true, g.y_pred), labels)
         rows.append({"source": source, "faces": len(g), "accuracy": round(float(m["accuracy"]), 4),
                      "macro_f1": round(float(m["macro_f1"]), 4),
                      "most frequent emotions": ", ".join(f"{e} {n}" for e, n in g.true.value_counts().head(3).items())})
@@ -274,8 +298,9 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, record: models.Mo
     if predictions is None:
         predictions = predict_split(model, work, "test", record, batch_size)
     y_true, y_pred = predictions.y_true.to_numpy(), predictions.y_pred.to_numpy()
-    metrics = compute_metrics(y_true, y_pred)
     train_counts = pipelines.split_counts(work)["train"]
+    scored = trained_labels(train_counts.to_numpy())
+    metrics = compute_metrics(y_true, y_pred, labels=scored)
     baseline = majority_baseline(train_counts.to_numpy(), y_true)
     manifest = None
     if (work / MANIFEST).exists():
@@ -284,15 +309,16 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, record: models.Mo
         manifest = load_manifest(work)
     groups = people_of(predictions, manifest)
     samples, redrawn = bootstrap_samples(y_true, y_pred, ("accuracy", "macro_f1", "balanced_accuracy"), groups,
-                                         n_boot, seed)
+                                         n_boot, seed, labels=scored)
     ci = {m: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for m, v in samples.items()}
-    per_source = per_source_table(predictions, manifest)
+    per_source = per_source_table(predictions, manifest, scored)
     model_file = {"model_file": display_path(model_path, work) if model_path else None,
                   "model_sha256": sha256_of(model_path) if model_path else None,
                   "run": record.run}
     metrics = {"step": "evaluate", "model": record.model, **model_file, "image_size": list(record.image_size),
                "color_mode": record.color_mode, "interpolation": record.interpolation, "tta": record.tta,
-               "class_names": list(EMOTIONS), "n_test": int(len(y_true)), **metrics, "ci": ci,
+               "class_names": list(EMOTIONS), "n_test": int(len(y_true)), **metrics,
+               "unscored_classes": [e for e in EMOTIONS if e not in metrics["scored_classes"]], "ci": ci,
                "ci_level": 0.95, "n_boot": n_boot, "seed": seed,
                "ci_method": CI_METHOD if groups is not None else CI_METHOD.replace(
                    "over people: each resample draws test people with replacement and keeps all of a person's "

@@ -5,6 +5,8 @@ Contract (other steps rely on it), all inside the run's work folder:
 - ``manifest.csv``: one row per legend row and per unlisted image file, with at least
   ``image, emotion, person, source, split, reason``; ``split`` is ``train``, ``val``, ``test`` or
   ``excluded`` and ``reason`` says why for every excluded row, so the counts add up to the input.
+  (Your own data: a row of the labels CSV, or a file of the class folders, is a legend row; ``image``
+  is the path relative to the CSV's folder or the dataset root.)
 - ``split/<train|val|test>/<emotion>/<file>``: files that Pillow and ``tf.io.decode_image`` both read.
 - ``prepare.json``: parameters, seed, counts and timings of the run that wrote them.
 """
@@ -31,7 +33,7 @@ from fer_utils.data import (
     Dataset,
     audit_dataset,
     check_not_inside,
-    person_and_source,
+    person_and_source_of,
     to_8bit,
 )
 from fer_utils.workfolder import MANIFEST, SPLIT_DIR, SPLITS, require, write_record
@@ -41,10 +43,20 @@ from fer_utils.workfolder import PREPARE_RECORD as RECORD
 EXCLUDE_REASONS = {
     "exact duplicate row": "exact duplicate row",
     "unknown label": "unknown label",
+    "left out by label_map": "left out by label_map",
     "conflicting labels": "conflicting labels for the same image",
     "repeated image": "image already listed with the same label",
     "missing file": "file missing from images/",
     "unreadable file": "file unreadable (corrupt or not an image)",
+}
+
+
+#: The reasons as your own data's layouts word them (``Audit.layout``): no ``images/`` folder, no legend.
+LAYOUT_REASONS = {
+    "csv": {"file missing from images/": "file missing (not found relative to the labels CSV's folder)",
+            "unlisted file: no legend row, so no label": "unlisted file: no row of the labels CSV, so no label"},
+    "folders": {"file missing from images/": "file missing",
+                "unlisted file: no legend row, so no label": "unlisted file: not in a class folder, so no label"},
 }
 
 
@@ -69,14 +81,13 @@ def build_manifest(audit: Audit) -> pd.DataFrame:
     extra = pd.DataFrame({"image": unlisted, "row": pd.array([pd.NA] * len(unlisted), dtype="Int64"),
                           "user_id": "", "label": "", "emotion": None,
                           "split": "excluded", "reason": "unlisted file: no legend row, so no label"})
-    people = [person_and_source(i) for i in unlisted]
-    extra["person"] = [p for p, _ in people]
-    extra["source"] = [s for _, s in people]
+    extra["person"], extra["source"] = person_and_source_of(extra, audit.layout)
     for col in ("format", "mode", "width", "height", "readable"):
         extra[col] = files.loc[unlisted, col].to_numpy() if unlisted else []
     manifest = pd.concat([legend.astype({"row": "Int64"}), extra], ignore_index=True)
     manifest["sha1"] = manifest.image.map(files["sha1"])
     manifest["group"] = _groups(manifest)
+    manifest["reason"] = manifest["reason"].replace(LAYOUT_REASONS.get(audit.layout, {}))
     columns = ["row", "image", "user_id", "label", "emotion", "person", "group", "source", "split", "reason",
                "format", "mode", "width", "height", "sha1"]
     return manifest[columns]
@@ -171,20 +182,22 @@ def images_by_emotion(manifest: pd.DataFrame) -> dict[str, list[str]]:
     return {e: usable.loc[usable.emotion == e, "image"].tolist() for e in EMOTIONS}
 
 
-def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | None) -> Path:
+def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | None, name: str | None = None) -> Path:
     """Put ``src`` in ``dest_dir`` so that Pillow and ``tf.io.decode_image`` both read it.
 
     JPEG/PNG files in L or RGB with a matching name are copied byte for byte; anything else (WebP named
     .jpg, CMYK, 16-bit or transparent images, TIFF…) is re-encoded as PNG, keeping the file's stem, by
     ``fer_utils.data.to_8bit`` — the same rule prediction reads photos with (16-bit scaled, not clipped;
-    transparency flattened onto white; upright by EXIF orientation).
+    transparency flattened onto white; upright by EXIF orientation). ``name``: the file name to give it
+    (default: ``src``'s).
     """
     suffix = src.suffix.lower()
+    name = name or src.name
     if fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and suffix in TF_FORMATS[fmt]:
-        dest = dest_dir / src.name
+        dest = dest_dir / name
         shutil.copyfile(src, dest)
         return dest
-    dest = dest_dir / (src.stem + ".png")
+    dest = dest_dir / (Path(name).stem + ".png")
     with Image.open(src) as im:
         to_8bit(im).save(dest, format="PNG")
     return dest
@@ -192,14 +205,23 @@ def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | Non
 
 
 
-def write_split_folders(manifest: pd.DataFrame, data_root: str | os.PathLike, work_dir: str | os.PathLike,
+def flat_name(image: str) -> str:
+    """The file name an image gets in the class folders: its path with ``/`` as ``__`` (``train/angry/im0.png``
+    -> ``train__angry__im0.png``), so that same-named files of different folders never collide."""
+    return image.replace("/", "__")
+
+
+def write_split_folders(manifest: pd.DataFrame, data_root, work_dir: str | os.PathLike,
                         workers: int | None = None) -> pd.DataFrame:
     """Write ``split/<split>/<emotion>/<file>`` under the work folder; return the manifest with ``path``.
 
-    The folders are built under a temporary name and swapped in whole, so a re-run (or a run with
-    other parameters) leaves no stale files, and an interrupted run leaves the previous folders intact.
+    ``data_root``: the ``Dataset`` (any layout), or a muxspace dataset folder. The folders are built under
+    a temporary name and swapped in whole, so a re-run (or a run with other parameters) leaves no stale
+    files, and an interrupted run leaves the previous folders intact.
     """
-    data_root, work_dir = Path(data_root), Path(work_dir)
+    images_dir = data_root.images_dir if isinstance(data_root, Dataset) else Path(data_root) / IMAGES
+    data_root = data_root.root if isinstance(data_root, Dataset) else Path(data_root)
+    work_dir = Path(work_dir)
     check_not_inside(work_dir, data_root)
     manifest = manifest.copy()
     tmp = work_dir / f".{SPLIT_DIR}-tmp-{os.getpid()}"
@@ -210,7 +232,8 @@ def write_split_folders(manifest: pd.DataFrame, data_root: str | os.PathLike, wo
     todo = manifest[manifest.split.isin(SPLITS)]
 
     def place(row):
-        dest = copy_or_reencode(data_root / IMAGES / row.image, tmp / row.split / row.emotion, row.format, row.mode)
+        dest = copy_or_reencode(images_dir / row.image, tmp / row.split / row.emotion, row.format, row.mode,
+                                flat_name(row.image))
         return f"{SPLIT_DIR}/{row.split}/{row.emotion}/{dest.name}"
 
     try:
@@ -239,6 +262,14 @@ def exclusion_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """Excluded rows counted by reason."""
     excluded = manifest[manifest.split == "excluded"]
     return excluded.reason.value_counts().rename_axis("reason").reset_index(name="rows")
+
+
+#: What the split is, by what is known of who is in each photo (``Audit.split_by``), as prepare.json says it.
+SPLIT_METHODS = {
+    "person": "person-grouped stratified split (StratifiedGroupKFold): no person in two splits",
+    "image": ("plain stratified split by image (StratifiedGroupKFold over single images; byte-identical files "
+              "kept together): the dataset names nobody, so one person's photos may be in train and test"),
+}
 
 
 class ManifestError(ValueError):
@@ -276,10 +307,15 @@ def save_outputs(manifest: pd.DataFrame, audit: Audit, dataset: Dataset, work_di
     work_dir = Path(work_dir)
     counts = check_manifest(manifest, audit)
     manifest.to_csv(work_dir / MANIFEST, index=False)
+    used = manifest[manifest.split.isin(SPLITS)]
     record = {
         "step": "prepare", "parameters": parameters,
         "dataset": {"origin": dataset.origin, "legend_sha256": dataset.legend_sha256,
-                    "pinned_upstream": dataset.is_pinned_upstream},
+                    "pinned_upstream": dataset.is_pinned_upstream, "layout": dataset.layout},
+        "split_by": audit.split_by, "split_method": SPLIT_METHODS[audit.split_by],
+        "label_map": audit.label_map,
+        "emotions_trained": [e for e in EMOTIONS if (used[used.split == "train"].emotion == e).any()],
+        "emotions_absent": [e for e in EMOTIONS if not (used.emotion == e).any()],
         "counts": counts, "per_split_emotion": split_table(manifest).to_dict(),
         "exclusions": exclusion_table(manifest).set_index("reason").rows.to_dict(),
         "people": {s: int(manifest[manifest.split == s].group.nunique()) for s in SPLITS},
@@ -290,18 +326,19 @@ def save_outputs(manifest: pd.DataFrame, audit: Audit, dataset: Dataset, work_di
 
 
 def prepare(dataset: Dataset, work_dir: str | os.PathLike, seed: int = 42, test_size: float = 0.2,
-            val_size: float = 0.1, max_per_class: int | None = None, audit: Audit | None = None) -> pd.DataFrame:
+            val_size: float = 0.1, max_per_class: int | None = None, audit: Audit | None = None,
+            label_map: dict | None = None) -> pd.DataFrame:
     """The whole step in one call: audit, manifest, split, class folders, ``manifest.csv``, ``prepare.json``."""
     timings = {}
     t0 = time.perf_counter()
-    audit = audit or audit_dataset(dataset.root)
+    audit = audit or audit_dataset(dataset, label_map=label_map)
     timings["audit_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     manifest = cap_per_class(build_manifest(audit), max_per_class, seed)
     manifest = split_by_person(manifest, test_size, val_size, seed)
     timings["split_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    manifest = write_split_folders(manifest, dataset.root, work_dir)
+    manifest = write_split_folders(manifest, dataset, work_dir)
     timings["folders_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     parameters = {"seed": seed, "test_size": test_size, "val_size": val_size, "max_per_class": max_per_class}

@@ -165,27 +165,39 @@ def real_data_dir() -> Path:
 
 
 #: Tiny settings for running the whole chain on the synthetic dataset (only those a notebook declares are used).
-TINY = {"epochs": 1, "head_epochs": 1, "batch_size": 16, "n_gradcam": 2, "samples_per_emotion": 2}
+TINY = {"epochs": 1, "head_epochs": 1, "batch_size": 16, "n_gradcam": 2, "samples_per_emotion": 2,
+        "faces": 480, "scale_epochs": 2, "per_replica_batch": 32}
 
 
-@pytest.fixture(scope="session")
-def synthetic_chain(synthetic_data_dir, fake_fer_weights, tmp_path_factory) -> Path:
-    """A work folder in which ``python -m fer_utils run`` executed every notebook on the synthetic data
-    (the default model, with the stand-in FER2013 weights: no network)."""
+def run_chain(data_dir: Path, work: Path, fer_weights: Path, params: dict | None = None,
+              until: str | None = None) -> int:
+    """``python -m fer_utils run`` on ``data_dir`` into ``work`` with the TINY settings (and ``params``), the
+    stand-in FER2013 weights (no network), notebook 08's small data (``FER_SCALE_FACES``), up to notebook
+    ``until`` (default: all), and the environment restored afterwards; returns its exit code."""
     from fer_utils import runner
 
-    work = tmp_path_factory.mktemp("chain")
     declared = {name for nb in runner.numbered_notebooks() for name in runner.declared_parameters(nb)}
-    params = [arg for name, value in TINY.items() if name in declared for arg in ("-p", name, str(value))]
-    saved = {k: os.environ.get(k) for k in ("FER_DATA_DIR", "FER_WORK_DIR", "FER_PRETRAINED")}
-    os.environ["FER_PRETRAINED"] = str(fake_fer_weights)
+    settings = {**{k: v for k, v in TINY.items() if k in declared}, **(params or {})}
+    args = [arg for name, value in settings.items() for arg in ("-p", name, str(value))]
+    saved = {k: os.environ.get(k) for k in ("FER_DATA_DIR", "FER_WORK_DIR", "FER_PRETRAINED", "FER_SCALE_FACES")}
+    os.environ["FER_PRETRAINED"] = str(fer_weights)
+    os.environ.setdefault("FER_SCALE_FACES", "480")  # notebook 08 generates this many faces (default 100,000)
     try:
-        rc = runner.main(["--data-dir", str(synthetic_data_dir), "--work-dir", str(work), *params])
+        return runner.main(["--data-dir", str(data_dir), "--work-dir", str(work), *args,
+                            *(["--until", until] if until else [])])
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def synthetic_chain(synthetic_data_dir, fake_fer_weights, tmp_path_factory) -> Path:
+    """A work folder in which ``python -m fer_utils run`` executed every notebook on the synthetic data
+    (the default model, with the stand-in FER2013 weights: no network)."""
+    work = tmp_path_factory.mktemp("chain")
+    rc = run_chain(synthetic_data_dir, work, fake_fer_weights)
     assert rc == 0, f"the chain failed on synthetic data; see {work}/executed"
     return work

@@ -5,7 +5,7 @@ import pandas as pd
 from fer_utils import data
 
 dataset = data.get_dataset(None)
-legend = data.audit_dataset(dataset.root).legend  # one row per legend row, with source, person, width, height
+legend = data.audit_dataset(dataset).legend  # one row per legend row, with source, person, width, height
 
 # 1. Share of each emotion's images that are IMFDB crops, and how many IMFDB people they show.
 labelled = legend.dropna(subset=["emotion"])

@@ -7,7 +7,7 @@ from sklearn.model_selection import train_test_split
 from fer_utils import data, folders
 
 dataset = data.get_dataset(os.environ.get("FER_DATA_DIR"))
-manifest = folders.build_manifest(data.audit_dataset(dataset.root))
+manifest = folders.build_manifest(data.audit_dataset(dataset))
 
 # 1. Another seed: faces per split, and nobody in two splits.
 split = folders.split_by_person(manifest, test_size=0.25, val_size=0.25, seed=7)
