@@ -172,16 +172,16 @@ TINY = {"epochs": 1, "head_epochs": 1, "batch_size": 16, "n_gradcam": 2, "sample
 def run_chain(data_dir: Path, work: Path, fer_weights: Path, params: dict | None = None,
               until: str | None = None) -> int:
     """``python -m fer_utils run`` on ``data_dir`` into ``work`` with the TINY settings (and ``params``), the
-    stand-in FER2013 weights (no network), notebook 08's small data (``FER_SCALE_FACES``), up to notebook
-    ``until`` (default: all), and the environment restored afterwards; returns its exit code."""
+    stand-in FER2013 weights (no network), up to notebook ``until`` (default: all; TINY settings of later
+    notebooks are then not passed), and the environment restored afterwards; returns its exit code."""
     from fer_utils import runner
 
-    declared = {name for nb in runner.numbered_notebooks() for name in runner.declared_parameters(nb)}
+    declared = {name for nb in runner.numbered_notebooks() if not until or nb.name[:2] <= until.zfill(2)
+                for name in runner.declared_parameters(nb)}
     settings = {**{k: v for k, v in TINY.items() if k in declared}, **(params or {})}
     args = [arg for name, value in settings.items() for arg in ("-p", name, str(value))]
-    saved = {k: os.environ.get(k) for k in ("FER_DATA_DIR", "FER_WORK_DIR", "FER_PRETRAINED", "FER_SCALE_FACES")}
+    saved = {k: os.environ.get(k) for k in ("FER_DATA_DIR", "FER_WORK_DIR", "FER_PRETRAINED")}
     os.environ["FER_PRETRAINED"] = str(fer_weights)
-    os.environ.setdefault("FER_SCALE_FACES", "480")  # notebook 08 generates this many faces (default 100,000)
     try:
         return runner.main(["--data-dir", str(data_dir), "--work-dir", str(work), *args,
                             *(["--until", until] if until else [])])
