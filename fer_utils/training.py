@@ -688,7 +688,7 @@ def resume_finished_phase(run, phase) -> bool:
     return False
 
 
-def _phase_finished(run, phase) -> None:
+def save_finished_phase(run, phase) -> None:
     run.model.save_weights(run.backup / f"{phase.name}.done.weights.h5")
 
 
@@ -710,7 +710,7 @@ def fit_phase(run, phase):
             initial_epoch=run.epochs_done, epochs=run.epochs_done + phase.epochs, class_weight=run.class_weight,
             shuffle=False, verbose=0, callbacks=[*backup_callbacks(run, phase), *run.callbacks])
     run.fit_seconds += time.perf_counter() - t0
-    _phase_finished(run, phase)
+    save_finished_phase(run, phase)
     return run.add_history(phase)
 
 
