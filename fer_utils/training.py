@@ -38,6 +38,7 @@ import pandas as pd
 
 from fer_utils import EMOTIONS, models, pipelines
 from fer_utils.workfolder import (
+    BACKUP_DIR,
     HISTORY,
     MODEL_FILE,
     MODEL_RECORD,
@@ -51,7 +52,6 @@ from fer_utils.workfolder import (
 
 CLASS_WEIGHTS = ("sqrt", "balanced")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-BACKUP_DIR = ".backup"  # in the work folder: what an interrupted run resumes from (deleted when it finishes)
 MONITORS = ("val_accuracy", "val_loss", "val_macro_f1", "val_balanced_accuracy")
 LR_SCHEDULES = ("constant", "cosine")
 

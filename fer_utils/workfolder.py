@@ -61,6 +61,10 @@ METRICS = "metrics.json"  # 06
 PREDICTIONS = "predictions.csv"  # 06
 FIGURES_DIR = "figures"  # every notebook
 EXECUTED_DIR = "executed"  # the runner
+BACKUP_DIR = ".backup"  # 05 (every training run): what an interrupted run resumes from; deleted when it finishes
+SCALE_DIR = "scale"  # 08: its own work folder (class folders, models, scale.json), so 05's model stays current
+SCALE_RECORD = "scale.json"  # 08: what each strategy's run measured
+SCALE_DATA_DIR = "scale_data"  # 08: the dataset it generates (beside scale/: a dataset is never inside a work folder)
 RUN_RECORD = "run.json"  # the runner
 
 # --------------------------------------------------------------------------------------------------

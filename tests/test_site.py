@@ -19,7 +19,7 @@ from fer_utils.workfolder import NOTEBOOKS
 pytest.importorskip("myst_nb", reason="the 'site' extra is not installed (pip install -e '.[site]')")
 pytest.importorskip("sphinx_book_theme", reason="the 'site' extra is not installed (pip install -e '.[site]')")
 
-STEPS = [Path(name).stem for name in NOTEBOOKS.values()]  # 01_load_dataset ... 07_predict_new_photos
+STEPS = [Path(name).stem for name in NOTEBOOKS.values()]  # 01_load_dataset ... 08_train_at_scale
 CARDS = list(runner.SITE_PAGES.values())  # results, data-card, model-card
 READING_ORDER = ["index", *(f"notebooks/{s}" for s in STEPS), *CARDS]
 
@@ -48,7 +48,7 @@ def _text(html: str) -> str:
 def test_every_step_and_card_has_a_page(site, capsys):
     for page in READING_ORDER:
         assert (site / f"{page}.html").is_file(), page
-    assert len(STEPS) == 7
+    assert len(STEPS) == 8
 
 
 def test_each_step_page_is_titled_by_its_number(site):

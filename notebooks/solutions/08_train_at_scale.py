@@ -11,7 +11,7 @@ import pandas as pd
 from fer_utils import training, workfolder
 
 WORK = workfolder.get_work_dir(None)
-SCALE = WORK / "scale"
+SCALE = WORK / workfolder.SCALE_DIR
 workfolder.require(SCALE / workfolder.SPLIT_DIR, "scale", "The class folders of notebook 08 (scale/split/)")
 
 
