@@ -1,7 +1,7 @@
 """The chain on the real dataset (../shared/facial_expressions or $FER_DATA_DIR), default settings.
 
 Skipped when the real data is not there. Notebooks 01-02 first (the manifest must account for every
-legend row and file), then the rest of the chain with the defaults (full data, 10 epochs): the model
+legend row and file), then notebooks 03-07 with the defaults (full data, 2 + 12 epochs): the model
 must beat the majority-class baseline on the person-disjoint test split.
 """
 
@@ -43,7 +43,8 @@ def test_real_chain_beats_majority_baseline(real_work, real_data_dir):
     later = [p for p in runner.numbered_notebooks() if p.name[:2] > "02"]
     if not later:
         pytest.skip("no notebooks after 02")
-    rc = runner.main(["--data-dir", str(real_data_dir), "--work-dir", str(real_work), "--from", "03"])
+    # up to 07: notebook 08 trains on generated faces, not on this dataset (the synthetic chain and nbval run it)
+    rc = runner.main(["--data-dir", str(real_data_dir), "--work-dir", str(real_work), "--from", "03", "--until", "07"])
     assert rc == 0, f"the chain failed on the real data; see {real_work}/executed"
     metrics = json.loads((real_work / "metrics.json").read_text())
     n_test = int((pd.read_csv(real_work / "manifest.csv", usecols=["split"]).split == "test").sum())
