@@ -37,7 +37,7 @@ def _quiet_fd2():
 
 
 #: What ``import_tensorflow`` set up before TensorFlow's runtime started (see ``_start_devices``).
-STARTUP = {"started": False, "logical_cpus": None, "multi_worker": None, "error": None}
+STARTUP = {"started": False, "logical_cpus": None, "multi_worker_wanted": False, "multi_worker": None, "error": None}
 
 
 def _start_devices(tf) -> None:
@@ -45,9 +45,11 @@ def _start_devices(tf) -> None:
 
     - ``$FER_LOGICAL_CPUS=n``: split the CPU into ``n`` logical devices, so ``MirroredStrategy`` can be
       tried on a machine without GPUs (``training.get_strategy("mirrored")``).
-    - ``$TF_CONFIG`` (a cluster, as every ``tf.distribute`` launcher sets it): create the process's
-      ``MultiWorkerMirroredStrategy`` now, because it configures collective ops, which TensorFlow refuses
-      once the runtime runs (``training.get_strategy("multi_worker")`` returns it).
+    - ``$TF_CONFIG`` (a cluster, as every ``tf.distribute`` launcher sets it), when multi-worker training was
+      asked for (``training.get_strategy("multi_worker")`` before TensorFlow started, as ``python -m fer_utils
+      train -p strategy multi_worker`` does): create the process's ``MultiWorkerMirroredStrategy`` now,
+      because it configures collective ops, which TensorFlow refuses once the runtime runs. Not otherwise:
+      joining a cluster waits for every worker.
     """
     if STARTUP["started"]:
         return
@@ -60,7 +62,7 @@ def _start_devices(tf) -> None:
             STARTUP["logical_cpus"] = int(n)
         except (ValueError, RuntimeError) as err:
             STARTUP["error"] = f"FER_LOGICAL_CPUS={n!r}: {type(err).__name__}: {err}"
-    if os.environ.get("TF_CONFIG"):
+    if os.environ.get("TF_CONFIG") and STARTUP["multi_worker_wanted"]:
         try:
             STARTUP["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy()
         except (ValueError, RuntimeError) as err:  # reported by get_strategy("multi_worker"), if asked for

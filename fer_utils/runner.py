@@ -873,9 +873,15 @@ def train_main(argv: list[str] | None = None) -> int:
 
     args = build_train_parser().parse_args(argv)
     changes = {name: parse_value(value) for name, value in args.parameter}
-    work = get_work_dir(args.work_dir)
+    work = get_work_dir(args.work_dir, create=False)
+    strategy = changes.get("strategy", "default")
+    if os.environ.get("TF_CONFIG") and strategy != "multi_worker":
+        print(f"note: TF_CONFIG is set, but strategy is {strategy!r}: training on this machine only "
+              "(-p strategy multi_worker joins the cluster).", file=sys.stderr)
     try:
-        require(work / SPLIT_DIR, "prepare", "The class folders (split/)")
+        if strategy == "multi_worker":  # before anything starts TensorFlow: joining a cluster must come first
+            training.get_strategy(strategy)
+        require(work / SPLIT_DIR, "prepare", f"The class folders (split/) of {work}")
         net, settings = None, {}
         if (work / UNTRAINED_MODEL).exists() and "model" not in changes:  # notebook 04's model and its input
             net, built = models.load(work / UNTRAINED_MODEL)
@@ -888,13 +894,20 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = training.train(config, work, model=net, run_name=args.run_name, show_progress=not args.quiet)
+    if strategy == "mirrored" and training.worker_info(training.get_strategy(strategy))["replicas"] == 1:
+        print("note: strategy 'mirrored' found one device (no GPU): set FER_LOGICAL_CPUS=2 to try it over two "
+              "logical CPU devices.", file=sys.stderr)
+    try:
+        result = training.train(config, work, model=net, run_name=args.run_name, show_progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume after the last finished epoch.", file=sys.stderr)
+        return 130
     d = result.record["distribution"]
     best = result.record["best"].get("val_accuracy", float("nan"))
     print(f"{d['task']}: {config.strategy}, {d['workers']} worker(s), {d['replicas']} replica(s), global batch "
           f"{d['global_batch_size']}; best epoch {result.record['best_epoch']}, val accuracy {best:.4f}; "
           f"{result.record['images_per_second']:.0f} training images/s"
-          + (f"; model: {display_path(result.paths['model'], work)}" if result.paths else " (not the chief: no files)"),
+          + (f"; model: {result.paths['model']}" if result.paths else " (not the chief: no files)"),
           flush=True)
     return 0
 

@@ -193,6 +193,8 @@ def get_strategy(name: str = "default"):
     """
     import fer_utils
 
+    if name == "multi_worker":  # asked for before TensorFlow starts: import_tensorflow joins the cluster
+        fer_utils.STARTUP["multi_worker_wanted"] = True
     tf, _ = fer_utils.import_tensorflow()
     if name == "default":
         return tf.distribute.get_strategy()
@@ -211,8 +213,9 @@ def get_strategy(name: str = "default"):
                                f"({fer_utils.STARTUP['error']}). Check TF_CONFIG's addresses and that every worker "
                                "runs the same command.")
         if os.environ.get("TF_CONFIG"):
-            raise RuntimeError("strategy='multi_worker': $TF_CONFIG was set after TensorFlow started in this "
-                               "process. Set it in the environment before starting Python (or the Jupyter kernel).")
+            raise RuntimeError("strategy='multi_worker': TensorFlow started in this process before the cluster in "
+                               "$TF_CONFIG was asked for. Call training.get_strategy('multi_worker') before anything "
+                               "else uses TensorFlow, or run `python -m fer_utils train -p strategy multi_worker`.")
         raise RuntimeError("strategy='multi_worker' needs a cluster: set TF_CONFIG on every worker and start "
                            "each with the same command, e.g. `python -m fer_utils train --work-dir W -p strategy "
                            "multi_worker` (README: 'Train on more devices or a cluster').")
@@ -662,6 +665,10 @@ def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
     if config.monitor in ("val_macro_f1", "val_balanced_accuracy") or config.tta != "none":
         extra.append(ValScores(*_val_arrays(batches["val"]), config.tta))
     steps = max(1, counts["train"] // global_batch) if config.pipeline == "tf.data" else len(batches["train"])
+    others = [p for p in (work / BACKUP_DIR).glob("*") if p != backup.parent] if (work / BACKUP_DIR).is_dir() else []
+    if others and not log.rows and show_progress and worker["chief"]:
+        print(f"Not resuming: the backup of an interrupted run in {display_path(others[0], work)} has other "
+              "settings (rerun with those to resume it, or delete it).", flush=True)
     if log.rows and show_progress:
         print(f"Resuming an interrupted run of this training after epoch {max(r['epoch'] for r in log.rows)} "
               f"(backup in {display_path(backup, work)}; delete it to start afresh)", flush=True)

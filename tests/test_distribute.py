@@ -178,3 +178,16 @@ def test_a_killed_worker_resumes_from_its_backup_and_finishes(tmp_path):
     epoch_lines = [line for line in chief.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 5 - killed_after  # only the remaining epochs ran again
     assert not (work / training.BACKUP_DIR).exists()  # finished: the backup is gone
+
+
+def test_tf_config_without_multi_worker_trains_here_and_says_so(tmp_path, small_split):
+    """A launcher's TF_CONFIG in the environment must not make a default run wait for a cluster forever."""
+    work = copy_of(small_split, tmp_path)
+    port = runner.free_ports(1)[0]
+    tf_config = {"cluster": {"worker": ["127.0.0.1:1", f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 1}}
+    result = subprocess.run([sys.executable, "-m", "fer_utils", "train", "--work-dir", str(work), *SETTINGS,
+                             "-p", "epochs", "1", "--quiet"], capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "TF_CONFIG": json.dumps(tf_config)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "TF_CONFIG is set, but strategy is 'default'" in result.stderr
+    assert json.loads((work / TRAIN_RECORD).read_text())["distribution"]["workers"] == 1
