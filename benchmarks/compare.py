@@ -83,7 +83,7 @@ def make_folds(dataset, base: Path, k: int, seed: int) -> list[Path]:
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         fold_indices = list(splitter.split(np.zeros(len(y)), y, g))
     for i, (rest, test) in enumerate(fold_indices, start=1):
-        train, val = folders._fold(y[rest], g[rest], 8, seed)  # validation ≈ 1/8 of the rest, by person
+        train, val = folders.one_fold(y[rest], g[rest], 8, seed)  # validation ≈ 1/8 of the rest, by person
         fold = manifest.copy()
         fold.loc[usable.index[test], "split"] = "test"
         fold.loc[usable.index[rest[val]], "split"] = "val"
@@ -169,7 +169,7 @@ def run_chain(work: Path, args, config: training.TrainConfig) -> dict:
 
 def seed_cnn_config(args) -> training.TrainConfig:
     """The seed's model and settings (10 epochs, 48×48 gray, no class weights) as a TrainConfig."""
-    return training.TrainConfig(model="seed_cnn", head_epochs=0, epochs=args.epochs, image_size=48,
+    return training.TrainConfig(model="seed_cnn", epochs=args.epochs, image_size=48,
                                 batch_size=args.batch_size, class_weight=None)
 
 

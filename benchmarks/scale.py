@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_one(work: Path, name: str, settings: list[str], env: dict | None = None, workers: int = 1) -> dict:
-    from fer_utils import runner
+    from fer_utils import cluster
     from fer_utils.workfolder import MODELS_DIR, TRAIN_RECORD
 
     run_name = name.replace(" ", "-").replace(",", "")
@@ -44,7 +44,7 @@ def run_one(work: Path, name: str, settings: list[str], env: dict | None = None,
         codes, output = [result.returncode], result.stdout + result.stderr
     else:
         logs = work / "logs" / run_name
-        procs = runner.start_local_workers([*args, "-p", "strategy", "multi_worker"], workers=workers, log_dir=logs,
+        procs = cluster.start_local_workers([*args, "-p", "strategy", "multi_worker"], workers=workers, log_dir=logs,
                                            env=env)
         codes = [p.wait() for p in procs]
         output = (logs / "worker-0.log").read_text()
@@ -82,8 +82,8 @@ def main(argv=None) -> int:
     generate_seconds = time.perf_counter() - t0
     print(f"generated {args.images:,} training faces in {generate_seconds:.0f} s", flush=True)
 
-    settings = ["-p", "model", args.model, "-p", "image_size", "48", "-p", "head_epochs", "0", "-p", "epochs",
-                str(args.epochs), "-p", "batch_size", str(args.batch_size)]
+    base_config = training.TrainConfig(model=args.model, image_size=48, epochs=args.epochs, batch_size=args.batch_size)
+    settings = base_config.to_parameters()
     device = training.device_summary()
     gpus = "GPU" in device
     split_cpu = None if gpus else {"FER_LOGICAL_CPUS": "2"}  # without GPUs: mirror over 2 logical CPU devices

@@ -14,7 +14,7 @@ EMOTIONS = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sad
 
 
 @contextlib.contextmanager
-def _quiet_fd2():
+def quiet_fd2():
     """Silence C-level stderr (file descriptor 2) for the duration of the block.
 
     TensorFlow 2.21 prints a few C++ log lines at import ("oneDNN custom operations are on",
@@ -76,7 +76,7 @@ def import_tensorflow():
     does the device set-up that must precede TensorFlow's runtime (``_start_devices``).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _quiet_fd2():
+    with quiet_fd2():
         import keras
         import tensorflow as tf
 

@@ -1,17 +1,18 @@
 """Command line: ``python -m fer_utils run ...`` (the notebook chain), ``python -m fer_utils predict ...``,
 ``python -m fer_utils train ...`` (notebook 05 as one command, also on a cluster),
 ``python -m fer_utils demo`` (a local web page for the trained model), ``python -m fer_utils site`` (the
-series as a static HTML site)."""
+series as a static HTML site), ``python -m fer_utils export`` (the notebooks' saved cells into the package)."""
 
 import sys
 
-USAGE = """usage: python -m fer_utils {run,train,predict,demo,site} ...
+USAGE = """usage: python -m fer_utils {run,train,predict,demo,site,export} ...
 
   run       execute the numbered notebooks in order with papermill (python -m fer_utils run --help)
   train     train as notebook 05 does, on one device, several or a cluster (python -m fer_utils train --help)
   predict   predict the emotions of faces in photos (python -m fer_utils predict --help)
   demo      a local web page to try the trained model on photos (python -m fer_utils demo --help)
   site      build the notebook series as a static HTML site (python -m fer_utils site --help)
+  export    write the notebooks' `# @save` cells into the package (python -m fer_utils export --help)
 """
 
 
@@ -25,17 +26,20 @@ def main(argv=None) -> int:
         from fer_utils.runner import main as run
         return run(rest)
     if command == "train":
-        from fer_utils.runner import train_main
-        return train_main(rest)
+        from fer_utils.train_command import main as train
+        return train(rest)
     if command == "predict":
         from fer_utils.prediction import main as predict
         return predict(rest)
     if command == "demo":
         from fer_utils.prediction.demo import main as demo
         return demo(rest)
+    if command == "export":
+        from fer_utils.saved_cells import main as export
+        return export(rest)
     if command == "site":
-        from fer_utils.runner import site_main
-        return site_main(rest)
+        from fer_utils.site import main as site
+        return site(rest)
     print(f"Unknown command {command!r}.\n{USAGE}", file=sys.stderr)
     return 2
 

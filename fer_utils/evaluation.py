@@ -149,6 +149,8 @@ def paired_difference_ci(y_true, pred_a, pred_b, metric="accuracy", groups=None,
             "ci_high": float(np.quantile(v, 1 - alpha))}
 
 
+# ---- generated from notebooks/06_evaluate_model.ipynb, cell 06-n08 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
     """scikit-learn's accuracy, macro-F1, balanced accuracy, per-class report and confusion matrix.
 
@@ -181,6 +183,7 @@ def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=LABELS).tolist(),
     }
+# ---- end of generated code (notebooks/06_evaluate_model.ipynb, cell 06-n08) ----
 
 
 def majority_baseline(train_counts, y_true, class_names=EMOTIONS) -> dict:
@@ -203,24 +206,20 @@ def load_model(path: str | os.PathLike):
     return models.load(require(Path(path), "train", "The trained model"))
 
 
+# ---- generated from notebooks/06_evaluate_model.ipynb, cell 06-n05 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def predict_split(model, work_dir: str | os.PathLike, split: str = "test", record: models.ModelRecord | None = None,
                   batch_size: int = 256) -> pd.DataFrame:
     """One row per file of a split (no augmentation, file order): ``path`` (relative to the work folder),
     true and predicted class, confidence and every emotion's probability. Faces are prepared as ``record``
     says (size, colour mode, resizing); ``record.tta == "flip"`` averages each face with its mirror image."""
-    import fer_utils
-
-    tf, _ = fer_utils.import_tensorflow()
     record = record or models.ModelRecord.from_model(model)
     ds, files = pipelines.directory_dataset(work_dir, split, record.image_size, record.color_mode,
                                             record.interpolation)
     y_true = np.array([EMOTIONS.index(Path(f).parent.name) for f in files], dtype=int)
-    if files:
-        images = ds.map(lambda x, y: x).batch(batch_size)
-        probs = np.asarray(model.predict(images, verbose=0), dtype=np.float32)
-        if record.tta == "flip":
-            flipped = images.map(lambda x: tf.image.flip_left_right(x))
-            probs = (probs + np.asarray(model.predict(flipped, verbose=0), dtype=np.float32)) / 2
+    if files:  # record.tta == "flip": each face's probabilities averaged with its mirror image's
+        probs = np.concatenate([models.with_tta(model.predict_on_batch, batch, record.tta)
+                                for batch in ds.map(lambda x, y: x).batch(batch_size).as_numpy_iterator()])
     else:
         probs = np.zeros((0, len(EMOTIONS)), dtype=np.float32)
     out = pd.DataFrame({"path": [Path(os.path.relpath(f, work_dir)).as_posix() for f in files],
@@ -231,6 +230,7 @@ def predict_split(model, work_dir: str | os.PathLike, split: str = "test", recor
     for k, e in enumerate(EMOTIONS):
         out[f"p_{e}"] = probs[:, k]
     return out
+# ---- end of generated code (notebooks/06_evaluate_model.ipynb, cell 06-n05) ----
 
 
 def people_of(predictions: pd.DataFrame, manifest: pd.DataFrame | None):
@@ -274,15 +274,16 @@ class Evaluation:
 
 def evaluate(model_path_or_model, work_dir: str | os.PathLike, record: models.ModelRecord | None = None,
              batch_size: int = 256, n_boot: int = 1000, seed: int = 42, write: bool = True,
-             predictions: pd.DataFrame | None = None) -> Evaluation:
+             predictions: pd.DataFrame | None = None, metrics_from=None) -> Evaluation:
     """Evaluate a model (a ``.keras`` path, or a loaded model with its ``record``) on ``split/test``.
 
     Faces are prepared as the model's record says (``model.json`` beside the file; for a model object
     without ``record``, what its input shape implies). ``predictions``: the test split's ``predict_split``
     rows when they have been made already (notebook 06 makes them in a cell): they are used as they are,
-    not predicted again. Writes ``metrics.json`` and ``predictions.csv`` when ``write``; ``metrics.json``
-    names the model file and its sha256, so a later reader can tell whether it still describes the current
-    model.
+    not predicted again. ``metrics_from``: the function that computes the metrics (default ``compute_metrics``;
+    notebook 06 hands over its own, so that what it shows is what ``metrics.json`` holds). Writes
+    ``metrics.json`` and ``predictions.csv`` when ``write``; ``metrics.json`` names the model file and its
+    sha256, so a later reader can tell whether it still describes the current model.
     """
     work = Path(work_dir)
     model_path = None
@@ -300,7 +301,7 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, record: models.Mo
     y_true, y_pred = predictions.y_true.to_numpy(), predictions.y_pred.to_numpy()
     train_counts = pipelines.split_counts(work)["train"]
     scored = trained_labels(train_counts.to_numpy())
-    metrics = compute_metrics(y_true, y_pred, labels=scored)
+    metrics = (metrics_from or compute_metrics)(y_true, y_pred, labels=scored)
     baseline = majority_baseline(train_counts.to_numpy(), y_true)
     manifest = None
     if (work / MANIFEST).exists():

@@ -124,7 +124,9 @@ def cap_per_class(manifest: pd.DataFrame, max_per_class: int | None, seed: int) 
     return manifest
 
 
-def _fold(labels, groups, n_splits, seed):
+# ---- generated from notebooks/02_preprocess_into_folders.ipynb, cell c11b ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
+def one_fold(labels, groups, n_splits, seed):
     """(keep, held) index arrays of the first fold of a StratifiedGroupKFold."""
     n_groups = len(set(groups))
     n_splits = max(2, min(n_splits, n_groups))
@@ -138,8 +140,11 @@ def _fold(labels, groups, n_splits, seed):
             return next(splitter.split(np.zeros(len(labels)), labels))
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         return next(splitter.split(np.zeros(len(labels)), labels, groups))
+# ---- end of generated code (notebooks/02_preprocess_into_folders.ipynb, cell c11b) ----
 
 
+# ---- generated from notebooks/02_preprocess_into_folders.ipynb, cell c11c ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def split_by_person(manifest: pd.DataFrame, test_size: float = 0.2, val_size: float = 0.1,
                     seed: int = 42) -> pd.DataFrame:
     """Assign every usable row to train/val/test so that no person is in two splits, stratified by emotion
@@ -152,8 +157,8 @@ def split_by_person(manifest: pd.DataFrame, test_size: float = 0.2, val_size: fl
         raise ValueError(f"Only {usable.group.nunique()} people among the usable images: a person-disjoint "
                          "train/val/test split needs at least 3. Raise max_per_class or add data.")
     y, g = usable.emotion.to_numpy(), usable.group.to_numpy()  # labels to stratify, people to keep whole
-    rest, test = _fold(y, g, round(1 / test_size), seed)  # e.g. 5 folds: one is the test split
-    train, val = _fold(y[rest], g[rest], round((1 - test_size) / val_size), seed)  # then val from the rest
+    rest, test = one_fold(y, g, round(1 / test_size), seed)  # e.g. 5 folds: one is the test split
+    train, val = one_fold(y[rest], g[rest], round((1 - test_size) / val_size), seed)  # then val from the rest
     split = np.empty(len(usable), dtype=object)
     split[test] = "test"
     split[rest[val]] = "val"
@@ -167,6 +172,7 @@ def split_by_person(manifest: pd.DataFrame, test_size: float = 0.2, val_size: fl
             split[usable.group == sizes.index[0]] = "train"
     manifest.loc[usable.index, "split"] = split
     return manifest
+# ---- end of generated code (notebooks/02_preprocess_into_folders.ipynb, cell c11c) ----
 
 
 def random_split_overlap(manifest: pd.DataFrame, test_size: float = 0.2, seed: int = 42) -> dict:
@@ -179,10 +185,13 @@ def random_split_overlap(manifest: pd.DataFrame, test_size: float = 0.2, seed: i
             "test_faces_of_shared_people": int(test.group.isin(shared).sum()), "test_faces": len(test)}
 
 
+# ---- generated from notebooks/02_preprocess_into_folders.ipynb, cell c08b ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def images_by_emotion(manifest: pd.DataFrame) -> dict[str, list[str]]:
     """The seed tutorial's dictionary: emotion -> list of image file names (usable rows only)."""
     usable = manifest[manifest.split.isin(SPLITS) | (manifest.split == "")]
     return {e: usable.loc[usable.emotion == e, "image"].tolist() for e in EMOTIONS}
+# ---- end of generated code (notebooks/02_preprocess_into_folders.ipynb, cell c08b) ----
 
 
 def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | None, name: str | None = None) -> Path:

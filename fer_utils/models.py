@@ -141,6 +141,8 @@ def parameter_table(model):
 # --------------------------------------------------------------------------------------------------
 
 
+# ---- generated from notebooks/04_create_model.ipynb, cell 04-n01 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 @register("seed_cnn", replace=True)
 def seed_cnn(input_shape, num_classes: int = len(EMOTIONS), dense_units: int = 128):
     """The seed tutorial's CNN: 3 blocks of 3×3 conv + ReLU + 2×2 max pooling (32→64→128), flatten, dense, softmax."""
@@ -159,6 +161,7 @@ def seed_cnn(input_shape, num_classes: int = len(EMOTIONS), dense_units: int = 1
     x = layers.Dense(num_classes, name="logits")(x)  # one score per emotion
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="seed_cnn")
+# ---- end of generated code (notebooks/04_create_model.ipynb, cell 04-n01) ----
 
 
 @register("cnn_bn")
@@ -257,6 +260,17 @@ def precision_policy(policy: str):
 COLOR_MODES = {"grayscale": 1, "rgb": 3}
 INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic", "lanczos3", "lanczos5", "gaussian", "mitchellcubic")
 TTA_MODES = ("none", "flip")
+
+
+def with_tta(predict: Callable, batch, tta: str = "none") -> np.ndarray:
+    """Class probabilities of a batch of faces (NHWC), float32: ``predict(batch)``; with ``tta="flip"``, each
+    face's probabilities averaged with its mirror image's (both in one call). Validation in training,
+    evaluation and prediction all apply test-time augmentation through this one function."""
+    batch = np.asarray(batch, np.float32)
+    if tta == "flip":
+        probs = np.asarray(predict(np.concatenate([batch, batch[:, :, ::-1]])), np.float32)
+        return (probs[: len(batch)] + probs[len(batch):]) / 2
+    return np.asarray(predict(batch), np.float32)
 
 
 class RecordError(ValueError):
@@ -637,6 +651,8 @@ def rewrite_strided_pointwise(model, input_shape=None, dtype=None, name: str | N
     return new
 
 
+# ---- generated from notebooks/04_create_model.ipynb, cell 04-n04 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def fer2013_backbone(input_shape=(64, 64, 1), weights: str | os.PathLike | None = None, dtype=None,
                      name: str = "fer2013_backbone"):
     """The FER2013 mini-Xception cut after its last residual block (its last ``Add`` layer).
@@ -660,11 +676,14 @@ def fer2013_classifier_weights(weights: str | os.PathLike | None = None) -> list
     kernel, bias = conv.get_weights()  # kernel: (3, 3, 128, 7), one output per FER2013 class
     order = [FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS]  # contempt takes disgust's weights
     return [kernel[..., order], bias[order]]
+# ---- end of generated code (notebooks/04_create_model.ipynb, cell 04-n04) ----
 
 
 BACKBONE = "fer2013_backbone"
 
 
+# ---- generated from notebooks/04_create_model.ipynb, cell 04-n07 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 @register("fer_transfer", cpu_precision="float32", backbone=BACKBONE, replace=True)
 def fer_transfer(input_shape=(64, 64, 1), num_classes: int = 8, weights: str | os.PathLike | None = None,
                  head: str = "fer", dropout: float = 0.3, dtype=None, name: str = "fer_transfer"):
@@ -700,6 +719,7 @@ def fer_transfer(input_shape=(64, 64, 1), num_classes: int = 8, weights: str | o
     if head == "fer":  # start from FER2013's classifier, not from random weights
         model.get_layer("classifier").set_weights(fer2013_classifier_weights(path))
     return model
+# ---- end of generated code (notebooks/04_create_model.ipynb, cell 04-n07) ----
 
 
 def set_backbone_trainable(model, trainable: bool) -> None:

@@ -68,14 +68,14 @@ def augment_level(augment) -> str:
     return augment
 
 
-def _size(image_size) -> tuple[int, int]:
+def size_pair(image_size) -> tuple[int, int]:
     if isinstance(image_size, int):
         return (image_size, image_size)
     h, w = image_size
     return (int(h), int(w))
 
 
-def _check_color_mode(color_mode: str) -> str:
+def check_color_mode(color_mode: str) -> str:
     if color_mode not in COLOR_MODES:
         raise ValueError(f"color_mode must be one of {sorted(COLOR_MODES)}, not {color_mode!r}")
     return color_mode
@@ -90,7 +90,7 @@ def split_dir(work_dir: str | os.PathLike, split: str) -> Path:
 
 def input_shape(image_size=48, color_mode: str = "grayscale") -> tuple[int, int, int]:
     """The model input shape ``(H, W, channels)`` for an image size and colour mode."""
-    return (*_size(image_size), COLOR_MODES[_check_color_mode(color_mode)])
+    return (*size_pair(image_size), COLOR_MODES[check_color_mode(color_mode)])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def input_shape(image_size=48, color_mode: str = "grayscale") -> tuple[int, int,
 # --------------------------------------------------------------------------------------------------
 
 
-def _quiet_legacy_scipy() -> None:
+def quiet_legacy_scipy() -> None:
     """The legacy generator calls ``scipy.ndimage.interpolation.affine_transform``, which SciPy deprecates
     with a warning on every augmented image; the call still works, so hide exactly that warning."""
     warnings.filterwarnings("ignore", message=".*scipy.ndimage.interpolation.*", category=DeprecationWarning)
@@ -112,6 +112,8 @@ def legacy_augmentation_kwargs(names=None) -> dict:
     return kwargs
 
 
+# ---- generated from notebooks/03_build_input_pipelines.ipynb, cell 03-n03 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
                       batch_size: int = DEFAULT_BATCH_SIZE, augment=True, seed: int = 42,
                       splits=SPLITS, interpolation: str = "bilinear") -> dict:
@@ -123,8 +125,8 @@ def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: st
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
-    _quiet_legacy_scipy()
-    _check_color_mode(color_mode)
+    quiet_legacy_scipy()
+    check_color_mode(color_mode)
     level = augment_level(augment)
     if level not in ("none", "standard"):
         raise ValueError(f"augment={augment!r}: the legacy generator knows only 'none' and 'standard'; "
@@ -138,10 +140,11 @@ def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: st
         augmentation = legacy_augmentation_kwargs() if (train and level != "none") else {}  # flips, rotations...
         generator = tf.keras.preprocessing.image.ImageDataGenerator(**augmentation, dtype="float32")
         out[split] = generator.flow_from_directory(  # one class per sub-folder, one-hot labels
-            str(split_dir(work_dir, split)), target_size=_size(image_size), color_mode=color_mode,
+            str(split_dir(work_dir, split)), target_size=size_pair(image_size), color_mode=color_mode,
             classes=list(EMOTIONS), class_mode="categorical", batch_size=batch_size, shuffle=train,
             seed=seed, interpolation=LEGACY_INTERPOLATION[interpolation])
     return out
+# ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-n03) ----
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,6 +169,8 @@ def augmentation_layers(names=None, seed: int = 42, level: str = "standard"):
     return keras.Sequential(layers, name="augmentation")
 
 
+# ---- generated from notebooks/03_build_input_pipelines.ipynb, cell 03-n05 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def directory_dataset(work_dir: str | os.PathLike, split: str, image_size=48, color_mode: str = "grayscale",
                       interpolation: str = "bilinear"):
     """One split as an unbatched, unshuffled ``tf.data.Dataset`` of ``(pixels, one_hot)``, plus its file paths.
@@ -180,11 +185,14 @@ def directory_dataset(work_dir: str | os.PathLike, split: str, image_size=48, co
     _, keras = fer_utils.import_tensorflow()
     ds = keras.utils.image_dataset_from_directory(
         str(split_dir(work_dir, split)), labels="inferred", label_mode="categorical", class_names=list(EMOTIONS),
-        color_mode=_check_color_mode(color_mode), batch_size=None, image_size=_size(image_size), shuffle=False,
+        color_mode=check_color_mode(color_mode), batch_size=None, image_size=size_pair(image_size), shuffle=False,
         interpolation=interpolation, verbose=False)
     return ds, list(ds.file_paths)
+# ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-n05) ----
 
 
+# ---- generated from notebooks/03_build_input_pipelines.ipynb, cell 03-n07 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def tf_datasets(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
                 batch_size: int = DEFAULT_BATCH_SIZE, augment=True, seed: int = 42, splits=SPLITS,
                 cache: bool = True, augmentations=None, interpolation: str = "bilinear",
@@ -213,21 +221,22 @@ def tf_datasets(work_dir: str | os.PathLike, image_size=48, color_mode: str = "g
         if split == "train" and level != "none":
             # sequential on purpose: the layers draw from one seeded random state, and parallel calls would
             # draw in a varying order (runs would not repeat); prefetch still overlaps it with training
-            ds = ds.map(_augmenter(augmentation_layers(augmentations, seed, level)))
+            ds = ds.map(augmenter(augmentation_layers(augmentations, seed, level)))
         if split == "train" and mixup > 0:
-            ds = ds.map(_mixer(mixup, seed))
+            ds = ds.map(mixer(mixup, seed))
         out[split] = ds.prefetch(autotune)
     return out
+# ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-n07) ----
 
 
-def _augmenter(layers):
+def augmenter(layers):
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
     return lambda x, y: (tf.clip_by_value(layers(x, training=True), 0.0, 255.0), y)
 
 
-def _mixer(alpha: float, seed: int):
+def mixer(alpha: float, seed: int):
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
@@ -363,7 +372,7 @@ def augmentation_examples(image, seed: int = 42, n: int = 4) -> dict:
     tf, keras = fer_utils.import_tensorflow()
     image = np.asarray(image, dtype=np.float32)
     out = {}
-    _quiet_legacy_scipy()
+    quiet_legacy_scipy()
     for i, (name, (legacy_kwargs, (cls, kwargs))) in enumerate(AUGMENTATIONS.items()):
         gen = tf.keras.preprocessing.image.ImageDataGenerator(fill_mode="nearest", **legacy_kwargs)
         out[(name, "generator")] = [gen.random_transform(image, seed=seed + k) for k in range(n)]

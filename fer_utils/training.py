@@ -79,7 +79,8 @@ class TrainConfig:
     precision: str = "auto"  # "auto", "float32", "bf16" or "fp16" (the dtype policy the model is built in)
     # training (notebook 05)
     epochs: int = 12  # epochs of the whole model (after the head epochs)
-    head_epochs: int = 2  # epochs training only a pretrained model's new head first (0: none)
+    head_epochs: int = 2  # epochs training only a pretrained model's new head first (models without a
+    #   pretrained backbone have no head phase: for them it is always 0)
     batch_size: int = 64
     learning_rate: float = 1e-3  # Adam's step size (the head phase, or the only phase)
     whole_model_lr_factor: float = 0.5  # the whole-model phase after head epochs runs at learning_rate × this
@@ -97,7 +98,19 @@ class TrainConfig:
     seed: int = 42
 
     def __post_init__(self):
-        self.image_size = pipelines._size(self.image_size)
+        wrong = [f"{name}={getattr(self, name)!r} ({kind})" for name, kind in self._kinds().items()
+                 if not _is_kind(getattr(self, name), kind)]
+        if wrong:  # before any comparison: -p epochs abc must not end in a TypeError
+            raise ValueError("Bad training configuration: " + "; ".join(wrong) + ".")
+        size = self.image_size
+        if not (_is_kind(size, "an integer") or (isinstance(size, (tuple, list)) and len(size) == 2
+                                                  and all(_is_kind(s, "an integer") for s in size))) \
+                or min(pipelines.size_pair(size)) < 8:
+            raise ValueError(f"Bad training configuration: image_size={size!r} (a number of pixels of at least 8, "
+                             "or a (height, width) pair).")
+        self.image_size = pipelines.size_pair(self.image_size)
+        if self.model in models.available() and not models.traits(self.model).get("backbone"):
+            self.head_epochs = 0  # the rule, in this one place: no pretrained backbone, no head phase
         problems = []
         if self.color_mode not in models.COLOR_MODES:
             problems.append(f"color_mode={self.color_mode!r} (one of {sorted(models.COLOR_MODES)})")
@@ -107,9 +120,6 @@ class TrainConfig:
             problems.append(f"model={self.model!r} (registered: {', '.join(models.available())})")
         if self.epochs < 0 or self.head_epochs < 0 or self.epochs + self.head_epochs < 1:
             problems.append(f"epochs={self.epochs}, head_epochs={self.head_epochs} (at least one epoch in all)")
-        if self.head_epochs and self.model in models.available() and not models.traits(self.model).get("backbone"):
-            problems.append(f"head_epochs={self.head_epochs} for {self.model!r}, which has no pretrained backbone "
-                            "(use head_epochs=0)")
         if self.batch_size < 1 or self.learning_rate <= 0 or self.whole_model_lr_factor <= 0:
             problems.append("batch_size, learning_rate and whole_model_lr_factor must be positive")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -138,6 +148,22 @@ class TrainConfig:
         if problems:
             raise ValueError("Bad training configuration: " + "; ".join(problems) + ".")
 
+    @classmethod
+    def _kinds(cls) -> dict[str, str]:
+        """What each plain field must be, from its default: "an integer", "a number" or "a string"."""
+        kinds = {}
+        for f in dataclasses.fields(cls):
+            default = f.default
+            if f.name in ("augment", "class_weight", "image_size") or isinstance(default, bool):
+                continue  # checked by value
+            if isinstance(default, int):
+                kinds[f.name] = "an integer"
+            elif isinstance(default, float):
+                kinds[f.name] = "a number"
+            elif isinstance(default, str):
+                kinds[f.name] = "a string"
+        return kinds
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (*self.image_size, models.COLOR_MODES[self.color_mode])
@@ -157,10 +183,49 @@ class TrainConfig:
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    #: The fields a built model fixes (notebooks 03 and 04): training cannot change them.
+    MODEL_FIELDS = ("image_size", "color_mode", "interpolation", "model", "precision", "model_kwargs")
+
+    @classmethod
+    def from_model_record(cls, record: models.ModelRecord, **changes) -> TrainConfig:
+        """The config that trains the model ``record`` describes (e.g. notebook 04's ``untrained.json``), with
+        ``changes`` to the training fields. A change to what the model fixes (``MODEL_FIELDS``) that differs
+        from the record is refused with a ``ValueError`` naming the value, before anything is built."""
+        fixed = {"image_size": pipelines.size_pair(record.image_size), "color_mode": record.color_mode,
+                 "interpolation": record.interpolation, "model": record.model, "precision": record.precision,
+                 "model_kwargs": record.config.get("model_kwargs", {})}
+        for name, value in changes.items():
+            if name in fixed and (pipelines.size_pair(value) if name == "image_size" else value) != fixed[name]:
+                raise ValueError(f"{name}={value!r} contradicts the model being trained, built with "
+                                 f"{name}={fixed[name]!r}: build the model again with it (notebook 04, or "
+                                 "notebook 03 for the input), or leave it out")
+        return cls.from_dict({**fixed, **changes})
+
+    def to_parameters(self) -> list[str]:
+        """This config as ``-p NAME VALUE`` arguments (the fields that differ from the defaults), for
+        ``python -m fer_utils train`` on each worker of a cluster: ``TrainConfig(**parsed) == self``."""
+        default = TrainConfig(model=self.model).to_dict()
+        out = []
+        for name, value in self.to_dict().items():
+            if name == "model" or value != default[name]:
+                out += ["-p", name, repr(tuple(value)) if name == "image_size" else
+                        value if isinstance(value, str) else repr(value)]
+        return out
+
     def model_record(self, **extra) -> models.ModelRecord:
         """The ``ModelRecord`` of a model built from this config (``extra`` fills in the rest)."""
         return models.ModelRecord(model=self.model, image_size=self.image_size, color_mode=self.color_mode,
                                   interpolation=self.interpolation, tta=self.tta, config=self.to_dict(), **extra)
+
+
+def _is_kind(value, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind == "an integer":
+        return isinstance(value, (int, np.integer))
+    if kind == "a number":
+        return isinstance(value, (int, float, np.integer, np.floating))
+    return isinstance(value, str)
 
 
 def device_summary() -> str:
@@ -342,6 +407,8 @@ def build_model(config: TrainConfig):
 # --------------------------------------------------------------------------------------------------
 
 
+# ---- generated from notebooks/05_train_model.ipynb, cell 05-n03 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def class_weight_power(counts, power: float = 0.5) -> dict[int, float]:
     """Per-class weights ``(N / (K n_c)) ** power``, rescaled so the mean weight per training face is 1.
 
@@ -361,6 +428,7 @@ def class_weights(config, counts) -> dict[int, float] | None:
         return balanced_class_weight(counts)
     power = 0.5 if config.class_weight == "sqrt" else float(config.class_weight)
     return class_weight_power(counts, power)
+# ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n03) ----
 
 
 def balanced_class_weight(counts, max_weight: float | None = None) -> dict[int, float]:
@@ -443,9 +511,7 @@ def _callbacks(keras):
         def on_epoch_end(self, epoch, logs=None):
             from sklearn.metrics import f1_score
 
-            probs = self.model.predict(self.images, verbose=0, batch_size=256)
-            if self.tta == "flip":
-                probs = (probs + self.model.predict(self.images[:, :, ::-1], verbose=0, batch_size=256)) / 2
+            probs = models.with_tta(lambda x: self.model.predict(x, verbose=0, batch_size=256), self.images, self.tta)
             pred = probs.argmax(axis=1)
             logs["val_macro_f1"] = float(f1_score(self.labels, pred, labels=range(len(EMOTIONS)), average="macro",
                                                   zero_division=0))
@@ -524,6 +590,8 @@ class Phase:
     backbone_trainable: bool | None  # None: the model has no backbone
 
 
+# ---- generated from notebooks/05_train_model.ipynb, cell 05-n06 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def phases(config) -> list:
     """The training phases ``config`` asks for: head, then whole model for a pretrained model with
     ``head_epochs``; else one phase."""
@@ -533,8 +601,11 @@ def phases(config) -> list:
                 Phase("whole", config.epochs, config.learning_rate * config.whole_model_lr_factor, True)]
     backbone = models.traits(config.model).get("backbone")
     return [Phase("train", config.epochs, config.learning_rate, True if backbone else None)]
+# ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n06) ----
 
 
+# ---- generated from notebooks/05_train_model.ipynb, cell 05-n09 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def compile_model(net, config, learning_rate: float, steps: int | None = None) -> None:
     """``model.compile`` with Adam (AdamW with ``weight_decay``), the learning-rate schedule, cross-entropy
     (with label smoothing) and accuracy."""
@@ -551,6 +622,7 @@ def compile_model(net, config, learning_rate: float, steps: int | None = None) -
     net.compile(optimizer=optimizer,
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+# ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n09) ----
 
 
 @dataclasses.dataclass
@@ -664,7 +736,9 @@ def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
     extra = []
     if config.monitor in ("val_macro_f1", "val_balanced_accuracy") or config.tta != "none":
         extra.append(ValScores(*_val_arrays(batches["val"]), config.tta))
-    steps = max(1, counts["train"] // global_batch) if config.pipeline == "tf.data" else len(batches["train"])
+    # batches per epoch, as the pipeline yields them (tf.data: its cardinality; between workers it can be unknown)
+    steps = int(batches["train"].cardinality()) if config.pipeline == "tf.data" else len(batches["train"])
+    steps = steps if steps > 0 else max(1, counts["train"] // global_batch)
     others = [p for p in (work / BACKUP_DIR).glob("*") if p != backup.parent] if (work / BACKUP_DIR).is_dir() else []
     if others and not log.rows and show_progress and worker["chief"]:
         print(f"Not resuming: the backup of an interrupted run in {display_path(others[0], work)} has other "
@@ -699,6 +773,8 @@ def save_finished_phase(run, phase) -> None:
     run.model.save_weights(run.backup / f"{phase.name}.done.weights.h5")
 
 
+# ---- generated from notebooks/05_train_model.ipynb, cell 05-n10 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def fit_phase(run, phase):
     """One phase: freeze or unfreeze the backbone, compile at the phase's learning rate, ``fit`` its epochs.
     A phase that an interrupted run had finished is not repeated; one it had begun continues (``run.backup``)."""
@@ -719,6 +795,7 @@ def fit_phase(run, phase):
     run.fit_seconds += time.perf_counter() - t0
     save_finished_phase(run, phase)
     return run.add_history(phase)
+# ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n10) ----
 
 
 def finish(run: Run, run_name: str | None = None) -> TrainResult:
@@ -729,6 +806,7 @@ def finish(run: Run, run_name: str | None = None) -> TrainResult:
     history = pd.concat(run.histories, ignore_index=True)
     record = _record(config, history, run.counts, net, run.policy, keep, run.data_seconds, run.fit_seconds,
                      run.class_weight)
+    record["steps_per_epoch"] = run.steps
     record["distribution"] = {"strategy": config.strategy, **run.worker, "global_batch_size": run.global_batch_size,
                               "resumed_after_epoch": run.resumed_epochs or None}
     record["memory"] = memory_info()
@@ -746,6 +824,8 @@ def finish(run: Run, run_name: str | None = None) -> TrainResult:
     return result
 
 
+# ---- generated from notebooks/05_train_model.ipynb, cell 05-n14 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def train(config, work_dir, model=None, *, callbacks=(), run_name=None, show_progress=True, write=True):
     """Train on ``<work_dir>/split/train``, validate on ``split/val``, keep the best epoch (``config.monitor``).
 
@@ -759,6 +839,7 @@ def train(config, work_dir, model=None, *, callbacks=(), run_name=None, show_pro
     for phase in phases(config):  # head, then whole model (pretrained), or one phase
         fit_phase(run, phase)
     return finish(run, run_name)
+# ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n14) ----
 
 
 def default_run_name(config: TrainConfig) -> str:

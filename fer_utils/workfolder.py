@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"  # the numbered notebooks of the series
+PUBLISHED_FIGURES = REPO_ROOT / "figures"  # the figures of the committed run (README, site)
+NOTEBOOK_NAME = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 
 # --------------------------------------------------------------------------------------------------
 # The notebooks, by the step they teach
@@ -36,6 +40,18 @@ NOTEBOOKS = {
     "predict": "07_predict_new_photos.ipynb",
     "scale": "08_train_at_scale.ipynb",
 }
+
+
+
+def numbered_notebooks(folder: str | os.PathLike = NOTEBOOKS_DIR) -> list[Path]:
+    """The ``NN_verb_object.ipynb`` notebooks of a folder, in number order."""
+    found = sorted(p for p in Path(folder).glob("*.ipynb") if NOTEBOOK_NAME.match(p.name))
+    numbers = [p.name[:2] for p in found]
+    dupes = {n for n in numbers if numbers.count(n) > 1}
+    if dupes:
+        raise SystemExit(f"Two notebooks share the number(s) {sorted(dupes)} in {folder}; renumber one.")
+    return found
+
 
 # --------------------------------------------------------------------------------------------------
 # The layout of a work folder (who writes what: CONTRIBUTING.md)

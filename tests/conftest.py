@@ -174,10 +174,10 @@ def run_chain(data_dir: Path, work: Path, fer_weights: Path, params: dict | None
     """``python -m fer_utils run`` on ``data_dir`` into ``work`` with the TINY settings (and ``params``), the
     stand-in FER2013 weights (no network), up to notebook ``until`` (default: all; TINY settings of later
     notebooks are then not passed), and the environment restored afterwards; returns its exit code."""
-    from fer_utils import runner
+    from fer_utils import parameters, runner, workfolder
 
-    declared = {name for nb in runner.numbered_notebooks() if not until or nb.name[:2] <= until.zfill(2)
-                for name in runner.declared_parameters(nb)}
+    declared = {name for nb in workfolder.numbered_notebooks() if not until or nb.name[:2] <= until.zfill(2)
+                for name in parameters.declared_parameters(nb)}
     settings = {**{k: v for k, v in TINY.items() if k in declared}, **(params or {})}
     args = [arg for name, value in settings.items() for arg in ("-p", name, str(value))]
     saved = {k: os.environ.get(k) for k in ("FER_DATA_DIR", "FER_WORK_DIR", "FER_PRETRAINED")}

@@ -19,12 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fer_utils import data, runner, training
+from fer_utils import cluster, data, train_command, training
 from fer_utils.workfolder import SPLIT_DIR, TRAIN_PROGRESS, TRAIN_RECORD
 
 #: A small seed-CNN run, no augmentation (random per replica), identical on every worker.
-SETTINGS = ["-p", "model", "seed_cnn", "-p", "image_size", "48", "-p", "head_epochs", "0", "-p", "augment", "none",
-            "-p", "precision", "float32", "-p", "class_weight", "None"]
+SETTINGS = training.TrainConfig(model="seed_cnn", image_size=48, augment="none", precision="float32",
+                                class_weight=None).to_parameters()
 
 
 def make_split(work: Path, per_split: dict, seed: int = 0) -> Path:
@@ -72,7 +72,7 @@ def test_strategy_is_validated_and_multi_worker_without_a_cluster_says_what_to_d
     work = copy_of(small_split, tmp_path)
     env_before = os.environ.pop("TF_CONFIG", None)
     try:
-        rc = runner.train_main(["--work-dir", str(work), *SETTINGS, "-p", "strategy", "multi_worker"])
+        rc = train_command.main(["--work-dir", str(work), *SETTINGS, "-p", "strategy", "multi_worker"])
     finally:
         if env_before is not None:
             os.environ["TF_CONFIG"] = env_before
@@ -89,7 +89,7 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, small_split
         "from fer_utils import training\n"
         "out = {}\n"
         "for name, batch in (('default', 32), ('mirrored', 16)):\n"
-        "    c = training.TrainConfig(model='seed_cnn', image_size=48, head_epochs=0, epochs=3, augment='none',\n"
+        "    c = training.TrainConfig(model='seed_cnn', image_size=48, epochs=3, augment='none',\n"
         "                             precision='float32', class_weight=None, batch_size=batch, strategy=name)\n"
         "    r = training.train(c, sys.argv[1], write=False, show_progress=False)\n"
         "    out[name] = {'history': r.history[['loss', 'val_loss', 'val_accuracy']].to_dict('list'),\n"
@@ -114,10 +114,10 @@ def test_two_workers_on_localhost_match_one_worker(tmp_path, small_split):
     """Two ``python -m fer_utils train`` processes with TF_CONFIG (MultiWorkerMirroredStrategy) train one model:
     both report the same figures, only the chief writes files, and they match one worker's run."""
     one = copy_of(small_split, tmp_path / "one")
-    assert runner.train_main(["--work-dir", str(one), *SETTINGS, "-p", "epochs", "3", "-p", "batch_size", "32",
+    assert train_command.main(["--work-dir", str(one), *SETTINGS, "-p", "epochs", "3", "-p", "batch_size", "32",
                               "--quiet"]) == 0
     two = copy_of(small_split, tmp_path / "two")
-    procs = runner.start_local_workers(["--work-dir", str(two), *SETTINGS, "-p", "epochs", "3",
+    procs = cluster.start_local_workers(["--work-dir", str(two), *SETTINGS, "-p", "epochs", "3",
                                         "-p", "batch_size", "16", "-p", "strategy", "multi_worker"],
                                        workers=2, log_dir=two / "logs")
     codes = wait_all(procs, timeout=300)
@@ -145,7 +145,7 @@ def test_a_killed_worker_resumes_from_its_backup_and_finishes(tmp_path):
     work = make_split(tmp_path, {"train": 1600, "val": 96, "test": 32}, seed=5)
     args = ["--work-dir", str(work), *SETTINGS, "-p", "epochs", "5", "-p", "batch_size", "16",
             "-p", "strategy", "multi_worker"]
-    procs = runner.start_local_workers(args, workers=2, log_dir=work / "logs-1")
+    procs = cluster.start_local_workers(args, workers=2, log_dir=work / "logs-1")
     progress = work / TRAIN_PROGRESS
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and all(p.poll() is None for p in procs):
@@ -166,7 +166,7 @@ def test_a_killed_worker_resumes_from_its_backup_and_finishes(tmp_path):
         procs[0].kill()
         procs[0].wait()
     assert not (work / TRAIN_RECORD).exists()
-    procs = runner.start_local_workers(args, workers=2, log_dir=work / "logs-2")
+    procs = cluster.start_local_workers(args, workers=2, log_dir=work / "logs-2")
     codes = wait_all(procs, timeout=300)
     chief = (work / "logs-2" / "worker-0.log").read_text()
     assert codes == [0, 0], chief[-3000:]
@@ -183,7 +183,7 @@ def test_a_killed_worker_resumes_from_its_backup_and_finishes(tmp_path):
 def test_tf_config_without_multi_worker_trains_here_and_says_so(tmp_path, small_split):
     """A launcher's TF_CONFIG in the environment must not make a default run wait for a cluster forever."""
     work = copy_of(small_split, tmp_path)
-    port = runner.free_ports(1)[0]
+    port = cluster.free_ports(1)[0]
     tf_config = {"cluster": {"worker": ["127.0.0.1:1", f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 1}}
     result = subprocess.run([sys.executable, "-m", "fer_utils", "train", "--work-dir", str(work), *SETTINGS,
                              "-p", "epochs", "1", "--quiet"], capture_output=True, text=True, timeout=180,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from fer_utils import runner
+from fer_utils import parameters, workfolder
 from fer_utils.workfolder import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
@@ -21,7 +21,7 @@ def test_readme_shows_the_command_ci_runs():
 
 
 def test_every_runner_parameter_in_the_readme_is_declared_by_a_notebook():
-    declared = {name for nb in runner.numbered_notebooks() for name in runner.declared_parameters(nb)}
+    declared = {name for nb in workfolder.numbered_notebooks() for name in parameters.declared_parameters(nb)}
     used = set(re.findall(r"-p ([a-z_]+) ", README))
     assert used, "the README shows no -p example"
     assert used <= declared, f"README uses undeclared parameters: {sorted(used - declared)}"

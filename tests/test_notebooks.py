@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from fer_utils import runner
+from fer_utils import notebook_format, parameters, workfolder
 from fer_utils.workfolder import REPO_ROOT
 
 
 def test_chain_runs_every_notebook_and_records_it(synthetic_chain):
     record = json.loads((synthetic_chain / "run.json").read_text())
-    names = [p.stem for p in runner.numbered_notebooks()]
+    names = [p.stem for p in workfolder.numbered_notebooks()]
     assert list(record["notebooks"]) == names and record["status"] == "ok"
     for name in names:
         assert (synthetic_chain / "executed" / f"{name}.ipynb").exists()
@@ -42,7 +42,7 @@ def test_executed_notebooks_are_clean(synthetic_chain):
 
 
 def test_every_notebook_has_one_parameters_cell():
-    for path in runner.numbered_notebooks():
+    for path in workfolder.numbered_notebooks():
         nb = json.loads(path.read_text())
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, path.name
@@ -50,19 +50,21 @@ def test_every_notebook_has_one_parameters_cell():
 
 
 def test_committed_notebooks_are_normalised():
-    """Committed notebooks are stored as ``runner.normalise_notebook`` writes them (what ``--publish`` does):
+    """Committed notebooks are stored as ``notebook_format.normalise_notebook`` writes them (what ``--publish`` does):
     no run timestamps or durations, papermill records or Python patch versions, so a diff shows content only."""
-    stale = [p.name for p in runner.numbered_notebooks()
-             if p.read_text(encoding="utf-8") != runner.normalised_json(json.loads(p.read_text(encoding="utf-8")))]
-    assert not stale, f"not normalised: {', '.join(stale)}. Fix (from the repository root): {runner.NORMALISE_HINT}"
+    normalised = notebook_format.normalised_json
+    stale = [p.name for p in workfolder.numbered_notebooks()
+             if p.read_text(encoding="utf-8") != normalised(json.loads(p.read_text(encoding="utf-8")))]
+    assert not stale, (f"not normalised: {', '.join(stale)}. Fix (from the repository root): "
+                       f"{notebook_format.NORMALISE_HINT}")
 
 
 def test_each_setting_is_declared_in_one_notebook():
     """A value set in one notebook is used by the next, never declared again there (and silently ignored)."""
     shared = {"work_dir", "data_dir", "seed"}
     seen = {}
-    for path in runner.numbered_notebooks():
-        for name in runner.declared_parameters(path):
+    for path in workfolder.numbered_notebooks():
+        for name in parameters.declared_parameters(path):
             if name not in shared:
                 assert name not in seen, f"{name!r} is declared in {seen.get(name)} and {path.name}"
                 seen[name] = path.name
@@ -72,13 +74,32 @@ def test_each_setting_is_declared_in_one_notebook():
     assert config_fields - shared <= set(seen), f"TrainConfig fields no notebook sets: {config_fields - set(seen)}"
 
 
+def test_parameter_cells_declare_the_config_defaults():
+    """Each default is written once, in ``TrainConfig``: a notebook's parameter of the same name declares the same
+    value (a learner reading notebook 05 sees what ``train`` and the benchmarks use by default)."""
+    import ast
+
+    from fer_utils import training
+
+    defaults = training.TrainConfig().to_dict()
+    checked = set()
+    for path in workfolder.numbered_notebooks():
+        for name, info in parameters.declared_parameters(path).items():
+            if name in defaults:
+                declared = ast.literal_eval(info["default"])
+                expected = defaults[name][0] if name == "image_size" else defaults[name]
+                assert declared == expected, f"{path.name} declares {name} = {declared!r}; TrainConfig: {expected!r}"
+                checked.add(name)
+    assert {"image_size", "model", "epochs", "head_epochs", "batch_size", "strategy"} <= checked
+
+
 def test_notebooks_pass_nbval(synthetic_chain, synthetic_data_dir, fake_fer_weights):
     """nbval (--nbval-lax) re-runs each committed notebook against the chain's work folder."""
     env = {**os.environ, "FER_DATA_DIR": str(synthetic_data_dir), "FER_WORK_DIR": str(synthetic_chain),
            "FER_PRETRAINED": str(fake_fer_weights), "FER_SCALE_FACES": "480"}  # notebook 08: small settings
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO_ROOT),
-         *map(str, runner.numbered_notebooks())],
+         *map(str, workfolder.numbered_notebooks())],
         cwd=REPO_ROOT / "notebooks", env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
@@ -89,7 +110,7 @@ def test_later_notebook_says_which_to_run_first(tmp_path, missing, notebook):
     """Run a notebook that needs an earlier output in an empty work folder: the error names the notebook."""
     import papermill
 
-    later = [p for p in runner.numbered_notebooks() if p.name[:2] > notebook[:2]]
+    later = [p for p in workfolder.numbered_notebooks() if p.name[:2] > notebook[:2]]
     if not later:
         pytest.skip("no notebook after 02 yet")
     with pytest.raises(papermill.PapermillExecutionError, match=notebook):

@@ -1,34 +1,122 @@
-"""One source: the code a notebook teaches in a ``# @save fer_utils/<module>.py`` cell is, verbatim, the
-code the package runs (the runner, the CLI, the benchmarks)."""
+"""One source: the code a notebook teaches in a ``# @save fer_utils/<module>.py`` cell is generated into its
+module (``python -m fer_utils export``), byte for byte, and defined nowhere else in the package."""
 
+import filecmp
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-from fer_utils import runner
+import pytest
+
+from fer_utils import saved_cells
+from fer_utils.workfolder import REPO_ROOT
 
 
-def test_every_saved_cell_is_in_its_module_verbatim():
-    problems = runner.sync_saved_cells(write=False)
-    assert not problems, ("shown code and run code differ:\n" + "\n".join(problems) + "\nFix: edit the notebook "
-                          "cell, then python -c \"from fer_utils.runner import sync_saved_cells; "
-                          "print(sync_saved_cells(write=True))\" (or copy the module's code into the cell).")
+def test_every_module_is_what_the_notebooks_generate(tmp_path):
+    """Regenerate every module into a temporary folder and compare the files byte for byte."""
+    generated = saved_cells.generate()
+    assert generated, "no module has generated code"
+    for module, text in generated.items():
+        (tmp_path / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / module).write_text(text, encoding="utf-8")
+    differ = [m for m in generated if not filecmp.cmp(tmp_path / m, REPO_ROOT / m, shallow=False)]
+    assert not differ, f"{differ} differ from the notebooks' saved cells: run `python -m fer_utils export`"
+
+
+def test_no_saved_name_is_defined_twice_and_nothing_else_is_off():
+    assert saved_cells.problems() == []
 
 
 def test_the_notebooks_teach_in_saved_cells():
-    """Notebooks 04 and 05 show the model and the training steps they run."""
-    saved = {cell["notebook"].name[:2] for cell in runner.saved_cells()}
-    assert {"04", "05"} <= saved
+    """The steps a learner came for are saved cells: the split (02), the pipelines (03), the model (04), the
+    training (05), the metrics (06) and Grad-CAM (07)."""
+    saved = {cell.notebook.split("/")[-1][:2]: cell for cell in saved_cells.saved_cells()}
+    assert {"02", "03", "04", "05", "06", "07"} <= set(saved)
+    names = {name for cell in saved_cells.saved_cells() for name in cell.names}
+    assert {"tf_datasets", "fer_transfer", "fit_phase", "compute_metrics", "grad_cam"} <= names
 
 
-def test_sync_copies_an_edited_cell_into_its_module(tmp_path, monkeypatch):
-    module = tmp_path / "fer_utils" / "demo.py"
-    module.parent.mkdir()
-    module.write_text("import os\n\n\ndef f(x):\n    return x\n\n\ndef g():\n    return 2\n")
-    cell = {"cell_type": "code", "id": "a", "metadata": {}, "outputs": [], "execution_count": None,
-            "source": "# @save fer_utils/demo.py\ndef f(x):\n    return x + 1\n"}
-    nb = tmp_path / "01_demo.ipynb"
-    nb.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
-    assert runner.sync_saved_cells(write=False, notebooks=[nb]) == ["01_demo.ipynb cell a: its code is not in "
-                                                                    f"{runner.display_path(module)} verbatim"]
-    assert runner.sync_saved_cells(write=True, notebooks=[nb]) == []
-    assert module.read_text() == "import os\n\n\ndef f(x):\n    return x + 1\n\n\ndef g():\n    return 2\n"
+@pytest.fixture
+def copy_of_the_repo(tmp_path) -> Path:
+    """The package and the notebooks, copied: a place to edit cells and export."""
+    for folder in ("fer_utils", "notebooks"):
+        shutil.copytree(REPO_ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def _edit_cell(notebook: Path, cell_id: str, edit) -> None:
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    cell = next(c for c in nb["cells"] if c.get("id") == cell_id)
+    cell["source"] = edit("".join(cell["source"]))
+    notebook.write_text(json.dumps(nb), encoding="utf-8")
+
+
+def test_a_second_definition_of_a_saved_name_fails(copy_of_the_repo):
+    training = copy_of_the_repo / "fer_utils" / "training.py"
+    training.write_text(training.read_text(encoding="utf-8") + "\n\ndef phases(config):\n    return []\n")
+    found = saved_cells.problems(copy_of_the_repo)
+    assert len(found) == 1 and "fer_utils/training.py line" in found[0] and "'phases' outside its generated" in found[0]
+    assert saved_cells.export(copy_of_the_repo) == []  # exporting does not hide it: the copy is hand-written
+    assert saved_cells.problems(copy_of_the_repo) == found
+
+
+def test_one_byte_changed_inside_a_region_fails_and_export_restores_it(copy_of_the_repo):
+    pipelines = copy_of_the_repo / "fer_utils" / "pipelines.py"
+    original = pipelines.read_text(encoding="utf-8")
+    pipelines.write_text(original.replace("ds = ds.cache()", "ds = ds.cache() "), encoding="utf-8")
+    found = saved_cells.problems(copy_of_the_repo)
+    assert found == ["fer_utils/pipelines.py differs from what the notebooks generate (the region of "
+                     "notebooks/03_build_input_pipelines.ipynb cell 03-n07): edit the cell, not the module, then run "
+                     "`python -m fer_utils export`"]
+    assert saved_cells.export(copy_of_the_repo) == ["fer_utils/pipelines.py"]
+    assert pipelines.read_text(encoding="utf-8") == original and saved_cells.problems(copy_of_the_repo) == []
+
+
+def test_an_edited_cell_is_exported_into_its_region_only(copy_of_the_repo):
+    notebook = copy_of_the_repo / "notebooks" / "05_train_model.ipynb"
+    _edit_cell(notebook, "05-n06", lambda s: s.replace("else one phase.", "else one phase (edited)."))
+    assert saved_cells.problems(copy_of_the_repo) == [
+        "fer_utils/training.py differs from what the notebooks generate (the region of notebooks/05_train_model.ipynb "
+        "cell 05-n06): edit the cell, not the module, then run `python -m fer_utils export`"]
+    before = (copy_of_the_repo / "fer_utils" / "training.py").read_text(encoding="utf-8")
+    assert saved_cells.export(copy_of_the_repo) == ["fer_utils/training.py"]
+    after = (copy_of_the_repo / "fer_utils" / "training.py").read_text(encoding="utf-8")
+    assert after == before.replace("else one phase.", "else one phase (edited).")
+    assert saved_cells.problems(copy_of_the_repo) == []
+
+
+def test_a_new_cell_gets_a_region_and_a_removed_one_loses_it(copy_of_the_repo):
+    notebook = copy_of_the_repo / "notebooks" / "05_train_model.ipynb"
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    nb["cells"].append({"cell_type": "code", "id": "new-cell", "metadata": {}, "outputs": [], "execution_count": None,
+                        "source": "# @save fer_utils/training.py\ndef twice(x):\n    return 2 * x\n"})
+    nb["cells"] = [c for c in nb["cells"] if c.get("id") != "05-n06"]  # the phases cell is gone
+    notebook.write_text(json.dumps(nb), encoding="utf-8")
+    assert saved_cells.export(copy_of_the_repo) == ["fer_utils/training.py"]
+    text = (copy_of_the_repo / "fer_utils" / "training.py").read_text(encoding="utf-8")
+    assert text.endswith("# ---- generated from notebooks/05_train_model.ipynb, cell new-cell ----\n"
+                         "# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the "
+                         "one-source test)\ndef twice(x):\n    return 2 * x\n"
+                         "# ---- end of generated code (notebooks/05_train_model.ipynb, cell new-cell) ----\n")
+    assert "cell 05-n06" not in text and "def phases" not in text
+    assert saved_cells.problems(copy_of_the_repo) == []
+
+
+def test_two_cells_saving_one_name_fail(copy_of_the_repo):
+    notebook = copy_of_the_repo / "notebooks" / "06_evaluate_model.ipynb"
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    nb["cells"].append({"cell_type": "code", "id": "dup", "metadata": {}, "outputs": [], "execution_count": None,
+                        "source": "# @save fer_utils/evaluation.py\ndef compute_metrics():\n    return {}\n"})
+    notebook.write_text(json.dumps(nb), encoding="utf-8")
+    saved_cells.export(copy_of_the_repo)
+    found = saved_cells.problems(copy_of_the_repo)
+    assert any("cell dup defines 'compute_metrics', which notebooks/06_evaluate_model.ipynb cell" in f for f in found)
+
+
+def test_export_command_checks_and_says_what_to_do(copy_of_the_repo):
+    ok = subprocess.run([sys.executable, "-m", "fer_utils", "export", "--check"], capture_output=True, text=True,
+                        cwd=REPO_ROOT, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "The package is what the notebooks'" in ok.stdout

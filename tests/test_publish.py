@@ -1,11 +1,12 @@
-"""Normalised notebooks: what ``--publish`` writes and the committed notebooks are (``runner.normalise_notebook``)."""
+"""Normalised notebooks: what ``--publish`` writes and the committed notebooks are
+(``notebook_format.normalise_notebook``)."""
 
 import json
 
 import nbformat
 import pytest
 
-from fer_utils import runner
+from fer_utils import notebook_format, runner
 
 
 def _executed_notebook(start="2026-11-27T23:10:39", python="3.11.7", duration=0.25) -> dict:
@@ -44,7 +45,7 @@ def _executed_notebook(start="2026-11-27T23:10:39", python="3.11.7", duration=0.
 
 
 def test_normalise_keeps_content_and_drops_run_records():
-    nb = runner.normalise_notebook(_executed_notebook())
+    nb = notebook_format.normalise_notebook(_executed_notebook())
     assert nb["metadata"] == {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                               "language_info": {"name": "python", "pygments_lexer": "ipython3"}}
     cells = nb["cells"]
@@ -61,10 +62,11 @@ def test_normalise_keeps_content_and_drops_run_records():
 
 
 def test_normalised_text_is_stable_across_runs_and_idempotent():
-    first = runner.normalised_json(_executed_notebook())
-    again = runner.normalised_json(_executed_notebook(start="2027-01-02T03:04:05", python="3.11.9", duration=9.5))
+    first = notebook_format.normalised_json(_executed_notebook())
+    again = notebook_format.normalised_json(_executed_notebook(start="2027-01-02T03:04:05", python="3.11.9",
+                                                               duration=9.5))
     assert first == again  # another run, another Python patch release: the same bytes
-    assert runner.normalised_json(json.loads(first)) == first
+    assert notebook_format.normalised_json(json.loads(first)) == first
     assert first.endswith("}\n") and "épreuve" in first and '\n "cells": [\n  {\n   "cell_type"' in first
     for noise in ("papermill", "start_time", "execute_input", "3.11.7", "widget-state", "injected"):
         assert noise not in first, noise
@@ -73,16 +75,16 @@ def test_normalised_text_is_stable_across_runs_and_idempotent():
 def test_normalise_file_rewrites_only_what_changes(tmp_path):
     path = tmp_path / "01_x.ipynb"
     path.write_text(json.dumps(_executed_notebook()), encoding="utf-8")
-    assert runner.normalise_file(path) is True
+    assert notebook_format.normalise_file(path) is True
     text = path.read_text(encoding="utf-8")
-    assert text == runner.normalised_json(_executed_notebook())
-    assert runner.normalise_file(path) is False and path.read_text(encoding="utf-8") == text
+    assert text == notebook_format.normalised_json(_executed_notebook())
+    assert notebook_format.normalise_file(path) is False and path.read_text(encoding="utf-8") == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["01_x.ipynb"]  # no temporary file left
 
 
 def test_normalise_refuses_other_formats():
     with pytest.raises(ValueError, match="nbformat 4"):
-        runner.normalise_notebook({"nbformat": 3, "worksheets": []})
+        notebook_format.normalise_notebook({"nbformat": 3, "worksheets": []})
 
 
 def test_publish_writes_normalised_notebooks_and_copies_figures(tmp_path, monkeypatch):
@@ -92,7 +94,8 @@ def test_publish_writes_normalised_notebooks_and_copies_figures(tmp_path, monkey
     committed.mkdir()
     (work / "executed" / "01_x.ipynb").write_text(json.dumps(_executed_notebook()), encoding="utf-8")
     (work / "figures" / "01_plot.png").write_bytes(b"png")
-    monkeypatch.setattr(runner, "FIGURES_DIR", figures)
+    monkeypatch.setattr(runner, "PUBLISHED_FIGURES", figures)
     runner.publish(work, [committed / "01_x.ipynb"])
-    assert (committed / "01_x.ipynb").read_text(encoding="utf-8") == runner.normalised_json(_executed_notebook())
+    published = (committed / "01_x.ipynb").read_text(encoding="utf-8")
+    assert published == notebook_format.normalised_json(_executed_notebook())
     assert (figures / "01_plot.png").read_bytes() == b"png"

@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 
-from fer_utils import EMOTIONS, data, folders, runner
+from fer_utils import EMOTIONS, data, folders, runner, workfolder
 
 pytestmark = pytest.mark.realdata
 
@@ -40,7 +40,7 @@ def test_real_manifest_accounts_for_everything(real_work, real_data_dir):
 
 
 def test_real_chain_beats_majority_baseline(real_work, real_data_dir):
-    later = [p for p in runner.numbered_notebooks() if p.name[:2] > "02"]
+    later = [p for p in workfolder.numbered_notebooks() if p.name[:2] > "02"]
     if not later:
         pytest.skip("no notebooks after 02")
     # up to 07: notebook 08 trains on generated faces, not on this dataset (the synthetic chain and nbval run it)

@@ -6,7 +6,7 @@ import time
 import nbformat
 import pytest
 
-from fer_utils import runner
+from fer_utils import parameters, progress, runner, workfolder
 
 
 def _notebook(path, params_src, body_src):
@@ -31,13 +31,13 @@ def chain(tmp_path):
 
 
 def test_numbered_notebooks_in_order(chain):
-    assert [p.name[:2] for p in runner.numbered_notebooks(chain)] == ["01", "02", "03"]
+    assert [p.name[:2] for p in workfolder.numbered_notebooks(chain)] == ["01", "02", "03"]
 
 
 @pytest.mark.parametrize("text, value", [("3", 3), ("0.5", 0.5), ("True", True), ("None", None),
                                          ("seed_cnn", "seed_cnn"), ("[64, 64]", [64, 64])])
 def test_parse_value_like_papermill(text, value):
-    assert runner.parse_value(text) == value
+    assert parameters.parse_value(text) == value
 
 
 def test_runs_in_order_passes_parameters_and_stops_until(chain, tmp_path):
@@ -163,27 +163,28 @@ def _append(path, text):
                                            (135, "~2 min left"), (3599, "~1 h 00 min left"),
                                            (3900, "~1 h 05 min left")])
 def test_format_time_left(seconds, text):
-    assert runner.format_time_left(seconds) == text
+    assert progress.format_time_left(seconds) == text
 
 
 def test_progress_postfix_and_line():
-    assert runner.progress_postfix("05_train_model", EPOCH) == "05_train_model: epoch 3/14, val_acc 0.842, ~2 min left"
-    assert runner.progress_line("05_train_model", EPOCH) == (
+    assert progress.progress_postfix("05_train_model", EPOCH) == (
+        "05_train_model: epoch 3/14, val_acc 0.842, ~2 min left")
+    assert progress.progress_line("05_train_model", EPOCH) == (
         "05_train_model: epoch 3/14 (head) 12.3 s · loss 0.510, val_acc 0.842 · ~2 min left")
     no_eta = {k: v for k, v in EPOCH.items() if k != "eta_seconds"}  # pace so far: 40.1 s / 3 epochs × 11 left
-    assert runner.time_left(no_eta) == pytest.approx(40.1 / 3 * 11)
-    assert runner.progress_postfix("05", {**EPOCH, "epoch": 14}) == "05: epoch 14/14, val_acc 0.842, training done"
+    assert progress.time_left(no_eta) == pytest.approx(40.1 / 3 * 11)
+    assert progress.progress_postfix("05", {**EPOCH, "epoch": 14}) == "05: epoch 14/14, val_acc 0.842, training done"
     garbage = {"epoch": "three", "epochs": None, "val_accuracy": float("nan"), "loss": True, "phase": 7}
-    assert runner.progress_postfix("05", garbage) == "05: training"
-    assert runner.progress_line("05", garbage) == "05: training"
+    assert progress.progress_postfix("05", garbage) == "05: training"
+    assert progress.progress_line("05", garbage) == "05: training"
 
 
 def test_progress_file_returns_only_new_complete_lines(tmp_path):
     path = tmp_path / "train_progress.jsonl"
-    progress = runner.ProgressFile(path)
-    assert progress.new_entries() == []  # no file yet
+    followed = progress.ProgressFile(path)
+    assert followed.new_entries() == []  # no file yet
     _append(path, json.dumps({"epoch": 9}) + "\n")
-    stale = runner.ProgressFile(path)  # what the file holds when following starts is never returned
+    stale = progress.ProgressFile(path)  # what the file holds when following starts is never returned
     assert stale.new_entries() == []
     _append(path, json.dumps({"epoch": 1}) + "\n" + '{"epoch": 2, "val_')  # the second line is half written
     assert stale.new_entries() == [{"epoch": 1}]
@@ -202,7 +203,7 @@ def test_training_progress_follows_the_file_in_a_thread_and_stops(tmp_path):
     path = tmp_path / "train_progress.jsonl"
     path.write_text(json.dumps({"epoch": 5, "epochs": 5}) + "\n")  # stale
     shown = []
-    with runner.TrainingProgress(path, shown.extend, interval=0.02) as follower:
+    with progress.TrainingProgress(path, shown.extend, interval=0.02) as follower:
         path.write_text("")
         _append(path, json.dumps({"epoch": 1, "epochs": 2}) + "\n")
         for _ in range(250):  # up to 5 s
@@ -221,7 +222,7 @@ def test_training_progress_never_breaks_the_run(tmp_path):
     def broken_display(entries):
         raise RuntimeError("display failed")
 
-    with runner.TrainingProgress(path, broken_display, interval=0.01) as follower:
+    with progress.TrainingProgress(path, broken_display, interval=0.01) as follower:
         _append(path, json.dumps({"epoch": 1}) + "\n")
         time.sleep(0.1)
     assert isinstance(follower.error, RuntimeError) and not follower._thread.is_alive()

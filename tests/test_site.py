@@ -1,4 +1,4 @@
-"""The series as a static site (``python -m fer_utils site``, ``runner.build_site``): built from the committed
+"""The series as a static site (``python -m fer_utils site``, ``site.build_site``): built from the committed
 notebooks without running them, README.md as the landing page, its Results, Data card and Model card as pages,
 no network needed; checked in headless Chromium (marker ``browser``)."""
 
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from fer_utils import runner
+from fer_utils import site, workfolder
 from fer_utils.workfolder import NOTEBOOKS
 
 pytest.importorskip("myst_nb", reason="the 'site' extra is not installed (pip install -e '.[site]')")
 pytest.importorskip("sphinx_book_theme", reason="the 'site' extra is not installed (pip install -e '.[site]')")
 
 STEPS = [Path(name).stem for name in NOTEBOOKS.values()]  # 01_load_dataset ... 08_train_at_scale
-CARDS = list(runner.SITE_PAGES.values())  # results, data-card, model-card
+CARDS = list(site.SITE_PAGES.values())  # results, data-card, model-card
 READING_ORDER = ["index", *(f"notebooks/{s}" for s in STEPS), *CARDS]
 
 
@@ -29,7 +29,7 @@ def site(tmp_path_factory) -> Path:
     """The site of the committed notebooks, built once for this module (the command, as a user runs it)."""
     out = tmp_path_factory.mktemp("site") / "site"
     start = time.perf_counter()
-    assert runner.site_main(["--out", str(out)]) == 0
+    assert site.main(["--out", str(out)]) == 0
     print(f"site built in {time.perf_counter() - start:.1f} s")
     return out
 
@@ -69,7 +69,7 @@ def test_readme_sections_become_pages(site):
     assert "Five person-disjoint folds" in results and "macro-F1" in results
     assert "Quick start" in index and "Step through the notebooks" in index
     assert "who is missing" not in index  # the cards are pages of their own, not repeated on the landing page
-    readme_title = Path(runner.REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+    readme_title = Path(workfolder.REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
     assert readme_title in index
 
 
@@ -111,19 +111,19 @@ def test_pages_need_no_network(site):
 
 def test_readme_sections_ignore_headings_in_code():
     text = "# T\n\nintro\n\n## A\n\n```bash\n## not a heading\n```\n\n### A.1\n\n## B\ntext\n"
-    preamble, sections = runner.readme_sections(text)
+    preamble, sections = site.readme_sections(text)
     assert preamble == "# T\n\nintro\n\n"
     assert [title for title, _ in sections] == ["A", "B"]
     assert "## not a heading" in sections[0][1]
-    assert runner._demote(sections[0][1]).startswith("# A\n")
-    assert "## not a heading" in runner._demote(sections[0][1])  # code is left alone
-    assert "\n## A.1\n" in runner._demote(sections[0][1])
+    assert site.demote(sections[0][1]).startswith("# A\n")
+    assert "## not a heading" in site.demote(sections[0][1])  # code is left alone
+    assert "\n## A.1\n" in site.demote(sections[0][1])
 
 
 def test_links_to_files_outside_the_site_become_text():
     text = ("[nb](notebooks/01_x.ipynb) [web](https://example.org/a_b) [guide](CONTRIBUTING.md) "
             "[anchor](#results) ![fig](figures/a.png) ![gone](figures/b.png)")
-    out = runner._site_links(text, {"notebooks/01_x.ipynb", "figures/a.png"})
+    out = site.site_links(text, {"notebooks/01_x.ipynb", "figures/a.png"})
     assert out == ("[nb](notebooks/01_x.ipynb) [web](https://example.org/a_b) guide "
                    "[anchor](#results) ![fig](figures/a.png) *gone*")
 
@@ -134,7 +134,7 @@ def _two_executed(tmp_path: Path) -> Path:
     executed = tmp_path / "executed"
     executed.mkdir()
     for name in list(NOTEBOOKS.values())[:2]:
-        nb = json.loads((runner.NOTEBOOKS_DIR / name).read_text(encoding="utf-8"))
+        nb = json.loads((workfolder.NOTEBOOKS_DIR / name).read_text(encoding="utf-8"))
         nb["cells"].insert(2, {"cell_type": "code", "execution_count": 1, "id": "injected",
                                "metadata": {"tags": ["injected-parameters"]}, "outputs": [],
                                "source": ["# Parameters\n", "max_per_class = 200\n"]})
@@ -145,34 +145,34 @@ def _two_executed(tmp_path: Path) -> Path:
 
 def test_executed_notebooks_into_the_work_folder_and_rebuilt(tmp_path, capsys):
     executed, work = _two_executed(tmp_path), tmp_path / "work"
-    assert runner.site_main(["--executed", str(executed), "--work-dir", str(work)]) == 0
+    assert site.main(["--executed", str(executed), "--work-dir", str(work)]) == 0
     out = capsys.readouterr().out
-    site = work / runner.SITE_DIR
-    assert f"Open {site / 'index.html'}" in out and f"http.server --bind 127.0.0.1 -d {site}" in out
-    assert sorted(p.name for p in (site / "notebooks").glob("*.html")) == [f"{s}.html" for s in STEPS[:2]]
-    assert "max_per_class = 200" in _text((site / "notebooks" / f"{STEPS[1]}.html").read_text(encoding="utf-8"))
-    (site / "stale.html").write_text("from an earlier build")
-    assert runner.site_main(["--executed", str(executed), "--work-dir", str(work)]) == 0  # replaces its own site
-    assert not (site / "stale.html").exists()
+    built = work / site.SITE_DIR
+    assert f"Open {built / 'index.html'}" in out and f"http.server --bind 127.0.0.1 -d {built}" in out
+    assert sorted(p.name for p in (built / "notebooks").glob("*.html")) == [f"{s}.html" for s in STEPS[:2]]
+    assert "max_per_class = 200" in _text((built / "notebooks" / f"{STEPS[1]}.html").read_text(encoding="utf-8"))
+    (built / "stale.html").write_text("from an earlier build")
+    assert site.main(["--executed", str(executed), "--work-dir", str(work)]) == 0  # replaces its own site
+    assert not (built / "stale.html").exists()
 
 
 def test_refuses_a_folder_that_is_not_a_site(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
-    assert runner.site_main(["--out", str(tmp_path)]) == 2
+    assert site.main(["--out", str(tmp_path)]) == 2
     assert "Refusing to build the site into" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 def test_missing_executed_folder_or_notebooks(tmp_path, capsys):
-    assert runner.site_main(["--executed", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert site.main(["--executed", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "No folder" in capsys.readouterr().err
-    assert runner.site_main(["--executed", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert site.main(["--executed", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "No numbered notebooks" in capsys.readouterr().err
 
 
 def test_without_the_extra_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sphinx.application", None)
-    assert runner.site_main(["--out", str(tmp_path / "o")]) == 2
+    assert site.main(["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert 'pip install -e ".[site]"' in err and "Traceback" not in err
 
@@ -181,7 +181,7 @@ def test_readme_without_a_card_is_an_error(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# T\n\n## Results\n\nr\n\n## Model card\n\nm\n")
     with pytest.raises(ValueError, match="## Data card"):
-        runner.site_sources(tmp_path / "src", [runner.NOTEBOOKS_DIR / NOTEBOOKS["load"]], readme=readme)
+        site.site_sources(tmp_path / "src", [workfolder.NOTEBOOKS_DIR / NOTEBOOKS["load"]], readme=readme)
 
 
 def test_the_command_line_entry(tmp_path):
@@ -231,6 +231,6 @@ def test_site_out_of_the_repository_by_default(tmp_path, monkeypatch):
     """Without --out the site goes to <work_dir>/site; the repository's tracked folders are never written."""
     monkeypatch.setenv("FER_WORK_DIR", str(tmp_path / "w"))
     executed = _two_executed(tmp_path)
-    index = runner.build_site(executed)
+    index = site.build_site(executed)
     assert index == tmp_path / "w" / "site" / "index.html" and index.is_file()
     shutil.rmtree(tmp_path / "w")

@@ -148,11 +148,13 @@ def test_seeded_runs_repeat(work):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"model": "nope"}, "model='nope'"), ({"head_epochs": 2}, "no pretrained backbone"),
+    ({"model": "nope"}, "model='nope'"), ({"epochs": "abc"}, r"epochs='abc' \(an integer\)"),
+    ({"image_size": 0}, "image_size=0"), ({"learning_rate": "fast"}, "learning_rate='fast' \\(a number\\)"),
     ({"augment": "wild"}, "augment"), ({"class_weight": "most"}, "class_weight"), ({"monitor": "val_f2"}, "monitor"),
     ({"epochs": 0}, "at least one epoch"), ({"interpolation": "cubic"}, "interpolation"),
 ])
 def test_bad_configs_say_what_is_wrong(changes, message):
+    """Wrong values and wrong types are refused with what is wrong (never a TypeError from a comparison)."""
     with pytest.raises(ValueError, match=message):
         training.TrainConfig(**{**TINY, "epochs": 1, **changes})
     with pytest.raises(ValueError, match="Unknown TrainConfig field"):
@@ -189,3 +191,25 @@ def test_missing_folders_name_notebook_02(tmp_path):
     with pytest.raises(FileNotFoundError, match="02_preprocess_into_folders"):
         training.train(training.TrainConfig(**TINY, epochs=1), tmp_path)
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_head_epochs_count_only_for_a_pretrained_backbone():
+    """The one place of the rule: a model without a pretrained backbone has no head phase."""
+    assert training.TrainConfig(model="seed_cnn", head_epochs=2).head_epochs == 0
+    assert training.TrainConfig(model="fer_transfer", head_epochs=2).head_epochs == 2
+
+
+def test_config_from_a_model_record_and_back_to_parameters():
+    from fer_utils.parameters import parse_value
+
+    config = training.TrainConfig(model="seed_cnn", image_size=(48, 40), epochs=3, class_weight=0.3,
+                                  model_kwargs={"filters": (8, 16)}, tta="flip")
+    args = config.to_parameters()
+    assert training.TrainConfig(**{args[i + 1]: parse_value(args[i + 2]) for i in range(0, len(args), 3)}) == config
+    record = config.model_record(precision="float32")
+    again = training.TrainConfig.from_model_record(record, epochs=5, image_size=(48, 40))
+    assert (again.image_size, again.model, again.precision, again.epochs) == ((48, 40), "seed_cnn", "float32", 5)
+    assert again.model_kwargs == {"filters": (8, 16)}
+    for change in ({"image_size": 64}, {"precision": "bf16"}, {"color_mode": "rgb"}):
+        with pytest.raises(ValueError, match=f"{next(iter(change))}=.* contradicts the model being trained"):
+            training.TrainConfig.from_model_record(record, **change)

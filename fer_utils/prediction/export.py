@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_utils import _quiet_fd2
+from fer_utils import quiet_fd2
 from fer_utils.prediction.inference import LoadedModel
 
 
@@ -56,7 +56,7 @@ def export_savedmodel(model, directory: str | os.PathLike) -> Path:
     """
     model = float32_model(model)
     directory = Path(directory)
-    with _quiet_fd2():
+    with quiet_fd2():
         model.export(str(directory), format="tf_saved_model", verbose=False)
     return directory
 
@@ -74,7 +74,7 @@ def export_tflite(model, path: str | os.PathLike, quantize: bool = False) -> Pat
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
         if quantize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        with _quiet_fd2():
+        with quiet_fd2():
             path.write_bytes(converter.convert())
     return path
 
@@ -89,7 +89,7 @@ def tflite_interpreter(path: str | os.PathLike):
 
         tf, _ = import_tensorflow()
         Interpreter = tf.lite.Interpreter
-    with warnings.catch_warnings(), _quiet_fd2():
+    with warnings.catch_warnings(), quiet_fd2():
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
         return Interpreter(model_path=str(path))
 
@@ -101,7 +101,7 @@ def tflite_predict(path_or_interpreter, batch: np.ndarray) -> np.ndarray:
         it = tflite_interpreter(it)
     batch = np.asarray(batch, np.float32)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    with _quiet_fd2():  # "Created TensorFlow Lite XNNPACK delegate" goes to stderr at first use
+    with quiet_fd2():  # "Created TensorFlow Lite XNNPACK delegate" goes to stderr at first use
         if tuple(inp["shape"]) != batch.shape:
             it.resize_tensor_input(inp["index"], list(batch.shape))
         it.allocate_tensors()

@@ -9,6 +9,8 @@ from PIL import Image
 from fer_utils.prediction.inference import LoadedModel
 
 
+# ---- generated from notebooks/07_predict_new_photos.ipynb, cell 07-n02 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def feature_layer(model, layer_name: str | None = None):
     """The layer whose feature maps Grad-CAM weighs: the last convolutional feature maps before the classifier.
 
@@ -28,6 +30,7 @@ def feature_layer(model, layer_name: str | None = None):
     if backbones or convs:
         return (backbones or convs)[-1]
     raise ValueError(f"{model.name} has no convolution layer (or convolutional sub-model); pass layer_name.")
+# ---- end of generated code (notebooks/07_predict_new_photos.ipynb, cell 07-n02) ----
 
 
 def gradient_model(model, conv):
@@ -72,6 +75,8 @@ def class_scores(model, before_softmax):
     raise ValueError(f"Cannot take the softmax apart from {last.name} ({type(last).__name__}).")
 
 
+# ---- generated from notebooks/07_predict_new_photos.ipynb, cell 07-n03 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def grad_cam(model, image_batch: np.ndarray, class_index=None, layer_name: str | None = None) -> np.ndarray:
     """Grad-CAM heatmaps ``(N, H, W)`` in [0, 1] for a preprocessed batch (what ``preprocess_faces`` returns):
     the gradients of a class's pre-softmax score (``class_index``: an int, one per image, or None for the
@@ -99,6 +104,7 @@ def grad_cam(model, image_batch: np.ndarray, class_index=None, layer_name: str |
     cam = tf.image.resize(cam, tuple(x.shape[1:3]), method="bilinear")  # upsample to the input size
     cam = cam / (tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True) + 1e-8)
     return np.clip(cam.numpy()[..., 0], 0.0, 1.0)
+# ---- end of generated code (notebooks/07_predict_new_photos.ipynb, cell 07-n03) ----
 
 
 def overlay_heatmap(image, heatmap: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:

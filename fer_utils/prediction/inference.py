@@ -20,7 +20,7 @@ from PIL import Image
 
 from fer_utils import EMOTIONS
 from fer_utils.evaluation import metrics_describe
-from fer_utils.models import ModelRecord, RecordError
+from fer_utils.models import ModelRecord, RecordError, with_tta
 from fer_utils.prediction.detection import (
     DEFAULT_DETECTOR,
     DEFAULT_MARGIN,
@@ -82,11 +82,7 @@ class LoadedModel:
                 self._compiled = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
             else:  # any callable taking (batch, training=False)
                 self._compiled = lambda x: self.model(x, training=False)
-        batch = np.asarray(batch, np.float32)
-        if self.record.tta == "flip":
-            probs = np.asarray(self._compiled(np.concatenate([batch, batch[:, :, ::-1]])), dtype=np.float32)
-            return (probs[: len(batch)] + probs[len(batch):]) / 2
-        return np.asarray(self._compiled(batch), dtype=np.float32)
+        return with_tta(self._compiled, batch, self.record.tta)
 
 
 def default_model_path(work_dir: str | os.PathLike | None = None) -> Path:

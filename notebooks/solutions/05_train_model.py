@@ -21,7 +21,7 @@ assert table.loc[rarest, "balanced"] >= table.loc[rarest, "sqrt"] >= table.loc[r
 
 # 2. With and without class weights (seed CNN, 2 epochs, nothing written).
 config = training.TrainConfig(image_size=chosen["image_size"], color_mode=chosen["color_mode"], model="seed_cnn",
-                              precision="float32", head_epochs=0, epochs=2, batch_size=16)
+                              precision="float32", epochs=2, batch_size=16)
 first_loss = {}
 for weights in ("sqrt", None):
     result = training.train(config.replace(class_weight=weights), WORK, write=False, show_progress=False)

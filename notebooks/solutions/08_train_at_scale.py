@@ -16,7 +16,7 @@ workfolder.require(SCALE / workfolder.SPLIT_DIR, "scale", "The class folders of 
 
 
 def config(**changes):
-    return training.TrainConfig(**{"model": "seed_cnn", "image_size": 48, "head_epochs": 0, "epochs": 2, **changes})
+    return training.TrainConfig(**{"model": "seed_cnn", "image_size": 48, "epochs": 2, **changes})
 
 
 # 1. Images per second against the batch size. They grow while bigger batches keep the cores' vector units busy
@@ -37,8 +37,8 @@ print(f"{replicas} replica(s); best validation accuracy:", {k: round(v, 3) for k
 assert one.record["distribution"]["global_batch_size"] == two.record["distribution"]["global_batch_size"]
 
 # 3. Interrupt a run with Ctrl-C (SIGINT) during an epoch, then start the same command again: it resumes.
-command = [sys.executable, "-m", "fer_utils", "train", "--work-dir", str(SCALE), "--quiet", "-p", "model", "seed_cnn",
-           "-p", "image_size", "48", "-p", "head_epochs", "0", "-p", "epochs", "30"]
+command = [sys.executable, "-m", "fer_utils", "train", "--work-dir", str(SCALE), "--quiet",
+           *config(epochs=30).to_parameters()]
 progress = SCALE / workfolder.TRAIN_PROGRESS
 progress.unlink(missing_ok=True)
 first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,283 @@
+"""The series as a static HTML site: ``python -m fer_utils site [--executed DIR] [--out DIR]``
+(``site_main``, ``build_site``) publishes executed notebooks — by default the committed ones — with
+README.md as its landing page."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from fer_utils.workfolder import (
+    EXECUTED_DIR,
+    NOTEBOOKS_DIR,
+    PUBLISHED_FIGURES,
+    REPO_ROOT,
+    display_path,
+    get_work_dir,
+    numbered_notebooks,
+)
+
+#: README sections that become pages of their own (heading → page name); the rest of README.md is the landing page.
+SITE_PAGES = {"Results": "results", "Data card": "data-card", "Model card": "model-card"}
+SITE_DIR = "site"  # the default output folder, in the work folder
+SITE_INSTALL = 'pip install -e ".[site]"'
+SITE_TITLE = "fer-notebooks"
+#: The Sphinx configuration of the site: myst-nb reads the notebooks with their stored outputs (nothing runs),
+#: sphinx-book-theme lays them out (the theme of Jupyter Book 1); every asset is served from the site itself.
+SITE_CONF = '''\
+project = {title!r}
+html_title = {title!r}
+copyright = ""
+language = "en"
+extensions = ["myst_nb"]
+nb_execution_mode = "off"  # publish the stored outputs of a real run; never execute
+nb_merge_streams = True
+myst_heading_anchors = 3
+html_theme = "sphinx_book_theme"
+html_theme_options = {{
+    "home_page_in_toc": True,
+    "show_navbar_depth": 1,
+    "show_toc_level": 2,
+    "use_download_button": False,
+    "use_fullscreen_button": False,
+    "navigation_with_keys": False,
+    "footer_content_items": [],  # no author, copyright or build date lines
+}}
+html_sidebars = {{"**": ["navbar-logo.html", "sbt-sidebar-nav.html"]}}  # search: in the header
+html_context = {{"default_mode": "auto"}}  # light or dark as the reader's system is (and no console error)
+html_favicon = "favicon.png"
+html_copy_source = False
+html_show_sourcelink = False
+html_show_sphinx = False
+html_show_copyright = False
+html_last_updated_fmt = None
+suppress_warnings = ["misc.highlighting_failure"]  # README code with shell escapes (!pip) in a python block
+'''
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^()\s]+)\)")
+
+
+def readme_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """README text → (what comes before its first ``## `` heading, [(heading, section text with its
+    heading line)]); headings inside code blocks are not headings."""
+    preamble, sections, fenced = [], [], False
+    for line in text.splitlines(keepends=True):
+        if _FENCE.match(line):
+            fenced = not fenced
+        if not fenced and line.startswith("## "):
+            sections.append([line[3:].strip(), [line]])
+        elif sections:
+            sections[-1][1].append(line)
+        else:
+            preamble.append(line)
+    return "".join(preamble), [(title, "".join(lines)) for title, lines in sections]
+
+
+def demote(markdown: str) -> str:
+    """Headings one level up (``## Results`` → ``# Results``), so that a README section is a page of its own."""
+    out, fenced = [], False
+    for line in markdown.splitlines(keepends=True):
+        if _FENCE.match(line):
+            fenced = not fenced
+        out.append(line[1:] if not fenced and re.match(r"^##+ ", line) else line)
+    return "".join(out)
+
+
+def site_links(markdown: str, present: set[str]) -> str:
+    """Keep links to the web and to files in the site (``present``: paths relative to the site root);
+    other relative links (files of the repository that are not part of the site) become their text."""
+    def fix(m: re.Match) -> str:
+        bang, text, target = m.groups()
+        path = target.split("#", 1)[0]
+        if not path or re.match(r"^[a-z][a-z0-9+.-]*:", target) or path in present:
+            return m.group(0)
+        return text if not bang else f"*{text}*"
+    return _LINK.sub(fix, markdown)
+
+
+def _notebook_links(nb: dict, present: set[str]) -> dict:
+    """Links in a notebook's markdown as the site needs them: ``../README.md`` → the landing page; links to
+    other pages and figures of the site kept; links to repository files outside the site become their text."""
+    def fix(m: re.Match) -> str:
+        bang, text, target = m.groups()
+        path, _, anchor = target.partition("#")
+        if not path or re.match(r"^[a-z][a-z0-9+.-]*:", target):
+            return m.group(0)
+        resolved = os.path.normpath(os.path.join("notebooks", path)).replace(os.sep, "/")
+        if resolved == "README.md":
+            return f"{bang}[{text}](../index.md)"
+        if resolved in present:
+            return m.group(0)
+        return text if not bang else f"*{text}*"
+
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            source = "".join(cell.get("source", ""))
+            cell["source"] = _LINK.sub(fix, source)
+    return nb
+
+
+def _notebook_title(stem: str) -> str:
+    """``05_train_model`` → ``05 · Train model``."""
+    number, _, words = stem.partition("_")
+    return f"{number} · {words.replace('_', ' ').capitalize()}"
+
+
+def _has_title(nb: dict) -> bool:
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            source = "".join(cell.get("source", ""))
+            if any(line.startswith("# ") for line in source.splitlines()):
+                return True
+    return False
+
+
+def site_sources(src: Path, notebooks: list[Path], readme: Path = REPO_ROOT / "README.md",
+                 figures: Path = PUBLISHED_FIGURES) -> list[str]:
+    """Lay out the site's sources in ``src``: ``index.md`` (README.md without the sections of ``SITE_PAGES``),
+    one page per ``SITE_PAGES`` section, the notebooks (as they are, outputs included) under ``notebooks/``
+    and the README's figures under ``figures/``. Returns the pages in reading order (without ``index``)."""
+    import nbformat
+
+    (src / "notebooks").mkdir(parents=True)
+    steps = []
+    for path in notebooks:
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not _has_title(nb):  # the page title and the navigation label come from the first "# " heading
+            title = nbformat.v4.new_markdown_cell(f"# {_notebook_title(path.stem)}")
+            if nb.get("nbformat_minor", 0) < 5:  # cell ids came with nbformat 4.5
+                del title["id"]
+            nb["cells"].insert(0, title)
+        (src / "notebooks" / path.name).write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
+        steps.append(f"notebooks/{path.stem}")
+    present = {f"notebooks/{p.name}" for p in notebooks}
+    if figures.is_dir():
+        shutil.copytree(figures, src / "figures")
+        present |= {f"figures/{p.name}" for p in figures.iterdir()}
+    for path in notebooks:  # now that every page and figure of the site is known, fix the notebooks' links
+        copy = src / "notebooks" / path.name
+        copy.write_text(json.dumps(_notebook_links(json.loads(copy.read_text(encoding="utf-8")), present),
+                                   ensure_ascii=False), encoding="utf-8")
+
+    preamble, sections = readme_sections(readme.read_text(encoding="utf-8"))
+    found = {title: text for title, text in sections}
+    missing = [title for title in SITE_PAGES if title not in found]
+    if missing:
+        raise ValueError(f"{display_path(readme)} has no section(s) {', '.join('## ' + t for t in missing)}; "
+                         f"the site makes a page of each of {', '.join(SITE_PAGES)}.")
+    for title, page in SITE_PAGES.items():
+        (src / f"{page}.md").write_text(site_links(demote(found[title]), present), encoding="utf-8")
+    rest = "".join(text for title, text in sections if title not in SITE_PAGES)
+    toc = ("\n```{toctree}\n:caption: The notebooks, step by step\n:maxdepth: 1\n\n" + "\n".join(steps)
+           + "\n```\n\n```{toctree}\n:caption: Results and cards\n:maxdepth: 1\n\n"
+           + "\n".join(SITE_PAGES.values()) + "\n```\n")
+    (src / "index.md").write_text(site_links(preamble + rest, present) + toc, encoding="utf-8")
+    (src / "conf.py").write_text(SITE_CONF.format(title=SITE_TITLE), encoding="utf-8")
+    _favicon(src / "favicon.png")
+    return steps + list(SITE_PAGES.values())
+
+
+def _favicon(path: Path) -> None:
+    """A small smiling face, the site's icon (so browsers do not ask for a missing /favicon.ico)."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(im)
+    draw.ellipse([2, 2, 61, 61], fill=(255, 196, 37), outline=(120, 80, 0), width=3)
+    for x in (21, 43):
+        draw.ellipse([x - 4, 20, x + 4, 30], fill=(60, 40, 0))
+    draw.arc([16, 22, 48, 50], 20, 160, fill=(60, 40, 0), width=4)
+    im.save(path)
+
+
+def _check_site_out(out: Path) -> None:
+    """Refuse to build into a folder that holds anything but an earlier build of a site (then empty it)."""
+    if out.is_file():
+        raise ValueError(f"{out} is a file; choose a folder for the site (--out).")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / ".buildinfo").is_file():
+        raise ValueError(f"Refusing to build the site into {out}: it is not empty and holds no earlier site "
+                         "(no .buildinfo). Choose an empty or new folder (--out).")
+    shutil.rmtree(out)
+
+
+def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+               work_dir: str | os.PathLike | None = None, log=None) -> Path:
+    """Build the static HTML site of the series into ``out`` and return the path of its ``index.html``.
+
+    ``executed``: a folder of executed notebooks (``<work_dir>/executed`` after ``python -m fer_utils run``);
+    default: the committed notebooks in ``notebooks/``, which carry the outputs of a real run. Nothing is
+    executed: the pages show the stored outputs. ``out``: default ``<work_dir>/site``; an earlier site there
+    is replaced, any other non-empty folder refused. README.md is the landing page, its Results, Data card and
+    Model card sections are pages of their own, and the notebooks follow in number order (previous/next
+    links between them). Pages need no network: every script, style sheet, font and figure is in the site.
+    ``log``: a text stream for Sphinx's progress (default: quiet); warnings go to stderr.
+    """
+    try:
+        from sphinx.application import Sphinx
+    except ImportError as err:
+        raise ImportError(f"Building the site needs the 'site' extra: {SITE_INSTALL}") from err
+    source = Path(executed).expanduser() if executed else NOTEBOOKS_DIR
+    if not source.is_dir():
+        raise FileNotFoundError(f"No folder {source} (--executed: a folder of executed notebooks, such as "
+                                f"<work_dir>/{EXECUTED_DIR} after `python -m fer_utils run`).")
+    notebooks = numbered_notebooks(source)
+    if not notebooks:
+        raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) in {source}.")
+    out = Path(out).expanduser().resolve() if out else get_work_dir(work_dir) / SITE_DIR
+    _check_site_out(out)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fer-site-") as tmp:
+        src = Path(tmp) / "src"
+        site_sources(src, notebooks)
+        app = Sphinx(str(src), str(src), str(out), str(Path(tmp) / "doctrees"), "html", status=log,
+                     warning=sys.stderr, freshenv=True)
+        app.build()
+        if app.statuscode:
+            raise RuntimeError(f"Sphinx failed (status {app.statuscode}); see the messages above.")
+    return out / "index.html"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fer_utils site",
+        description="Build a static HTML site of the notebook series (with their stored outputs: nothing runs), "
+                    "README.md as its landing page and its Results, Data card and Model card as pages.")
+    parser.add_argument("--executed", metavar="DIR", help="a folder of executed notebooks, e.g. work/executed after "
+                        "`python -m fer_utils run` (default: the committed notebooks in notebooks/)")
+    parser.add_argument("--out", metavar="DIR", help="the site's folder (default: <work_dir>/site); an earlier site "
+                        "there is replaced, any other non-empty folder refused")
+    parser.add_argument("--work-dir", help="the work folder, for the default --out ($FER_WORK_DIR, else work/)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Sphinx's progress")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fer_utils site [--executed DIR] [--out DIR]``."""
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        index = build_site(args.executed, args.out, args.work_dir, log=sys.stdout if args.verbose else None)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (RuntimeError, SystemExit) as err:
+        print(f"error: the site was not built: {err}", file=sys.stderr)
+        return 1
+    out = index.parent
+    pages = sum(1 for p in out.rglob("*.html") if "_static" not in p.relative_to(out).parts)
+    print(f"Built the site in {time.perf_counter() - start:.0f} s: {pages} pages in {out}\n"
+          f"Open {index}\nor serve it: python -m http.server --bind 127.0.0.1 -d {out} 8000  "
+          "(then http://127.0.0.1:8000/)")
+    return 0
