@@ -7,9 +7,9 @@ opened from the file browser and run with *Run > Run All Cells*, the way Jupyter
 interface; then the page is inspected (``inspect``): every cell ran, in order; no error or warning is shown; every
 figure is an image drawn on the page; every table is a table; progress is a widget bar or a line, never tqdm's
 text fallback ("IProgress not found"); where the committed notebook shows a figure or a table, the page does too.
-The parameters cell shows its ``parameters`` tag in the property inspector. Notebook 05 runs on a quick setting
-typed into its parameters cell, as a learner would. Notebook 06 is opened before 05 has run: its message names
-the notebook to run first. ``test_inspection_finds_each_failure`` runs a deliberately broken notebook, so the
+The parameters cell shows its ``parameters`` tag in the property inspector. Notebook 02 is opened first, before
+01 has run: its message names the notebook to run first. Notebook 05 runs on a quick setting typed into its
+parameters cell, as a learner would. ``test_inspection_finds_each_failure`` runs a deliberately broken notebook, so the
 checks cannot pass vacuously.
 
 Screenshots of every notebook after its run are kept in ``$FER_LAB_SCREENSHOTS`` (else a pytest temporary
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ NOTEBOOKS = REPO / "notebooks"
 KERNEL_DISPLAY_NAME = "Python 3 (ipykernel)"  # what the toolbar shows for the notebooks' python3 kernelspec
 #: Seconds: JupyterLab's start; the page and a kernel becoming ready; each notebook's Run All (2 shared cores).
 LAB_START_S, READY_S = 90, 90
-RUN_S = {"probe": 60, "01": 120, "04": 120, "05": 180, "06": 90}
+RUN_S = {"probe": 60, "01": 120, "02": 60, "04": 120, "05": 180}
 #: Notebook 05 on a quick setting: the line a learner types at the end of its parameters cell.
 QUICK_05 = "head_epochs, epochs, batch_size = 1, 1, 16  # a quick run"
 #: JupyterLab settings of the test's own settings folder: every cell laid out (so each figure can be measured and
@@ -196,8 +197,9 @@ class Learner:
             dialog = self.page.locator(".jp-Dialog")
             if dialog.count():  # e.g. "Select Kernel": the notebook's kernelspec is not found
                 raise AssertionError(f"opening {path} shows a dialog: {dialog.first.inner_text()!r}")
-            state = self.state()
-            return bool(state and state["status"] == "idle" and state["kernel"]), state and state["status"]
+            state = self.state() or {}
+            kernel, status = state.get("kernel"), state.get("status")
+            return kernel not in (None, "", "No Kernel") and status == "idle", f"kernel {kernel!r}, {status}"
 
         wait_for(ready, READY_S, f"the kernel of {path} to start and be idle")
 
@@ -252,15 +254,20 @@ class Learner:
         """The whole open notebook, as one image (the viewport is stretched to the notebook's height)."""
         self.shots.mkdir(parents=True, exist_ok=True)
         path = self.shots / f"{name}.png"
-        height = self.page.evaluate("""() => {
+        top = """() => {
           const panel = [...document.querySelectorAll('#jp-main-dock-panel .jp-NotebookPanel')]
             .find(p => p.offsetParent !== null);
           const scroller = panel && (panel.querySelector('.jp-WindowedPanel-outer')
                                      || panel.querySelector('.jp-Notebook'));
-          return scroller ? scroller.scrollHeight : 0; }""")
+          if (!scroller) return 0;
+          scroller.scrollTop = 0;  // Run All left it at the last cell
+          return scroller.scrollHeight; }"""
+        height = self.page.evaluate(top)
         size = self.page.viewport_size
         self.page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(height + 160, 16000))})
         try:
+            self.page.evaluate(top)
+            self.page.wait_for_timeout(300)  # let the resized page lay out
             self.page.screenshot(path=str(path))
         finally:
             self.page.set_viewport_size(size)
@@ -383,3 +390,54 @@ def test_inspection_finds_each_failure(learner):
             assert (cell, kind) in kinds, f"cell {cell}: no {kind!r} finding; found:\n{_report(findings, shot)}"
     assert {f.cell for f in findings} == {i for i, (*_, kind) in enumerate(BROKEN) if kind}, _report(findings, shot)
     learner.shut_down_kernels()
+
+
+def _parameters_cell(path: Path) -> int:
+    cells = [i for i, want in enumerate(expected_outputs(path)) if "parameters" in want["tags"]]
+    assert len(cells) == 1, f"{path.name}: {len(cells)} cells tagged parameters"
+    return cells[0]
+
+
+def _step(learner: Learner, name: str, edit: str | None = None) -> tuple[dict, list[Finding], Path]:
+    """Open notebook ``name`` as a learner, check its kernel and its parameters tag, optionally type ``edit`` at
+    the end of its parameters cell, Run All; the page's state, what ``inspect`` finds, and the screenshot."""
+    path = learner.lab.root / name
+    learner.open(name)
+    state = learner.state()
+    assert state["kernel"] == KERNEL_DISPLAY_NAME, f"{name} opens on kernel {state['kernel']!r}"
+    parameters = _parameters_cell(path)
+    assert learner.tags(parameters) == ["parameters"], f"{name}: the parameters tag is not shown on its cell"
+    if edit:
+        learner.type_at_end(parameters, edit)
+    start = time.perf_counter()
+    state = learner.run_all(RUN_S[name[:2]], name)
+    shot = learner.screenshot(Path(name).stem)
+    outputs = [out for cell in state["cells"] for out in cell["outputs"]]
+    print(f"{name}: Run All {time.perf_counter() - start:.0f} s; {sum(len(o['images']) for o in outputs)} figures, "
+          f"{sum(o['tables'] for o in outputs)} tables, {sum(len(o['bars']) for o in outputs)} progress bars; {shot}")
+    findings = inspect(state, expected_outputs(path))
+    learner.shut_down_kernels()
+    return state, findings, shot
+
+
+def test_learner_steps_through_the_series(learner):
+    """02 before 01 has run (it names the notebook to run first), then 01, 04 and 05 on a quick setting typed into
+    its parameters cell: every cell runs, nothing shows an error, figures, tables and progress render."""
+    name = "02_preprocess_into_folders.ipynb"
+    _, findings, shot = _step(learner, name)
+    errors = [f for f in findings if f.kind == ERROR]
+    assert len(errors) == 1 and "Run notebooks/01_load_dataset.ipynb first" in errors[0].detail, \
+        _report(findings, shot)
+    assert {f.kind for f in findings} == {ERROR, NOT_RUN}, _report(findings, shot)
+    assert all(f.cell > errors[0].cell for f in findings if f.kind == NOT_RUN), _report(findings, shot)
+
+    for name in ("01_load_dataset.ipynb", "04_create_model.ipynb"):
+        _, findings, shot = _step(learner, name)
+        assert findings == [], f"{name} in JupyterLab:\n{_report(findings, shot)}"
+
+    name = "05_train_model.ipynb"
+    state, findings, shot = _step(learner, name, edit=QUICK_05)
+    assert findings == [], f"{name} in JupyterLab:\n{_report(findings, shot)}"
+    lines = [line for cell in state["cells"] for out in cell["outputs"] if out["mime"].endswith("stdout")
+             for line in out["text"].splitlines() if re.match(r"epoch\s+\d+/2 \((head|whole)\)", line)]
+    assert len(lines) == 2, f"notebook 05 should show one progress line per epoch (2), shows {lines} ({shot})"
