@@ -18,9 +18,11 @@ folder; the path is printed). Every wait has a timeout and says what it waited f
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,6 +332,27 @@ BROKEN = [("rows = 2", {}, None),
           ("print('never reached: Run All stops at the error')", {}, NOT_RUN)]
 
 
+OUTSIDE = "outside"  # a kernel outside the project's environment (no fer_utils), and the folder of its notebook
+
+
+def _kernel_without_fer_utils(base: Path, root: Path) -> None:
+    """A kernelspec ``outside`` whose Python cannot import fer_utils (as a kernel of another environment, or a
+    hosted service's), and ``outside/01_load_dataset.ipynb``, a copy of notebook 01 that asks for it."""
+    stub = base / "outside_site" / "fer_utils"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'fer_utils\'", name="fer_utils")\n')
+    spec = base / "home" / "data" / "kernels" / OUTSIDE / "kernel.json"  # JupyterLab's JUPYTER_DATA_DIR
+    spec.parent.mkdir(parents=True)
+    spec.write_text(json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                "display_name": "Python 3 (without fer_utils)", "language": "python",
+                                "env": {"PYTHONPATH": str(stub.parent)}}))
+    nb = nbformat.read(NOTEBOOKS / "01_load_dataset.ipynb", as_version=4)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (without fer_utils)", "language": "python",
+                                 "name": OUTSIDE}
+    (root / OUTSIDE).mkdir()
+    nbformat.write(nb, root / OUTSIDE / "01_load_dataset.ipynb")
+
+
 @pytest.fixture(scope="module")
 def learner(tmp_path_factory, synthetic_data_dir, fake_fer_weights):
     """JupyterLab serving copies of the notebooks and two probe notebooks, with a work folder of synthetic data
@@ -343,6 +366,7 @@ def learner(tmp_path_factory, synthetic_data_dir, fake_fer_weights):
     (root / "probe").mkdir()
     nbformat.write(_probe(GOOD), root / "probe" / "good.ipynb")
     nbformat.write(_probe([(s, o) for s, o, _ in BROKEN]), root / "probe" / "broken.ipynb")
+    _kernel_without_fer_utils(base, root)
     folders.prepare(fer_data.get_dataset(synthetic_data_dir), work, seed=42, test_size=0.25, val_size=0.25)
     workfolder.write_record(work / workfolder.PIPELINES_RECORD, {  # what notebook 03 records, at its defaults
         "step": "pipelines", "input": {"image_size": 64, "color_mode": "grayscale", "interpolation": "bilinear"}})
@@ -418,6 +442,32 @@ def _step(learner: Learner, name: str, edit: str | None = None) -> tuple[dict, l
     findings = inspect(state, expected_outputs(path))
     learner.shut_down_kernels()
     return state, findings, shot
+
+
+def test_setup_cell_says_what_to_install(learner):
+    """Notebook 01 on a kernel that cannot import fer_utils: its Setup cell says what to install, and nothing
+    else runs."""
+    name = f"{OUTSIDE}/01_load_dataset.ipynb"
+    learner.open(name)
+    assert learner.state()["kernel"] == "Python 3 (without fer_utils)"
+    state = learner.run_all(RUN_S["probe"], name)
+    shot = learner.screenshot("01_load_dataset_without_fer_utils")
+    findings = inspect(state, expected_outputs(learner.lab.root / name))
+    errors = [f for f in findings if f.kind == ERROR]
+    learner.shut_down_kernels()
+    assert [f.cell for f in errors] == [_setup_cell(learner.lab.root / name)], _report(findings, shot)
+    assert "This notebook needs the fer_utils package: `pip install -e .`" in _output_text(state, errors[0].cell), \
+        _report(findings, shot)
+    assert {f.kind for f in findings} == {ERROR, NOT_RUN}, _report(findings, shot)
+
+
+def _setup_cell(path: Path) -> int:
+    return next(i for i, cell in enumerate(nbformat.read(path, as_version=4).cells)
+                if cell.cell_type == "code" and "import fer_utils" in cell.source)
+
+
+def _output_text(state: dict, cell: int) -> str:
+    return "\n".join(out["text"] for out in state["cells"][cell]["outputs"])
 
 
 def test_learner_steps_through_the_series(learner):
