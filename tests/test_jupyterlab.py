@@ -353,11 +353,15 @@ def _kernel_without_fer_utils(base: Path, root: Path) -> None:
     nbformat.write(nb, root / OUTSIDE / "01_load_dataset.ipynb")
 
 
+@pytest.fixture(scope="session")  # session: set up before the session-wide synthetic data
+def browser_available():
+    require_browser()  # skips, saying why, before the synthetic data is made or anything is started
+
+
 @pytest.fixture(scope="module")
-def learner(tmp_path_factory, synthetic_data_dir, fake_fer_weights):
-    """JupyterLab serving copies of the notebooks and two probe notebooks, with a work folder of synthetic data
+def learner(browser_available, tmp_path_factory, synthetic_data_dir, fake_fer_weights):
+    """JupyterLab serving copies of the notebooks and the probe notebooks, with a work folder of synthetic data
     prepared up to notebook 03 (the class folders, 03's input record); Chromium on it, as a learner."""
-    require_browser()  # skips, saying why, before anything is started
     base = tmp_path_factory.mktemp("jupyterlab")
     root, work = base / "served", base / "work"
     root.mkdir()
