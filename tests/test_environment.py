@@ -79,3 +79,11 @@ def test_pin_parser_rejects_ranges():
 
     with pytest.raises(AssertionError):
         _pins(["numpy>=2"])
+
+
+def test_progress_bars_need_ipywidgets_in_the_base_install():
+    """tqdm.auto (notebook 01's download bar) is a widget in JupyterLab: without ipywidgets in the base install a
+    learner gets "IProgress not found" and a text bar (tests/test_jupyterlab.py shows both on the page)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = _pins(project["dependencies"])
+    assert {"ipywidgets", "tqdm", "jupyterlab"} <= set(base)
