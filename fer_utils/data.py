@@ -398,6 +398,9 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
         else:
             try:
                 legend = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            except pd.errors.EmptyDataError as err:
+                raise DatasetError(f"{path} is empty: it should hold a header line (user.id,image,emotion) and "
+                                   "one line per labelled image.") from err
             except (pd.errors.ParserError, UnicodeDecodeError) as err:
                 raise DatasetError(f"{path} is not a readable CSV file: {err}") from err
             legend.columns = [c.strip().lower() for c in legend.columns]
@@ -409,6 +412,9 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
             legend = legend.rename(columns={"user.id": "user_id", "emotion": "label"})
             legend["image"] = legend["image"].str.strip()
             legend["user_id"] = legend["user_id"].str.strip()
+    if legend.empty and dataset.layout != "folders":
+        raise DatasetError(f"{path} has a header but no rows: add one line per labelled image "
+                           "(user.id,image,emotion).")
     legend.insert(0, "row", np.arange(2, len(legend) + 2) if dataset.layout != "folders"
                   else np.arange(1, len(legend) + 1))  # line numbers as a spreadsheet shows them
     legend["emotion"] = [normalise_label(label, mapping) for label in legend["label"]]

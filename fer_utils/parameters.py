@@ -30,3 +30,47 @@ def declared_parameters(path: Path) -> dict:
     import papermill
 
     return papermill.inspect_notebook(str(path))
+
+
+def kind_of(default) -> str | None:
+    """What a value must be to replace ``default``: "an integer", "a number", "a string", "True or False",
+    "a list", "a dict"; ``None`` when any value will do (a ``None`` default)."""
+    if isinstance(default, bool):
+        return "True or False"
+    for kind, types in (("an integer", int), ("a number", float), ("a string", str), ("a list", (list, tuple)),
+                        ("a dict", dict)):
+        if isinstance(default, types):
+            return kind
+    return None
+
+
+def fits(value, kind: str | None) -> bool:
+    if kind is None:
+        return True
+    if kind == "True or False":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return {"an integer": isinstance(value, int), "a number": isinstance(value, (int, float)),
+            "a string": isinstance(value, str), "a list": isinstance(value, (list, tuple)),
+            "a dict": isinstance(value, dict)}[kind]
+
+
+def check_values(params: dict, declared: dict[Path, dict]) -> list[str]:
+    """One line per ``-p`` value whose type does not fit the default its notebook declares (``declared``:
+    ``declared_parameters`` of each notebook to run); ``[]`` when all fit. A default that is an expression
+    (not a literal) accepts any value."""
+    problems = []
+    for path, names in declared.items():
+        for name, info in names.items():
+            if name not in params:
+                continue
+            try:
+                default = ast.literal_eval(info["default"])
+            except (ValueError, SyntaxError):
+                continue
+            kind = kind_of(default)
+            if not fits(params[name], kind):
+                problems.append(f"-p {name} {params[name]!r}: {Path(path).name} declares {name} = {info['default']}, "
+                                f"so the value must be {kind}")
+    return problems

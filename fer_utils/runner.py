@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fer_utils import saved_cells
 from fer_utils.notebook_format import normalised_json
-from fer_utils.parameters import declared_parameters, parse_value
+from fer_utils.parameters import check_values, declared_parameters, parse_value
 from fer_utils.progress import TrainingProgress, show_epochs
 from fer_utils.workfolder import (
     EXECUTED_DIR,
@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         if name in params:
             print(f"Use --{name.replace('_', '-')} instead of -p {name}.", file=sys.stderr)
             return 2
+    problems = check_values(params, declared) or check_config(params)
+    problems += check_folders(args.data_dir, args.work_dir, notebooks)
+    if problems:  # before any kernel starts or any folder is made
+        print("\n".join(f"error: {line}" for line in problems), file=sys.stderr)
+        return 2
 
     if args.data_dir:
         os.environ["FER_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
@@ -168,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
                 papermill.execute_notebook(str(path), str(out), parameters=mine, cwd=str(path.parent),
                                            kernel_name="python3", progress_bar=False,
                                            execution_timeout=args.timeout, kernel_manager_class=kernel_manager_class())
+        except KeyboardInterrupt:
+            seconds = time.perf_counter() - t0
+            record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "interrupted"}
+            bar.close()
+            print(f"\ninterrupted in {path.name} after {seconds:.0f} s; {RUN_RECORD} records what had finished. "
+                  f"Run again to go on (--from {path.name[:2]}).", file=sys.stderr)
+            status = 130
+            break
         except (papermill.PapermillExecutionError, TimeoutError, DeadKernelError) as err:
             seconds = time.perf_counter() - t0
             if isinstance(err, papermill.PapermillExecutionError):
@@ -186,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "ok", "parameters": mine}
         tqdm.write(f"{path.stem}: {seconds:.0f} s", file=sys.stdout)
     bar.close()
-    record["status"] = "ok" if status == 0 else "failed"
+    record["status"] = {0: "ok", 130: "interrupted"}.get(status, "failed")
     record["total_seconds"] = round(time.perf_counter() - t_run, 1)
     write_record(work / RUN_RECORD, record)
     if status == 0:
@@ -194,6 +207,50 @@ def main(argv: list[str] | None = None) -> int:
         if args.publish:
             publish(work, notebooks)
     return status
+
+
+def check_config(params: dict) -> list[str]:
+    """The ``-p`` values that are ``TrainConfig`` fields, checked by ``TrainConfig`` itself (ranges, names)."""
+    from fer_utils import training
+
+    fields = set(training.TrainConfig().to_dict())
+    try:
+        training.TrainConfig(**{k: v for k, v in params.items() if k in fields})
+    except ValueError as err:
+        return [str(err)]
+    return []
+
+
+def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Path]) -> list[str]:
+    """What is wrong with the data and work folders, one line each, before anything is created: the work
+    folder must be a folder (or not exist yet) that can be written, and must not be, or lie inside, the data
+    folder; the data folder must exist, and a legend it has must hold rows (when notebook 01 will read it)."""
+    from fer_utils import data
+
+    problems = []
+    data_path = data_dir or os.environ.get("FER_DATA_DIR")
+    origin = "--data-dir" if data_dir else "$FER_DATA_DIR"
+    work = get_work_dir(work_dir, create=False)
+    if work.exists() and not work.is_dir():
+        problems.append(f"the work folder {work} is a file: choose a folder (--work-dir)")
+    else:
+        existing = next(p for p in (work, *work.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"the work folder {work} cannot be written ({existing} is read-only): choose another "
+                            "(--work-dir)")
+    if data_path:
+        root = Path(data_path).expanduser().resolve()
+        if not root.exists():
+            problems.append(f"{origin} {root} does not exist")
+        elif work == root or work.is_relative_to(root):
+            problems.append(f"the work folder {work} is inside the dataset {root} ({origin}); the dataset is only "
+                            "ever read: choose a work folder outside it (--work-dir)")
+        elif any(p.name.startswith("01_") for p in notebooks):
+            try:
+                data.load_legend(data.open_dataset(root, origin))
+            except (data.DatasetError, OSError) as err:
+                problems.append(str(err))
+    return problems
 
 
 def publish(work: Path, notebooks: list[Path]) -> None:

@@ -226,3 +226,85 @@ def test_training_progress_never_breaks_the_run(tmp_path):
         _append(path, json.dumps({"epoch": 1}) + "\n")
         time.sleep(0.1)
     assert isinstance(follower.error, RuntimeError) and not follower._thread.is_alive()
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input is refused before any kernel starts or any folder is made
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "epochs", "abc"], "error: -p epochs 'abc': 01_first_step.ipynb declares epochs = 1, so the value must be "
+                              "an integer"),
+    (["-p", "epochs", "-3"], "error: Bad training configuration: epochs=-3"),
+])
+def test_bad_parameter_values_are_refused_in_one_line(chain, tmp_path, capsys, args, message):
+    work = tmp_path / "work"
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [message] if "abc" in args else err.startswith(message)
+    assert not work.exists()
+
+
+def test_a_work_folder_inside_the_dataset_is_refused_before_anything_is_made(chain, tmp_path, capsys):
+    dataset = tmp_path / "dataset"
+    (dataset / "data").mkdir(parents=True)
+    (dataset / "images").mkdir()
+    (dataset / "data" / "legend.csv").write_text("user.id,image,emotion\nlab,a.jpg,happiness\n")
+    before = sorted(p.relative_to(dataset) for p in dataset.rglob("*"))
+    for work in (dataset, dataset / "work"):
+        assert runner.main(["--notebooks-dir", str(chain), "--data-dir", str(dataset), "--work-dir", str(work)]) == 2
+        assert "is inside the dataset" in capsys.readouterr().err
+    assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == before  # nothing written into it
+
+
+def test_a_work_folder_that_is_a_file_is_refused(chain, tmp_path, capsys):
+    file = tmp_path / "work.txt"
+    file.write_text("mine")
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(file)]) == 2
+    assert "is a file: choose a folder" in capsys.readouterr().err and file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("legend, message", [("", "is empty"), ("user.id,image,emotion\n", "has a header but no rows")])
+def test_an_empty_legend_is_refused_before_notebook_01(chain, tmp_path, capsys, legend, message):
+    dataset = tmp_path / "dataset"
+    (dataset / "data").mkdir(parents=True)
+    (dataset / "images").mkdir()
+    (dataset / "data" / "legend.csv").write_text(legend)
+    work = tmp_path / "work"
+    assert runner.main(["--notebooks-dir", str(chain), "--data-dir", str(dataset), "--work-dir", str(work)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not work.exists()
+
+
+def test_ctrl_c_ends_with_one_line_and_a_consistent_record(tmp_path):
+    """SIGINT while notebook 02 runs: exit 130, one line (no traceback), run.json says what finished."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _notebook(folder / "01_quick_step.ipynb", "x = 1", "x")
+    started = tmp_path / "started"
+    _notebook(folder / "02_slow_step.ipynb", "x = 1",
+              f"import pathlib, time\npathlib.Path({str(started)!r}).write_text('')\ntime.sleep(120)")
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "fer_utils", "run", "--notebooks-dir", str(folder),
+                             "--work-dir", str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "notebook 02 never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        "interrupted in 02_slow_step.ipynb after " + err.split(" after ")[1].split(" s;")[0] + " s; run.json records "
+        "what had finished. Run again to go on (--from 02)."]
+    record = json.loads((work / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["notebooks"]["01_quick_step"]["status"] == "ok"
+    assert record["notebooks"]["02_slow_step"]["status"] == "interrupted"
+    assert os.environ.get("FER_WORK_DIR") != str(work)
