@@ -46,7 +46,7 @@ def run_one(work: Path, name: str, settings: list[str], env: dict | None = None,
         logs = work / "logs" / run_name
         procs = cluster.start_local_workers([*args, "-p", "strategy", "multi_worker"], workers=workers, log_dir=logs,
                                            env=env)
-        codes = [p.wait() for p in procs]
+        codes = cluster.wait_for_workers(procs, timeout=3600, log_dir=logs)
         output = (logs / "worker-0.log").read_text()
     wall = time.perf_counter() - t0
     if codes != [0] * len(codes):

@@ -14,7 +14,8 @@ from pathlib import Path
 CELL_METADATA_NOISE = ("execution", "papermill", "ExecuteTime", "collapsed", "scrolled", "trusted")
 #: Notebook metadata of the same kind: papermill's run record, saved widget state, nbformat's transients.
 NOTEBOOK_METADATA_NOISE = ("papermill", "widgets", "orig_nbformat", "orig_nbformat_minor", "signature")
-KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+#: As ipykernel names its kernel, and JupyterLab writes it when it opens a notebook.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 INJECTED_PARAMETERS = "injected-parameters"  # papermill's tag for the cell it adds
 CELL_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # nbformat 4.5
 NORMALISE_HINT = ('python -c "from fer_utils.notebook_format import normalise_all; '

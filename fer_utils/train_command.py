@@ -24,6 +24,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Seconds a worker waits for its cluster to form and take the first training step (``$FER_CLUSTER_TIMEOUT``).
+CLUSTER_TIMEOUT = 300
+
+
+#: The watchdog process of ``cluster_deadline``: it reads the message, then waits ``seconds`` for its stdin to
+#: close (the wait is over, or the worker ended); if it does not, it prints the message and stops the worker.
+WATCHDOG = """
+import os, select, signal, sys, time
+pid, seconds = int(sys.argv[1]), float(sys.argv[2])
+message = sys.stdin.readline()
+if select.select([sys.stdin], [], [], seconds)[0]:
+    sys.exit(0)
+sys.stderr.write(message)
+sys.stderr.flush()
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        break
+    time.sleep(5)
+"""
+
+
+class cluster_deadline:  # noqa: N801 - used like a function
+    """Stop this worker, with one line saying what it waited for, when the cluster in ``$TF_CONFIG`` has not
+    formed and taken its first training step within ``seconds``. A separate watchdog process keeps the time:
+    while TensorFlow waits for the other workers it holds the interpreter, so no thread of this one could.
+    ``callback()`` is the Keras callback that ends the wait after the first step."""
+
+    def __init__(self, seconds: float):
+        import json
+        import subprocess
+
+        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        workers = ", ".join(spec.get("cluster", {}).get("worker", [])) or "none named"
+        task = spec.get("task", {})
+        message = (f"error: the cluster in TF_CONFIG (workers {workers}; this is {task.get('type', '?')} "
+                   f"{task.get('index', '?')}) did not form and take its first training step within {seconds:.0f} "
+                   "s, so this worker was stopped. Start the same command on every worker, each with its own "
+                   "TF_CONFIG, and check that each can reach the others' addresses ($FER_CLUSTER_TIMEOUT sets "
+                   "the wait).")
+        self.watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds)],
+                                         stdin=subprocess.PIPE, text=True)
+        self.watchdog.stdin.write(message + "\n")
+        self.watchdog.stdin.flush()
+
+    def cancel(self) -> None:
+        if not self.watchdog.stdin.closed:
+            self.watchdog.stdin.close()
+            self.watchdog.wait(timeout=10)
+
+    def callback(self):
+        from fer_utils import import_tensorflow
+
+        _, keras = import_tensorflow()
+        return keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: self.cancel())
+
+
 def main(argv: list[str] | None = None) -> int:
     from fer_utils import models, training
     from fer_utils.workfolder import SPLIT_DIR, UNTRAINED_MODEL, get_work_dir, require
@@ -35,9 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TF_CONFIG") and strategy != "multi_worker":
         print(f"note: TF_CONFIG is set, but strategy is {strategy!r}: training on this machine only "
               "(-p strategy multi_worker joins the cluster).", file=sys.stderr)
+    deadline = None
     try:
-        if strategy == "multi_worker":  # before anything starts TensorFlow: joining a cluster must come first
-            training.get_strategy(strategy)
         require(work / SPLIT_DIR, "prepare", f"The class folders (split/) of {work}")
         built = None
         if (work / UNTRAINED_MODEL).exists() and "model" not in changes:  # notebook 04's model and its input
@@ -45,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             config = training.TrainConfig.from_model_record(built, **changes)  # refuses -p image_size 48 on 64 px
         else:
             config = training.TrainConfig(**changes)
+        if config.strategy == "multi_worker":  # joining a cluster waits for every worker: not for ever
+            deadline = cluster_deadline(float(os.environ.get("FER_CLUSTER_TIMEOUT", CLUSTER_TIMEOUT)))
         training.get_strategy(config.strategy)  # a missing or unreachable cluster fails here, plainly
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        if deadline:
+            deadline.cancel()
         print(f"error: {err}", file=sys.stderr)
         return 2
     if strategy == "mirrored" and training.worker_info(training.get_strategy(strategy))["replicas"] == 1:
@@ -54,10 +115,14 @@ def main(argv: list[str] | None = None) -> int:
               "logical CPU devices.", file=sys.stderr)
     net = models.load(work / UNTRAINED_MODEL)[0] if built is not None else None
     try:
-        result = training.train(config, work, model=net, run_name=args.run_name, show_progress=not args.quiet)
+        result = training.train(config, work, model=net, run_name=args.run_name, show_progress=not args.quiet,
+                                callbacks=[deadline.callback()] if deadline else ())
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume after the last finished epoch.", file=sys.stderr)
         return 130
+    finally:
+        if deadline:
+            deadline.cancel()
     d = result.record["distribution"]
     best = result.record["best"].get("val_accuracy", float("nan"))
     print(f"{d['task']}: {config.strategy}, {d['workers']} worker(s), {d['replicas']} replica(s), global batch "

@@ -265,10 +265,7 @@ def get_strategy(name: str = "default"):
         return tf.distribute.get_strategy()
     if name == "mirrored":
         if "mirrored" not in _MIRRORED:
-            gpus = tf.config.list_logical_devices("GPU")
-            devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-            cross = None if gpus else tf.distribute.ReductionToOneDevice()  # NCCL all-reduce is for GPUs only
-            _MIRRORED["mirrored"] = tf.distribute.MirroredStrategy(devices, cross_device_ops=cross)
+            _MIRRORED["mirrored"] = mirrored_strategy()  # notebook 08 shows it
         return _MIRRORED["mirrored"]
     if name == "multi_worker":
         if fer_utils.STARTUP["multi_worker"] is not None:
@@ -333,13 +330,39 @@ def _into_scope(model, strategy):
     return copy
 
 
-def _build_from_local_batch(net, strategy) -> None:
-    """Work around Keras 3.15 with ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585): before its first
-    step, ``fit`` averages the first distributed batch with ``strategy.reduce`` only to learn its shapes, and
-    that reduce fails between workers. Build from this worker's own first batch instead (same shapes)."""
+#: The Keras versions the multi-worker workarounds below were written for and checked with.
+KERAS_MULTI_WORKER_FIXED_FOR = "3.15."
+
+
+def _multi_worker_fixes(net, strategy):
+    """Work around Keras 3.15 with ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585), for this model and
+    while a run lasts; returns the function that undoes them (``finish`` calls it).
+
+    1. Before its first step, ``fit`` averages the first distributed batch with ``strategy.reduce`` only to learn
+       its shapes, and that reduce fails between workers: build from this worker's own first batch instead.
+    2. Each step's loss and metrics (scalars) are averaged over workers with ``axis=0``, which a scalar does
+       not have: average them with ``axis=None`` (what that reduce means for a scalar).
+
+    Both reach into Keras' private API, so they are checked against the running Keras first: another version,
+    or a missing name, is a clear error rather than a silent change of how training reduces.
+    """
     import fer_utils
 
     tf, keras = fer_utils.import_tensorflow()
+    from keras.src.backend.tensorflow import trainer
+
+    needed = {"model._symbolic_build": hasattr(net, "_symbolic_build"),
+              "trainer.reduce_per_replica": hasattr(trainer, "reduce_per_replica"),
+              "trainer._collective_all_reduce_multi_worker": hasattr(trainer, "_collective_all_reduce_multi_worker"),
+              "trainer._is_per_replica_instance": hasattr(trainer, "_is_per_replica_instance")}
+    missing = [name for name, present in needed.items() if not present]
+    if missing or not keras.__version__.startswith(KERAS_MULTI_WORKER_FIXED_FOR):
+        raise RuntimeError(
+            "strategy='multi_worker' works around keras-team/keras#20585 through the private API of Keras "
+            f"{KERAS_MULTI_WORKER_FIXED_FOR}x, and this is Keras {keras.__version__}"
+            + (f", which lacks {', '.join(missing)}" if missing else "")
+            + ": install the pinned keras (pyproject.toml), or check whether that issue is fixed in this version "
+            "and update fer_utils.training._multi_worker_fixes.")
     build = net._symbolic_build
 
     def local(value):
@@ -355,23 +378,22 @@ def _build_from_local_batch(net, strategy) -> None:
         with strategy.scope():
             build(data_batch=data_batch)
 
+    original = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return keras.tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None) if trainer._is_per_replica_instance(v) else v, values)
+        return original(values, strategy, reduction)
+
     net._maybe_symbolic_build = maybe_symbolic_build
-    # The same issue: each step's loss and metrics (scalars) are averaged over workers with axis=0, which a
-    # scalar does not have; average them with axis=None (what that reduce means for a scalar).
-    from keras.src.backend.tensorflow import trainer
+    trainer.reduce_per_replica = reduce_per_replica
 
-    if not getattr(trainer.reduce_per_replica, "fer_utils_patched", False):
-        original = trainer.reduce_per_replica
+    def undo() -> None:
+        trainer.reduce_per_replica = original
+        net.__dict__.pop("_maybe_symbolic_build", None)
 
-        def reduce_per_replica(values, strategy, reduction):
-            if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-                return keras.tree.map_structure(
-                    lambda v: strategy.reduce("MEAN", v, axis=None) if trainer._is_per_replica_instance(v) else v,
-                    values)
-            return original(values, strategy, reduction)
-
-        reduce_per_replica.fer_utils_patched = True
-        trainer.reduce_per_replica = reduce_per_replica
+    return undo
 
 
 def _shard_by_data(batches: dict) -> dict:
@@ -673,6 +695,7 @@ class Run:
     epochs_done: int = 0
     data_seconds: float = 0.0
     fit_seconds: float = 0.0
+    undo: object = None  # what finish calls to undo this run's workarounds (multi-worker Keras fixes)
 
     @property
     def train_counts(self) -> list[int]:
@@ -722,8 +745,7 @@ def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
     else:
         models.check_contract(model, config.input_shape)
         net = model if config.strategy == "default" else _into_scope(model, strategy)
-    if worker["workers"] > 1:
-        _build_from_local_batch(net, strategy)
+    undo = _multi_worker_fixes(net, strategy) if worker["workers"] > 1 else None
     policy = net.dtype_policy.name if hasattr(net, "dtype_policy") else "float32"
     total = sum(p.epochs for p in phases(config))
     backup = _backup_dir(work, config, net, worker)
@@ -748,7 +770,8 @@ def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
               f"(backup in {display_path(backup, work)}; delete it to start afresh)", flush=True)
     return Run(config=config, work=work, model=net, batches=batches, counts=counts, steps=steps,
                callbacks=[*extra, keep, log, *callbacks], keep=keep, log=log, policy=policy, strategy=strategy,
-               worker=worker, backup=backup, resumed_epochs=len(log.rows), write=write, data_seconds=data_seconds)
+               worker=worker, backup=backup, resumed_epochs=len(log.rows), write=write, data_seconds=data_seconds,
+               undo=undo)
 
 
 def backup_callbacks(run, phase) -> list:
@@ -802,6 +825,9 @@ def finish(run: Run, run_name: str | None = None) -> TrainResult:
     """Restore the best epoch's weights; with ``run.write``, save the model under ``models/<run_name>/`` and make
     it the work folder's current model (see the module docstring)."""
     config, net, keep = run.config, run.model, run.keep
+    if run.undo is not None:
+        run.undo()
+        run.undo = None
     keep.restore()
     history = pd.concat(run.histories, ignore_index=True)
     record = _record(config, history, run.counts, net, run.policy, keep, run.data_seconds, run.fit_seconds,
@@ -983,3 +1009,17 @@ def summary_table(record: dict) -> pd.DataFrame:
             "best epoch": record["best_epoch"],
             "best val accuracy": round(record["best"].get("val_accuracy", float("nan")), 4)}
     return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name=""))
+
+
+# ---- generated from notebooks/08_train_at_scale.ipynb, cell c10b ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
+def mirrored_strategy():
+    """``tf.distribute.MirroredStrategy`` over this machine's GPUs or, without GPUs, its logical CPU devices."""
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    cross = None if gpus else tf.distribute.ReductionToOneDevice()  # NCCL all-reduce is for GPUs only
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross)
+# ---- end of generated code (notebooks/08_train_at_scale.ipynb, cell c10b) ----

@@ -50,19 +50,6 @@ def history(work: Path) -> pd.DataFrame:
     return pd.read_csv(work / "history.csv")
 
 
-def wait_all(procs, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    return codes
-
-
 def test_strategy_is_validated_and_multi_worker_without_a_cluster_says_what_to_do(tmp_path, small_split,
                                                                                      capsys):
     with pytest.raises(ValueError, match="strategy='ring'"):
@@ -120,7 +107,7 @@ def test_two_workers_on_localhost_match_one_worker(tmp_path, small_split):
     procs = cluster.start_local_workers(["--work-dir", str(two), *SETTINGS, "-p", "epochs", "3",
                                         "-p", "batch_size", "16", "-p", "strategy", "multi_worker"],
                                        workers=2, log_dir=two / "logs")
-    codes = wait_all(procs, timeout=300)
+    codes = cluster.wait_for_workers(procs, timeout=300)
     logs = [(two / "logs" / f"worker-{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     record = json.loads((two / TRAIN_RECORD).read_text())
@@ -167,7 +154,7 @@ def test_a_killed_worker_resumes_from_its_backup_and_finishes(tmp_path):
         procs[0].wait()
     assert not (work / TRAIN_RECORD).exists()
     procs = cluster.start_local_workers(args, workers=2, log_dir=work / "logs-2")
-    codes = wait_all(procs, timeout=300)
+    codes = cluster.wait_for_workers(procs, timeout=300)
     chief = (work / "logs-2" / "worker-0.log").read_text()
     assert codes == [0, 0], chief[-3000:]
     assert f"Resuming an interrupted run of this training after epoch {killed_after}" in chief
@@ -191,3 +178,31 @@ def test_tf_config_without_multi_worker_trains_here_and_says_so(tmp_path, small_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "TF_CONFIG is set, but strategy is 'default'" in result.stderr
     assert json.loads((work / TRAIN_RECORD).read_text())["distribution"]["workers"] == 1
+
+
+def test_waiting_for_workers_has_a_timeout_that_says_what_it_waited_for(tmp_path):
+    import sys as _sys
+
+    procs = [subprocess.Popen([_sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"worker\(s\) \[0, 1\] were still training after 1 s .* all stopped"):
+        cluster.wait_for_workers(procs, timeout=1)
+    assert time.monotonic() - started < 30 and all(p.poll() is not None for p in procs)
+
+
+def test_a_cluster_that_cannot_form_gives_up_in_one_line(tmp_path, small_split):
+    """Worker 1 of two, whose peer never starts: no endless wait; one line naming the cluster, and it stops."""
+    work = copy_of(small_split, tmp_path)
+    ports = cluster.free_ports(2)
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": 1}}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "fer_utils", "train", "--work-dir", str(work), *SETTINGS,
+                             "-p", "epochs", "1", "-p", "strategy", "multi_worker", "--quiet"], capture_output=True,
+                            text=True, timeout=240, env={**os.environ, "TF_CONFIG": json.dumps(tf_config),
+                                                         "FER_CLUSTER_TIMEOUT": "20"})
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert time.monotonic() - started < 200
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: the cluster in TF_CONFIG (workers 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}; this is worker 1) "
+        "did not form and take its first training step within 20 s, so this worker was stopped")
+    assert not (work / TRAIN_RECORD).exists()

@@ -87,3 +87,9 @@ def test_progress_bars_need_ipywidgets_in_the_base_install():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     base = _pins(project["dependencies"])
     assert {"ipywidgets", "tqdm", "jupyterlab"} <= set(base)
+
+
+def test_every_test_has_a_timeout(pytestconfig):
+    """pytest-timeout is installed and configured: a hung test fails after its timeout and shows where it hung."""
+    assert pytestconfig.pluginmanager.hasplugin("timeout")
+    assert float(pytestconfig.getini("timeout")) == 600 and pytestconfig.getini("timeout_method") == "thread"

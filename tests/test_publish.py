@@ -46,7 +46,8 @@ def _executed_notebook(start="2026-11-27T23:10:39", python="3.11.7", duration=0.
 
 def test_normalise_keeps_content_and_drops_run_records():
     nb = notebook_format.normalise_notebook(_executed_notebook())
-    assert nb["metadata"] == {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    assert nb["metadata"] == {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                             "name": "python3"},
                               "language_info": {"name": "python", "pygments_lexer": "ipython3"}}
     cells = nb["cells"]
     assert [c["id"] for c in cells] == ["c00", "c01", "c02", "c03"]  # injected cell gone; missing/duplicate ids given

@@ -12,7 +12,7 @@ import pytest
 
 from fer_utils import EMOTIONS, data, folders, runner, workfolder
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.timeout(1800)]  # the whole chain on the real dataset
 
 
 @pytest.fixture(scope="module")
