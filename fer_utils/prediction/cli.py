@@ -35,6 +35,7 @@ from fer_utils.prediction.inference import (
     to_flat,
     to_records,
 )
+from fer_utils.workfolder import write_csv
 
 MAX_LISTED = 20  # inputs without an annotated copy listed one per line on stderr
 
@@ -105,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = "[\n" + ",\n".join("  " + json.dumps(r) for r in to_records(results)) + "\n]\n"
     else:
         buffer = io.StringIO()
-        to_flat(results, loaded.record.class_names).to_csv(buffer, index=False, float_format="%.6g",
-                                                           quoting=csv.QUOTE_MINIMAL)
+        write_csv(to_flat(results, loaded.record.class_names), buffer, float_format="%.6g",
+                  quoting=csv.QUOTE_MINIMAL)  # names starting with = + - @ get a ' (safe in a spreadsheet)
         text = buffer.getvalue()
     if args.output:
         try:
