@@ -90,6 +90,8 @@ from fer_utils.prediction.annotation import (
     AnnotatedCopies,
     annotate,
     check_annotate_dir,
+    existing_copies,
+    plan_copies,
     write_annotated,
 )
 from fer_utils.prediction.cli import build_parser, main
@@ -151,7 +153,8 @@ __all__ = [
     # prediction and its rows
     "STATUSES", "PREDICTED", "COLUMNS", "preprocess_faces", "predict", "summary", "to_records", "to_flat",
     # annotated copies
-    "BOX_COLORS", "AnnotatedCopies", "annotate", "check_annotate_dir", "write_annotated",
+    "BOX_COLORS", "AnnotatedCopies", "annotate", "check_annotate_dir", "existing_copies", "plan_copies",
+    "write_annotated",
     # Grad-CAM
     "grad_cam", "overlay_heatmap",
     # export

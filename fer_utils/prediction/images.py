@@ -35,6 +35,15 @@ def resolved(item) -> Path | None:
         return None
 
 
+def file_id(path) -> tuple[int, int] | None:
+    """``(device, inode)`` of a file: the same for every name (hard link, symbolic link) it has; None if none."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
 def is_folder(item) -> bool:
     """``item`` names an existing folder (False for anything that is not a usable path)."""
     if not isinstance(item, (str, os.PathLike)):
