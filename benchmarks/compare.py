@@ -91,7 +91,7 @@ def make_folds(dataset, base: Path, k: int, seed: int) -> list[Path]:
         work = base / f"fold{i}"
         work.mkdir(parents=True, exist_ok=True)
         fold = folders.write_split_folders(fold, dataset.root, work)
-        fold.to_csv(work / workfolder.MANIFEST, index=False)
+        workfolder.write_csv(fold, work / workfolder.MANIFEST)
         works.append(work)
     return works
 
@@ -190,7 +190,7 @@ def random_split_work(dataset, work: Path, seed: int) -> Path:
     for idx, name in ((train, "train"), (val, "val"), (test, "test")):
         manifest.loc[idx, "split"] = name
     manifest = folders.write_split_folders(manifest, dataset.root, work)
-    manifest.to_csv(work / workfolder.MANIFEST, index=False)
+    workfolder.write_csv(manifest, work / workfolder.MANIFEST)
     return work
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fer_utils import EMOTIONS
 from fer_utils.workfolder import sha256_of
@@ -50,6 +50,13 @@ LABEL_ALIASES = {
 #: Formats that both Pillow and ``tf.io.decode_image`` read, with the file endings that name them.
 TF_FORMATS = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "GIF": (".gif",), "BMP": (".bmp",)}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+#: The only formats ever decoded (Pillow's names; JPEG includes a camera's MPO): those of ``IMAGE_SUFFIXES``.
+#: The dataset is all JPEG; anything else (EPS, which Pillow hands to Ghostscript, PSD, ICO...) is not an image here.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+FORMATS_READ = "JPEG, PNG, GIF, BMP, WebP, TIFF or PPM/PGM"
+#: The most pixels an image may have to be decoded (Pillow's own hard limit is 179 megapixels, 3 GB and more
+#: of memory): a 20 KB PNG can say it is 13,000 x 13,000. A phone photo has 12-50 megapixels.
+MAX_PIXELS = 50_000_000
 
 
 class DatasetError(RuntimeError):
@@ -521,6 +528,41 @@ def to_8bit(im: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------------------------------
 
 
+class ImageRefused(ValueError):
+    """``open_image`` will not decode this file: ``status`` is ``"not_an_image"`` (a format not in
+    ``IMAGE_FORMATS``) or ``"unreadable"`` (more than ``MAX_PIXELS``: ``format`` and ``size`` say what it is)."""
+
+    def __init__(self, status: str, message: str, format: str | None = None, size: tuple | None = None):
+        super().__init__(message)
+        self.status, self.format, self.size = status, format, size
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """``Image.open`` made safe for any file: only ``IMAGE_FORMATS`` are tried, and an image of more than
+    ``MAX_PIXELS`` is refused before its pixels are decoded (``ImageRefused``). Use it as ``Image.open``:
+    ``with open_image(path) as im: im.load()``. The dataset audit, ``predict`` and the demo read images only
+    through it. Other errors are ``Image.open``'s (``OSError`` for a file that cannot be read)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.init()  # registers the plugins so that formats= can name them (only those are tried)
+            im = Image.open(path, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageRefused("not_an_image", f"not an image format read here ({FORMATS_READ})") from None
+    except Image.DecompressionBombError:
+        raise ImageRefused("unreadable", f"too large to decode safely: more than {MAX_PIXELS // 10**6} "
+                                         "megapixels") from None
+    if im.width * im.height > MAX_PIXELS:
+        size, fmt = im.size, im.format
+        im.close()
+        raise ImageRefused("unreadable", f"too large to decode safely: {size[0]} x {size[1]} pixels "
+                                         f"({size[0] * size[1] / 1e6:.0f} megapixels; at most "
+                                         f"{MAX_PIXELS // 10**6} are read)", fmt, size)
+    return im
+
+
 def inspect_image(path: Path) -> dict:
     """Decode one file fully with Pillow; report its real format, mode, size and content hash."""
     info = {"file": path.name, "bytes": None, "format": None, "mode": None, "width": None, "height": None,
@@ -529,9 +571,13 @@ def inspect_image(path: Path) -> dict:
         data = path.read_bytes()
         info["bytes"] = len(data)
         info["sha1"] = hashlib.sha1(data).hexdigest()
-        with Image.open(path) as im:
+        with open_image(path) as im:
             info.update(format=im.format, mode=im.mode, width=im.width, height=im.height)
             im.load()  # a truncated or corrupt file fails here, not later in training
+    except ImageRefused as err:  # not a format read here, or too large: unreadable, never decoded
+        info["error"] = str(err)
+        if err.size:
+            info.update(format=err.format, width=err.size[0], height=err.size[1])
     except Exception as err:  # noqa: BLE001 - every failure is a finding, reported per file
         info["error"] = f"{type(err).__name__}: {err}"
     return info

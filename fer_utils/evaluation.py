@@ -32,6 +32,7 @@ from fer_utils.workfolder import (
     read_record,
     require,
     sha256_of,
+    write_csv,
     write_record,
 )
 
@@ -331,7 +332,7 @@ def evaluate(model_path_or_model, work_dir: str | os.PathLike, record: models.Mo
     if write:
         write_record(work / METRICS, metrics)
         tmp = work / (PREDICTIONS + ".tmp")
-        predictions.to_csv(tmp, index=False)
+        write_csv(predictions, tmp)
         tmp.replace(work / PREDICTIONS)
     return Evaluation(metrics=metrics, predictions=predictions, per_source=per_source)
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from fer_utils import EMOTIONS
@@ -33,10 +32,11 @@ from fer_utils.data import (
     Dataset,
     audit_dataset,
     check_not_inside,
+    open_image,
     person_and_source_of,
     to_8bit,
 )
-from fer_utils.workfolder import MANIFEST, SPLIT_DIR, SPLITS, require, write_record
+from fer_utils.workfolder import MANIFEST, SPLIT_DIR, SPLITS, read_csv, require, write_csv, write_record
 from fer_utils.workfolder import PREPARE_RECORD as RECORD
 
 #: Why a row is excluded, by audit finding, in order of precedence.
@@ -210,7 +210,7 @@ def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | Non
         shutil.copyfile(src, dest)
         return dest
     dest = dest_dir / (Path(name).stem + ".png")
-    with Image.open(src) as im:
+    with open_image(src) as im:
         to_8bit(im).save(dest, format="PNG")
     return dest
 
@@ -318,7 +318,7 @@ def save_outputs(manifest: pd.DataFrame, audit: Audit, dataset: Dataset, work_di
     """Check the manifest's contract, then write ``manifest.csv`` and the ``prepare.json`` record."""
     work_dir = Path(work_dir)
     counts = check_manifest(manifest, audit)
-    manifest.to_csv(work_dir / MANIFEST, index=False)
+    write_csv(manifest, work_dir / MANIFEST)
     used = manifest[manifest.split.isin(SPLITS)]
     record = {
         "step": "prepare", "parameters": parameters,
@@ -360,5 +360,5 @@ def prepare(dataset: Dataset, work_dir: str | os.PathLike, seed: int = 42, test_
 
 def load_manifest(work_dir: str | os.PathLike) -> pd.DataFrame:
     path = require(Path(work_dir) / MANIFEST, "prepare", "manifest.csv")
-    return pd.read_csv(path, dtype={"user_id": str, "label": str, "reason": str, "path": str},
+    return read_csv(path, dtype={"user_id": str, "label": str, "reason": str, "path": str},
                        keep_default_na=False, na_values={"row": [""], "emotion": [""], "width": [""], "height": [""]})

@@ -216,6 +216,48 @@ def read_record(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
 
 
+# --------------------------------------------------------------------------------------------------
+# CSV files safe to open in a spreadsheet (every CSV the project writes goes through write_csv)
+# --------------------------------------------------------------------------------------------------
+
+#: A text cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+CSV_QUOTE = "'"  # prefixed to such a cell (and to a cell that starts with it, so reading undoes it exactly)
+
+
+def neutralise_cell(value):
+    """A text cell a spreadsheet shows as text: ``'`` prefixed when it starts with ``FORMULA_START`` or ``'``."""
+    if isinstance(value, str) and value[:1] in (*FORMULA_START, CSV_QUOTE):
+        return CSV_QUOTE + value
+    return value
+
+
+def restore_cell(value):
+    """``neutralise_cell`` undone: one leading ``'`` removed."""
+    return value[1:] if isinstance(value, str) and value.startswith(CSV_QUOTE) else value
+
+
+def write_csv(frame, target, **kwargs) -> None:
+    """``frame.to_csv`` (``index=False`` unless given) with every text cell neutralised (``neutralise_cell``);
+    numbers are written as they are. ``read_csv`` reads it back exactly."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or str(safe[column].dtype) in ("string", "str", "category"):
+            safe[column] = safe[column].astype(object).map(neutralise_cell)
+    safe.to_csv(target, **{"index": False, **kwargs})
+
+
+def read_csv(path, **kwargs):
+    """``pandas.read_csv`` of a CSV ``write_csv`` wrote, with its text cells restored (``restore_cell``)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, **kwargs)
+    for column in frame.columns:
+        if frame[column].dtype == object or str(frame[column].dtype) in ("string", "str"):
+            frame[column] = frame[column].map(restore_cell)
+    return frame
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and (if imported) TensorFlow/Keras."""
     random.seed(seed)

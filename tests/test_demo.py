@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -147,7 +148,7 @@ def test_app_shows_an_upload(app, files):
 def test_app_says_what_is_wrong_with_a_bad_file(app, files):
     app.show_bytes("face.jpg", files["face"].read_bytes())
     app.show_bytes("<b>notes</b>.jpg", files["text"].read_bytes())
-    assert "not_an_image" in app.status.value and "not an image format Pillow can read" in app.status.value
+    assert "not_an_image" in app.status.value and "not an image format read here" in app.status.value
     assert "&lt;b&gt;notes&lt;/b&gt;.jpg" in app.status.value  # the name is shown, never as markup
     assert app.photo.layout.display == "none" and app.faces.children == ()
     assert "Traceback" not in app.status.value
@@ -234,10 +235,10 @@ def test_bad_port_is_a_usage_error(capsys):
 class DemoServer:
     """``python -m fer_utils demo`` in a subprocess, on a free port; its output is collected by a thread."""
 
-    def __init__(self, model: Path, port: int):
+    def __init__(self, model: Path, port: int, *args: str):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "fer_utils", "demo", "--model", str(model),
-                                      "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      "--port", str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env, cwd=REPO)
         self.lines: list[str] = []
         self.url: str | None = None
@@ -257,6 +258,16 @@ class DemoServer:
         assert self.url, "the demo did not start:\n" + "".join(self.lines)
         return self.url
 
+    def kernels(self) -> int:
+        """How many kernels (child processes) the server runs now."""
+        return sum(len(f.read_text().split()) for f in Path(f"/proc/{self.proc.pid}/task").glob("*/children"))
+
+    def wait_kernels(self, n: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.kernels() != n and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert self.kernels() == n, (n, "".join(self.lines))
+
     def stop(self) -> None:
         self.proc.terminate()  # Voilà stops on SIGTERM and shuts its kernels down
         try:
@@ -274,11 +285,14 @@ def test_demo_page_in_a_browser(model_path, files, tmp_path):
     from browser import PageWatch, chromium, free_port
 
     port = free_port()
-    server = DemoServer(model_path, port)
+    server = DemoServer(model_path, port, "--max-upload-mb", "1", "--cull-after", "5")
+    big = tmp_path / "big.png"  # 2 MB of noise: over the page's limit
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 700, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 1 << 20
     try:
         start = time.perf_counter()
         url = server.wait(timeout=180)
-        assert url == f"http://127.0.0.1:{port}/"
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/\?token=[\w-]{{32}}", url), url
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1280, "height": 1200})
             watch = PageWatch(page)
@@ -307,9 +321,92 @@ def test_demo_page_in_a_browser(model_path, files, tmp_path):
             body = page.inner_text("body")
             assert "Traceback" not in body and "Error" not in body
             page.screenshot(path=tmp_path / "demo_bad_file.png", full_page=True)
+
+            with page.expect_file_chooser() as chooser:  # over the limit: said in the page, nothing sent
+                page.get_by_text("Upload a photo").click()
+            chooser.value.set_files(big)
+            too_large = page.locator(".fer-too-large")
+            too_large.wait_for(timeout=10_000)
+            assert "big.png" in too_large.inner_text() and "at most 1 MB" in too_large.inner_text()
+            with page.expect_file_chooser() as chooser:  # and the next upload still works
+                page.get_by_text("Upload a photo").click()
+            chooser.value.set_files(files["face"])
+            page.locator(".fer-face-title").wait_for(timeout=60_000)
+            assert page.locator(".fer-too-large").count() == 0
             assert not watch.problems(), watch.problems()
+            assert server.kernels() == 1
+            page.close(run_before_unload=True)  # the page goes: its kernel ends (Voilà's shutdown, else culled)
+            server.wait_kernels(0)
         time.sleep(1)  # let the server's last lines arrive
         in_use = "".join(server.lines)  # what the server printed while it was used (stopping it can race)
     finally:
         server.stop()
     assert "Traceback" not in in_use, in_use
+
+
+def _get(url: str, host: str | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+def _websocket(url: str, host: str, origin: str, cookie: str = "") -> int:
+    """The HTTP status a websocket upgrade gets (101: accepted)."""
+    import asyncio
+
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    async def connect() -> int:
+        request = HTTPRequest(url, headers={"Host": host, "Origin": origin, "Cookie": cookie})
+        try:
+            ws = await websocket_connect(request)
+        except HTTPClientError as err:
+            return err.code
+        ws.close()
+        return 101
+
+    return asyncio.run(connect())
+
+
+def test_demo_server_serves_only_this_computer(model_path):
+    """Raw requests to 127.0.0.1: no token, another Host or another Origin are refused; each page is one kernel,
+    at most --max-pages, and a kernel no page connects to is ended (--cull-after)."""
+    pytest.importorskip("voila", reason="the 'demo' extra is not installed (pip install -e '.[demo]')")
+    from browser import free_port
+
+    port = free_port()
+    server = DemoServer(model_path, port, "--max-pages", "2", "--cull-after", "30")
+    try:
+        url = server.wait(timeout=180)
+        base, token = url.split("?token=")
+        assert len(token) >= 32
+        assert _get(base)[0] in (302, 403)  # no token: to the login page, no kernel
+        assert _get(url, host="attacker.example")[0] == 403  # DNS rebinding: a foreign Host
+        assert server.kernels() == 0
+        status, page = _get(url)
+        assert status == 200 and server.kernels() == 1
+        assert _get(url)[0] == 200 and server.kernels() == 2
+        status, refused = _get(url)  # a third page: refused, saying why
+        assert status == 503 and "close one" in refused and server.kernels() == 2
+        kernel = re.search(r'"kernelId": "([0-9a-f-]{36})"', page)[1]
+        channels = f"ws://127.0.0.1:{port}/api/kernels/{kernel}/channels?token={token}"
+        local = f"127.0.0.1:{port}"
+        assert _websocket(channels, "attacker.example", "http://attacker.example") == 403
+        assert _websocket(channels, local, "http://attacker.example") == 403
+        assert _websocket(channels, local, f"http://{local}") == 101
+        server.wait_kernels(0)  # no page connected: both ended
+        assert _get(url)[0] == 200 and server.kernels() == 1
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.lines)

@@ -34,11 +34,12 @@ not named after those functions, so ``prediction.predict`` is always the functio
 
 How a photo becomes rows:
 
-1. **Read** with Pillow (JPEG, PNG, WebP, BMP, GIF, TIFF…; the first frame of an animation or of a
-   multi-page file) and made an 8-bit gray or RGB image by ``fer_utils.data.to_8bit`` — the rule the
-   class folders were written with: turned upright by its EXIF orientation, transparency flattened onto
-   white, 16-bit and float images scaled to 8 bits (not clipped), CMYK, LAB… converted to RGB. The same
-   face gives the same prediction whatever the file's format, bit depth or colour mode.
+1. **Read** with Pillow (only JPEG, PNG, WebP, BMP, GIF, TIFF and PPM/PGM, ``data.IMAGE_FORMATS``, of at most
+   ``data.MAX_PIXELS`` = 50 megapixels; the first frame of an animation or of a multi-page file) and made
+   an 8-bit gray or RGB image by ``fer_utils.data.to_8bit`` — the rule the class folders were written with:
+   turned upright by its EXIF orientation, transparency flattened onto white, 16-bit and float images
+   scaled to 8 bits (not clipped), CMYK, LAB… converted to RGB. The same face gives the same prediction
+   whatever the file's format, bit depth or colour mode.
 2. **Find faces** with ``detection``:
 
    - ``"detect"``: the ``detector``'s faces; faces smaller than ``min_face`` × the shorter side are
@@ -70,8 +71,8 @@ batch, and no input, however broken, raises. ``status`` is one of:
 ``ok``                     a face, found by the detector (or the whole image with ``detection="whole"``)
 ``whole_image_fallback``   ``auto``: no face detected, so the whole image was used as the face
 ``no_face``                ``detect``: the detector found no face (no prediction)
-``not_an_image``           not an image format Pillow knows (text, empty file, PDF…), or a folder without images
-``unreadable``             an image format, but it cannot be decoded (truncated, corrupt, too large)
+``not_an_image``           not an image format read here (text, empty file, PDF, EPS…), or a folder without images
+``unreadable``             an image format, but it cannot be decoded (truncated, corrupt, over 50 megapixels)
 ``not_found``              the path does not exist (or is a broken or looping symbolic link)
 ``error``                  anything else that went wrong for this file (``message`` says what)
 =========================  ===================================================================
@@ -89,6 +90,8 @@ from fer_utils.prediction.annotation import (
     AnnotatedCopies,
     annotate,
     check_annotate_dir,
+    existing_copies,
+    plan_copies,
     write_annotated,
 )
 from fer_utils.prediction.cli import build_parser, main
@@ -150,7 +153,8 @@ __all__ = [
     # prediction and its rows
     "STATUSES", "PREDICTED", "COLUMNS", "preprocess_faces", "predict", "summary", "to_records", "to_flat",
     # annotated copies
-    "BOX_COLORS", "AnnotatedCopies", "annotate", "check_annotate_dir", "write_annotated",
+    "BOX_COLORS", "AnnotatedCopies", "annotate", "check_annotate_dir", "existing_copies", "plan_copies",
+    "write_annotated",
     # Grad-CAM
     "grad_cam", "overlay_heatmap",
     # export

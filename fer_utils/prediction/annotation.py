@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from fer_utils.prediction.images import ImageProblem, is_folder, read_image, resolved
+from fer_utils.prediction.images import ImageProblem, file_id, is_folder, read_image, resolved
 from fer_utils.prediction.inference import PREDICTED
 
 BOX_COLORS = {"haar": (46, 204, 64), "mtcnn": (46, 204, 64), "whole": (255, 133, 27)}  # found; whole image
@@ -59,17 +60,92 @@ def _output_name(file: str, roots: list[Path]) -> Path:
     return Path(p.name)
 
 
-def check_annotate_dir(out_dir: str | os.PathLike, inputs: Iterable) -> Path:
-    """Refuse an annotation folder that is an input folder or holds an input file (never overwrite inputs)."""
-    out = Path(out_dir).resolve()
-    for item in inputs:
-        p = resolved(item) if isinstance(item, (str, os.PathLike)) else None
-        if p is None:
-            continue
-        if (is_folder(p) and p == out) or (not is_folder(p) and p.parent == out):
-            raise ValueError(f"Refusing to write annotated copies into {out_dir}: it holds the input photos. "
-                             "Choose another --annotate folder.")
+def _paths(items: Iterable) -> list[tuple[object, Path]]:
+    """``(as given, resolved)`` for every item that names an existing file or folder."""
+    out = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)) and not str(item).startswith("<"):
+            real = resolved(item)
+            if real is not None and real.exists():
+                out.append((item, real))
     return out
+
+
+def writable_folder(folder: Path) -> tuple[bool, Path]:
+    """Can files be made in ``folder`` (or, if it does not exist yet, in the nearest folder above it that does)?
+    Returns ``(yes, the folder checked)``."""
+    probe = folder
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK), probe
+
+
+def check_annotate_dir(out_dir: str | os.PathLike, inputs: Iterable, files: Iterable = ()) -> Path:
+    """Refuse (``ValueError``, one line saying what to do) an annotation folder that cannot be written (a file,
+    no write permission), that is an input folder or lies inside one, or that holds an input — a file or a
+    folder named in ``inputs``, or any of ``files`` (the photos found), compared by identity (device and inode:
+    a hard link is the same photo). Returns the folder, resolved."""
+    given = Path(out_dir)
+    if given.exists() and not given.is_dir():
+        raise ValueError(f"--annotate {out_dir} is not a folder (a file is there); choose a folder for the "
+                         "annotated copies.")
+    out = given.resolve()
+    ok, probe = writable_folder(out)
+    if not ok:
+        raise ValueError(f"--annotate {out_dir}: cannot write into {probe} (not a writable folder); choose a "
+                         "folder you can write to.")
+    named = _paths(inputs)
+    for item, real in named:
+        if real.is_dir() and out.is_relative_to(real):
+            where = "is" if out == real else "lies inside"
+            raise ValueError(f"Refusing --annotate {out_dir}: it {where} the input folder {item}, so copies could "
+                             "replace photos; choose a folder outside the inputs.")
+        if real.is_relative_to(out):
+            raise ValueError(f"Refusing --annotate {out_dir}: it holds the input {item}, so copies could replace "
+                             "photos; choose a folder outside the inputs.")
+    ids = {file_id(real): item for item, real in [*named, *_paths(files)] if real.is_file()}
+    ids.pop(None, None)
+    if ids and out.is_dir():
+        for root, _, names in os.walk(out):
+            for name in names:
+                item = ids.get(file_id(Path(root) / name))
+                if item is not None:
+                    raise ValueError(f"Refusing --annotate {out_dir}: {Path(root) / name} is the input {item} "
+                                     "(a link to the same file); choose a folder outside the inputs.")
+    return out
+
+
+def plan_copies(results: pd.DataFrame, out_dir: str | os.PathLike, inputs: Iterable = ()) -> dict[str, Path]:
+    """``{input file: its annotated copy}`` for every file of ``results`` (what ``write_annotated`` writes).
+
+    Names follow the inputs (their path below an input folder is kept); JPEG inputs stay JPEG, others become
+    PNG; two inputs that would share a name get ``-1``, ``-2``... Raises ``ValueError`` when a copy would go
+    through a symbolic link (a folder of ``out_dir`` that leads elsewhere, or the copy's own name)."""
+    out = Path(out_dir).resolve()
+    roots = [r for r in (resolved(i) for i in inputs if is_folder(i)) if r is not None]
+    plan, used = {}, set()
+    for file in dict.fromkeys(results["file"]):
+        if str(file).startswith("<"):
+            continue
+        rel = _output_name(file, roots)
+        suffix = ".jpg" if rel.suffix.lower() in (".jpg", ".jpeg") else ".png"
+        target = out / rel.with_suffix(suffix)
+        n = 1
+        while target in used:
+            target = out / rel.with_name(f"{rel.stem}-{n}{suffix}")
+            n += 1
+        for part in [*reversed(target.relative_to(out).parents[:-1]), target.relative_to(out)]:
+            if (out / part).is_symlink():
+                raise ValueError(f"Refusing --annotate {out_dir}: {out / part} is a symbolic link, so a copy "
+                                 "could land outside the folder; remove it or choose another folder.")
+        used.add(target)
+        plan[file] = target
+    return plan
+
+
+def existing_copies(plan: dict[str, Path]) -> list[Path]:
+    """The copies of ``plan`` that would replace a file already there."""
+    return [t for t in plan.values() if os.path.lexists(t)]
 
 
 class AnnotatedCopies(list):
@@ -80,44 +156,55 @@ class AnnotatedCopies(list):
         self.skipped: dict[str, str] = dict(skipped or {})
 
 
-def write_annotated(results: pd.DataFrame, out_dir: str | os.PathLike, inputs: Iterable = ()) -> AnnotatedCopies:
+def _save_new(im: Image.Image, target: Path, out: Path, overwrite: bool) -> None:
+    """Save into a new file beside ``target``, then rename it to ``target``: a file already there (a link to
+    another file included) is replaced as a name, never written into; nothing lands outside ``out``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.resolve().is_relative_to(out):
+        raise OSError(f"{target.parent} leads outside {out}")
+    if os.path.lexists(target) and not overwrite:
+        raise FileExistsError(f"{target} already exists (overwrite=True, or --overwrite, replaces it)")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".annotating-", suffix=target.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if target.suffix == ".jpg":
+                im.save(f, "JPEG", quality=92)
+            else:
+                im.save(f, "PNG")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_annotated(results: pd.DataFrame, out_dir: str | os.PathLike, inputs: Iterable = (),
+                    overwrite: bool = False) -> AnnotatedCopies:
     """Write an annotated copy of every readable input into ``out_dir``; return the files written.
 
-    Names follow the inputs (their path below an input folder is kept); JPEG inputs stay JPEG, others
-    become PNG. Never writes over an input file. An input that has no picture (its status says why) or
-    that cannot be drawn or written is skipped, never stops the others, and is listed with the reason
-    in the result's ``skipped``.
+    Names follow ``plan_copies``. Never writes over an input, nor outside ``out_dir``: ``check_annotate_dir``
+    and ``plan_copies`` raise ``ValueError`` first. A copy already there is replaced only with ``overwrite``
+    (else that input is skipped, saying so). An input that has no picture (its status says why) or that cannot
+    be drawn or written is skipped, never stops the others, and is listed with the reason in ``skipped``.
     """
     inputs = list(inputs)
-    out = check_annotate_dir(out_dir, inputs)
-    roots = [r for r in (resolved(i) for i in inputs if is_folder(i)) if r is not None]
-    input_files = {r for r in (resolved(f) for f in results["file"] if not str(f).startswith("<")) if r}
-    written, used = AnnotatedCopies(), set()
+    out = check_annotate_dir(out_dir, inputs, [f for f in results["file"] if not str(f).startswith("<")])
+    plan = plan_copies(results, out_dir, inputs)
+    written = AnnotatedCopies()
     for file, rows in results.groupby("file", sort=False):
         status = rows["status"].iloc[0]
         if status in NO_IMAGE:
             written.skipped[file] = f"{status}: {rows['message'].iloc[0]}"
             continue
-        if str(file).startswith("<"):
+        if file not in plan:
             written.skipped[file] = "an image given in memory, not a file"
             continue
         try:
-            im = annotate(file, rows)
-            rel = _output_name(file, roots)
-            suffix = ".jpg" if rel.suffix.lower() in (".jpg", ".jpeg") else ".png"
-            target = out / rel.with_suffix(suffix)
-            n = 1
-            while target in used or resolved(target) in input_files:
-                target = out / rel.with_name(f"{rel.stem}-{n}{suffix}")
-                n += 1
-            target.parent.mkdir(parents=True, exist_ok=True)
-            im.save(target, quality=92) if suffix == ".jpg" else im.save(target)
+            _save_new(annotate(file, rows), plan[file], out, overwrite)
         except ImageProblem as problem:  # the file changed since it was predicted
             written.skipped[file] = f"{problem.status}: {problem}"
             continue
-        except Exception as err:  # noqa: BLE001 - one file that cannot be drawn never stops the others
+        except Exception as err:  # noqa: BLE001 - one file that cannot be drawn or written never stops the others
             written.skipped[file] = f"could not draw or write it: {type(err).__name__}: {err}"
             continue
-        used.add(target)
-        written.append(target)
+        written.append(plan[file])
     return written

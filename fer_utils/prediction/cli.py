@@ -1,8 +1,14 @@
 """``python -m fer_utils predict PATH... [--model M] [--format json|csv] [--output F] [--annotate DIR]
-[--detection auto|detect|whole] [--detector haar|mtcnn]``.
+[--overwrite] [--detection auto|detect|whole] [--detector haar|mtcnn]``.
 
 The results (JSON or CSV) go to stdout or ``--output``; everything else — which model, warnings about
 records that describe another model, what was annotated, counts and time — goes to stderr.
+
+It never replaces a file it was not told to write: before any work it refuses (status 2, one line saying
+what to do) an ``--output`` that is an input photo (by identity: a hard or symbolic link to one too) or lies
+inside an input folder, an ``--annotate`` folder that is, holds or lies inside an input, leads out through a
+symbolic link, or already holds the copies (``--overwrite`` replaces those), and an output that cannot be
+written (a folder, a file for a folder, no write permission).
 """
 
 from __future__ import annotations
@@ -11,12 +17,19 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from fer_utils.prediction.annotation import check_annotate_dir, write_annotated
+from fer_utils.prediction.annotation import (
+    check_annotate_dir,
+    existing_copies,
+    plan_copies,
+    writable_folder,
+    write_annotated,
+)
 from fer_utils.prediction.detection import (
     DEFAULT_DETECTOR,
     DEFAULT_MARGIN,
@@ -25,7 +38,7 @@ from fer_utils.prediction.detection import (
     DETECTORS,
     check_detector,
 )
-from fer_utils.prediction.images import collect_inputs
+from fer_utils.prediction.images import collect_inputs, file_id, resolved
 from fer_utils.prediction.inference import (
     PREDICTED,
     STATUSES,
@@ -35,6 +48,7 @@ from fer_utils.prediction.inference import (
     to_flat,
     to_records,
 )
+from fer_utils.workfolder import write_csv
 
 MAX_LISTED = 20  # inputs without an annotated copy listed one per line on stderr
 
@@ -50,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "work_dir = $FER_WORK_DIR or work/)")
     parser.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
     parser.add_argument("--output", "-o", help="write the results to this file instead of stdout")
-    parser.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels into DIR")
+    parser.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels into DIR (a folder "
+                                                          "outside the inputs)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace annotated copies already in the --annotate folder (never an input)")
     parser.add_argument("--detection", choices=DETECTION_MODES, default="auto",
                         help="auto: detect faces, else use the whole image (flagged); detect: faces only; "
                              "whole: each image is one face (default auto)")
@@ -75,29 +92,65 @@ def _report_annotated(written, out_dir: str) -> None:
             print(f"  … and {len(written.skipped) - MAX_LISTED} more", file=sys.stderr)
 
 
+def check_output(output: str, inputs: Sequence, files: Sequence) -> None:
+    """Refuse (``ValueError``) an ``--output`` that cannot be written, is an input (compared by identity) or
+    lies inside an input folder."""
+    path = Path(output)
+    if path.is_dir():
+        raise ValueError(f"--output {output} is a folder; name a file for the results.")
+    real = resolved(path)
+    if real is None or not real.parent.is_dir():
+        raise ValueError(f"--output {output}: its folder does not exist; create it or name a file in another.")
+    if not writable_folder(real.parent)[0]:
+        raise ValueError(f"--output {output}: cannot write into {real.parent}; name a file in a folder you can "
+                         "write to.")
+    same = file_id(path)
+    for item in [*inputs, *files]:
+        if not isinstance(item, (str, os.PathLike)):
+            continue
+        if same is not None and file_id(item) == same:
+            raise ValueError(f"Refusing --output {output}: it is the input {item}; name another file for the "
+                             "results.")
+        folder = resolved(item)
+        if folder is not None and folder.is_dir() and real.is_relative_to(folder):
+            raise ValueError(f"Refusing --output {output}: it lies inside the input folder {item}; write the "
+                             "results elsewhere.")
+
+
+def check_outputs(args, items: list) -> None:
+    """Every refusal of ``--output`` and ``--annotate``, before any work (``ValueError``, one line)."""
+    if args.output:
+        check_output(args.output, args.paths, items)
+    if args.annotate:
+        check_annotate_dir(args.annotate, args.paths, items)
+        import pandas as pd
+
+        plan = plan_copies(pd.DataFrame({"file": items}), args.annotate, args.paths)
+        there = existing_copies(plan)
+        if there and not args.overwrite:
+            raise ValueError(f"--annotate {args.annotate} already holds {len(there)} of the copies ({there[0]}"
+                             f"{', ...' if len(there) > 1 else ''}); add --overwrite to replace them, or choose "
+                             "another folder.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fer_utils predict PATH... [--model M] [--format json|csv] [--annotate DIR]``."""
+    """``python -m fer_utils predict PATH... [--model M] [--format json|csv] [--annotate DIR [--overwrite]]``."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not 0 < args.min_face <= 1 or args.margin < 0 or args.batch_size < 1:
         parser.error("--min-face must be in (0, 1], --margin >= 0 and --batch-size >= 1")
-    if args.annotate:
-        try:
-            check_annotate_dir(args.annotate, args.paths)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    items = collect_inputs(args.paths, exclude=[args.annotate] if args.annotate else ())
     try:
+        check_outputs(args, items)
         if args.detection != "whole":
             check_detector(args.detector)
-    except ImportError as err:
+    except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     loaded = load_and_announce(args.model)
     if loaded is None:
         return 2
     start = time.perf_counter()
-    items = collect_inputs(args.paths, exclude=[args.annotate] if args.annotate else ())
     results = predict(loaded, items, detection=args.detection, min_face=args.min_face, margin=args.margin,
                       batch_size=args.batch_size, detector=args.detector)
     elapsed = time.perf_counter() - start
@@ -105,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = "[\n" + ",\n".join("  " + json.dumps(r) for r in to_records(results)) + "\n]\n"
     else:
         buffer = io.StringIO()
-        to_flat(results, loaded.record.class_names).to_csv(buffer, index=False, float_format="%.6g",
-                                                           quoting=csv.QUOTE_MINIMAL)
+        write_csv(to_flat(results, loaded.record.class_names), buffer, float_format="%.6g",
+                  quoting=csv.QUOTE_MINIMAL)  # names starting with = + - @ get a ' (safe in a spreadsheet)
         text = buffer.getvalue()
     if args.output:
         try:
@@ -117,7 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     if args.annotate:
-        _report_annotated(write_annotated(results, args.annotate, args.paths), args.annotate)
+        try:
+            written = write_annotated(results, args.annotate, args.paths, overwrite=args.overwrite)
+        except ValueError as err:  # the folder changed while predicting
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        _report_annotated(written, args.annotate)
     counts = ", ".join(f"{n} {s}" for s, n in summary(results)["files"].items())
     print(f"{results.file.nunique()} inputs ({counts}) in {elapsed:.1f} s", file=sys.stderr)
     return 0 if results.status.isin(PREDICTED).any() else 1

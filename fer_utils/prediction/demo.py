@@ -8,7 +8,12 @@ labelled (``annotate``), the eight probabilities of each face as bars, and each 
 exactly as with ``python -m fer_utils predict``, so a file that is not an image, a truncated one or an
 empty one gets the same status and message as on the command line — shown on the page, never a traceback.
 
-The page is served on 127.0.0.1 only and needs no network: every script and style comes from the local
+The page serves one person on this computer: it listens on 127.0.0.1 only, answers only requests whose Host
+(and, for the websocket, Origin) is 127.0.0.1 or localhost (so a web page elsewhere cannot drive it, DNS
+rebinding included), and needs a token made at each launch, in the address it prints. Each page gets its own
+kernel (about 0.8 GB with the model), ended when the page closes, or after ``CULL_AFTER`` seconds idle with no
+page connected; at most ``MAX_PAGES`` at once. A photo over ``MAX_UPLOAD_MB`` is refused in the page, and the
+next upload still works. It needs no network: every script and style comes from the local
 server, photos never leave the computer. The model is ``<work_dir>/model.keras`` (``--model`` for another);
 without one the command says what to run first and exits with status 2.
 
@@ -35,6 +40,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -62,6 +68,10 @@ from fer_utils.prediction.inference import (
 
 DEMO_INSTALL = 'pip install -e ".[demo]"'
 DEFAULT_PORT = 8866
+MAX_PAGES = 3  # pages (kernels, about 0.8 GB each) served at once; one more is refused until one closes
+CULL_AFTER = 60  # seconds: a kernel no page is connected to (closed, reloaded), idle this long, is ended
+MAX_UPLOAD_MB = 32  # a larger photo is refused in the page, before it is sent (the websocket takes 64 MB)
+WEBSOCKET_MB = 64
 DISPLAY_SIDE = (320, 640)  # the annotated photo is shown with its longer side in this range (pixels)
 FACE_HEIGHT = 160  # Grad-CAM maps are shown this high (pixels)
 NOTEBOOK_NAME = "Facial emotion recognition.ipynb"  # the page's title is the notebook's name
@@ -274,6 +284,7 @@ class DemoApp:
             style={"button_width": "auto"})
         self.status = w.HTML(value='<p class="fer-status" style="color:#555">Choose a photo with one or more '
                                    'faces: it is analysed here, on this computer.</p>')
+        self.status.add_class("fer-status-box")  # where the page's script says an upload was too large
         self.photo = w.Image(format="jpeg", layout=w.Layout(max_width="100%", height="auto", display="none",
                                                              margin="0 24px 12px 0", align_self="flex-start"))
         self.faces = w.VBox(layout=w.Layout(flex="1 1 420px"))
@@ -428,6 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; the next free one if it is taken)")
     parser.add_argument("--detection", choices=DETECTION_MODES, default="auto",
                         help="the page's initial face mode: auto (detect, else the whole image), detect, whole")
+    parser.add_argument("--max-pages", type=int, default=MAX_PAGES,
+                        help=f"pages served at once, each with its own kernel of about 0.8 GB (default {MAX_PAGES})")
+    parser.add_argument("--cull-after", type=int, default=CULL_AFTER, metavar="SECONDS",
+                        help="end a kernel no page is connected to after this many idle seconds "
+                             f"(default {CULL_AFTER})")
+    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
+                        help=f"largest photo the page accepts, in MB (default {MAX_UPLOAD_MB}; at most "
+                             f"{WEBSOCKET_MB - 1})")
     return parser
 
 
@@ -445,20 +464,73 @@ def _missing_extra() -> str | None:
     return None
 
 
-def _voila_class():
-    """Voilà's application, announcing the page's address once it listens."""
+def _voila_class(token: str):
+    """Voilà's application for the page: Host checked (127.0.0.1 and localhost only; Voilà itself turns the check
+    off), and the page's address, token included, printed once it listens."""
     from tornado.ioloop import IOLoop
     from voila.app import Voila
 
     class DemoVoila(Voila):
+        def init_settings(self):
+            settings = super().init_settings()
+            settings["allow_remote_access"] = False  # jupyter_server's check_host: loopback addresses and ...
+            settings["local_hostnames"] = ["localhost"]  # ... these names only (no DNS rebinding)
+            return settings
+
+        def init_handlers(self):
+            return [(h[0], _local_origin_only(h[1]), *h[2:]) if h[0].endswith("/channels") else h
+                    for h in super().init_handlers()]
+
         def start(self):
             IOLoop.current().add_callback(self._announce)
             super().start()
 
         def _announce(self):
-            print(f"Demo page: {self.display_url}  (only on this computer; Ctrl+C stops it)", flush=True)
+            print(f"Demo page: {self._url(self.ip)}?token={token}  (only on this computer; Ctrl+C stops it)",
+                  flush=True)
 
     return DemoVoila
+
+
+def _local_origin_only(handler):
+    """The kernel websocket handler, accepting only a page of this server: an ``Origin`` (browsers always send
+    one) of http://127.0.0.1 or http://localhost at the port asked for (jupyter_server skips its own check for a
+    request carrying the token)."""
+    from urllib.parse import urlparse
+
+    class LocalOriginOnly(handler):
+        def check_origin(self, origin=None):
+            origin = origin if origin is not None else self.request.headers.get("Origin")
+            if origin is None:
+                return True  # not a browser: the token (or cookie) and the Host check still apply
+            url, host = urlparse(origin.lower()), self.request.host.lower()
+            ok = (url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost") and url.netloc == host)
+            if not ok:
+                self.log.warning("Refused a websocket from another page (Origin %s, Host %s)", origin, host)
+            return ok
+
+        def write_error(self, status_code, **kwargs):  # jupyter_server's error page fails to render here
+            self.finish(f"{status_code}: {self._reason}")
+
+    return LocalOriginOnly
+
+
+def _bounded_kernel_manager():
+    """jupyter_server's kernel manager, refusing a kernel beyond ``max_kernels`` (the page says to close one)."""
+    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+    from tornado import web
+    from traitlets import Integer
+
+    class BoundedKernelManager(AsyncMappingKernelManager):
+        max_kernels = Integer(MAX_PAGES, config=True, help="the most kernels (pages) at once")
+
+        async def start_kernel(self, *args, kernel_id=None, **kwargs):
+            if kernel_id is None and len(self.list_kernel_ids()) >= self.max_kernels:
+                raise web.HTTPError(503, reason=f"{self.max_kernels} pages of the demo are open already: close "
+                                                "one (or wait a few minutes) and reload this page")
+            return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
+
+    return BoundedKernelManager
 
 
 #: Voilà's "lab" template, less the two style sheets it links from a CDN (Font Awesome 5, for icons that
@@ -468,26 +540,63 @@ TEMPLATE = """{%- extends 'voila/templates/lab/index.html.j2' -%}
 {%- block notebook_css -%}
 {{ super() | replace(CDN_ALL, "") | replace(CDN_SHIMS, "") }}
 {%- endblock notebook_css -%}
+{%- block html_head_js -%}
+{{ super() }}
+<script>UPLOAD_GUARD</script>
+{%- endblock html_head_js -%}
 """
+#: Runs before the widgets: a file chosen in an upload button that is larger than the limit is never sent (it
+#: would close the websocket: the page would ignore every later upload); the page says so where its messages go
+#: (the status widget, class ``fer-status-box``), and the button is ready for the next file.
+UPLOAD_GUARD = """(function () {
+  var limit = LIMIT_BYTES, add = EventTarget.prototype.addEventListener;
+  function refuse(input, file) {
+    input.value = "";
+    var box = document.querySelector(".fer-status-box .widget-html-content") || document.body;
+    var p = document.createElement("p"), b = document.createElement("b");
+    p.className = "fer-problem fer-too-large";
+    p.style.color = "#b71c1c";
+    b.textContent = file.name;
+    p.appendChild(b);
+    p.appendChild(document.createTextNode(" \u2014 too large to upload: " + (file.size / 1048576).toFixed(1) +
+      " MB (at most " + (limit / 1048576).toFixed(0) + " MB). Choose a smaller photo."));
+    box.replaceChildren(p);
+  }
+  EventTarget.prototype.addEventListener = function (type, listener, options) {
+    if (type === "change" && this instanceof HTMLInputElement && typeof listener === "function") {
+      var input = this, inner = listener;
+      listener = function (event) {
+        var files = input.type === "file" && input.files ? Array.from(input.files) : [];
+        var big = files.find(function (f) { return f.size > limit; });
+        if (big) { refuse(input, big); return; }
+        return inner.apply(this, arguments);
+      };
+    }
+    return add.call(this, type, listener, options);
+  };
+})();"""
 CDN_LINK = ('<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free@^5/css/{}" '
             'type="text/css" />')
 
 
-def write_template(jupyter_dir: Path) -> Path:
+def write_template(jupyter_dir: Path, max_upload_mb: float = MAX_UPLOAD_MB) -> Path:
     """Write the page's Voilà template into ``<jupyter_dir>/voila/templates/fer-demo`` (a Jupyter data folder
-    for ``JUPYTER_PATH``)."""
+    for ``JUPYTER_PATH``); uploads over ``max_upload_mb`` are refused in the page."""
     folder = jupyter_dir / "voila" / "templates" / TEMPLATE_NAME
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "conf.json").write_text(json.dumps({"base_template": "lab"}), encoding="utf-8")
     text = TEMPLATE.replace("CDN_ALL", json.dumps(CDN_LINK.format("all.min.css")))
     text = text.replace("CDN_SHIMS", json.dumps(CDN_LINK.format("v4-shims.min.css")))
+    text = text.replace("UPLOAD_GUARD", UPLOAD_GUARD.replace("LIMIT_BYTES", str(int(max_upload_mb * (1 << 20)))))
     (folder / "index.html.j2").write_text(text, encoding="utf-8")
     return folder
 
 
-def voila_config(port: int):
-    """Voilà's settings for the page: 127.0.0.1 only, no browser opened, no tracebacks on the page, one kernel
-    kept ready (the model loaded) for the next visitor, photos of up to 64 MB, encrypted kernel channels."""
+def voila_config(port: int, token: str = "", max_pages: int = MAX_PAGES, cull_after: int = CULL_AFTER):
+    """Voilà's settings for the page: 127.0.0.1 only, the launch's ``token`` required, no browser opened, no
+    tracebacks on the page, one kernel per page (none kept waiting: Voilà's preheated pool would hold one even
+    with no page open), at most ``max_pages``, a kernel with no page connected ended after ``cull_after`` idle
+    seconds, websocket messages (uploads) of up to 64 MB, encrypted kernel channels."""
     import zmq
     from traitlets.config import Config
 
@@ -496,11 +605,16 @@ def voila_config(port: int):
     c.Voila.port = port
     c.Voila.open_browser = False
     c.Voila.log_level = "WARN"
-    c.Voila.tornado_settings = {"websocket_max_message_size": 64 << 20}  # uploads travel over the websocket
+    c.Voila.token = token  # jupyter_server's IdentityProvider: ?token= once, then a cookie
+    c.Voila.tornado_settings = {"websocket_max_message_size": WEBSOCKET_MB << 20}  # uploads go over the websocket
     c.VoilaConfiguration.show_tracebacks = False
     c.VoilaConfiguration.template = TEMPLATE_NAME
-    c.VoilaConfiguration.preheat_kernel = True
-    c.VoilaConfiguration.default_pool_size = 1
+    c.VoilaConfiguration.preheat_kernel = False
+    c.VoilaConfiguration.multi_kernel_manager_class = _bounded_kernel_manager()
+    c.MappingKernelManager.max_kernels = max_pages
+    c.MappingKernelManager.cull_idle_timeout = cull_after
+    c.MappingKernelManager.cull_interval = max(1, min(60, cull_after // 2))
+    c.MappingKernelManager.cull_connected = False  # a page still open keeps its kernel
     if zmq.has("curve"):  # else every kernel warns that it runs "over TCP without encryption"
         c.KernelManager.transport_encryption = "auto"
     return c
@@ -519,6 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
+    if args.max_pages < 1 or args.cull_after < 1 or not 0 < args.max_upload_mb < WEBSOCKET_MB:
+        parser.error(f"--max-pages and --cull-after must be >= 1, --max-upload-mb in (0, {WEBSOCKET_MB})")
     why = _missing_extra()
     if why:
         print(f"error: {why}", file=sys.stderr)
@@ -532,10 +648,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         notebook = Path(folder) / "page" / NOTEBOOK_NAME
         notebook.parent.mkdir()
         notebook.write_text(json.dumps(demo_notebook(model_path, args.detection)), encoding="utf-8")
-        write_template(Path(folder) / "jupyter")
+        write_template(Path(folder) / "jupyter", args.max_upload_mb)
         os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(folder) / "jupyter"),
                                                                    os.environ.get("JUPYTER_PATH")]))
-        app = _voila_class()(config=voila_config(args.port))
+        token = secrets.token_urlsafe(24)  # a new one at each launch
+        app = _voila_class(token)(config=voila_config(args.port, token, args.max_pages, args.cull_after))
         app.initialize([str(notebook)])
         app.log.addFilter(_QuietTrust())
         app.start()

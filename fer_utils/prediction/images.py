@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fer_utils.data import IMAGE_SUFFIXES, to_8bit
+from fer_utils.data import FORMATS_READ, IMAGE_SUFFIXES, ImageRefused, open_image, to_8bit
 
 
 class ImageProblem(Exception):
@@ -33,6 +33,15 @@ def resolved(item) -> Path | None:
         return Path(item).resolve()
     except (OSError, RuntimeError, TypeError, ValueError):
         return None
+
+
+def file_id(path) -> tuple[int, int] | None:
+    """``(device, inode)`` of a file: the same for every name (hard link, symbolic link) it has; None if none."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def is_folder(item) -> bool:
@@ -85,7 +94,7 @@ def _converted(im: Image.Image) -> Image.Image:
 def _open(path: Path) -> Image.Image:
     """The first frame of ``path``, decoded and converted while the file is open; ``ImageProblem`` if impossible."""
     try:
-        with _pillow_notes_ignored(), Image.open(path) as im:
+        with _pillow_notes_ignored(), open_image(path) as im:
             try:
                 im.load()
             except Exception as err:  # noqa: BLE001 - truncated/corrupt data surfaces here with varied types
@@ -94,10 +103,10 @@ def _open(path: Path) -> Image.Image:
             return _converted(im)
     except ImageProblem:
         raise
+    except ImageRefused as refused:  # not a format read here (JPEG, PNG...), or too many pixels
+        raise ImageProblem(refused.status, str(refused)) from None
     except UnidentifiedImageError:
-        raise ImageProblem("not_an_image", "not an image format Pillow can read") from None
-    except Image.DecompressionBombError as err:
-        raise ImageProblem("unreadable", f"too large to decode safely: {err}") from None
+        raise ImageProblem("not_an_image", f"not an image format read here ({FORMATS_READ})") from None
     except PermissionError:
         raise ImageProblem("unreadable", "permission denied") from None
     except Exception as err:  # noqa: BLE001 - Pillow's plugins raise many types on malformed headers

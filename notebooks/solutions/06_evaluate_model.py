@@ -8,7 +8,7 @@ from fer_utils import EMOTIONS, evaluation, pipelines, workfolder
 from fer_utils.folders import load_manifest
 
 WORK = workfolder.get_work_dir(None)
-predictions = pd.read_csv(WORK / workfolder.PREDICTIONS)
+predictions = workfolder.read_csv(WORK / workfolder.PREDICTIONS)
 metrics = workfolder.read_record(WORK / workfolder.METRICS)
 y_true, y_pred = predictions.y_true.to_numpy(), predictions.y_pred.to_numpy()
 

@@ -8,7 +8,7 @@ from fer_utils.prediction import gradcam
 
 WORK = workfolder.get_work_dir(None)
 fer = prediction.load_model(work_dir=WORK)
-manifest = pd.read_csv(WORK / workfolder.MANIFEST)
+manifest = workfolder.read_csv(WORK / workfolder.MANIFEST)
 test_faces = manifest[manifest.split == "test"].head(2)
 batch = prediction.preprocess_faces([prediction.read_image(WORK / p) for p in test_faces.path], fer.record)
 
