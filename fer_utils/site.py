@@ -59,6 +59,9 @@ html_show_copyright = False
 html_last_updated_fmt = None
 suppress_warnings = ["misc.highlighting_failure"]  # README code with shell escapes (!pip) in a python block
 '''
+#: The README's link to the live page (``web/live.html``) → the page the site carries (``live/index.html``).
+_LIVE_LINK = re.compile(r"\[([^\]]*)\]\(web/live\.html\)")
+LIVE_DIR = "live"
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^()\s]+)\)")
 
@@ -139,10 +142,11 @@ def _has_title(nb: dict) -> bool:
 
 
 def site_sources(src: Path, notebooks: list[Path], readme: Path = REPO_ROOT / "README.md",
-                 figures: Path = PUBLISHED_FIGURES) -> list[str]:
+                 figures: Path = PUBLISHED_FIGURES, live: bool = False) -> list[str]:
     """Lay out the site's sources in ``src``: ``index.md`` (README.md without the sections of ``SITE_PAGES``),
     one page per ``SITE_PAGES`` section, the notebooks (as they are, outputs included) under ``notebooks/``
-    and the README's figures under ``figures/``. Returns the pages in reading order (without ``index``)."""
+    and the README's figures under ``figures/``; with ``live``, the README's links to ``web/live.html`` lead to
+    the live page the site carries (``live/index.html``). Returns the pages in reading order (without ``index``)."""
     import nbformat
 
     (src / "notebooks").mkdir(parents=True)
@@ -165,7 +169,10 @@ def site_sources(src: Path, notebooks: list[Path], readme: Path = REPO_ROOT / "R
         copy.write_text(json.dumps(_notebook_links(json.loads(copy.read_text(encoding="utf-8")), present),
                                    ensure_ascii=False), encoding="utf-8")
 
-    preamble, sections = readme_sections(readme.read_text(encoding="utf-8"))
+    text = readme.read_text(encoding="utf-8")
+    if live:  # raw HTML: the page is a file of the site, not a Sphinx document
+        text = _LIVE_LINK.sub(lambda m: f'<a href="{LIVE_DIR}/index.html">{m[1]}</a>', text)
+    preamble, sections = readme_sections(text)
     found = {title: text for title, text in sections}
     missing = [title for title in SITE_PAGES if title not in found]
     if missing:
@@ -235,15 +242,35 @@ def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike
     _check_site_out(out)
     import tempfile
 
+    from fer_utils.prediction import browser
+
+    live = not browser.missing_packages()
     with tempfile.TemporaryDirectory(prefix="fer-site-") as tmp:
         src = Path(tmp) / "src"
-        site_sources(src, notebooks)
+        site_sources(src, notebooks, live=live)
         app = Sphinx(str(src), str(src), str(out), str(Path(tmp) / "doctrees"), "html", status=log,
                      warning=sys.stderr, freshenv=True)
         app.build()
         if app.statuscode:
             raise RuntimeError(f"Sphinx failed (status {app.statuscode}); see the messages above.")
+    add_live_page(out, work_dir, live)
     return out / "index.html"
+
+
+def add_live_page(out: Path, work_dir=None, live: bool = True) -> Path | None:
+    """The live page (``fer_utils.prediction.browser``) into ``out/live/``, with the work folder's ``model.keras``
+    exported to ONNX when there is one; without the npm packages, a note (stdout) saying how to get them."""
+    from fer_utils.prediction import browser
+
+    if not live:
+        print(f"note: the site has no live page: its JavaScript is not installed (run `{browser.NPM_INSTALL}`, then "
+              "build the site again)")
+        return None
+    model = get_work_dir(work_dir) / "model.keras"
+    if not model.is_file():
+        print(f"note: the live page has no model: no {display_path(model)} (train one with notebook 05, then build "
+              "the site again)")
+    return browser.live_page(out / LIVE_DIR, model if model.is_file() else None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The series as a static site (``python -m fer_utils site``, ``site.build_site``): built from the committed
+"""The series as a static site (``python -m fer_utils site``, ``fer_site.build_site``): built from the committed
 notebooks without running them, README.md as the landing page, its Results, Data card and Model card as pages,
 no network needed; checked in headless Chromium (marker ``browser``)."""
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fer_utils import site, workfolder
+from fer_utils import site as fer_site  # the fixture below is named site too
 from fer_utils.workfolder import NOTEBOOKS
 
 pytest.importorskip("myst_nb", reason="the 'site' extra is not installed (pip install -e '.[site]')")
@@ -29,13 +30,14 @@ def site(tmp_path_factory) -> Path:
     """The site of the committed notebooks, built once for this module (the command, as a user runs it)."""
     out = tmp_path_factory.mktemp("site") / "site"
     start = time.perf_counter()
-    assert site.main(["--out", str(out)]) == 0
+    assert fer_site.main(["--out", str(out)]) == 0
     print(f"site built in {time.perf_counter() - start:.1f} s")
     return out
 
 
 def _pages(site: Path) -> list[Path]:
-    return sorted(p for p in site.rglob("*.html") if "_static" not in p.relative_to(site).parts)
+    """The Sphinx pages (not the live page, which tests/test_live_page.py checks)."""
+    return sorted(p for p in site.rglob("*.html") if not {"_static", "live"} & set(p.relative_to(site).parts))
 
 
 def _text(html: str) -> str:
@@ -95,6 +97,23 @@ def test_pages_link_the_steps_in_order(site):
         assert target.resolve() == (site / f"{following}.html").resolve(), (here, link[1])
 
 
+def test_the_live_page_is_in_the_site_and_linked(site):
+    """With the npm packages installed (npm ci --prefix web), the site carries the live page and the landing page
+    links it; without them, it is left out (and the README's link is plain text)."""
+    from fer_utils.prediction import browser
+
+    index = (site / "index.html").read_text(encoding="utf-8")
+    if browser.missing_packages():
+        assert not (site / "live").exists() and 'href="live/index.html"' not in index
+        pytest.skip(f"the live page's npm packages are not installed: run `{browser.NPM_INSTALL}`")
+    assert 'href="live/index.html"' in index
+    live = (site / "live" / "index.html").read_text(encoding="utf-8")
+    assert "Nothing leaves this machine" in live
+    for name in browser.VENDOR.values():
+        assert (site / "live" / "vendor" / name).is_file(), name
+        assert "//" not in re.findall(r'src="([^"]+)"', live)[0]
+
+
 def test_pages_need_no_network(site):
     """Every script, style sheet, font and image comes from the site itself (links to the web are fine)."""
     remote = re.compile(r'<(?:script|link|img|iframe|source)\b[^>]*?(?:src|href)="(?:https?:)?//', re.I)
@@ -111,19 +130,19 @@ def test_pages_need_no_network(site):
 
 def test_readme_sections_ignore_headings_in_code():
     text = "# T\n\nintro\n\n## A\n\n```bash\n## not a heading\n```\n\n### A.1\n\n## B\ntext\n"
-    preamble, sections = site.readme_sections(text)
+    preamble, sections = fer_site.readme_sections(text)
     assert preamble == "# T\n\nintro\n\n"
     assert [title for title, _ in sections] == ["A", "B"]
     assert "## not a heading" in sections[0][1]
-    assert site.demote(sections[0][1]).startswith("# A\n")
-    assert "## not a heading" in site.demote(sections[0][1])  # code is left alone
-    assert "\n## A.1\n" in site.demote(sections[0][1])
+    assert fer_site.demote(sections[0][1]).startswith("# A\n")
+    assert "## not a heading" in fer_site.demote(sections[0][1])  # code is left alone
+    assert "\n## A.1\n" in fer_site.demote(sections[0][1])
 
 
 def test_links_to_files_outside_the_site_become_text():
     text = ("[nb](notebooks/01_x.ipynb) [web](https://example.org/a_b) [guide](CONTRIBUTING.md) "
             "[anchor](#results) ![fig](figures/a.png) ![gone](figures/b.png)")
-    out = site.site_links(text, {"notebooks/01_x.ipynb", "figures/a.png"})
+    out = fer_site.site_links(text, {"notebooks/01_x.ipynb", "figures/a.png"})
     assert out == ("[nb](notebooks/01_x.ipynb) [web](https://example.org/a_b) guide "
                    "[anchor](#results) ![fig](figures/a.png) *gone*")
 
@@ -145,34 +164,34 @@ def _two_executed(tmp_path: Path) -> Path:
 
 def test_executed_notebooks_into_the_work_folder_and_rebuilt(tmp_path, capsys):
     executed, work = _two_executed(tmp_path), tmp_path / "work"
-    assert site.main(["--executed", str(executed), "--work-dir", str(work)]) == 0
+    assert fer_site.main(["--executed", str(executed), "--work-dir", str(work)]) == 0
     out = capsys.readouterr().out
-    built = work / site.SITE_DIR
+    built = work / fer_site.SITE_DIR
     assert f"Open {built / 'index.html'}" in out and f"http.server --bind 127.0.0.1 -d {built}" in out
     assert sorted(p.name for p in (built / "notebooks").glob("*.html")) == [f"{s}.html" for s in STEPS[:2]]
     assert "max_per_class = 200" in _text((built / "notebooks" / f"{STEPS[1]}.html").read_text(encoding="utf-8"))
     (built / "stale.html").write_text("from an earlier build")
-    assert site.main(["--executed", str(executed), "--work-dir", str(work)]) == 0  # replaces its own site
+    assert fer_site.main(["--executed", str(executed), "--work-dir", str(work)]) == 0  # replaces its own site
     assert not (built / "stale.html").exists()
 
 
 def test_refuses_a_folder_that_is_not_a_site(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
-    assert site.main(["--out", str(tmp_path)]) == 2
+    assert fer_site.main(["--out", str(tmp_path)]) == 2
     assert "Refusing to build the site into" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 def test_missing_executed_folder_or_notebooks(tmp_path, capsys):
-    assert site.main(["--executed", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert fer_site.main(["--executed", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "No folder" in capsys.readouterr().err
-    assert site.main(["--executed", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert fer_site.main(["--executed", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "No numbered notebooks" in capsys.readouterr().err
 
 
 def test_without_the_extra_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sphinx.application", None)
-    assert site.main(["--out", str(tmp_path / "o")]) == 2
+    assert fer_site.main(["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert 'pip install -e ".[site]"' in err and "Traceback" not in err
 
@@ -181,7 +200,7 @@ def test_readme_without_a_card_is_an_error(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# T\n\n## Results\n\nr\n\n## Model card\n\nm\n")
     with pytest.raises(ValueError, match="## Data card"):
-        site.site_sources(tmp_path / "src", [workfolder.NOTEBOOKS_DIR / NOTEBOOKS["load"]], readme=readme)
+        fer_site.site_sources(tmp_path / "src", [workfolder.NOTEBOOKS_DIR / NOTEBOOKS["load"]], readme=readme)
 
 
 def test_the_command_line_entry(tmp_path):
@@ -231,6 +250,6 @@ def test_site_out_of_the_repository_by_default(tmp_path, monkeypatch):
     """Without --out the site goes to <work_dir>/site; the repository's tracked folders are never written."""
     monkeypatch.setenv("FER_WORK_DIR", str(tmp_path / "w"))
     executed = _two_executed(tmp_path)
-    index = site.build_site(executed)
+    index = fer_site.build_site(executed)
     assert index == tmp_path / "w" / "site" / "index.html" and index.is_file()
     shutil.rmtree(tmp_path / "w")
