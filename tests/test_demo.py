@@ -172,9 +172,9 @@ def test_app_shows_failures_as_messages(app, files, monkeypatch):
 
 
 def test_upload_names_cannot_leave_the_upload_folder():
-    assert demo._safe_name("../../etc/passwd") == "passwd"
-    assert demo._safe_name("C:\\Users\\me\\x y.jpg") == "x y.jpg"
-    assert demo._safe_name("..") == "upload" and demo._safe_name("a<b>|c.png") == "a_b_c.png"
+    assert demo.safe_name("../../etc/passwd") == "passwd"
+    assert demo.safe_name("C:\\Users\\me\\x y.jpg") == "x y.jpg"
+    assert demo.safe_name("..") == "upload" and demo.safe_name("a<b>|c.png") == "a_b_c.png"
 
 
 def test_served_notebook_and_template(tmp_path):

@@ -246,7 +246,7 @@ def jpeg_bytes(image: Image.Image) -> bytes:
 # --------------------------------------------------------------------------------------------------
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     """A file name that is safe to write in the upload folder (the user's name, without any folder part)."""
     base = re.sub(r"[^\w.\- ]+", "_", Path(str(name).replace("\\", "/")).name).strip(" .") or "upload"
     return base[-120:]
@@ -330,7 +330,7 @@ class DemoApp:
     def show_bytes(self, name: str, data: bytes) -> Analysis | None:
         """Write an uploaded file to a private folder and show it (``show_file``); the copy is removed after."""
         self._last = (name, data)
-        path = Path(self._uploads.name) / _safe_name(name)
+        path = Path(self._uploads.name) / safe_name(name)
         try:
             path.write_bytes(data)
             return self.show_file(path, name)
