@@ -94,7 +94,8 @@ def kernel_manager_class() -> type:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fer_utils run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="dataset root holding images/ and data/legend.csv "
+    parser.add_argument("--data-dir", help="the dataset: the muxspace layout (images/ and data/legend.csv), class "
+                        "folders (DIR/<emotion>/*.jpg, or train/ and test/ of them) or a CSV of image,emotion[,person] "
                         "(default: $FER_DATA_DIR, else download the pinned upstream archive)")
     parser.add_argument("--work-dir", help="where everything the run makes goes (default: $FER_WORK_DIR, else work/)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
