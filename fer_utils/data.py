@@ -106,6 +106,7 @@ class Dataset:
 
     def describe(self) -> str:
         where = {"data_dir": "the data_dir parameter", "FER_DATA_DIR": "$FER_DATA_DIR",
+                 "--data-dir": "python -m fer_utils run --data-dir",
                  "cache": "the download cache", "download": "a fresh download"}[self.origin]
         if self.layout == "csv":
             return (f"Dataset from {where}: your own data, labels from {self.labels_csv.name} (sha256 "
@@ -213,8 +214,8 @@ def get_dataset(data_dir: str | os.PathLike | None = None, cache_dir: str | os.P
     """Find the dataset (see the module docstring for the order) and return where it is."""
     if data_dir:
         return open_dataset(data_dir, "data_dir")
-    if os.environ.get("FER_DATA_DIR"):
-        return open_dataset(os.environ["FER_DATA_DIR"], "FER_DATA_DIR")
+    if os.environ.get("FER_DATA_DIR"):  # the runner's --data-dir arrives this way too, and says so
+        return open_dataset(os.environ["FER_DATA_DIR"], os.environ.get("FER_DATA_ORIGIN", "FER_DATA_DIR"))
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cached = cache / f"facial_expressions-{UPSTREAM_COMMIT}"
     if cached.is_dir():

@@ -26,16 +26,20 @@ from fer_utils import saved_cells
 from fer_utils.notebook_format import normalised_json
 from fer_utils.parameters import check_values, declared_parameters, parse_value
 from fer_utils.progress import TrainingProgress, show_epochs
+from fer_utils.run_checks import check_config, check_folders, dataset_identity
 from fer_utils.workfolder import (
+    DATASET_RECORD,
     EXECUTED_DIR,
     FIGURES_DIR,
     NOTEBOOKS_DIR,
     PUBLISHED_FIGURES,
     RUN_RECORD,
+    RUNS_DIR,
     TRAIN_PROGRESS,
     display_path,
     get_work_dir,
     numbered_notebooks,
+    read_record,
     write_record,
 )
 
@@ -155,12 +159,26 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.data_dir:
         os.environ["FER_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
+        os.environ["FER_DATA_ORIGIN"] = "--data-dir"  # what the notebooks say the dataset came from
+    else:
+        os.environ.pop("FER_DATA_ORIGIN", None)
     work = get_work_dir(args.work_dir)
     os.environ["FER_WORK_DIR"] = str(work)
-    executed = work / EXECUTED_DIR
-    executed.mkdir(exist_ok=True)
-    print(f"Work folder: {work}")
-    record = {"step": "run", "parameters": params, "notebooks": {}, "status": "running"}
+    previous = read_record(work / RUN_RECORD) if (work / RUN_RECORD).exists() else None
+    stamp = run_id = time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while (work / RUNS_DIR / run_id).exists():  # two runs in one second
+        n += 1
+        run_id = f"{stamp}-{n}"
+    executed = work / RUNS_DIR / run_id / EXECUTED_DIR
+    executed.mkdir(parents=True)
+    first = numbered_notebooks(Path(args.notebooks_dir))[0]
+    extends = previous.get("id") if previous and notebooks[0] != first else None  # a partial run (--from)
+    print(f"Work folder: {work} · run {run_id}" + (f", extending run {extends}" if extends else ""))
+    if notebooks[0] == first:  # the results in this work folder will come from this dataset
+        write_record(work / DATASET_RECORD, dataset_identity(os.environ.get("FER_DATA_DIR")) or {})
+    record = {"step": "run", "id": run_id, "extends": extends, "parameters": params, "notebooks": {},
+              "status": "running"}
     t_run = time.perf_counter()
     status = 0
     bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stdout, bar_format=BAR_FORMAT)
@@ -202,63 +220,23 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     record["status"] = {0: "ok", 130: "interrupted"}.get(status, "failed")
     record["total_seconds"] = round(time.perf_counter() - t_run, 1)
-    write_record(work / RUN_RECORD, record)
+    write_record(work / RUNS_DIR / run_id / RUN_RECORD, record)
+    history = (previous or {}).get("history", []) + ([{k: previous.get(k) for k in ("id", "extends", "status")}
+                                                        | {"notebooks": list(previous.get("notebooks", {}))}]
+                                                       if previous else [])
+    write_record(work / RUN_RECORD, {**record, "history": history})  # the latest run, and the earlier ones
     if status == 0:
         print(f"Done in {record['total_seconds']:.0f} s. Executed notebooks: {executed}; record: {work / RUN_RECORD}")
         if args.publish:
-            publish(work, notebooks)
+            publish(work, notebooks, executed)
     return status
 
 
-def check_config(params: dict) -> list[str]:
-    """The ``-p`` values that are ``TrainConfig`` fields, checked by ``TrainConfig`` itself (ranges, names)."""
-    from fer_utils import training
-
-    fields = set(training.TrainConfig().to_dict())
-    try:
-        training.TrainConfig(**{k: v for k, v in params.items() if k in fields})
-    except ValueError as err:
-        return [str(err)]
-    return []
-
-
-def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Path]) -> list[str]:
-    """What is wrong with the data and work folders, one line each, before anything is created: the work
-    folder must be a folder (or not exist yet) that can be written, and must not be, or lie inside, the data
-    folder; the data folder must exist, and a legend it has must hold rows (when notebook 01 will read it)."""
-    from fer_utils import data
-
-    problems = []
-    data_path = data_dir or os.environ.get("FER_DATA_DIR")
-    origin = "--data-dir" if data_dir else "$FER_DATA_DIR"
-    work = get_work_dir(work_dir, create=False)
-    if work.exists() and not work.is_dir():
-        problems.append(f"the work folder {work} is a file: choose a folder (--work-dir)")
-    else:
-        existing = next(p for p in (work, *work.parents) if p.exists())
-        if not os.access(existing, os.W_OK | os.X_OK):
-            problems.append(f"the work folder {work} cannot be written ({existing} is read-only): choose another "
-                            "(--work-dir)")
-    if data_path:
-        root = Path(data_path).expanduser().resolve()
-        if not root.exists():
-            problems.append(f"{origin} {root} does not exist")
-        elif work == root or work.is_relative_to(root):
-            problems.append(f"the work folder {work} is inside the dataset {root} ({origin}); the dataset is only "
-                            "ever read: choose a work folder outside it (--work-dir)")
-        elif any(p.name.startswith("01_") for p in notebooks):
-            try:
-                data.load_legend(data.open_dataset(root, origin))
-            except (data.DatasetError, OSError) as err:
-                problems.append(str(err))
-    return problems
-
-
-def publish(work: Path, notebooks: list[Path]) -> None:
+def publish(work: Path, notebooks: list[Path], executed: Path) -> None:
     """Write the executed notebooks, normalised (``normalise_notebook``), over the committed ones, and copy
     the figures into ``figures/``."""
     for path in notebooks:
-        nb = json.loads((work / EXECUTED_DIR / path.name).read_text(encoding="utf-8"))
+        nb = json.loads((executed / path.name).read_text(encoding="utf-8"))
         path.write_text(normalised_json(nb), encoding="utf-8")
     figures = work / FIGURES_DIR
     if figures.is_dir():

@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 from fer_utils.workfolder import (
-    EXECUTED_DIR,
     NOTEBOOKS_DIR,
     PUBLISHED_FIGURES,
     REPO_ROOT,
+    RUNS_DIR,
     display_path,
     get_work_dir,
     numbered_notebooks,
+    run_notebooks,
 )
 
 #: README sections that become pages of their own (heading → page name); the rest of README.md is the landing page.
@@ -216,11 +217,13 @@ def _check_site_out(out: Path) -> None:
 
 
 def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-               work_dir: str | os.PathLike | None = None, log=None) -> Path:
+               work_dir: str | os.PathLike | None = None, log=None, run: str | None = None) -> Path:
     """Build the static HTML site of the series into ``out`` and return the path of its ``index.html``.
 
-    ``executed``: a folder of executed notebooks (``<work_dir>/executed`` after ``python -m fer_utils run``);
-    default: the committed notebooks in ``notebooks/``, which carry the outputs of a real run. Nothing is
+    ``run``: a run of ``python -m fer_utils run`` in the work folder (its id under ``runs/``, or ``"latest"``):
+    its executed notebooks, with those of the run it extends for the notebooks it did not run
+    (``workfolder.run_notebooks``). ``executed``: any folder of executed notebooks. Default: the committed
+    notebooks in ``notebooks/``, which carry the outputs of a real run. Nothing is
     executed: the pages show the stored outputs. ``out``: default ``<work_dir>/site``; an earlier site there
     is replaced, any other non-empty folder refused. README.md is the landing page, its Results, Data card and
     Model card sections are pages of their own, and the notebooks follow in number order (previous/next
@@ -231,11 +234,17 @@ def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike
         from sphinx.application import Sphinx
     except ImportError as err:
         raise ImportError(f"Building the site needs the 'site' extra: {SITE_INSTALL}") from err
+    if run and executed:
+        raise ValueError("Give --run or --executed, not both.")
     source = Path(executed).expanduser() if executed else NOTEBOOKS_DIR
-    if not source.is_dir():
-        raise FileNotFoundError(f"No folder {source} (--executed: a folder of executed notebooks, such as "
-                                f"<work_dir>/{EXECUTED_DIR} after `python -m fer_utils run`).")
-    notebooks = numbered_notebooks(source)
+    if run:
+        source = get_work_dir(work_dir, create=False) / RUNS_DIR
+        notebooks = run_notebooks(source.parent, run)
+    elif not source.is_dir():
+        raise FileNotFoundError(f"No folder {source} (--executed: a folder of executed notebooks; for a run of "
+                                "`python -m fer_utils run`, use --run latest or --run <id>).")
+    else:
+        notebooks = numbered_notebooks(source)
     if not notebooks:
         raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) in {source}.")
     out = Path(out).expanduser().resolve() if out else get_work_dir(work_dir) / SITE_DIR
@@ -278,8 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fer_utils site",
         description="Build a static HTML site of the notebook series (with their stored outputs: nothing runs), "
                     "README.md as its landing page and its Results, Data card and Model card as pages.")
-    parser.add_argument("--executed", metavar="DIR", help="a folder of executed notebooks, e.g. work/executed after "
-                        "`python -m fer_utils run` (default: the committed notebooks in notebooks/)")
+    parser.add_argument("--run", metavar="ID", help="the notebooks of a run of `python -m fer_utils run` in the work "
+                        "folder: 'latest' or its id under runs/ (a partial run with those of the run it extends)")
+    parser.add_argument("--executed", metavar="DIR", help="any folder of executed notebooks (default, without --run: "
+                        "the committed notebooks in notebooks/)")
     parser.add_argument("--out", metavar="DIR", help="the site's folder (default: <work_dir>/site); an earlier site "
                         "there is replaced, any other non-empty folder refused")
     parser.add_argument("--work-dir", help="the work folder, for the default --out ($FER_WORK_DIR, else work/)")
@@ -288,11 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fer_utils site [--executed DIR] [--out DIR]``."""
+    """``python -m fer_utils site [--run ID | --executed DIR] [--out DIR]``."""
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        index = build_site(args.executed, args.out, args.work_dir, log=sys.stdout if args.verbose else None)
+        index = build_site(args.executed, args.out, args.work_dir, log=sys.stdout if args.verbose else None,
+                           run=args.run)
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

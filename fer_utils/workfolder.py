@@ -76,12 +76,14 @@ MODELS_DIR = "models"  # 05: every trained model kept under its own name
 METRICS = "metrics.json"  # 06
 PREDICTIONS = "predictions.csv"  # 06
 FIGURES_DIR = "figures"  # every notebook
-EXECUTED_DIR = "executed"  # the runner
+RUNS_DIR = "runs"  # the runner: runs/<id>/run.json and runs/<id>/executed/*.ipynb, one folder per run
+EXECUTED_DIR = "executed"  # the runner: in each run's folder
+DATASET_RECORD = "dataset.json"  # the runner: the dataset this work folder's results come from
 BACKUP_DIR = ".backup"  # 05 (every training run): what an interrupted run resumes from; deleted when it finishes
 SCALE_DIR = "scale"  # 08: its own work folder (class folders, models, scale.json), so 05's model stays current
 SCALE_RECORD = "scale.json"  # 08: what each strategy's run measured
 SCALE_DATA_DIR = "scale_data"  # 08: the dataset it generates (beside scale/: a dataset is never inside a work folder)
-RUN_RECORD = "run.json"  # the runner
+RUN_RECORD = "run.json"  # the runner: runs/<id>/run.json per run; <work>/run.json the latest, with the history
 
 # --------------------------------------------------------------------------------------------------
 # Finding the work folder, requiring earlier outputs, showing paths
@@ -214,6 +216,28 @@ def write_record(path: str | os.PathLike, record: dict, stamp: bool = True) -> P
 
 def read_record(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def run_notebooks(work_dir: str | os.PathLike, run_id: str = "latest") -> list[Path]:
+    """The executed notebooks of a run of ``python -m fer_utils run`` (``"latest"``: the work folder's latest),
+    one per number: the run's own copies, and for the notebooks a partial run did not execute (``--from``),
+    the copies of the run it extends, and so on. Raises ``FileNotFoundError`` saying what is missing."""
+    work = Path(work_dir)
+    if run_id == "latest":
+        if not (work / RUN_RECORD).exists():
+            raise FileNotFoundError(f"No run in {work}: run `python -m fer_utils run` first.")
+        run_id = read_record(work / RUN_RECORD).get("id")
+    found, seen = {}, set()
+    while run_id and run_id not in seen:
+        seen.add(run_id)
+        folder = work / RUNS_DIR / run_id
+        if not (folder / RUN_RECORD).exists():
+            raise FileNotFoundError(f"No run {run_id!r} in {work / RUNS_DIR} (the runs there: "
+                                    f"{', '.join(sorted(p.name for p in (work / RUNS_DIR).glob('*'))) or 'none'}).")
+        for path in numbered_notebooks(folder / EXECUTED_DIR):
+            found.setdefault(path.name[:2], path)
+        run_id = read_record(folder / RUN_RECORD).get("extends")
+    return [found[number] for number in sorted(found)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def run_chain(data_dir: Path, work: Path, fer_weights: Path, params: dict | None
                 for name in parameters.declared_parameters(nb)}
     settings = {**{k: v for k, v in TINY.items() if k in declared}, **(params or {})}
     args = [arg for name, value in settings.items() for arg in ("-p", name, str(value))]
-    saved = {k: os.environ.get(k) for k in ("FER_DATA_DIR", "FER_WORK_DIR", "FER_PRETRAINED")}
+    saved = {k: os.environ.get(k) for k in ("FER_DATA_DIR", "FER_WORK_DIR", "FER_PRETRAINED", "FER_DATA_ORIGIN")}
     os.environ["FER_PRETRAINED"] = str(fer_weights)
     try:
         return runner.main(["--data-dir", str(data_dir), "--work-dir", str(work), *args,
@@ -199,5 +199,5 @@ def synthetic_chain(synthetic_data_dir, fake_fer_weights, tmp_path_factory) -> P
     (the default model, with the stand-in FER2013 weights: no network)."""
     work = tmp_path_factory.mktemp("chain")
     rc = run_chain(synthetic_data_dir, work, fake_fer_weights)
-    assert rc == 0, f"the chain failed on synthetic data; see {work}/executed"
+    assert rc == 0, f"the chain failed on synthetic data; see {work}/runs"
     return work

@@ -15,8 +15,8 @@ def test_chain_runs_every_notebook_and_records_it(synthetic_chain):
     record = json.loads((synthetic_chain / "run.json").read_text())
     names = [p.stem for p in workfolder.numbered_notebooks()]
     assert list(record["notebooks"]) == names and record["status"] == "ok"
-    for name in names:
-        assert (synthetic_chain / "executed" / f"{name}.ipynb").exists()
+    assert [p.stem for p in workfolder.run_notebooks(synthetic_chain)] == names
+    assert all(p.parent.parent.name == record["id"] for p in workfolder.run_notebooks(synthetic_chain))
 
 
 def test_chain_outputs_of_notebooks_01_02(synthetic_chain):
@@ -29,7 +29,7 @@ def test_chain_outputs_of_notebooks_01_02(synthetic_chain):
 def test_executed_notebooks_are_clean(synthetic_chain):
     """No errors, no TensorFlow log noise, no machine paths in any output."""
     noise = ("oneDNN custom operations", "cuda drivers", "cpu_feature_guard", "absl::InitializeLog", "WARNING:")
-    for path in sorted((synthetic_chain / "executed").glob("*.ipynb")):
+    for path in workfolder.run_notebooks(synthetic_chain):
         nb = json.loads(path.read_text())
         for cell in nb["cells"]:
             for out in cell.get("outputs", []):

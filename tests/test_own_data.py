@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import run_chain
 
-from fer_utils import EMOTIONS, data, evaluation, folders
+from fer_utils import EMOTIONS, data, evaluation, folders, workfolder
 
 #: FER2013's folder names: 7 emotions, no contempt.
 FER2013 = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -222,7 +222,7 @@ def test_class_weights_give_an_empty_class_zero_weight():
 
 
 def _outputs(work: Path, notebook: str) -> str:
-    nb = json.loads((work / "executed" / f"{notebook}.ipynb").read_text())
+    nb = json.loads(next(p for p in workfolder.run_notebooks(work) if p.stem == notebook).read_text())
     texts = []
     for cell in nb["cells"]:
         for out in cell.get("outputs", []):
@@ -234,7 +234,7 @@ def _outputs(work: Path, notebook: str) -> str:
 def _check_chain(work: Path, root: Path) -> dict:
     record = json.loads((work / "run.json").read_text())
     assert record["status"] == "ok" and [n[:2] for n in record["notebooks"]] == [f"0{k}" for k in range(1, 8)]
-    for path in (work / "executed").glob("*.ipynb"):
+    for path in workfolder.run_notebooks(work):
         text = _outputs(work, path.stem)
         assert str(root) not in text and str(work) not in text, f"{path.name} shows a machine path"
     return {"prepare": json.loads((work / "prepare.json").read_text()),

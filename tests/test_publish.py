@@ -96,7 +96,7 @@ def test_publish_writes_normalised_notebooks_and_copies_figures(tmp_path, monkey
     (work / "executed" / "01_x.ipynb").write_text(json.dumps(_executed_notebook()), encoding="utf-8")
     (work / "figures" / "01_plot.png").write_bytes(b"png")
     monkeypatch.setattr(runner, "PUBLISHED_FIGURES", figures)
-    runner.publish(work, [committed / "01_x.ipynb"])
+    runner.publish(work, [committed / "01_x.ipynb"], work / "executed")
     published = (committed / "01_x.ipynb").read_text(encoding="utf-8")
     assert published == notebook_format.normalised_json(_executed_notebook())
     assert (figures / "01_plot.png").read_bytes() == b"png"

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.timeout(1800)]  # the whole chai
 def real_work(real_data_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("real")
     rc = runner.main(["--data-dir", str(real_data_dir), "--work-dir", str(work), "--until", "02"])
-    assert rc == 0, f"notebooks 01-02 failed on the real data; see {work}/executed"
+    assert rc == 0, f"notebooks 01-02 failed on the real data; see {work}/runs"
     return work
 
 
@@ -45,7 +45,7 @@ def test_real_chain_beats_majority_baseline(real_work, real_data_dir):
         pytest.skip("no notebooks after 02")
     # up to 07: notebook 08 trains on generated faces, not on this dataset (the synthetic chain and nbval run it)
     rc = runner.main(["--data-dir", str(real_data_dir), "--work-dir", str(real_work), "--from", "03", "--until", "07"])
-    assert rc == 0, f"the chain failed on the real data; see {real_work}/executed"
+    assert rc == 0, f"the chain failed on the real data; see {real_work}/runs"
     metrics = json.loads((real_work / "metrics.json").read_text())
     n_test = int((pd.read_csv(real_work / "manifest.csv", usecols=["split"]).split == "test").sum())
     assert metrics["n_test"] == n_test

@@ -49,7 +49,7 @@ def test_runs_in_order_passes_parameters_and_stops_until(chain, tmp_path):
     record = json.loads((work / "run.json").read_text())
     assert list(record["notebooks"]) == ["01_first_step", "02_second_step"] and record["status"] == "ok"
     assert record["notebooks"]["01_first_step"]["parameters"] == {"epochs": 3}  # only what it declares
-    assert (work / "executed" / "02_second_step.ipynb").exists()
+    assert [p.name for p in workfolder.run_notebooks(work)] == ["01_first_step.ipynb", "02_second_step.ipynb"]
 
 
 def test_stops_at_first_failure_and_names_the_executed_copy(chain, tmp_path, capsys):
@@ -57,7 +57,8 @@ def test_stops_at_first_failure_and_names_the_executed_copy(chain, tmp_path, cap
     assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work)]) == 1
     err = capsys.readouterr().err
     assert "03_failing_step.ipynb failed" in err and "planted failure" in err
-    assert str(work / "executed" / "03_failing_step.ipynb") in err
+    run_id = json.loads((work / "run.json").read_text())["id"]
+    assert str(work / "runs" / run_id / "executed" / "03_failing_step.ipynb") in err
     assert json.loads((work / "run.json").read_text())["status"] == "failed"
 
 
@@ -308,3 +309,49 @@ def test_ctrl_c_ends_with_one_line_and_a_consistent_record(tmp_path):
     assert record["notebooks"]["01_quick_step"]["status"] == "ok"
     assert record["notebooks"]["02_slow_step"]["status"] == "interrupted"
     assert os.environ.get("FER_WORK_DIR") != str(work)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs that never muddle one another
+# --------------------------------------------------------------------------------------------------
+
+
+def _dataset(root, rows):
+    (root / "data").mkdir(parents=True)
+    (root / "images").mkdir()
+    (root / "data" / "legend.csv").write_text("user.id,image,emotion\n" + "".join(f"lab,{r},happiness\n" for r in rows))
+    return root
+
+
+def test_a_partial_run_keeps_the_full_runs_record_and_says_which_it_extends(chain, tmp_path):
+    work = tmp_path / "work"
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--until", "02"]) == 0
+    full = json.loads((work / "run.json").read_text())
+    time.sleep(1.1)  # run ids are times to the second
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--from", "02", "--until", "02",
+                        "-p", "max_per_class", "5"]) == 0
+    partial = json.loads((work / "run.json").read_text())
+    assert partial["extends"] == full["id"] != partial["id"] and list(partial["notebooks"]) == ["02_second_step"]
+    assert partial["history"] == [{"id": full["id"], "extends": None, "status": "ok",
+                                   "notebooks": ["01_first_step", "02_second_step"]}]
+    kept = json.loads((work / "runs" / full["id"] / "run.json").read_text())
+    assert list(kept["notebooks"]) == ["01_first_step", "02_second_step"]  # the full run's record is intact
+    latest = workfolder.run_notebooks(work)
+    assert [(p.name, p.parent.parent.name) for p in latest] == [("01_first_step.ipynb", full["id"]),
+                                                                ("02_second_step.ipynb", partial["id"])]
+    assert [p.parent.parent.name for p in workfolder.run_notebooks(work, full["id"])] == [full["id"]] * 2
+
+
+def test_a_work_folder_belongs_to_one_dataset(chain, tmp_path, capsys):
+    work = tmp_path / "work"
+    one, other = _dataset(tmp_path / "one", ["a.jpg"]), _dataset(tmp_path / "other", ["b.jpg"])
+    args = ["--notebooks-dir", str(chain), "--work-dir", str(work), "--until", "02"]
+    assert runner.main([*args, "--data-dir", str(one)]) == 0
+    before = sorted(p.name for p in (work / "runs").iterdir())
+    assert runner.main([*args, "--data-dir", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the work folder {work} holds results made from another dataset (muxspace")
+    assert "--work-dir" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in (work / "runs").iterdir()) == before  # nothing ran
+    time.sleep(1.1)
+    assert runner.main([*args, "--data-dir", str(one)]) == 0  # the same dataset, wherever it is: fine

@@ -175,6 +175,28 @@ def test_executed_notebooks_into_the_work_folder_and_rebuilt(tmp_path, capsys):
     assert not (built / "stale.html").exists()
 
 
+def test_a_run_and_the_run_it_extends_make_one_site(tmp_path, capsys):
+    """``--run latest``: a partial run's notebooks, and the earlier notebooks of the full run it extends."""
+    work = tmp_path / "work"
+    executed = _two_executed(tmp_path)
+    first, second = list(NOTEBOOKS.values())[:2]
+    for run_id, names, extends in (("20260101-000000", [first, second], None), ("20260102-000000", [second],
+                                                                                 "20260101-000000")):
+        folder = work / "runs" / run_id / "executed"
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes((executed / name).read_bytes())
+        workfolder.write_record(folder.parent / "run.json", {"id": run_id, "extends": extends})
+    workfolder.write_record(work / "run.json", {"id": "20260102-000000", "extends": "20260101-000000"})
+    (work / "executed").mkdir()  # e.g. papermill's own output folder: not part of any run
+    (work / "executed" / f"{second[:2]}_quick.ipynb").write_text("{}")
+    assert fer_site.main(["--run", "latest", "--work-dir", str(work)]) == 0
+    built = work / fer_site.SITE_DIR
+    assert sorted(p.name for p in (built / "notebooks").glob("*.html")) == [f"{s}.html" for s in STEPS[:2]]
+    assert fer_site.main(["--run", "20261231-000000", "--work-dir", str(work)]) == 2
+    assert "No run '20261231-000000'" in capsys.readouterr().err
+
+
 def test_refuses_a_folder_that_is_not_a_site(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     assert fer_site.main(["--out", str(tmp_path)]) == 2

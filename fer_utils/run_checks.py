@@ -1,0 +1,77 @@
+"""What ``python -m fer_utils run`` checks before any kernel starts or any folder is made: the ``-p`` values
+that are training settings, and the data and work folders (one line per problem; ``runner.main`` prints them
+and exits with status 2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fer_utils.workfolder import DATASET_RECORD, get_work_dir, read_record
+
+
+def check_config(params: dict) -> list[str]:
+    """The ``-p`` values that are ``TrainConfig`` fields, checked by ``TrainConfig`` itself (ranges, names)."""
+    from fer_utils import training
+
+    fields = set(training.TrainConfig().to_dict())
+    try:
+        training.TrainConfig(**{k: v for k, v in params.items() if k in fields})
+    except ValueError as err:
+        return [str(err)]
+    return []
+
+
+def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Path]) -> list[str]:
+    """What is wrong with the data and work folders, one line each, before anything is created: the work
+    folder must be a folder (or not exist yet) that can be written, and must not be, or lie inside, the data
+    folder; the data folder must exist, and a legend it has must hold rows (when notebook 01 will read it)."""
+    from fer_utils import data
+
+    problems = []
+    data_path = data_dir or os.environ.get("FER_DATA_DIR")
+    origin = "--data-dir" if data_dir else "$FER_DATA_DIR"
+    work = get_work_dir(work_dir, create=False)
+    if work.exists() and not work.is_dir():
+        problems.append(f"the work folder {work} is a file: choose a folder (--work-dir)")
+    else:
+        existing = next(p for p in (work, *work.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"the work folder {work} cannot be written ({existing} is read-only): choose another "
+                            "(--work-dir)")
+    if data_path:
+        root = Path(data_path).expanduser().resolve()
+        if not root.exists():
+            problems.append(f"{origin} {root} does not exist")
+        elif work == root or work.is_relative_to(root):
+            problems.append(f"the work folder {work} is inside the dataset {root} ({origin}); the dataset is only "
+                            "ever read: choose a work folder outside it (--work-dir)")
+        elif any(p.name.startswith("01_") for p in notebooks):
+            try:
+                data.load_legend(data.open_dataset(root, origin))
+            except (data.DatasetError, OSError) as err:
+                problems.append(str(err))
+    mine, theirs = dataset_identity(data_path), work / DATASET_RECORD
+    if mine and theirs.exists() and (data_path or any(p.name.startswith("01_") for p in notebooks)):
+        recorded = read_record(theirs)
+        if {k: recorded.get(k) for k in mine} != mine:
+            problems.append(f"the work folder {work} holds results made from another dataset ({recorded.get('layout')}"
+                            f", sha256 {str(recorded.get('sha256'))[:12]}…, in {theirs.name}) than this one "
+                            f"({mine['layout']}, sha256 {mine['sha256'][:12]}…): give this dataset a work folder of "
+                            "its own (--work-dir), or delete that one to start over")
+    return problems
+
+
+def dataset_identity(data_path: str | None) -> dict | None:
+    """What makes a dataset the same one (its layout and the sha256 of its labels, or of its class folders' file
+    list), whatever folder it is in; the pinned upstream commit's when no folder is named; ``None`` when the
+    folder cannot be opened (``check_folders`` says why)."""
+    from fer_utils import data
+
+    if not data_path:
+        return {"layout": "muxspace", "sha256": data.LEGEND_SHA256}
+    try:
+        found = data.open_dataset(Path(data_path).expanduser())
+    except (data.DatasetError, OSError):
+        return None
+    return {"layout": found.layout, "sha256": found.legend_sha256}
