@@ -2,26 +2,31 @@
 
     python benchmarks/prepare_dataset.py [--data-dir DIR] [--repeat 3]
 
-Target: <= 60 s on 2 cores. Writes into a temporary work folder, removed afterwards.
+Target: <= 60 s on 2 cores. Prepares into a temporary work folder, removed afterwards; writes what it measured to
+``benchmarks/results/prepare_dataset.json`` (``--out``).
 """
 
 import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 from fer_utils import data, folders, workfolder
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="dataset root (default: $FER_DATA_DIR, else the download cache)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS / "prepare_dataset.json"))
     args = parser.parse_args()
     dataset = data.get_dataset(args.data_dir)
     info = workfolder.machine_info()
     print(f"machine: {info['processor']}, {info['cpu_count']} cores; {dataset.describe()}")
-    times = []
+    times, runs = [], []
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as work:
             t0 = time.perf_counter()
@@ -29,9 +34,15 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
             stages = workfolder.read_record(f"{work}/prepare.json")["timings"]
         counts = manifest.split.value_counts().to_dict()
+        runs.append({"seconds": round(times[-1], 2), "stages": stages, "rows": len(manifest), "splits": counts})
         print(f"run {i + 1}: {times[-1]:.1f} s (audit {stages['audit_s']:.1f} s, split {stages['split_s']:.1f} s, "
               f"folders {stages['folders_s']:.1f} s); rows {len(manifest):,}: {counts}")
-    print(f"prepare_seconds median {statistics.median(times):.1f} (target <= 60 s)")
+    median = statistics.median(times)
+    print(f"prepare_seconds median {median:.1f} (target <= 60 s)")
+    workfolder.write_record(args.out, {"benchmark": "prepare_dataset", "dataset": dataset.describe(),
+                                       "prepare_seconds_median": round(median, 1), "target_seconds": 60,
+                                       "runs": runs})
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

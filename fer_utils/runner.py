@@ -33,6 +33,7 @@ from fer_utils.workfolder import (
     FIGURES_DIR,
     NOTEBOOKS_DIR,
     PUBLISHED_FIGURES,
+    PUBLISHED_RUN,
     RUN_RECORD,
     RUNS_DIR,
     TRAIN_PROGRESS,
@@ -232,6 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def published_record(work: Path) -> dict:
+    """The latest run's record, with the disk each top-level entry of the work folder takes (MB): what the README
+    quotes of the published run, committed beside the notebooks as ``notebooks/published_run.json``."""
+    def size(path: Path) -> int:
+        return sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file()) if path.is_dir() else \
+            path.stat().st_size
+
+    record = read_record(work / RUN_RECORD)
+    disk = {p.name: round(size(p) / 1e6, 1) for p in sorted(work.iterdir())}
+    return {**record, "disk_mb": disk, "disk_mb_total": round(sum(disk.values()), 1)}
+
+
 def publish(work: Path, notebooks: list[Path], executed: Path) -> None:
     """Write the executed notebooks, normalised (``normalise_notebook``), over the committed ones, and copy
     the figures into ``figures/``."""
@@ -243,5 +256,6 @@ def publish(work: Path, notebooks: list[Path], executed: Path) -> None:
         PUBLISHED_FIGURES.mkdir(exist_ok=True)
         for fig in figures.glob("*.png"):
             shutil.copyfile(fig, PUBLISHED_FIGURES / fig.name)
+    write_record(PUBLISHED_RUN, published_record(work), stamp=False)
     print(f"Published {len(notebooks)} notebooks to {display_path(NOTEBOOKS_DIR)} and figures to "
           f"{display_path(PUBLISHED_FIGURES)}.")

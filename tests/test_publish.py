@@ -95,8 +95,13 @@ def test_publish_writes_normalised_notebooks_and_copies_figures(tmp_path, monkey
     committed.mkdir()
     (work / "executed" / "01_x.ipynb").write_text(json.dumps(_executed_notebook()), encoding="utf-8")
     (work / "figures" / "01_plot.png").write_bytes(b"png")
+    (work / "run.json").write_text(json.dumps({"id": "r1", "status": "ok", "notebooks": {"01_x": {"seconds": 1.5}}}))
     monkeypatch.setattr(runner, "PUBLISHED_FIGURES", figures)
+    monkeypatch.setattr(runner, "PUBLISHED_RUN", tmp_path / "published_run.json")
     runner.publish(work, [committed / "01_x.ipynb"], work / "executed")
+    record = json.loads((tmp_path / "published_run.json").read_text())  # the record the README's figures quote
+    assert record["id"] == "r1" and record["notebooks"]["01_x"]["seconds"] == 1.5
+    assert set(record["disk_mb"]) == {"executed", "figures", "run.json"} and record["disk_mb_total"] >= 0
     published = (committed / "01_x.ipynb").read_text(encoding="utf-8")
     assert published == notebook_format.normalised_json(_executed_notebook())
     assert (figures / "01_plot.png").read_bytes() == b"png"
