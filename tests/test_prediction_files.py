@@ -376,6 +376,7 @@ def _run_cli(args, capsys) -> tuple[int, list[dict], str]:
     code = fer_main.main(["predict", *map(str, args)])
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    assert captured.out.strip(), f"exit {code}, nothing on stdout; stderr: {captured.err[-1500:]}"
     return code, json.loads(captured.out), captured.err
 
 
@@ -428,3 +429,17 @@ def test_write_annotated_reports_a_file_it_cannot_draw_and_goes_on(fer, variants
     assert [p.name for p in written] == ["rgb.png", "gray.png"]
     why = "could not draw or write it: ValueError: cannot draw this one"
     assert written.skipped == {str(variants["gray.jpg"]): why}
+
+
+def test_a_photo_named_twice_is_predicted_once(tmp_path):
+    """The same file given twice, through a link, or inside a folder also given: one input, one row."""
+    from fer_utils.prediction.images import collect_inputs
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "link.jpg").symlink_to(folder / "a.jpg")
+    got = collect_inputs([folder / "a.jpg", folder / "a.jpg", tmp_path / "link.jpg", folder])
+    assert got == [str(folder / "a.jpg"), str(folder / "b.png")]
+    assert collect_inputs([tmp_path / "missing.jpg", tmp_path / "missing.jpg"]) == [str(tmp_path / "missing.jpg")]

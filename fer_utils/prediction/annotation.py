@@ -54,7 +54,7 @@ def annotate(image, rows) -> Image.Image:
 def _output_name(file: str, roots: list[Path]) -> Path:
     p, real = Path(file), resolved(file)
     for root in roots:
-        if real is not None and real.is_relative_to(root):
+        if real is not None and real.is_relative_to(root) and real != root:  # (a folder input is no copy's name)
             rel = real.relative_to(root)
             return Path(root.name) / rel if len(roots) > 1 else rel
     return Path(p.name)

@@ -143,13 +143,23 @@ def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = ()) -> list
     Pillow images, arrays and anything else (which gets an ``error`` row). A folder with no image file
     in it is kept as it is, so that it gets a row too. Files are returned as the caller spelled them (a
     folder's files joined to the folder), never made absolute. Paths under any ``exclude`` folder (e.g.
-    the annotation folder) are skipped.
+    the annotation folder) are skipped. A file named twice (itself, through a link, or inside a folder also
+    named) is kept once, where it first appears.
     """
     excluded = [r for r in map(resolved, exclude) if r is not None]
-    out = []
+    out, seen = [], set()
+
+    def first_time(path) -> bool:
+        key = file_id(path) or str(path)
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
     for item in paths:
         if not is_folder(item):
-            out.append(str(item) if isinstance(item, os.PathLike) else item)
+            if not isinstance(item, (str, os.PathLike)) or first_time(item):
+                out.append(str(item) if isinstance(item, os.PathLike) else item)
             continue
         found = []
         for root, dirs, files in os.walk(Path(item)):
@@ -158,5 +168,5 @@ def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = ()) -> list
             for name in sorted(files):
                 if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                     found.append(os.path.join(root, name))
-        out.extend(found or [str(item)])
+        out.extend([f for f in found if first_time(f)] or ([] if found else [str(item)]))
     return out
