@@ -213,3 +213,14 @@ def test_config_from_a_model_record_and_back_to_parameters():
     for change in ({"image_size": 64}, {"precision": "bf16"}, {"color_mode": "rgb"}):
         with pytest.raises(ValueError, match=f"{next(iter(change))}=.* contradicts the model being trained"):
             training.TrainConfig.from_model_record(record, **change)
+
+
+def test_time_left_covers_every_phase():
+    """Two head epochs at 10 s, then 12 whole-model epochs: after the first head epoch, the estimate counts the
+    other head epoch and the slower whole-model epochs (the backbone's backward pass added)."""
+    plan = [training.Phase("head", 2, 1e-3, False), training.Phase("whole", 12, 5e-4, True)]
+    assert training.seconds_left(plan, "head", 1, 10.0) == pytest.approx(10 + 12 * 10 * training.UNFROZEN_SLOWDOWN)
+    assert training.seconds_left(plan, "whole", 5, 30.0) == pytest.approx(9 * 30)
+    assert training.seconds_left(plan, "whole", 14, 30.0) == 0
+    single = [training.Phase("train", 10, 1e-3, None)]
+    assert training.seconds_left(single, "train", 4, 2.0) == pytest.approx(12.0)
