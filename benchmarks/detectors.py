@@ -22,6 +22,14 @@ portrait matplotlib ships; ``<work_dir>/model.keras`` if there is one, else an u
 for timing only). Extra rows show other operating points (the cascade's ``min_neighbors``, MTCNN's
 ``min_confidence``: filtered from one run, so untimed).
 
+``--browser`` adds face-api.js's Tiny Face Detector (``@vladmandic/face-api``, the live page's detector, with its
+options: inputSize 416, score ≥ 0.5; no ``min_face`` filter) run in headless Chromium through Playwright
+(``benchmarks/faceapi.py``) on the same photos (rebuilt from the same ``--seed``, written as PNG and decoded
+by the browser), scored by the same code, timed in the page around ``detectAllFaces`` on the decoded canvas;
+``--tfjs-backend wasm`` runs it on tfjs's WebAssembly backend instead of the live page's WebGL (in software
+without a GPU). Its row (and an untimed one with ``min_face`` 0.1 applied) is merged into the existing
+``detectors.json`` / ``detectors.md`` without re-running Haar and MTCNN (the parameters must match).
+
 Writes ``benchmarks/results/detectors.json`` (machine, load average, parameters, figures) and
 ``detectors.md`` (the table), and prints the table.
 """
@@ -236,7 +244,13 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-runs", type=int, default=40)
     parser.add_argument("--out", default=str(RESULTS), help="folder for detectors.json and detectors.md")
     parser.add_argument("--save-photos", metavar="DIR", help="also write the generated photos (PNG) here")
+    parser.add_argument("--browser", action="store_true", help="only add face-api.js's Tiny Face Detector (in "
+                        "Chromium) to the existing detectors.json / .md, on the same photos")
+    parser.add_argument("--tfjs-backend", choices=("auto", "wasm"), default="auto", help="with --browser: tfjs's "
+                        "backend (auto: the live page's WebGL, else CPU; wasm: WebAssembly)")
     args = parser.parse_args(argv)
+    if args.browser:
+        return browser_main(args)
 
     from fer_utils import data, import_tensorflow, models, workfolder
 
@@ -363,6 +377,65 @@ def main(argv=None) -> int:
     return 0
 
 
+def browser_main(args) -> int:
+    """``--browser``: face-api.js's Tiny Face Detector on the same photos, merged into the existing record."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import faceapi
+
+    from fer_utils import data, workfolder
+    from fer_utils.prediction import detection as D
+
+    out = Path(args.out)
+    record = json.loads((out / "detectors.json").read_text())
+    p = record["parameters"]
+    if (p["seed"], p["face_photos"], p["no_face_photos"]) != (args.seed, args.faces, args.no_faces):
+        raise SystemExit(f"{out / 'detectors.json'} was measured with seed {p['seed']}, {p['face_photos']} and "
+                         f"{p['no_face_photos']} photos: run with the same --seed / --faces / --no-faces")
+    data_dir = data.get_dataset(args.data_dir, download=False).root
+    load_before = os.getloadavg()
+    photos = build_set(data_dir, args.faces, args.no_faces, args.seed)
+    assert sum(len(ph["truth"]) for ph in photos) == p["true_faces"]
+    found, found_min, times = {}, {}, []
+    with tempfile.TemporaryDirectory(prefix="fer-detectors-") as tmp:
+        for ph in photos:
+            ph["image"].save(Path(tmp) / f"{ph['name']}.png")
+        with faceapi.face_api_page({"photos": Path(tmp)}, backend=args.tfjs_backend) as (page, base, backend):
+            call = "([u, o]) => bench.detect(u, o)"
+            t = time.perf_counter()
+            first = page.evaluate(call, [f"{base}photos/{photos[0]['name']}.png", faceapi.TINY_OPTIONS])
+            cold = (time.perf_counter() - t) * 1000
+            for ph in photos[1:4]:
+                page.evaluate(call, [f"{base}photos/{ph['name']}.png", faceapi.TINY_OPTIONS])
+            for i, ph in enumerate(photos):
+                r = page.evaluate(call, [f"{base}photos/{ph['name']}.png", faceapi.TINY_OPTIONS])
+                times.append(r["ms"] / 1000)
+                boxes = [[round(v) for v in f[:4]] for f in r["faces"]]
+                found[ph["name"]] = boxes
+                side = D.DEFAULT_MIN_FACE * min(ph["image"].size)
+                found_min[ph["name"]] = [b for b in boxes if max(b[2], b[3]) >= side]
+                if i % 50 == 0:
+                    print(f"{i}/{len(photos)}: {r['ms']:.0f} ms", flush=True)
+    row = score(photos, found) | {"time_median_ms": pct(times, 50), "time_p90_ms": pct(times, 90),
+                                  "first_call_in_page_ms": first["ms"]}
+    name = f"face-api tiny (Chromium, tfjs {backend})"
+    record["detectors"][name] = row
+    record["detectors"][f"{name}, min_face {D.DEFAULT_MIN_FACE}"] = score(photos, found_min)
+    record.setdefault("browser", {})[name] = {"machine": workfolder.machine_info() | {
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()]}, **faceapi.versions(),
+        "tfjs_backend": backend, "options": faceapi.TINY_OPTIONS, "cold_first_call_ms": cold,
+        "timing": "warm, in the page (performance.now) around detectAllFaces on the decoded canvas; photos in order",
+        "command": "python benchmarks/detectors.py --browser"
+                   + (f" --tfjs-backend {args.tfjs_backend}" if args.tfjs_backend != "auto" else "")}
+    (out / "detectors.json").write_text(json.dumps(record, indent=2) + "\n")
+    table = markdown(record)
+    (out / "detectors.md").write_text(table)
+    print(table)
+    return 0
+
+
 def markdown(record: dict) -> str:
     m, p = record["machine"], record["parameters"]
     lines = [
@@ -402,6 +475,19 @@ def markdown(record: dict) -> str:
               + ", ".join(f"{n.split()[0]} {r['cold_first_call_ms']:.0f} ms" for n, r in record["detectors"].items()
                           if "cold_first_call_ms" in r) + ".",
               f"Predict latency: {p['latency_photo']}, {p['latency_runs']} runs each, model: {p['model']}.", ""]
+    if record.get("browser"):
+        lines[-1:] = ["face-api.js's Tiny Face Detector, the live page's (its options: inputSize 416, score ≥ 0.5, no "
+                      f"min_face filter; the row below each applies min_face {p['min_face']} to the same boxes), in "
+                      "headless Chromium on the same photos, scored by the same code; timed in the page around "
+                      "`detectAllFaces` on the decoded canvas. Not run on the test/ photos nor through predict. "
+                      "Measured on another machine than the Haar and MTCNN rows, so times compare only roughly:", ""]
+        for name, b in record["browser"].items():
+            bm = b["machine"]
+            lines.append(f"- `{name}`: `{b['command']}`, {b['face_api']}, {b['chromium']}; {bm['processor']}, "
+                         f"{bm['cpu_count']} cores, no GPU (WebGL runs in software), load average "
+                         f"{bm['load_average_before'][0]:.1f} before, {bm['load_average_after'][0]:.1f} after "
+                         f"(shared); first call {b.get('cold_first_call_ms', 0):.0f} ms.")
+        lines.append("")
     return "\n".join(lines)
 
 

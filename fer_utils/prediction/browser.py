@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,8 @@ def export_onnx(model, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="pixels")
-    with quiet_fd2():
+    with quiet_fd2(), warnings.catch_warnings():  # tf2onnx's np.object probe warns under numpy 2: not ours to fix
+        warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
         model.export(str(path), format="onnx", verbose=False, input_signature=[spec])
     return path
 
