@@ -44,11 +44,11 @@ def require_browser():
 
 
 @contextlib.contextmanager
-def chromium():
-    """A headless Chromium browser (Debian's), closed afterwards."""
+def chromium(extra_args=()):
+    """A headless Chromium browser (Debian's), closed afterwards; ``extra_args``: more command-line switches."""
     api = require_browser()
     with api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser
         finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, PageWatch, require_browser, serve_folder, wait_for
+from browser import PageWatch, chromium, require_browser, serve_folder, wait_for
 from PIL import Image
 
 from fer_utils.prediction import browser as live
@@ -108,15 +108,9 @@ def camera_video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chromium_with_camera(camera_video):
-    api = require_browser()
-    args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-video-capture={camera_video[0]}"]
-    with api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium(["--use-fake-device-for-media-stream",
+                   f"--use-file-for-fake-video-capture={camera_video[0]}"]) as browser:
+        yield browser
 
 
 def open_page(browser, url, camera: bool):
