@@ -192,6 +192,7 @@ def test_fake_camera_is_labelled_live_with_a_frame_rate(served, chromium_with_ca
                           page.evaluate("[ferLive.frames, ferLive.fps, ferLive.error]")), 60,
                  "three camera frames analysed and a frame rate (ferLive.frames, fps, error)")
         state = page.evaluate("({faces: ferLive.faces, inputs: ferLive.inputs, fps: ferLive.fps})")
+        assert page.evaluate("ferLive.backend") == "wasm"  # the detector's default backend, its .wasm from the site
         check_faces(state["faces"], state["inputs"], camera_video[1], sharp_model, session)
         assert float(page.inner_text("#fps")) > 0
         print(f"camera: {state['fps']:.1f} frames/s, detector {page.evaluate('ferLive.detectMs'):.0f} ms, "

@@ -15,9 +15,14 @@ function fail(text) { $("error").textContent = text; live.error = text; }
 
 async function start() {
   try {
-    const backend = (await faceapi.tf.setBackend("webgl").catch(() => false)) ? "webgl" : "cpu";
+    // The detector's tfjs backend: WebAssembly by default (about ten times faster than WebGL without a GPU,
+    // benchmarks/results/detectors.md); ?backend=webgl for a machine with a GPU. Its .wasm come from this site.
+    const wanted = new URLSearchParams(location.search).get("backend") || "wasm";
+    if (wanted === "wasm") faceapi.tf.setWasmPaths(new URL("vendor/tfjs-wasm/", location.href).href);
+    const backend = (await faceapi.tf.setBackend(wanted).catch(() => false)) ? wanted : "cpu";
     if (backend === "cpu") await faceapi.tf.setBackend("cpu");
     await faceapi.tf.ready();
+    live.backend = faceapi.tf.getBackend();
     await faceapi.nets.tinyFaceDetector.loadFromUri("vendor/model");
     ort.env.wasm.wasmPaths = new URL("vendor/", location.href).href;  // the .wasm from this site, no CDN
     ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation, which a plain static server lacks

@@ -32,6 +32,9 @@ VENDOR = {
     "onnxruntime-web/dist/ort-wasm-simd-threaded.mjs": "ort-wasm-simd-threaded.mjs",
     "onnxruntime-web/dist/ort-wasm-simd-threaded.wasm": "ort-wasm-simd-threaded.wasm",
     "@vladmandic/face-api/dist/face-api.js": "face-api.js",
+    # tfjs's WebAssembly backend (in face-api.js) loads these: the detector's default backend on the page
+    **{f"@tensorflow/tfjs-backend-wasm/dist/{name}": f"tfjs-wasm/{name}"
+       for name in ("tfjs-backend-wasm.wasm", "tfjs-backend-wasm-simd.wasm", "tfjs-backend-wasm-threaded-simd.wasm")},
     "@vladmandic/face-api/model/tiny_face_detector_model-weights_manifest.json":
         "model/tiny_face_detector_model-weights_manifest.json",
     "@vladmandic/face-api/model/tiny_face_detector_model.bin": "model/tiny_face_detector_model.bin",
@@ -87,7 +90,8 @@ def live_page(folder: str | os.PathLike, model=None, node_modules: Path = NODE_M
         raise MissingPackagesError(f"The live page's JavaScript is not installed ({node_modules / missing[0]} is "
                                    f"missing): run `{NPM_INSTALL}` in the repository (npm, Node 18 or later).")
     folder = Path(folder)
-    (folder / "vendor" / "model").mkdir(parents=True, exist_ok=True)
+    for sub in ("model", "tfjs-wasm"):
+        (folder / "vendor" / sub).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(WEB / "live.html", folder / "index.html")
     shutil.copyfile(WEB / "live.js", folder / "live.js")
     for src, name in VENDOR.items():
