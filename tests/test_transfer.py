@@ -209,6 +209,7 @@ def test_head_then_whole_through_the_one_train(prepared_work_dir, fake_weights, 
     np.testing.assert_allclose(p.sum(), 1, rtol=1e-5)
 
 
-def test_head_epochs_needs_a_backbone():
-    with pytest.raises(ValueError, match="pretrained backbone"):
-        training.TrainConfig(model="seed_cnn", head_epochs=1)
+def test_head_epochs_count_only_with_a_backbone():
+    """A model without a pretrained backbone has no head phase: its head_epochs are 0, and it trains in one phase."""
+    config = training.TrainConfig(model="seed_cnn", head_epochs=1, epochs=3)
+    assert config.head_epochs == 0 and [(p.name, p.epochs) for p in training.phases(config)] == [("train", 3)]
