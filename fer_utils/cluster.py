@@ -74,7 +74,10 @@ def wait_for_workers(procs: list, timeout: float = WORKERS_TIMEOUT, log_dir: str
 # ---- generated from notebooks/08_train_at_scale.ipynb, cell c12b ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def tf_configs(addresses: list[str]) -> list[dict]:
-    """The ``TF_CONFIG`` of each worker of a cluster at ``addresses``: the same cluster, each its own task."""
-    return [{"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": i}}
-            for i in range(len(addresses))]
+    """The ``TF_CONFIG`` of each worker of a cluster at ``addresses``: the same
+    cluster, each its own task."""
+    return [
+        {"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": i}}
+        for i in range(len(addresses))
+    ]
 # ---- end of generated code (notebooks/08_train_at_scale.ipynb, cell c12b) ----

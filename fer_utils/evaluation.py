@@ -153,10 +153,12 @@ def paired_difference_ci(y_true, pred_a, pred_b, metric="accuracy", groups=None,
 # ---- generated from notebooks/06_evaluate_model.ipynb, cell 06-n08 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
-    """scikit-learn's accuracy, macro-F1, balanced accuracy, per-class report and confusion matrix.
+    """scikit-learn's accuracy, macro-F1, balanced accuracy, per-class report and
+    confusion matrix.
 
-    ``labels``: the class indices macro-F1 averages over — the emotions the model was trained on
-    (``trained_labels``); default all 8. The report and the matrix always cover all 8.
+    ``labels``: the class indices macro-F1 averages over — the emotions the model was
+    trained on (``trained_labels``); default all 8. The report and the matrix always
+    cover all 8.
     """
     from sklearn.metrics import (
         accuracy_score,
@@ -168,17 +170,33 @@ def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     scored = list(LABELS) if labels is None else [int(k) for k in labels]
-    with warnings.catch_warnings():  # a class predicted but absent from the test split is expected here
+    with (
+        warnings.catch_warnings()
+    ):  # a class predicted but absent from the test split is expected here
         warnings.simplefilter("ignore", UserWarning)
         balanced = balanced_accuracy_score(y_true, y_pred)
-    report = classification_report(y_true, y_pred, labels=LABELS, target_names=list(class_names),
-                                   output_dict=True, zero_division=0)
-    per_class = {name: {"precision": report[name]["precision"], "recall": report[name]["recall"],
-                        "f1": report[name]["f1-score"], "support": int(report[name]["support"])}
-                 for name in class_names}
+    report = classification_report(
+        y_true,
+        y_pred,
+        labels=LABELS,
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
+    per_class = {
+        name: {
+            "precision": report[name]["precision"],
+            "recall": report[name]["recall"],
+            "f1": report[name]["f1-score"],
+            "support": int(report[name]["support"]),
+        }
+        for name in class_names
+    }
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=scored, average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=scored, average="macro", zero_division=0)
+        ),
         "balanced_accuracy": float(balanced),
         "scored_classes": [class_names[k] for k in scored],
         "per_class": per_class,
@@ -209,25 +227,46 @@ def load_model(path: str | os.PathLike):
 
 # ---- generated from notebooks/06_evaluate_model.ipynb, cell 06-n05 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
-def predict_split(model, work_dir: str | os.PathLike, split: str = "test", record: models.ModelRecord | None = None,
-                  batch_size: int = 256) -> pd.DataFrame:
-    """One row per file of a split (no augmentation, file order): ``path`` (relative to the work folder),
-    true and predicted class, confidence and every emotion's probability. Faces are prepared as ``record``
-    says (size, colour mode, resizing); ``record.tta == "flip"`` averages each face with its mirror image."""
+def predict_split(
+    model,
+    work_dir: str | os.PathLike,
+    split: str = "test",
+    record: models.ModelRecord | None = None,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """One row per file of a split (no augmentation, file order): ``path`` (relative
+    to the work folder), true and predicted class, confidence and every emotion's
+    probability. Faces are prepared as ``record`` says (size, colour mode,
+    resizing); ``record.tta == "flip"`` averages each face with its mirror image."""
     record = record or models.ModelRecord.from_model(model)
-    ds, files = pipelines.directory_dataset(work_dir, split, record.image_size, record.color_mode,
-                                            record.interpolation)
+    ds, files = pipelines.directory_dataset(
+        work_dir, split, record.image_size, record.color_mode, record.interpolation
+    )
     y_true = np.array([EMOTIONS.index(Path(f).parent.name) for f in files], dtype=int)
-    if files:  # record.tta == "flip": each face's probabilities averaged with its mirror image's
-        probs = np.concatenate([models.with_tta(model.predict_on_batch, batch, record.tta)
-                                for batch in ds.map(lambda x, y: x).batch(batch_size).as_numpy_iterator()])
+    # record.tta == "flip": each face's probabilities averaged with its mirror image's
+    if files:
+        probs = np.concatenate(
+            [
+                models.with_tta(model.predict_on_batch, batch, record.tta)
+                for batch in ds.map(lambda x, y: x)
+                .batch(batch_size)
+                .as_numpy_iterator()
+            ]
+        )
     else:
         probs = np.zeros((0, len(EMOTIONS)), dtype=np.float32)
-    out = pd.DataFrame({"path": [Path(os.path.relpath(f, work_dir)).as_posix() for f in files],
-                        "true": [EMOTIONS[i] for i in y_true],
-                        "pred": [EMOTIONS[i] for i in probs.argmax(axis=1)] if len(files) else [],
-                        "confidence": probs.max(axis=1) if len(files) else []})
-    out["y_true"], out["y_pred"] = y_true, probs.argmax(axis=1) if len(files) else np.zeros(0, dtype=int)
+    out = pd.DataFrame(
+        {
+            "path": [Path(os.path.relpath(f, work_dir)).as_posix() for f in files],
+            "true": [EMOTIONS[i] for i in y_true],
+            "pred": [EMOTIONS[i] for i in probs.argmax(axis=1)] if len(files) else [],
+            "confidence": probs.max(axis=1) if len(files) else [],
+        }
+    )
+    out["y_true"], out["y_pred"] = (
+        y_true,
+        probs.argmax(axis=1) if len(files) else np.zeros(0, dtype=int),
+    )
     for k, e in enumerate(EMOTIONS):
         out[f"p_{e}"] = probs[:, k]
     return out

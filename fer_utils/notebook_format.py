@@ -111,3 +111,24 @@ def normalise_all(folder: str | os.PathLike | None = None) -> list[Path]:
     from fer_utils.workfolder import NOTEBOOKS_DIR, numbered_notebooks
 
     return [p for p in numbered_notebooks(folder or NOTEBOOKS_DIR) if normalise_file(p)]
+
+
+#: A notebook header's time of the committed run, "**Time:** 18 s in the committed run": written from the run's
+#: record when publishing (``stamp_header_time``), so re-publishing cannot leave a stale time in the prose.
+HEADER_TIME = re.compile(r"(\*\*Time:\*\* )([^*\n]*?)( in the committed run)")
+
+
+def header_time(seconds: float) -> str:
+    """How a header quotes a notebook's seconds: ``"18 s"``, or ``"9 min (532 s)"`` from 90 s on."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min ({seconds:,.0f} s)"
+
+
+def stamp_header_time(nb: dict, seconds: float) -> bool:
+    """Write ``seconds`` into the first markdown cell's "**Time:** … in the committed run"; False without one."""
+    cell = next((c for c in nb["cells"] if c["cell_type"] == "markdown"), None)
+    if cell is None:
+        return False
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    stamped, n = HEADER_TIME.subn(lambda m: m.group(1) + header_time(seconds) + m.group(3), source, count=1)
+    cell["source"] = stamped
+    return bool(n)

@@ -31,27 +31,20 @@ from fer_utils.workfolder import SPLIT_DIR, SPLITS, require
 COLOR_MODES = {"grayscale": 1, "rgb": 3}
 DEFAULT_BATCH_SIZE = 64
 
-#: The augmentations, each as the legacy ``ImageDataGenerator`` argument and the Keras layer that does
-#: the same in a tf.data pipeline. Mild settings: faces are roughly aligned crops.
+#: The augmentations, as the legacy ``ImageDataGenerator`` arguments; ``augmentation_layers`` (notebook 03)
+#: holds the Keras layer that does the same in a tf.data pipeline, under the same name. Mild settings: faces
+#: are roughly aligned crops.
 AUGMENTATIONS = {
-    "horizontal flip": ({"horizontal_flip": True}, ("RandomFlip", {"mode": "horizontal"})),
-    "rotation ±10°": ({"rotation_range": 10}, ("RandomRotation", {"factor": 10 / 360, "fill_mode": "nearest"})),
-    "shift ±10 %": ({"width_shift_range": 0.1, "height_shift_range": 0.1},
-                    ("RandomTranslation", {"height_factor": 0.1, "width_factor": 0.1, "fill_mode": "nearest"})),
-    "zoom ±10 %": ({"zoom_range": 0.1}, ("RandomZoom", {"height_factor": 0.1, "fill_mode": "nearest"})),
+    "horizontal flip": {"horizontal_flip": True},
+    "rotation ±10°": {"rotation_range": 10},
+    "shift ±10 %": {"width_shift_range": 0.1, "height_shift_range": 0.1},
+    "zoom ±10 %": {"zoom_range": 0.1},
 }
 
 
 #: Augmentation strengths (``TrainConfig.augment``): ``"standard"`` is ``AUGMENTATIONS`` above (both
 #: pipelines); ``"strong"`` (tf.data only) widens the geometry and adds brightness and contrast changes.
 AUGMENT_LEVELS = ("none", "standard", "strong")
-STRONG_EXTRA = {
-    "rotation ±15°": ("RandomRotation", {"factor": 15 / 360, "fill_mode": "reflect"}),
-    "shift ±12 %": ("RandomTranslation", {"height_factor": 0.12, "width_factor": 0.12, "fill_mode": "reflect"}),
-    "zoom ±15 %": ("RandomZoom", {"height_factor": 0.15, "fill_mode": "reflect"}),
-    "brightness ±15 %": ("RandomBrightness", {"factor": 0.15, "value_range": (0, 255)}),
-    "contrast ±20 %": ("RandomContrast", {"factor": 0.2, "value_range": (0, 255)}),
-}
 #: ``tf.image.resize`` methods -> the nearest Pillow filter the legacy generator knows.
 LEGACY_INTERPOLATION = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "box",
                         "lanczos3": "lanczos", "lanczos5": "lanczos"}
@@ -108,19 +101,28 @@ def legacy_augmentation_kwargs(names=None) -> dict:
     """The ``ImageDataGenerator`` arguments for the named augmentations (all of ``AUGMENTATIONS`` by default)."""
     kwargs = {"fill_mode": "nearest"}
     for name in names if names is not None else AUGMENTATIONS:
-        kwargs.update(AUGMENTATIONS[name][0])
+        kwargs.update(AUGMENTATIONS[name])
     return kwargs
 
 
 # ---- generated from notebooks/03_build_input_pipelines.ipynb, cell 03-n03 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
-def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
-                      batch_size: int = DEFAULT_BATCH_SIZE, augment=True, seed: int = 42,
-                      splits=SPLITS, interpolation: str = "bilinear") -> dict:
-    """The seed tutorial's ``ImageDataGenerator(...).flow_from_directory(...)`` for each split: ``{split: iterator}``.
+def legacy_generators(
+    work_dir: str | os.PathLike,
+    image_size=48,
+    color_mode: str = "grayscale",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    augment=True,
+    seed: int = 42,
+    splits=SPLITS,
+    interpolation: str = "bilinear",
+) -> dict:
+    """The seed tutorial's ``ImageDataGenerator(...).flow_from_directory(...)`` for
+    each split: ``{split: iterator}``.
 
-    Keras 3 keeps the class only as legacy code, reachable through ``tf.keras.preprocessing.image``. Only
-    ``train`` is augmented and shuffled; ``classes=EMOTIONS`` fixes the label order even for empty folders.
+    Keras 3 keeps the class only as legacy code, reachable through
+    ``tf.keras.preprocessing.image``. Only ``train`` is augmented and shuffled;
+    ``classes=EMOTIONS`` fixes the label order even for empty folders.
     """
     import fer_utils
 
@@ -129,20 +131,37 @@ def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: st
     check_color_mode(color_mode)
     level = augment_level(augment)
     if level not in ("none", "standard"):
-        raise ValueError(f"augment={augment!r}: the legacy generator knows only 'none' and 'standard'; "
-                         "use pipeline='tf.data' for 'strong'.")
+        raise ValueError(
+            f"augment={augment!r}: the legacy generator knows only 'none' and "
+            "'standard'; use pipeline='tf.data' for 'strong'."
+        )
     if interpolation not in LEGACY_INTERPOLATION:
-        raise ValueError(f"interpolation={interpolation!r} has no ImageDataGenerator equivalent; "
-                         f"choose one of {sorted(LEGACY_INTERPOLATION)}.")
+        raise ValueError(
+            f"interpolation={interpolation!r} has no ImageDataGenerator equivalent; "
+            f"choose one of {sorted(LEGACY_INTERPOLATION)}."
+        )
     out = {}
     for split in splits:
         train = split == "train"
-        augmentation = legacy_augmentation_kwargs() if (train and level != "none") else {}  # flips, rotations...
-        generator = tf.keras.preprocessing.image.ImageDataGenerator(**augmentation, dtype="float32")
-        out[split] = generator.flow_from_directory(  # one class per sub-folder, one-hot labels
-            str(split_dir(work_dir, split)), target_size=size_pair(image_size), color_mode=color_mode,
-            classes=list(EMOTIONS), class_mode="categorical", batch_size=batch_size, shuffle=train,
-            seed=seed, interpolation=LEGACY_INTERPOLATION[interpolation])
+        augmentation = (
+            legacy_augmentation_kwargs() if (train and level != "none") else {}
+        )  # flips, rotations...
+        generator = tf.keras.preprocessing.image.ImageDataGenerator(
+            **augmentation, dtype="float32"
+        )
+        out[split] = (
+            generator.flow_from_directory(  # one class per sub-folder, one-hot labels
+                str(split_dir(work_dir, split)),
+                target_size=size_pair(image_size),
+                color_mode=color_mode,
+                classes=list(EMOTIONS),
+                class_mode="categorical",
+                batch_size=batch_size,
+                shuffle=train,
+                seed=seed,
+                interpolation=LEGACY_INTERPOLATION[interpolation],
+            )
+        )
     return out
 # ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-n03) ----
 
@@ -152,55 +171,64 @@ def legacy_generators(work_dir: str | os.PathLike, image_size=48, color_mode: st
 # --------------------------------------------------------------------------------------------------
 
 
-def augmentation_layers(names=None, seed: int = 42, level: str = "standard"):
-    """A ``keras.Sequential`` of preprocessing layers for the named augmentations (all by default).
-
-    ``level="strong"`` uses the flip of ``AUGMENTATIONS`` and then ``STRONG_EXTRA`` instead.
-    Used in the input pipeline (``tf_datasets``), never inside a model.
-    """
-    import fer_utils
-
-    _, keras = fer_utils.import_tensorflow()
-    if level == "strong":
-        specs = [AUGMENTATIONS["horizontal flip"][1], *STRONG_EXTRA.values()]
-    else:
-        specs = [AUGMENTATIONS[name][1] for name in (names if names is not None else AUGMENTATIONS)]
-    layers = [getattr(keras.layers, cls)(**kwargs, seed=seed + i) for i, (cls, kwargs) in enumerate(specs)]
-    return keras.Sequential(layers, name="augmentation")
-
-
 # ---- generated from notebooks/03_build_input_pipelines.ipynb, cell 03-n05 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
-def directory_dataset(work_dir: str | os.PathLike, split: str, image_size=48, color_mode: str = "grayscale",
-                      interpolation: str = "bilinear"):
-    """One split as an unbatched, unshuffled ``tf.data.Dataset`` of ``(pixels, one_hot)``, plus its file paths.
+def directory_dataset(
+    work_dir: str | os.PathLike,
+    split: str,
+    image_size=48,
+    color_mode: str = "grayscale",
+    interpolation: str = "bilinear",
+):
+    """One split as an unbatched, unshuffled ``tf.data.Dataset`` of
+    ``(pixels, one_hot)``, plus its file paths.
 
-    ``image_dataset_from_directory`` with ``label_mode="categorical"`` and ``class_names=EMOTIONS``: the
-    one-hot position is the index in ``EMOTIONS``. Pixels are float32 in [0, 255], resized with
-    ``interpolation`` (a ``tf.image.resize`` method; ``"bilinear"`` reads few source pixels when shrinking a
-    350×350 face, ``"area"`` averages them), aspect ratio not kept — the squeeze the legacy generator applies.
+    ``image_dataset_from_directory`` with ``label_mode="categorical"`` and
+    ``class_names=EMOTIONS``: the one-hot position is the index in ``EMOTIONS``.
+    Pixels are float32 in [0, 255], resized with ``interpolation`` (a
+    ``tf.image.resize`` method; ``"bilinear"`` reads few source pixels when
+    shrinking a 350×350 face, ``"area"`` averages them), aspect ratio not kept — the
+    squeeze the legacy generator applies.
     """
     import fer_utils
 
     _, keras = fer_utils.import_tensorflow()
     ds = keras.utils.image_dataset_from_directory(
-        str(split_dir(work_dir, split)), labels="inferred", label_mode="categorical", class_names=list(EMOTIONS),
-        color_mode=check_color_mode(color_mode), batch_size=None, image_size=size_pair(image_size), shuffle=False,
-        interpolation=interpolation, verbose=False)
+        str(split_dir(work_dir, split)),
+        labels="inferred",
+        label_mode="categorical",
+        class_names=list(EMOTIONS),
+        color_mode=check_color_mode(color_mode),
+        batch_size=None,
+        image_size=size_pair(image_size),
+        shuffle=False,
+        interpolation=interpolation,
+        verbose=False,
+    )
     return ds, list(ds.file_paths)
 # ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-n05) ----
 
 
 # ---- generated from notebooks/03_build_input_pipelines.ipynb, cell 03-n07 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
-def tf_datasets(work_dir: str | os.PathLike, image_size=48, color_mode: str = "grayscale",
-                batch_size: int = DEFAULT_BATCH_SIZE, augment=True, seed: int = 42, splits=SPLITS,
-                cache: bool = True, augmentations=None, interpolation: str = "bilinear",
-                mixup: float = 0.0) -> dict:
-    """The tf.data equivalent of ``legacy_generators``: ``{split: tf.data.Dataset}`` of batches.
+def tf_datasets(
+    work_dir: str | os.PathLike,
+    image_size=48,
+    color_mode: str = "grayscale",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    augment=True,
+    seed: int = 42,
+    splits=SPLITS,
+    cache: bool = True,
+    interpolation: str = "bilinear",
+    mixup: float = 0.0,
+) -> dict:
+    """The tf.data equivalent of ``legacy_generators``: ``{split: tf.data.Dataset}``
+    of batches.
 
-    ``augment``: a level of ``AUGMENT_LEVELS`` (or True/False); ``augmentations``: a subset of
-    ``AUGMENTATIONS`` (default all); ``mixup`` > 0 blends each training batch with a shuffled copy of itself.
+    ``augment``: a level of ``AUGMENT_LEVELS`` (or True/False), the layers of
+    ``augmentation_layers``; ``mixup`` > 0 blends each training batch with a
+    shuffled copy of itself.
     """
     import fer_utils
 
@@ -209,19 +237,29 @@ def tf_datasets(work_dir: str | os.PathLike, image_size=48, color_mode: str = "g
     level = augment_level(augment)
     out = {}
     for split in splits:
-        ds, files = directory_dataset(work_dir, split, image_size, color_mode, interpolation)
-        # Keep the cache small (uint8, 4× smaller than float32); resizing is done once, here.
-        ds = ds.map(lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y),
-                    num_parallel_calls=autotune)
+        ds, files = directory_dataset(
+            work_dir, split, image_size, color_mode, interpolation
+        )
+        # Keep the cache small (uint8, 4× smaller than float32); resizing is done
+        # once, here.
+        ds = ds.map(
+            lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y),
+            num_parallel_calls=autotune,
+        )
         if cache:
             ds = ds.cache()
         if split == "train":
-            ds = ds.shuffle(max(len(files), 1), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune)
+            ds = ds.shuffle(
+                max(len(files), 1), seed=seed, reshuffle_each_iteration=True
+            )
+        ds = ds.batch(batch_size).map(
+            lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune
+        )
         if split == "train" and level != "none":
-            # sequential on purpose: the layers draw from one seeded random state, and parallel calls would
-            # draw in a varying order (runs would not repeat); prefetch still overlaps it with training
-            ds = ds.map(augmenter(augmentation_layers(augmentations, seed, level)))
+            # sequential on purpose: the layers draw from one seeded random state,
+            # and parallel calls would draw in a varying order (runs would not
+            # repeat); prefetch still overlaps it with training
+            ds = ds.map(augmenter(augmentation_layers(seed, level)))
         if split == "train" and mixup > 0:
             ds = ds.map(mixer(mixup, seed))
         out[split] = ds.prefetch(autotune)
@@ -229,11 +267,14 @@ def tf_datasets(work_dir: str | os.PathLike, image_size=48, color_mode: str = "g
 # ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-n07) ----
 
 
-def augmenter(layers):
+def augmenter(layers: dict):
+    """``augmentation_layers(...)`` as a function of a batch ``(x, y)``: the layers in order, pixels kept in
+    [0, 255]."""
     import fer_utils
 
-    tf, _ = fer_utils.import_tensorflow()
-    return lambda x, y: (tf.clip_by_value(layers(x, training=True), 0.0, 255.0), y)
+    tf, keras = fer_utils.import_tensorflow()
+    model = keras.Sequential(list(layers.values()), name="augmentation")
+    return lambda x, y: (tf.clip_by_value(model(x, training=True), 0.0, 255.0), y)
 
 
 def mixer(alpha: float, seed: int):
@@ -373,10 +414,11 @@ def augmentation_examples(image, seed: int = 42, n: int = 4) -> dict:
     image = np.asarray(image, dtype=np.float32)
     out = {}
     quiet_legacy_scipy()
-    for i, (name, (legacy_kwargs, (cls, kwargs))) in enumerate(AUGMENTATIONS.items()):
+    layers = augmentation_layers(seed)
+    for name, legacy_kwargs in AUGMENTATIONS.items():
         gen = tf.keras.preprocessing.image.ImageDataGenerator(fill_mode="nearest", **legacy_kwargs)
         out[(name, "generator")] = [gen.random_transform(image, seed=seed + k) for k in range(n)]
-        layer = getattr(keras.layers, cls)(**kwargs, seed=seed + i)
+        layer = layers[name]
         batch = np.repeat(image[None], n, axis=0)
         out[(name, "layer")] = list(np.asarray(layer(batch, training=True)))
     return out
@@ -414,3 +456,45 @@ def plot_timings(summary: pd.DataFrame):
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+# ---- generated from notebooks/03_build_input_pipelines.ipynb, cell 03-aug1 ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
+def augmentation_layers(seed: int = 42, level: str = "standard") -> dict:
+    """The training faces' random changes as Keras preprocessing layers, by name, in
+    the order the tf.data pipeline applies them. ``"standard"``: the seed's
+    ImageDataGenerator settings; ``"strong"`` (tf.data only): wider changes, plus
+    brightness and contrast."""
+    import keras
+
+    if level == "strong":
+        return {
+            "horizontal flip": keras.layers.RandomFlip("horizontal", seed=seed),
+            "rotation ±15°": keras.layers.RandomRotation(
+                15 / 360, fill_mode="reflect", seed=seed + 1
+            ),
+            "shift ±12 %": keras.layers.RandomTranslation(
+                0.12, 0.12, fill_mode="reflect", seed=seed + 2
+            ),
+            "zoom ±15 %": keras.layers.RandomZoom(
+                0.15, fill_mode="reflect", seed=seed + 3
+            ),
+            "brightness ±15 %": keras.layers.RandomBrightness(
+                0.15, value_range=(0, 255), seed=seed + 4
+            ),
+            "contrast ±20 %": keras.layers.RandomContrast(
+                0.2, value_range=(0, 255), seed=seed + 5
+            ),
+        }
+    # each does what one argument of the generator does (legacy_augmentation_kwargs)
+    return {
+        "horizontal flip": keras.layers.RandomFlip("horizontal", seed=seed),
+        "rotation ±10°": keras.layers.RandomRotation(
+            10 / 360, fill_mode="nearest", seed=seed + 1
+        ),  # a fraction of a full turn: ±10°
+        "shift ±10 %": keras.layers.RandomTranslation(
+            0.1, 0.1, fill_mode="nearest", seed=seed + 2
+        ),
+        "zoom ±10 %": keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 3),
+    }
+# ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-aug1) ----

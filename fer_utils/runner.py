@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from fer_utils import saved_cells
-from fer_utils.notebook_format import normalised_json
+from fer_utils.notebook_format import normalised_json, stamp_header_time
 from fer_utils.parameters import check_values, declared_parameters, parse_value
 from fer_utils.progress import TrainingProgress, show_epochs
 from fer_utils.run_checks import check_config, check_folders, dataset_identity
@@ -248,8 +248,11 @@ def published_record(work: Path) -> dict:
 def publish(work: Path, notebooks: list[Path], executed: Path) -> None:
     """Write the executed notebooks, normalised (``normalise_notebook``), over the committed ones, and copy
     the figures into ``figures/``."""
+    seconds = {name: info.get("seconds") for name, info in read_record(work / RUN_RECORD)["notebooks"].items()}
     for path in notebooks:
         nb = json.loads((executed / path.name).read_text(encoding="utf-8"))
+        if seconds.get(path.stem) is not None:
+            stamp_header_time(nb, seconds[path.stem])  # the header's time is this run's
         path.write_text(normalised_json(nb), encoding="utf-8")
     figures = work / FIGURES_DIR
     if figures.is_dir():

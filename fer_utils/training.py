@@ -26,6 +26,7 @@ bfloat16 instructions ``precision="auto"`` builds the seed CNN under Keras' ``mi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -432,18 +433,27 @@ def build_model(config: TrainConfig):
 # ---- generated from notebooks/05_train_model.ipynb, cell 05-n03 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def class_weight_power(counts, power: float = 0.5) -> dict[int, float]:
-    """Per-class weights ``(N / (K n_c)) ** power``, rescaled so the mean weight per training face is 1.
+    """Per-class weights ``(N / (K n_c)) ** power``, rescaled so the mean weight per
+    training face is 1.
 
-    ``power=0``: none; ``0.5``: square-root ("soft") balancing; ``1``: full balancing. Empty classes get 0.
+    ``power=0``: none; ``0.5``: square-root ("soft") balancing; ``1``: full
+    balancing. Empty classes get 0.
     """
-    counts = np.asarray(counts, dtype=float)  # n_c: training faces per class; N = counts.sum(), K = len(counts)
-    weights = np.where(counts > 0, (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** power, 0.0)
-    weights = weights * counts.sum() / (weights * counts).sum()  # an average face still weighs 1
+    counts = np.asarray(
+        counts, dtype=float
+    )  # n_c: training faces per class; N = counts.sum(), K = len(counts)
+    weights = np.where(
+        counts > 0, (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** power, 0.0
+    )
+    weights = (
+        weights * counts.sum() / (weights * counts).sum()
+    )  # an average face still weighs 1
     return {i: float(w) for i, w in enumerate(weights)}
 
 
 def class_weights(config, counts) -> dict[int, float] | None:
-    """The ``class_weight`` dict ``model.fit`` gets for ``config.class_weight`` and the training counts."""
+    """The ``class_weight`` dict ``model.fit`` gets for ``config.class_weight`` and
+    the training counts."""
     if config.class_weight is None:
         return None
     if config.class_weight == "balanced":
@@ -638,35 +648,57 @@ class Phase:
 # ---- generated from notebooks/05_train_model.ipynb, cell 05-n06 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def phases(config) -> list:
-    """The training phases ``config`` asks for: head, then whole model for a pretrained model with
-    ``head_epochs``; else one phase."""
-    if config.head_epochs:  # 1. backbone frozen: only the new head learns, at the full rate
-        return [Phase("head", config.head_epochs, config.learning_rate, backbone_trainable=False),
-                # 2. backbone unfrozen: everything learns, at a lower rate (small steps keep what FER2013 taught)
-                Phase("whole", config.epochs, config.learning_rate * config.whole_model_lr_factor, True)]
+    """The training phases ``config`` asks for: head, then whole model for a
+    pretrained model with ``head_epochs``; else one phase."""
+    if (
+        config.head_epochs
+    ):  # 1. backbone frozen: only the new head learns, at the full rate
+        return [
+            Phase(
+                "head",
+                config.head_epochs,
+                config.learning_rate,
+                backbone_trainable=False,
+            ),
+            # 2. backbone unfrozen: everything learns, at a lower rate (small steps
+            # keep what FER2013 taught)
+            Phase(
+                "whole",
+                config.epochs,
+                config.learning_rate * config.whole_model_lr_factor,
+                True,
+            ),
+        ]
     backbone = models.traits(config.model).get("backbone")
-    return [Phase("train", config.epochs, config.learning_rate, True if backbone else None)]
+    return [
+        Phase("train", config.epochs, config.learning_rate, True if backbone else None)
+    ]
 # ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n06) ----
 
 
 # ---- generated from notebooks/05_train_model.ipynb, cell 05-n09 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
-def compile_model(net, config, learning_rate: float, steps: int | None = None) -> None:
-    """``model.compile`` with Adam (AdamW with ``weight_decay``), the learning-rate schedule, cross-entropy
-    (with label smoothing) and accuracy."""
-    import fer_utils
+def compile_model(
+    model, config, learning_rate: float, steps: int | None = None
+) -> None:
+    """``model.compile`` with Adam (AdamW with ``weight_decay``; a cosine schedule over
+    ``steps``), cross-entropy (with label smoothing) and accuracy."""
+    import keras
 
-    _, keras = fer_utils.import_tensorflow()
     rate = learning_rate
     if config.lr_schedule == "cosine" and steps:  # decays to 0 over the phase's steps
-        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.0)
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     if config.weight_decay:
-        optimizer = keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
     else:
         optimizer = keras.optimizers.Adam(learning_rate=rate)
-    net.compile(optimizer=optimizer,
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(
+            label_smoothing=config.label_smoothing
+        ),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
 # ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n09) ----
 
 
@@ -729,6 +761,15 @@ class Run:
     def global_batch_size(self) -> int:
         """Faces per training step over all replicas: ``batch_size`` × replicas."""
         return self.config.batch_size * int(self.worker.get("replicas", 1))
+
+    @contextlib.contextmanager
+    def recording(self, phase: Phase):
+        """Around one phase's ``fit``: name the phase in the epoch log, time it, then keep its history."""
+        self.log.phase = phase.name
+        t0 = time.perf_counter()
+        yield
+        self.fit_seconds += time.perf_counter() - t0
+        self.add_history(phase)
 
     def add_history(self, phase: Phase) -> pd.DataFrame:
         """Record one finished phase: one row per epoch (those of an interrupted run it resumed included),
@@ -821,25 +862,32 @@ def save_finished_phase(run, phase) -> None:
 # ---- generated from notebooks/05_train_model.ipynb, cell 05-n10 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def fit_phase(run, phase):
-    """One phase: freeze or unfreeze the backbone, compile at the phase's learning rate, ``fit`` its epochs.
-    A phase that an interrupted run had finished is not repeated; one it had begun continues (``run.backup``)."""
-    net, config = run.model, run.config
+    """One phase: (un)freeze the backbone, compile at the phase's rate, ``fit`` its
+    epochs. A phase an interrupted run had finished is not repeated; one it had
+    begun continues."""
+    model, config = run.model, run.config
     if phase.epochs == 0:
         return None
     if resume_finished_phase(run, phase):
         return run.add_history(phase)
-    if phase.backbone_trainable is not None:  # the pretrained part: frozen (head phase) or trainable
-        net.get_layer(models.traits(config.model)["backbone"]).trainable = phase.backbone_trainable
-    t0 = time.perf_counter()
-    with run.strategy.scope():  # the optimizer's variables live on every device too
-        compile_model(net, config, phase.learning_rate, run.steps * phase.epochs)  # after every (un)freeze
-    run.log.phase = phase.name
-    net.fit(run.batches["train"], validation_data=run.batches["val"],
-            initial_epoch=run.epochs_done, epochs=run.epochs_done + phase.epochs, class_weight=run.class_weight,
-            shuffle=False, verbose=0, callbacks=[*backup_callbacks(run, phase), *run.callbacks])
-    run.fit_seconds += time.perf_counter() - t0
+    if phase.backbone_trainable is not None:  # the pretrained part: frozen or trainable
+        backbone = model.get_layer(models.traits(config.model)["backbone"])
+        backbone.trainable = phase.backbone_trainable
+    with run.strategy.scope():  # after every (un)freeze
+        compile_model(model, config, phase.learning_rate, run.steps * phase.epochs)
+    with run.recording(phase):
+        model.fit(
+            run.batches["train"],
+            validation_data=run.batches["val"],
+            initial_epoch=run.epochs_done,
+            epochs=run.epochs_done + phase.epochs,
+            class_weight=run.class_weight,
+            callbacks=[*backup_callbacks(run, phase), *run.callbacks],
+            shuffle=False,
+            verbose=0,
+        )
     save_finished_phase(run, phase)
-    return run.add_history(phase)
+    return run.histories[-1]
 # ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n10) ----
 
 
@@ -874,16 +922,37 @@ def finish(run: Run, run_name: str | None = None) -> TrainResult:
 
 # ---- generated from notebooks/05_train_model.ipynb, cell 05-n14 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
-def train(config, work_dir, model=None, *, callbacks=(), run_name=None, show_progress=True, write=True):
-    """Train on ``<work_dir>/split/train``, validate on ``split/val``, keep the best epoch (``config.monitor``).
+def train(
+    config,
+    work_dir,
+    model=None,
+    *,
+    callbacks=(),
+    run_name=None,
+    show_progress=True,
+    write=True,
+):
+    """Train on ``<work_dir>/split/train``, validate on ``split/val``, keep the best
+    epoch (``config.monitor``).
 
-    ``model``: a built model honouring the contract (e.g. notebook 04's ``untrained.keras``); default:
-    ``config.model`` from the registry. ``callbacks`` go to every ``fit``. With ``write``, the model is saved
-    under ``models/<run_name>/`` and becomes the current one. The runner's notebooks, the benchmarks and the
-    tests all train through this function; notebook 05 runs its lines one cell at a time.
+    ``model``: a built model honouring the contract (e.g. notebook 04's
+    ``untrained.keras``); default: ``config.model`` from the registry. ``callbacks``
+    go to every ``fit``. With ``write``, the model is saved under
+    ``models/<run_name>/`` and becomes the current one. The runner's notebooks, the
+    benchmarks and the tests all train through this function; notebook 05 runs its
+    lines one cell at a time.
     """
-    run = start(config, work_dir, model, callbacks=callbacks, show_progress=show_progress, write=write)
-    run.class_weight = class_weights(config, run.train_counts)  # rare emotions weigh more in the loss
+    run = start(
+        config,
+        work_dir,
+        model,
+        callbacks=callbacks,
+        show_progress=show_progress,
+        write=write,
+    )
+    run.class_weight = class_weights(
+        config, run.train_counts
+    )  # rare emotions weigh more in the loss
     for phase in phases(config):  # head, then whole model (pretrained), or one phase
         fit_phase(run, phase)
     return finish(run, run_name)
@@ -1036,12 +1105,17 @@ def summary_table(record: dict) -> pd.DataFrame:
 # ---- generated from notebooks/08_train_at_scale.ipynb, cell c10b ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def mirrored_strategy():
-    """``tf.distribute.MirroredStrategy`` over this machine's GPUs or, without GPUs, its logical CPU devices."""
+    """``tf.distribute.MirroredStrategy`` over this machine's GPUs or, without GPUs,
+    its logical CPU devices."""
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
     gpus = tf.config.list_logical_devices("GPU")
-    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-    cross = None if gpus else tf.distribute.ReductionToOneDevice()  # NCCL all-reduce is for GPUs only
+    devices = [d.name for d in gpus] or [
+        d.name for d in tf.config.list_logical_devices("CPU")
+    ]
+    cross = (
+        None if gpus else tf.distribute.ReductionToOneDevice()
+    )  # NCCL all-reduce is for GPUs only
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross)
 # ---- end of generated code (notebooks/08_train_at_scale.ipynb, cell c10b) ----

@@ -1,8 +1,10 @@
 """Every figure the prose quotes comes from the run: the decimals in the committed notebooks' markdown and in
-the README's Results and Quick start, and the seconds and megabytes quoted there, are found — to the digits
-quoted — in the committed notebooks' outputs, the published run's record (``notebooks/published_run.json``,
-written by ``python -m fer_utils run --publish``) or a benchmark's results (``benchmarks/results/``).
-Thresholds (``≥ 0.45``, ``≤ 60 s``), versions, DOIs and code are not figures."""
+the whole README, and the whole numbers quoted with a unit (seconds, minutes, MB, GB, %, faces, photos, people,
+epochs), are found — to the digits quoted — in the run's outputs and records. A notebook's prose is checked
+against its own outputs and those of the notebooks before it, the published run's record
+(``notebooks/published_run.json``, written by ``python -m fer_utils run --publish``) and the benchmarks' results
+(``benchmarks/results/``); the README against all of them. Thresholds (``≥ 0.45``, ``≤ 60 s``), versions, DOIs
+and code are not figures."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from fer_utils.workfolder import PUBLISHED_RUN, REPO_ROOT, numbered_notebooks
 NOT_FIGURES = [r"`[^`]*`", r"\]\([^)]*\)", r"(?:doi|arXiv):\S+", r"\b\d+(?:\.\d+){2,}\b",
                r"\b(?:Keras|TensorFlow|Python|Pillow|numpy|pandas|scikit-learn|mtcnn|fer|TF)\s+\d+(?:\.\d+)+",
                r"[≥≤<>]\s*[+−-]?\d[\d,]*(?:\.\d+)?"]
-#: A quoted figure: a decimal number, or a whole number of seconds or megabytes.
-FIGURE = re.compile(r"(?<![\w.])(\d[\d,]*\.\d+|\d[\d,]*(?= (?:s|MB)\b))(?![\w.]*\d)")
+#: A quoted figure: a decimal number, or a whole number with a unit of what a run measures.
+UNITS = r"(?: ?%| (?:s|min|minutes|MB|GB|faces|photos|people|epochs)\b)"
+FIGURE = re.compile(r"(?<![\w.])(\d[\d,]*\.\d+|\d[\d,]*(?=" + UNITS + r"))(?![\w.]*\d)")
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
@@ -32,13 +35,22 @@ def _outputs_text(nb: dict) -> str:
     return "\n".join(texts)
 
 
+def _numbers(text: str) -> set[float]:
+    return {float(n) for n in NUMBER.findall(text.replace(",", ""))}
+
+
 @pytest.fixture(scope="module")
-def measured() -> set[float]:
-    """Every number the run's outputs and records hold."""
-    texts = [_outputs_text(json.loads(p.read_text(encoding="utf-8"))) for p in numbered_notebooks()]
-    texts += [p.read_text(encoding="utf-8") for p in sorted((REPO_ROOT / "benchmarks" / "results").glob("*.*"))]
+def records() -> set[float]:
+    """Every number of the run's records: the published run's and the benchmarks' results."""
+    texts = [p.read_text(encoding="utf-8") for p in sorted((REPO_ROOT / "benchmarks" / "results").glob("*.*"))]
     texts.append(PUBLISHED_RUN.read_text(encoding="utf-8"))
-    return {float(n) for text in texts for n in NUMBER.findall(text.replace(",", ""))}
+    return set().union(*map(_numbers, texts))
+
+
+@pytest.fixture(scope="module")
+def outputs() -> dict[str, set[float]]:
+    """Every number in each committed notebook's outputs, by notebook."""
+    return {p.name: _numbers(_outputs_text(json.loads(p.read_text(encoding="utf-8")))) for p in numbered_notebooks()}
 
 
 def quoted_figures(text: str) -> list[tuple[str, str]]:
@@ -61,27 +73,49 @@ def unbacked(text: str, measured: set[float]) -> list[str]:
 
 
 def test_the_checker_finds_a_typed_figure_and_passes_a_measured_one():
-    measured = {0.8504, 805.6, 13.0}
+    measured = {0.8504, 805.6, 13.0, 263.0, 0.22}
     assert unbacked("accuracy 0.850 and 0.85, in 806 s; target ≥ 0.88; Keras 3.15; `lr = 0.001`", measured) == []
+    assert unbacked("58 of 263 photos (22 %) fell back", measured) == []
     assert [f.split(":")[0] for f in unbacked("about 0.46, and 278 s, and 12.7 MB", measured)] == ["0.46", "278",
                                                                                                   "12.7"]
+    assert [f.split(":")[0] for f in unbacked("about 15 min, 9,000 faces, 2 in 3 (67 %)", measured)] == [
+        "15", "9000", "67"]
     assert unbacked("it found 85.0 % of them", measured) == [] and unbacked("85.1 %", measured)
 
 
 @pytest.mark.parametrize("notebook", [p.name for p in numbered_notebooks()])
-def test_notebook_prose_quotes_only_measured_figures(notebook, measured):
+def test_notebook_prose_quotes_only_measured_figures(notebook, records, outputs):
     nb = json.loads((REPO_ROOT / "notebooks" / notebook).read_text(encoding="utf-8"))
     prose = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    assert unbacked(prose, measured) == []
+    own_and_before = set().union(*(numbers for name, numbers in outputs.items() if name <= notebook))
+    assert unbacked(prose, records | own_and_before) == []
 
 
-def test_readme_results_and_the_runs_row_quote_only_measured_figures(measured):
+def test_readme_quotes_only_measured_figures(records, outputs):
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    results = readme[readme.index("## Results"):readme.index("\n## ", readme.index("## Results") + 1)]
-    run_row = re.search(r"^\| `python -m fer_utils run` \|.*$", readme, re.M)  # Quick start: what the run takes
-    assert run_row, "the Quick start's row for `python -m fer_utils run` is gone"
-    sections = [results, run_row.group(0)]
-    timing = re.search(r"^\| seconds \|(.*)$", sections[0], re.M)  # the published run's seconds per notebook
+    timing = re.search(r"^\| seconds \|(.*)$", readme, re.M)  # the published run's seconds per notebook
     assert timing, "the README's table of the published run's seconds is gone"
-    text = "\n".join(sections) + "\n" + " ".join(f"{cell.strip()} s" for cell in timing.group(1).split("|") if cell)
-    assert unbacked(text, measured) == []
+    text = readme + "\n" + " ".join(f"{cell.strip()} s" for cell in timing.group(1).split("|") if cell)
+    assert unbacked(text, records.union(*outputs.values())) == []
+
+
+def test_publishing_writes_the_runs_time_into_a_header():
+    from fer_utils.notebook_format import stamp_header_time
+
+    nb = {"cells": [{"cell_type": "markdown", "source": "# 05\n\n**Time:** 13 min in the committed run, on 2 cores."}]}
+    assert stamp_header_time(nb, 532.4)
+    assert "**Time:** 9 min (532 s) in the committed run, on 2" in nb["cells"][0]["source"]
+    assert stamp_header_time(nb, 18.3) and "**Time:** 18 s in the committed run" in nb["cells"][0]["source"]
+    assert not stamp_header_time({"cells": [{"cell_type": "markdown", "source": "# no time"}]}, 5.0)
+
+
+@pytest.mark.parametrize("notebook", [p.name for p in numbered_notebooks()])
+def test_each_header_quotes_the_published_runs_time(notebook):
+    from fer_utils.notebook_format import HEADER_TIME, header_time
+
+    nb = json.loads((REPO_ROOT / "notebooks" / notebook).read_text(encoding="utf-8"))
+    header = "".join(nb["cells"][0]["source"])
+    found = HEADER_TIME.search(header)
+    assert found, f"{notebook}: no '**Time:** … in the committed run' in the header"
+    seconds = json.loads(PUBLISHED_RUN.read_text(encoding="utf-8"))["notebooks"][notebook.removesuffix(".ipynb")]
+    assert found.group(2) == header_time(seconds["seconds"])

@@ -12,24 +12,38 @@ from fer_utils.prediction.inference import LoadedModel
 # ---- generated from notebooks/07_predict_new_photos.ipynb, cell 07-n02 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def feature_layer(model, layer_name: str | None = None):
-    """The layer whose feature maps Grad-CAM weighs: the last convolutional feature maps before the classifier.
+    """The layer whose feature maps Grad-CAM weighs: the last convolutional feature
+    maps before the classifier.
 
-    A model with a pretrained backbone (a nested model of convolutions with 4-D output): the backbone's output
-    (``fer_transfer``: its last residual block's ``Add``), not the 3×3 ``classifier`` convolution that scores
-    the emotions after it. Otherwise the last top-level convolution (``seed_cnn``: ``conv3``).
+    A model with a pretrained backbone (a nested model of convolutions with 4-D
+    output): the backbone's output (``fer_transfer``: its last residual block's
+    ``Add``), not the 3×3 ``classifier`` convolution that scores the emotions after
+    it. Otherwise the last top-level convolution (``seed_cnn``: ``conv3``).
     """
     from fer_utils import import_tensorflow
 
     _, keras = import_tensorflow()
     if layer_name:
         return model.get_layer(layer_name)
-    conv_types = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D)
-    backbones = [layer for layer in model.layers if isinstance(layer, keras.Model) and len(layer.output.shape) == 4
-                 and any(isinstance(sub, conv_types) for sub in layer._flatten_layers())]
+    conv_types = (
+        keras.layers.Conv2D,
+        keras.layers.SeparableConv2D,
+        keras.layers.DepthwiseConv2D,
+    )
+    backbones = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.Model)
+        and len(layer.output.shape) == 4
+        and any(isinstance(sub, conv_types) for sub in layer._flatten_layers())
+    ]
     convs = [layer for layer in model.layers if isinstance(layer, conv_types)]
     if backbones or convs:
         return (backbones or convs)[-1]
-    raise ValueError(f"{model.name} has no convolution layer (or convolutional sub-model); pass layer_name.")
+    raise ValueError(
+        f"{model.name} has no convolution layer (or convolutional sub-model); "
+        "pass layer_name."
+    )
 # ---- end of generated code (notebooks/07_predict_new_photos.ipynb, cell 07-n02) ----
 
 
@@ -77,10 +91,14 @@ def class_scores(model, before_softmax):
 
 # ---- generated from notebooks/07_predict_new_photos.ipynb, cell 07-n03 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
-def grad_cam(model, image_batch: np.ndarray, class_index=None, layer_name: str | None = None) -> np.ndarray:
-    """Grad-CAM heatmaps ``(N, H, W)`` in [0, 1] for a preprocessed batch (what ``preprocess_faces`` returns):
-    the gradients of a class's pre-softmax score (``class_index``: an int, one per image, or None for the
-    predicted class) averaged over each feature map (``feature_layer``) weigh the maps; ReLU, upsample, scale."""
+def grad_cam(
+    model, image_batch: np.ndarray, class_index=None, layer_name: str | None = None
+) -> np.ndarray:
+    """Grad-CAM heatmaps ``(N, H, W)`` in [0, 1] for a preprocessed batch (what
+    ``preprocess_faces`` returns): the gradients of a class's pre-softmax score
+    (``class_index``: an int, one per image, or None for the predicted class)
+    averaged over each feature map (``feature_layer``) weigh the maps; ReLU,
+    upsample, scale."""
     from fer_utils import import_tensorflow
 
     tf, _ = import_tensorflow()
@@ -88,20 +106,39 @@ def grad_cam(model, image_batch: np.ndarray, class_index=None, layer_name: str |
     grad_model = gradient_model(model, feature_layer(model, layer_name))
     x = tf.convert_to_tensor(np.asarray(image_batch, np.float32))
     with tf.GradientTape() as tape:
-        maps, before_softmax = grad_model(x, training=False)  # maps are bfloat16 under mixed precision
+        maps, before_softmax = grad_model(
+            x, training=False
+        )  # maps are bfloat16 under mixed precision
         logits = class_scores(model, before_softmax)
         if class_index is None:
-            idx = tf.argmax(logits, axis=-1, output_type=tf.int32)  # the predicted class
+            idx = tf.argmax(
+                logits, axis=-1, output_type=tf.int32
+            )  # the predicted class
         else:
-            idx = tf.broadcast_to(tf.constant(class_index, tf.int32), tf.shape(logits)[:1])
-        score = tf.gather(logits, idx, batch_dims=1)  # y^c, the class's score before the softmax
-    grads = tape.gradient(score, maps)  # dy^c / dA^k at every position of every feature map k
+            idx = tf.broadcast_to(
+                tf.constant(class_index, tf.int32), tf.shape(logits)[:1]
+            )
+        score = tf.gather(
+            logits, idx, batch_dims=1
+        )  # y^c, the class's score before the softmax
+    grads = tape.gradient(
+        score, maps
+    )  # dy^c / dA^k at every position of every feature map k
     if grads is None:
-        raise RuntimeError("Grad-CAM got no gradient: the feature layer is not on the path to the output.")
+        raise RuntimeError(
+            "Grad-CAM got no gradient: the feature layer is not on the path to the "
+            "output."
+        )
     grads, maps = tf.cast(grads, tf.float32), tf.cast(maps, tf.float32)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # alpha_k^c: averaged over the positions
-    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[..., None]  # ReLU(sum_k alpha_k^c A^k)
-    cam = tf.image.resize(cam, tuple(x.shape[1:3]), method="bilinear")  # upsample to the input size
+    weights = tf.reduce_mean(
+        grads, axis=(1, 2), keepdims=True
+    )  # alpha_k^c: averaged over the positions
+    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[
+        ..., None
+    ]  # ReLU(sum_k alpha_k^c A^k)
+    cam = tf.image.resize(
+        cam, tuple(x.shape[1:3]), method="bilinear"
+    )  # upsample to the input size
     cam = cam / (tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True) + 1e-8)
     return np.clip(cam.numpy()[..., 0], 0.0, 1.0)
 # ---- end of generated code (notebooks/07_predict_new_photos.ipynb, cell 07-n03) ----

@@ -1,10 +1,10 @@
-"""Solutions to the exercises of notebook 02 (the tests run this file, on a small synthetic dataset)."""
+"""Solutions to the exercises of notebook 02 (the tests run this file, on a small
+synthetic dataset)."""
 
 import os
 
-from sklearn.model_selection import train_test_split
-
 from fer_utils import data, folders
+from sklearn.model_selection import train_test_split
 
 dataset = data.get_dataset(os.environ.get("FER_DATA_DIR"))
 manifest = folders.build_manifest(data.audit_dataset(dataset))

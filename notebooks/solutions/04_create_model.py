@@ -1,8 +1,7 @@
 """Solutions to the exercises of notebook 04 (the tests run this file)."""
 
-import numpy as np
-
 import fer_utils
+import numpy as np
 from fer_utils import models, pipelines
 
 tf, keras = fer_utils.import_tensorflow()
@@ -18,16 +17,31 @@ def half_seed_cnn(input_shape, num_classes=8):
         x = layers.Conv2D(filters, 3, activation="relu")(x)
         x = layers.MaxPooling2D(2)(x)
     x = layers.Dense(128, activation="relu")(layers.Flatten()(x))
-    outputs = layers.Activation("softmax", dtype="float32")(layers.Dense(num_classes)(x))
+    outputs = layers.Activation("softmax", dtype="float32")(
+        layers.Dense(num_classes)(x)
+    )
     return keras.Model(inputs, outputs)
 
 
 full, half = models.build("seed_cnn", shape), half_seed_cnn(shape)
 models.check_contract(half, shape)
-print(f"seed CNN {full.count_params():,} parameters; with half the filters {half.count_params():,}")
-lost = {a.name: a.count_params() - b.count_params() for a, b in zip(full.layers, half.layers)}
-print("lost most:", max(lost, key=lost.get), "(the first Dense layer: its input, the flattened map, halved)")
-assert max(lost, key=lost.get) == "dense" and half.count_params() < full.count_params() / 1.9
+print(
+    f"seed CNN {full.count_params():,} parameters; "
+    f"with half the filters {half.count_params():,}"
+)
+lost = {
+    a.name: a.count_params() - b.count_params()
+    for a, b in zip(full.layers, half.layers)
+}
+print(
+    "lost most:",
+    max(lost, key=lost.get),
+    "(the first Dense layer: its input, the flattened map, halved)",
+)
+assert (
+    max(lost, key=lost.get) == "dense"
+    and half.count_params() < full.count_params() / 1.9
+)
 
 # 2. Parameters by formula.
 for layer in full.layers:
@@ -45,5 +59,8 @@ net = models.build("fer_transfer", pipelines.input_shape(64, "grayscale"))
 models.set_backbone_trainable(net, False)
 trainable = sum(int(np.prod(w.shape)) for w in net.trainable_weights)
 head = net.get_layer("classifier").count_params()
-print(f"trainable with the backbone frozen: {trainable:,} of {net.count_params():,} (the classifier: {head:,})")
+print(
+    f"trainable with the backbone frozen: {trainable:,} of {net.count_params():,} "
+    f"(the classifier: {head:,})"
+)
 assert trainable == head

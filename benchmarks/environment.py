@@ -1,0 +1,111 @@
+"""What installing the project and running its tests costs on this machine: the figures the README's Quick start
+quotes for the install and the suite.
+
+    python benchmarks/environment.py [--install] [--suite] [--output benchmarks/results/environment.json]
+
+Always: the size of this environment (``sys.prefix``) and of its TensorFlow package. ``--install``: the time of
+``python -m venv`` + ``pip install -e ".[dev]"`` into a temporary folder (with whatever pip cache this machine
+has: say which when quoting it). ``--suite``: runs ``pytest`` once (the README's test command, without ruff) and
+records its wall time, the counts of passed, skipped and failed tests, and the 15 slowest tests. Figures of an
+earlier run in the output file are kept unless measured again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fer_utils.workfolder import machine_info
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "environment.json"
+
+
+def folder_mb(path: Path) -> float:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return round(total / 1e6, 1)
+
+
+def time_install(timeout: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="fer-install-") as tmp:
+        venv = Path(tmp) / "venv"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=timeout)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-e", ".[dev]"], cwd=ROOT, check=True,
+                       timeout=timeout)
+        seconds = round(time.perf_counter() - t0, 1)
+        return {"seconds": seconds, "minutes": round(seconds / 60, 1), "venv_mb": folder_mb(venv)}
+
+
+def parse_suite(out: str, seconds: float | None = None) -> dict:
+    """Counts, wall time and slowest tests from pytest's output (``-q`` or not, with ``--durations``)."""
+    summary = [line for line in out.strip().splitlines() if re.search(r"\d+ passed", line)]
+    last = summary[-1] if summary else ""
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|skipped|failed|errors?|deselected)", last)}
+    if seconds is None:
+        found = re.search(r" in (\d+(?:\.\d+)?)s", last)
+        seconds = float(found.group(1)) if found else float("nan")
+    slowest = [{"seconds": float(s), "phase": phase, "test": test}
+               for s, phase, test in re.findall(r"^(\d+\.\d+)s (call|setup|teardown)\s+(\S+)", out, re.M)]
+    return {"seconds": round(seconds, 1), "minutes": round(seconds / 60, 1), "counts": counts, "slowest": slowest}
+
+
+def run_suite(timeout: int) -> dict:
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return {**parse_suite(done.stdout, time.perf_counter() - t0), "exit_code": done.returncode}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--install", action="store_true", help="time a fresh install into a temporary folder")
+    ap.add_argument("--suite", action="store_true", help="run pytest once and record its time and slowest tests")
+    ap.add_argument("--suite-log", type=Path, help="read those figures from the saved output of a pytest run instead "
+                    "(for example of .ci/run on a fresh clone)")
+    ap.add_argument("--suite-note", default="", help="where that run ran, recorded beside its figures")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds each measured command may take")
+    ap.add_argument("--output", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    import fer_utils
+
+    fer_utils.import_tensorflow()  # only its location is read
+
+    result = json.loads(args.output.read_text()) if args.output.exists() else {}
+    env_mb, tf_mb = folder_mb(Path(sys.prefix)), folder_mb(Path(sys.modules["tensorflow"].__file__).parent)
+    result.update({"benchmark": "environment", "environment_mb": env_mb, "environment_gb": round(env_mb / 1000, 1),
+                   "tensorflow_mb": tf_mb, "tensorflow_gb": round(tf_mb / 1000, 1),
+                   "machine": machine_info(),
+                   "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if args.install:
+        result["install"] = time_install(args.timeout)
+    if args.suite:
+        result["suite"] = run_suite(args.timeout)
+    elif args.suite_log:
+        result["suite"] = {**parse_suite(args.suite_log.read_text(errors="replace")), "note": args.suite_note}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "suite"}, indent=2))
+    if "suite" in result:
+        suite = result["suite"]
+        print(f"suite: {suite['seconds']:.0f} s ({suite['minutes']} min), {suite['counts']}")
+        for row in suite["slowest"]:
+            print(f"  {row['seconds']:7.1f} s  {row['phase']:8s} {row['test']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

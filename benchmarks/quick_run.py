@@ -1,0 +1,70 @@
+"""The quick setting: the whole chain on a small sample, to try the notebooks in minutes.
+
+    python benchmarks/quick_run.py [--data-dir D] [--work-dir W] [--max-per-class 50] [--faces 2000]
+
+Runs ``python -m fer_utils run -p max_per_class N -p faces F`` (notebook 02 keeps at most N usable faces per
+emotion, so every later notebook works on that sample; notebook 08 generates F faces) in a fresh work folder,
+and writes each notebook's seconds to ``benchmarks/results/quick_run.json``: the figures each notebook's
+header quotes for its quick run. The models it trains are for trying the code, not for their scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fer_utils.workfolder import machine_info
+
+RESULTS = Path(__file__).resolve().parent / "results" / "quick_run.json"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=os.environ.get("FER_DATA_DIR"), help="the dataset (default: $FER_DATA_DIR)")
+    ap.add_argument("--work-dir", help="an empty or new folder for the run (default: a temporary folder)")
+    ap.add_argument("--max-per-class", type=int, default=50, help="notebook 02: usable faces kept per emotion")
+    ap.add_argument("--faces", type=int, default=2000, help="notebook 08: faces to generate")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds the whole run may take")
+    ap.add_argument("--output", type=Path, default=RESULTS, help="where to write the figures")
+    args = ap.parse_args(argv)
+    if not args.data_dir:
+        ap.error("no dataset: pass --data-dir or set $FER_DATA_DIR")
+    with tempfile.TemporaryDirectory(prefix="fer-quick-") as tmp:
+        work = Path(args.work_dir) if args.work_dir else Path(tmp) / "work"
+        parameters = {"max_per_class": args.max_per_class, "faces": args.faces}
+        command = [sys.executable, "-m", "fer_utils", "run", "--data-dir", args.data_dir, "--work-dir", str(work)]
+        for name, value in parameters.items():
+            command += ["-p", name, str(value)]
+        t0 = time.perf_counter()
+        try:
+            done = subprocess.run(command, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            print(f"error: the quick run took over {args.timeout} s (--timeout)", file=sys.stderr)
+            return 1
+        wall = time.perf_counter() - t0
+        if done.returncode:
+            print(f"error: the run failed (exit {done.returncode}); see its output above", file=sys.stderr)
+            return done.returncode
+        record = json.loads((work / "run.json").read_text())
+    seconds = {name: info["seconds"] for name, info in record["notebooks"].items()}
+    result = {"benchmark": "quick_run", "parameters": parameters, "notebook_seconds": seconds,
+              "total_seconds": round(sum(seconds.values()), 1), "wall_seconds": round(wall, 1),
+              "machine": machine_info(),
+              "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    width = max(map(len, seconds))
+    for name, s in seconds.items():
+        print(f"{name:{width}s} {s:7.1f} s")
+    print(f"{'total':{width}s} {result['total_seconds']:7.1f} s  ({parameters}; written to {args.output.name})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
