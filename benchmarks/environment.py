@@ -3,11 +3,12 @@ quotes for the install and the suite.
 
     python benchmarks/environment.py [--install] [--suite] [--output benchmarks/results/environment.json]
 
-Always: the size of this environment (``sys.prefix``) and of its TensorFlow package. ``--install``: the time of
-``python -m venv`` + ``pip install -e ".[dev]"`` into a temporary folder (with whatever pip cache this machine
-has: say which when quoting it). ``--suite``: runs ``pytest`` once (the README's test command, without ruff) and
-records its wall time, the counts of passed, skipped and failed tests, and the 15 slowest tests. Figures of an
-earlier run in the output file are kept unless measured again.
+Always: the size of this environment (``sys.prefix``) and of its TensorFlow package. ``--install``: the time
+of ``python -m venv`` + ``pip install -e ".[dev]"`` into a temporary folder (with whatever pip cache this
+machine has: say which when quoting it). ``--suite``: runs ``pytest`` once (the README's test command, without
+ruff; ``--pytest-args`` adds a marker selection) and records under ``suites[--suite-name]`` its wall time, the
+counts of passed, skipped and failed tests, and the 15 slowest tests; ``--suite-log`` reads the same from a
+saved run's output. Figures of an earlier run in the output file are kept unless measured again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -63,9 +65,9 @@ def parse_suite(out: str, seconds: float | None = None) -> dict:
     return {"seconds": round(seconds, 1), "minutes": round(seconds / 60, 1), "counts": counts, "slowest": slowest}
 
 
-def run_suite(timeout: int) -> dict:
+def run_suite(timeout: int, pytest_args=()) -> dict:
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     return {**parse_suite(done.stdout, time.perf_counter() - t0), "exit_code": done.returncode}
 
@@ -77,6 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--suite-log", type=Path, help="read those figures from the saved output of a pytest run instead "
                     "(for example of .ci/run on a fresh clone)")
     ap.add_argument("--suite-note", default="", help="where that run ran, recorded beside its figures")
+    ap.add_argument("--suite-name", default="pytest", help="the key the suite's figures go under in \"suites\" "
+                    "(e.g. 'pytest -m \"not realdata\"')")
+    ap.add_argument("--pytest-args", default="", help="arguments for the --suite run, e.g. '-m \"not slow\"'")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds each measured command may take")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -92,16 +97,16 @@ def main(argv=None) -> int:
                    "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if args.install:
         result["install"] = time_install(args.timeout)
+    suites = result.setdefault("suites", {})
     if args.suite:
-        result["suite"] = run_suite(args.timeout)
+        suites[args.suite_name] = {**run_suite(args.timeout, shlex.split(args.pytest_args)), "note": args.suite_note}
     elif args.suite_log:
-        result["suite"] = {**parse_suite(args.suite_log.read_text(errors="replace")), "note": args.suite_note}
+        suites[args.suite_name] = {**parse_suite(args.suite_log.read_text(errors="replace")), "note": args.suite_note}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "suite"}, indent=2))
-    if "suite" in result:
-        suite = result["suite"]
-        print(f"suite: {suite['seconds']:.0f} s ({suite['minutes']} min), {suite['counts']}")
+    print(json.dumps({k: v for k, v in result.items() if k != "suites"}, indent=2))
+    for name, suite in suites.items():
+        print(f"{name}: {suite['seconds']:.0f} s ({suite['minutes']} min), {suite['counts']}")
         for row in suite["slowest"]:
             print(f"  {row['seconds']:7.1f} s  {row['phase']:8s} {row['test']}")
     return 0

@@ -11,6 +11,27 @@ import pytest
 from fer_utils import EMOTIONS
 from fer_utils.data import draw_face
 
+#: The slow tests (marker ``slow``): each took the better part of a minute or more on 2 cores in the suite's
+#: ``--durations`` report (``benchmarks/results/environment.json``). ``pytest -m "not realdata and not slow"``
+#: leaves them out for a quick loop; CI runs everything.
+SLOW = (
+    "tests/test_handover.py",  # edits a copy of the project and runs 04, 05, 06, 08 and `train` on it
+    "tests/test_notebooks.py::test_notebooks_pass_nbval",  # every notebook again, as it is, under nbval
+    "tests/test_own_data.py::test_chain_on_",  # the whole chain on class folders / on a labels CSV
+    "tests/test_solutions.py::test_solution_runs[08_train_at_scale]",  # three trainings and a resumed one
+    "tests/test_demo.py::test_demo_server_serves_only_this_computer",  # kernels started and culled
+    "tests/test_jupyterlab.py",  # JupyterLab in Chromium, running notebooks as a learner
+    "tests/test_benchmarks.py::test_scale_measures_each_strategy_and_writes_its_json",  # four trainings
+    "tests/test_distribute.py::test_a_killed_worker_resumes_from_its_backup_and_finishes",  # a cluster, twice
+    "tests/test_learning.py",  # trains the default chain until it tells faces apart
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
 REPO = Path(__file__).resolve().parent.parent
 REAL_DATA = Path(os.environ.get("FER_DATA_DIR") or REPO.parent / "shared" / "facial_expressions")
 

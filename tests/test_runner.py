@@ -292,8 +292,10 @@ def test_ctrl_c_ends_with_one_line_and_a_consistent_record(tmp_path):
     _notebook(folder / "02_slow_step.ipynb", "x = 1",
               f"import pathlib, time\npathlib.Path({str(started)!r}).write_text('')\ntime.sleep(120)")
     work = tmp_path / "work"
+    # A shell's background job starts with SIGINT ignored, and children inherit that: restore what a terminal gives.
     proc = subprocess.Popen([sys.executable, "-m", "fer_utils", "run", "--notebooks-dir", str(folder),
-                             "--work-dir", str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--work-dir", str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not started.exists():
         assert time.monotonic() < deadline and proc.poll() is None, "notebook 02 never started"

@@ -76,7 +76,14 @@ command = [
 ]
 progress = SCALE / workfolder.TRAIN_PROGRESS
 progress.unlink(missing_ok=True)
-first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# A shell's background job starts with Ctrl-C ignored, and a child inherits that:
+# give the training its default Ctrl-C handling, as a terminal would.
+first = subprocess.Popen(
+    command,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+)
 while first.poll() is None and (
     not progress.exists() or len(progress.read_text().splitlines()) < 2
 ):
