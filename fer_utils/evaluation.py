@@ -170,9 +170,8 @@ def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     scored = list(LABELS) if labels is None else [int(k) for k in labels]
-    with (
-        warnings.catch_warnings()
-    ):  # a class predicted but absent from the test split is expected here
+    # a class predicted but absent from the test split is expected here
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         balanced = balanced_accuracy_score(y_true, y_pred)
     report = classification_report(

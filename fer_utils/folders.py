@@ -130,22 +130,19 @@ def one_fold(labels, groups, n_splits, seed):
     """(keep, held) index arrays of the first fold of a StratifiedGroupKFold."""
     n_groups = len(set(groups))
     n_splits = max(2, min(n_splits, n_groups))
-    if (
-        pd.Series(labels).value_counts().max() < n_splits
-    ):  # too few faces to stratify (tiny quick runs)
+    # too few faces to stratify (tiny quick runs)
+    if pd.Series(labels).value_counts().max() < n_splits:
         splitter = GroupShuffleSplit(
             n_splits=1, test_size=1 / n_splits, random_state=seed
         )
         return next(splitter.split(np.zeros(len(labels)), labels, groups))
-    with (
-        warnings.catch_warnings()
-    ):  # rare classes: reported by the notebook, not as a warning
+    # rare classes: reported by the notebook, not as a warning
+    with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message="The least populated class", category=UserWarning
         )
-        if n_groups == len(
-            labels
-        ):  # one face per group (nobody named): a plain stratified split, much faster
+        # one face per group (nobody named): a plain stratified split, much faster
+        if n_groups == len(labels):
             splitter = StratifiedKFold(
                 n_splits=n_splits, shuffle=True, random_state=seed
             )
@@ -181,16 +178,15 @@ def split_by_person(
             "person-disjoint train/val/test split needs at least 3. Raise "
             "max_per_class or add data."
         )
+    # labels to stratify, people to keep whole
     y, g = (
         usable.emotion.to_numpy(),
         usable.group.to_numpy(),
-    )  # labels to stratify, people to keep whole
-    rest, test = one_fold(
-        y, g, round(1 / test_size), seed
-    )  # e.g. 5 folds: one is the test split
-    train, val = one_fold(
-        y[rest], g[rest], round((1 - test_size) / val_size), seed
-    )  # then val from the rest
+    )
+    # e.g. 5 folds: one is the test split
+    rest, test = one_fold(y, g, round(1 / test_size), seed)
+    # then val from the rest
+    train, val = one_fold(y[rest], g[rest], round((1 - test_size) / val_size), seed)
     split = np.empty(len(usable), dtype=object)
     split[test] = "test"
     split[rest[val]] = "val"

@@ -667,15 +667,13 @@ def fer2013_backbone(
     (H/16, W/16, 128).
     """
     _, keras = import_tensorflow()
-    original = keras.saving.load_model(
-        weights or fer2013_weights(), compile=False
-    )  # the whole FER2013 model
+    # the whole FER2013 model
+    original = keras.saving.load_model(weights or fer2013_weights(), compile=False)
     last_add = [
         layer.name for layer in original.layers if isinstance(layer, keras.layers.Add)
     ][-1]
-    trunk = keras.Model(
-        original.inputs, original.get_layer(last_add).output
-    )  # cut: drop FER2013's head
+    # cut: drop FER2013's head
+    trunk = keras.Model(original.inputs, original.get_layer(last_add).output)
     # Same outputs, rebuilt for our input size and dtype; 1×1 stride-2 convolutions
     # become "subsample, then 1×1 conv" (identical results; avoids a crash of
     # TensorFlow 2.21's oneDNN backward pass).
@@ -692,12 +690,10 @@ def fer2013_classifier_weights(weights: str | os.PathLike | None = None) -> list
     conv = [
         layer for layer in original.layers if isinstance(layer, keras.layers.Conv2D)
     ][-1]
-    kernel, bias = (
-        conv.get_weights()
-    )  # kernel: (3, 3, 128, 7), one output per FER2013 class
-    order = [
-        FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS
-    ]  # contempt takes disgust's weights
+    # kernel: (3, 3, 128, 7), one output per FER2013 class
+    kernel, bias = conv.get_weights()
+    # contempt takes disgust's weights
+    order = [FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS]
     return [kernel[..., order], bias[order]]
 # ---- end of generated code (notebooks/04_create_model.ipynb, cell 04-n04) ----
 
@@ -743,15 +739,12 @@ def fer_transfer(
         x = layers.Conv2D(
             1, 1, use_bias=False, trainable=False, name="to_gray", dtype=dtype
         )(x)
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range", dtype=dtype)(
-        x
-    )  # FER2013's [-1, 1]
-    x = fer2013_backbone((h, w, 1), path, dtype=dtype, name=BACKBONE)(
-        x
-    )  # pretrained: (H/16, W/16, 128)
-    if (
-        head == "fer"
-    ):  # one 3×3 convolution map per emotion; its average is the emotion's score
+    # FER2013's [-1, 1]
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range", dtype=dtype)(x)
+    # pretrained: (H/16, W/16, 128)
+    x = fer2013_backbone((h, w, 1), path, dtype=dtype, name=BACKBONE)(x)
+    # one 3×3 convolution map per emotion; its average is the emotion's score
+    if head == "fer":
         x = layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
         x = layers.Conv2D(
             num_classes, 3, padding="same", name="classifier", dtype=dtype

@@ -143,9 +143,10 @@ def legacy_generators(
     out = {}
     for split in splits:
         train = split == "train"
+        # flips, rotations...
         augmentation = (
             legacy_augmentation_kwargs() if (train and level != "none") else {}
-        )  # flips, rotations...
+        )
         generator = tf.keras.preprocessing.image.ImageDataGenerator(
             **augmentation, dtype="float32"
         )
@@ -489,9 +490,10 @@ def augmentation_layers(seed: int = 42, level: str = "standard") -> dict:
     # each does what one argument of the generator does (legacy_augmentation_kwargs)
     return {
         "horizontal flip": keras.layers.RandomFlip("horizontal", seed=seed),
+        # a fraction of a full turn: ±10°
         "rotation ±10°": keras.layers.RandomRotation(
             10 / 360, fill_mode="nearest", seed=seed + 1
-        ),  # a fraction of a full turn: ±10°
+        ),
         "shift ±10 %": keras.layers.RandomTranslation(
             0.1, 0.1, fill_mode="nearest", seed=seed + 2
         ),

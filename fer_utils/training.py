@@ -439,15 +439,13 @@ def class_weight_power(counts, power: float = 0.5) -> dict[int, float]:
     ``power=0``: none; ``0.5``: square-root ("soft") balancing; ``1``: full
     balancing. Empty classes get 0.
     """
-    counts = np.asarray(
-        counts, dtype=float
-    )  # n_c: training faces per class; N = counts.sum(), K = len(counts)
+    # n_c: training faces per class; N = counts.sum(), K = len(counts)
+    counts = np.asarray(counts, dtype=float)
     weights = np.where(
         counts > 0, (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** power, 0.0
     )
-    weights = (
-        weights * counts.sum() / (weights * counts).sum()
-    )  # an average face still weighs 1
+    # an average face still weighs 1
+    weights = weights * counts.sum() / (weights * counts).sum()
     return {i: float(w) for i, w in enumerate(weights)}
 
 
@@ -650,9 +648,8 @@ class Phase:
 def phases(config) -> list:
     """The training phases ``config`` asks for: head, then whole model for a
     pretrained model with ``head_epochs``; else one phase."""
-    if (
-        config.head_epochs
-    ):  # 1. backbone frozen: only the new head learns, at the full rate
+    # 1. backbone frozen: only the new head learns, at the full rate
+    if config.head_epochs:
         return [
             Phase(
                 "head",
@@ -950,9 +947,8 @@ def train(
         show_progress=show_progress,
         write=write,
     )
-    run.class_weight = class_weights(
-        config, run.train_counts
-    )  # rare emotions weigh more in the loss
+    # rare emotions weigh more in the loss
+    run.class_weight = class_weights(config, run.train_counts)
     for phase in phases(config):  # head, then whole model (pretrained), or one phase
         fit_phase(run, phase)
     return finish(run, run_name)
@@ -1114,8 +1110,7 @@ def mirrored_strategy():
     devices = [d.name for d in gpus] or [
         d.name for d in tf.config.list_logical_devices("CPU")
     ]
-    cross = (
-        None if gpus else tf.distribute.ReductionToOneDevice()
-    )  # NCCL all-reduce is for GPUs only
+    # NCCL all-reduce is for GPUs only
+    cross = None if gpus else tf.distribute.ReductionToOneDevice()
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross)
 # ---- end of generated code (notebooks/08_train_at_scale.ipynb, cell c10b) ----

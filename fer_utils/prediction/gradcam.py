@@ -106,39 +106,32 @@ def grad_cam(
     grad_model = gradient_model(model, feature_layer(model, layer_name))
     x = tf.convert_to_tensor(np.asarray(image_batch, np.float32))
     with tf.GradientTape() as tape:
-        maps, before_softmax = grad_model(
-            x, training=False
-        )  # maps are bfloat16 under mixed precision
+        # maps are bfloat16 under mixed precision
+        maps, before_softmax = grad_model(x, training=False)
         logits = class_scores(model, before_softmax)
         if class_index is None:
-            idx = tf.argmax(
-                logits, axis=-1, output_type=tf.int32
-            )  # the predicted class
+            # the predicted class
+            idx = tf.argmax(logits, axis=-1, output_type=tf.int32)
         else:
             idx = tf.broadcast_to(
                 tf.constant(class_index, tf.int32), tf.shape(logits)[:1]
             )
-        score = tf.gather(
-            logits, idx, batch_dims=1
-        )  # y^c, the class's score before the softmax
-    grads = tape.gradient(
-        score, maps
-    )  # dy^c / dA^k at every position of every feature map k
+        # y^c, the class's score before the softmax
+        score = tf.gather(logits, idx, batch_dims=1)
+    # dy^c / dA^k at every position of every feature map k
+    grads = tape.gradient(score, maps)
     if grads is None:
         raise RuntimeError(
             "Grad-CAM got no gradient: the feature layer is not on the path to the "
             "output."
         )
     grads, maps = tf.cast(grads, tf.float32), tf.cast(maps, tf.float32)
-    weights = tf.reduce_mean(
-        grads, axis=(1, 2), keepdims=True
-    )  # alpha_k^c: averaged over the positions
-    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[
-        ..., None
-    ]  # ReLU(sum_k alpha_k^c A^k)
-    cam = tf.image.resize(
-        cam, tuple(x.shape[1:3]), method="bilinear"
-    )  # upsample to the input size
+    # alpha_k^c: averaged over the positions
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    # ReLU(sum_k alpha_k^c A^k)
+    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[..., None]
+    # upsample to the input size
+    cam = tf.image.resize(cam, tuple(x.shape[1:3]), method="bilinear")
     cam = cam / (tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True) + 1e-8)
     return np.clip(cam.numpy()[..., 0], 0.0, 1.0)
 # ---- end of generated code (notebooks/07_predict_new_photos.ipynb, cell 07-n03) ----

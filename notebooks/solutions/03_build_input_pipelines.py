@@ -64,9 +64,10 @@ for name, layers in (("standard", standard), ("standard + contrast", augment)):
             y,
         )
     )
+    # tf.data shuffles
     history = net.fit(
         train, validation_data=splits["val"], epochs=2, shuffle=False, verbose=0
-    )  # tf.data shuffles
+    )
     scores[name] = history.history["val_accuracy"][-1]
 print(
     "validation accuracy after 2 epochs:",

@@ -46,9 +46,10 @@ guesses = {
         len(EMOTIONS), len(y_true), p=train_counts / train_counts.sum()
     ),
 }
+# noqa: E731
 macro_f1 = lambda t, p: f1_score(
     t, p, labels=evaluation.LABELS, average="macro", zero_division=0
-)  # noqa: E731
+)
 table = pd.DataFrame(
     {
         name: {
