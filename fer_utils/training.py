@@ -648,28 +648,16 @@ class Phase:
 def phases(config) -> list:
     """The training phases ``config`` asks for: head, then whole model for a
     pretrained model with ``head_epochs``; else one phase."""
-    # 1. backbone frozen: only the new head learns, at the full rate
+    rate = config.learning_rate
     if config.head_epochs:
-        return [
-            Phase(
-                "head",
-                config.head_epochs,
-                config.learning_rate,
-                backbone_trainable=False,
-            ),
-            # 2. backbone unfrozen: everything learns, at a lower rate (small steps
-            # keep what FER2013 taught)
-            Phase(
-                "whole",
-                config.epochs,
-                config.learning_rate * config.whole_model_lr_factor,
-                True,
-            ),
-        ]
+        # 1. backbone frozen: only the new head learns, at the full rate
+        head = Phase("head", config.head_epochs, rate, backbone_trainable=False)
+        # 2. backbone unfrozen: everything learns, at a lower rate (small steps keep
+        # what FER2013 taught)
+        whole = Phase("whole", config.epochs, rate * config.whole_model_lr_factor, True)
+        return [head, whole]
     backbone = models.traits(config.model).get("backbone")
-    return [
-        Phase("train", config.epochs, config.learning_rate, True if backbone else None)
-    ]
+    return [Phase("train", config.epochs, rate, True if backbone else None)]
 # ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n06) ----
 
 
