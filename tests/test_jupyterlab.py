@@ -187,10 +187,27 @@ class Learner:
     def open(self, path: str) -> None:
         """Open ``path`` (relative to the served folder) by double-clicking through the file browser, then wait
         for its kernel to be idle."""
-        self.page.locator(".jp-BreadCrumbs-home").first.click()
+        home = self.page.locator(".jp-BreadCrumbs-home").first
+        home.click()
+        again = home.click  # what to repeat if the busy page lost the last click: go home, or into the folder
         for part in Path(path).parts:
             item = self._listing(part)
-            wait_for(lambda item=item: item.count() > 0, READY_S, f"{part!r} in JupyterLab's file browser")
+            polls = iter(range(1, 10**6))
+
+            def listed(item=item, again=again, polls=polls):
+                if item.count() > 0:
+                    return True, None
+                if next(polls) % 20 == 0:  # every 5 s
+                    again()
+                names = self.page.locator(".jp-DirListing-item .jp-DirListing-itemText").all_inner_texts()
+                crumbs = self.page.locator(".jp-BreadCrumbs").first.inner_text().strip()
+                return False, f"the browser is at {crumbs!r} and lists {names}"
+
+            try:
+                wait_for(listed, READY_S, f"{part!r} in JupyterLab's file browser")
+            except AssertionError as failure:
+                raise AssertionError(f"{failure} (screenshot: {self.screenshot('file_browser')})") from None
+            again = lambda item=item: item.count() and item.first.dblclick()  # noqa: E731
             item.first.dblclick()
         tab = self.page.locator(".lm-TabBar-tab.lm-mod-current", has_text=Path(path).name)
         wait_for(lambda: tab.count() > 0, READY_S, f"the tab of {path} to open")
