@@ -153,7 +153,7 @@ def paired_difference_ci(y_true, pred_a, pred_b, metric="accuracy", groups=None,
 # ---- generated from notebooks/06_evaluate_model.ipynb, cell 06-n08 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
-    """scikit-learn's accuracy, macro-F1, balanced accuracy, per-class report and
+    """scikit-learn's accuracy, macro-F1, balanced accuracy, per-class scores and
     confusion matrix.
 
     ``labels``: the class indices macro-F1 averages over — the emotions the model was
@@ -163,7 +163,6 @@ def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
     from sklearn.metrics import (
         accuracy_score,
         balanced_accuracy_score,
-        classification_report,
         confusion_matrix,
         f1_score,
     )
@@ -174,23 +173,6 @@ def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         balanced = balanced_accuracy_score(y_true, y_pred)
-    report = classification_report(
-        y_true,
-        y_pred,
-        labels=LABELS,
-        target_names=list(class_names),
-        output_dict=True,
-        zero_division=0,
-    )
-    per_class = {
-        name: {
-            "precision": report[name]["precision"],
-            "recall": report[name]["recall"],
-            "f1": report[name]["f1-score"],
-            "support": int(report[name]["support"]),
-        }
-        for name in class_names
-    }
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(
@@ -198,7 +180,7 @@ def compute_metrics(y_true, y_pred, class_names=EMOTIONS, labels=None) -> dict:
         ),
         "balanced_accuracy": float(balanced),
         "scored_classes": [class_names[k] for k in scored],
-        "per_class": per_class,
+        "per_class": per_class_scores(y_true, y_pred, class_names),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=LABELS).tolist(),
     }
 # ---- end of generated code (notebooks/06_evaluate_model.ipynb, cell 06-n08) ----
@@ -241,30 +223,23 @@ def predict_split(
     ds, files = pipelines.directory_dataset(
         work_dir, split, record.image_size, record.color_mode, record.interpolation
     )
-    y_true = np.array([EMOTIONS.index(Path(f).parent.name) for f in files], dtype=int)
-    # record.tta == "flip": each face's probabilities averaged with its mirror image's
+    probs = np.zeros((0, len(EMOTIONS)), dtype=np.float32)
     if files:
+        batches = ds.map(lambda x, y: x).batch(batch_size).as_numpy_iterator()
         probs = np.concatenate(
-            [
-                models.with_tta(model.predict_on_batch, batch, record.tta)
-                for batch in ds.map(lambda x, y: x)
-                .batch(batch_size)
-                .as_numpy_iterator()
-            ]
+            [models.with_tta(model.predict_on_batch, b, record.tta) for b in batches]
         )
-    else:
-        probs = np.zeros((0, len(EMOTIONS)), dtype=np.float32)
+    y_true = np.array([EMOTIONS.index(Path(f).parent.name) for f in files], dtype=int)
+    y_pred = probs.argmax(axis=1)
     out = pd.DataFrame(
         {
             "path": [Path(os.path.relpath(f, work_dir)).as_posix() for f in files],
             "true": [EMOTIONS[i] for i in y_true],
-            "pred": [EMOTIONS[i] for i in probs.argmax(axis=1)] if len(files) else [],
-            "confidence": probs.max(axis=1) if len(files) else [],
+            "pred": [EMOTIONS[i] for i in y_pred],
+            "confidence": probs.max(axis=1),
+            "y_true": y_true,
+            "y_pred": y_pred,
         }
-    )
-    out["y_true"], out["y_pred"] = (
-        y_true,
-        probs.argmax(axis=1) if len(files) else np.zeros(0, dtype=int),
     )
     for k, e in enumerate(EMOTIONS):
         out[f"p_{e}"] = probs[:, k]
@@ -469,3 +444,29 @@ def plot_misclassified(predictions: pd.DataFrame, work_dir: str | os.PathLike, n
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ---- generated from notebooks/06_evaluate_model.ipynb, cell 06-n07b ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
+def per_class_scores(y_true, y_pred, class_names=EMOTIONS) -> dict:
+    """Precision, recall, F1 and support of every emotion (scikit-learn's report)."""
+    from sklearn.metrics import classification_report
+
+    report = classification_report(
+        y_true,
+        y_pred,
+        labels=LABELS,
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
+    return {
+        name: {
+            "precision": report[name]["precision"],
+            "recall": report[name]["recall"],
+            "f1": report[name]["f1-score"],
+            "support": int(report[name]["support"]),
+        }
+        for name in class_names
+    }
+# ---- end of generated code (notebooks/06_evaluate_model.ipynb, cell 06-n07b) ----

@@ -179,10 +179,7 @@ def split_by_person(
             "max_per_class or add data."
         )
     # labels to stratify, people to keep whole
-    y, g = (
-        usable.emotion.to_numpy(),
-        usable.group.to_numpy(),
-    )
+    y, g = usable.emotion.to_numpy(), usable.group.to_numpy()
     # e.g. 5 folds: one is the test split
     rest, test = one_fold(y, g, round(1 / test_size), seed)
     # then val from the rest
@@ -191,14 +188,7 @@ def split_by_person(
     split[test] = "test"
     split[rest[val]] = "val"
     split[rest[train]] = "train"
-    split = pd.Series(split, index=usable.index)
-    # An emotion with images but nobody in train cannot be learnt: move its smallest
-    # group to train.
-    for emotion in usable.emotion.unique():
-        of_emotion = usable.emotion == emotion
-        if not (split[of_emotion] == "train").any():
-            sizes = usable[of_emotion].groupby("group").size().sort_values()
-            split[usable.group == sizes.index[0]] = "train"
+    split = keep_every_emotion_in_train(usable, pd.Series(split, index=usable.index))
     manifest.loc[usable.index, "split"] = split
     return manifest
 # ---- end of generated code (notebooks/02_preprocess_into_folders.ipynb, cell c11c) ----
@@ -392,3 +382,18 @@ def load_manifest(work_dir: str | os.PathLike) -> pd.DataFrame:
     path = require(Path(work_dir) / MANIFEST, "prepare", "manifest.csv")
     return read_csv(path, dtype={"user_id": str, "label": str, "reason": str, "path": str},
                        keep_default_na=False, na_values={"row": [""], "emotion": [""], "width": [""], "height": [""]})
+
+
+# ---- generated from notebooks/02_preprocess_into_folders.ipynb, cell c11d ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
+def keep_every_emotion_in_train(usable: pd.DataFrame, split: pd.Series) -> pd.Series:
+    """``split`` with the smallest group of each emotion that has nobody in train
+    moved to train."""
+    split = split.copy()
+    for emotion in usable.emotion.unique():
+        of_emotion = usable.emotion == emotion
+        if not (split[of_emotion] == "train").any():
+            sizes = usable[of_emotion].groupby("group").size().sort_values()
+            split[usable.group == sizes.index[0]] = "train"
+    return split
+# ---- end of generated code (notebooks/02_preprocess_into_folders.ipynb, cell c11d) ----

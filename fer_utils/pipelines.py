@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import fer_utils
 from fer_utils import EMOTIONS
 from fer_utils.workfolder import SPLIT_DIR, SPLITS, require
 
@@ -74,6 +75,20 @@ def check_color_mode(color_mode: str) -> str:
     return color_mode
 
 
+def check_legacy_options(color_mode: str, augment, interpolation: str) -> str:
+    """The augmentation level for ``legacy_generators``, once its options are known to work there; else a
+    ValueError saying what to use instead."""
+    check_color_mode(color_mode)
+    level = augment_level(augment)
+    if level not in ("none", "standard"):
+        raise ValueError(f"augment={augment!r}: the legacy generator knows only 'none' and 'standard'; use "
+                         "pipeline='tf.data' for 'strong'.")
+    if interpolation not in LEGACY_INTERPOLATION:
+        raise ValueError(f"interpolation={interpolation!r} has no ImageDataGenerator equivalent; choose one of "
+                         f"{sorted(LEGACY_INTERPOLATION)}.")
+    return level
+
+
 def split_dir(work_dir: str | os.PathLike, split: str) -> Path:
     """``<work_dir>/split/<split>``; raises an error naming notebook 02 if it is missing."""
     if split not in SPLITS:
@@ -118,50 +133,29 @@ def legacy_generators(
     interpolation: str = "bilinear",
 ) -> dict:
     """The seed tutorial's ``ImageDataGenerator(...).flow_from_directory(...)`` for
-    each split: ``{split: iterator}``.
-
-    Keras 3 keeps the class only as legacy code, reachable through
-    ``tf.keras.preprocessing.image``. Only ``train`` is augmented and shuffled;
-    ``classes=EMOTIONS`` fixes the label order even for empty folders.
-    """
-    import fer_utils
-
+    each split: ``{split: iterator}``; only ``train`` is augmented and shuffled."""
     tf, _ = fer_utils.import_tensorflow()
     quiet_legacy_scipy()
-    check_color_mode(color_mode)
-    level = augment_level(augment)
-    if level not in ("none", "standard"):
-        raise ValueError(
-            f"augment={augment!r}: the legacy generator knows only 'none' and "
-            "'standard'; use pipeline='tf.data' for 'strong'."
-        )
-    if interpolation not in LEGACY_INTERPOLATION:
-        raise ValueError(
-            f"interpolation={interpolation!r} has no ImageDataGenerator equivalent; "
-            f"choose one of {sorted(LEGACY_INTERPOLATION)}."
-        )
+    level = check_legacy_options(color_mode, augment, interpolation)
     out = {}
     for split in splits:
         train = split == "train"
-        # flips, rotations...
-        augmentation = (
-            legacy_augmentation_kwargs() if (train and level != "none") else {}
-        )
+        augmentation = legacy_augmentation_kwargs() if train and level != "none" else {}
         generator = tf.keras.preprocessing.image.ImageDataGenerator(
             **augmentation, dtype="float32"
         )
-        out[split] = (
-            generator.flow_from_directory(  # one class per sub-folder, one-hot labels
-                str(split_dir(work_dir, split)),
-                target_size=size_pair(image_size),
-                color_mode=color_mode,
-                classes=list(EMOTIONS),
-                class_mode="categorical",
-                batch_size=batch_size,
-                shuffle=train,
-                seed=seed,
-                interpolation=LEGACY_INTERPOLATION[interpolation],
-            )
+        # one class per sub-folder, one-hot labels; classes=EMOTIONS fixes their order
+        # (even for empty folders)
+        out[split] = generator.flow_from_directory(
+            str(split_dir(work_dir, split)),
+            target_size=size_pair(image_size),
+            color_mode=color_mode,
+            classes=list(EMOTIONS),
+            class_mode="categorical",
+            batch_size=batch_size,
+            shuffle=train,
+            seed=seed,
+            interpolation=LEGACY_INTERPOLATION[interpolation],
         )
     return out
 # ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-n03) ----
@@ -224,46 +218,32 @@ def tf_datasets(
     interpolation: str = "bilinear",
     mixup: float = 0.0,
 ) -> dict:
-    """The tf.data equivalent of ``legacy_generators``: ``{split: tf.data.Dataset}``
-    of batches.
-
-    ``augment``: a level of ``AUGMENT_LEVELS`` (or True/False), the layers of
-    ``augmentation_layers``; ``mixup`` > 0 blends each training batch with a
-    shuffled copy of itself.
-    """
-    import fer_utils
-
+    """The tf.data equivalent of ``legacy_generators``: ``{split: batches}``."""
     tf, _ = fer_utils.import_tensorflow()
-    autotune = tf.data.AUTOTUNE
-    level = augment_level(augment)
-    out = {}
+    level, out = augment_level(augment), {}
     for split in splits:
         ds, files = directory_dataset(
             work_dir, split, image_size, color_mode, interpolation
         )
-        # Keep the cache small (uint8, 4× smaller than float32); resizing is done
-        # once, here.
+        # cache uint8 (4× smaller than float32): decoded and resized once
         ds = ds.map(
             lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y),
-            num_parallel_calls=autotune,
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
         if cache:
             ds = ds.cache()
         if split == "train":
-            ds = ds.shuffle(
-                max(len(files), 1), seed=seed, reshuffle_each_iteration=True
-            )
+            ds = ds.shuffle(max(len(files), 1), seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size).map(
-            lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune
+            lambda x, y: (tf.cast(x, tf.float32), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
         if split == "train" and level != "none":
-            # sequential on purpose: the layers draw from one seeded random state,
-            # and parallel calls would draw in a varying order (runs would not
-            # repeat); prefetch still overlaps it with training
+            # not parallel: the layers draw from one seeded random state, in order
             ds = ds.map(augmenter(augmentation_layers(seed, level)))
-        if split == "train" and mixup > 0:
+        if split == "train" and mixup > 0:  # blend each batch with a shuffled copy
             ds = ds.map(mixer(mixup, seed))
-        out[split] = ds.prefetch(autotune)
+        out[split] = ds.prefetch(tf.data.AUTOTUNE)
     return out
 # ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-n07) ----
 

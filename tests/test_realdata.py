@@ -1,8 +1,10 @@
-"""The chain on the real dataset (../shared/facial_expressions or $FER_DATA_DIR), default settings.
+"""The chain on the real dataset (../shared/facial_expressions or $FER_DATA_DIR): default settings, short schedule.
 
 Skipped when the real data is not there. Notebooks 01-02 first (the manifest must account for every
-legend row and file), then notebooks 03-07 with the defaults (full data, 2 + 12 epochs): the model
-must beat the majority-class baseline on the person-disjoint test split.
+legend row and file), then notebooks 03-07 on all the data with the defaults but a short schedule
+(``QUICK``: 2 head + 2 whole-model epochs instead of 2 + 12, about 3 min of training instead of 9 on 2 cores):
+the model must beat the majority-class baseline on the person-disjoint test split, on every score. The
+default schedule's figures come from the published run and ``benchmarks/compare.py``.
 """
 
 import json
@@ -13,6 +15,9 @@ import pytest
 from fer_utils import EMOTIONS, data, folders, runner, workfolder
 
 pytestmark = [pytest.mark.realdata, pytest.mark.timeout(1800)]  # the whole chain on the real dataset
+#: The short schedule: on the committed run's machine it scored 0.840 / 0.368 / 0.379 (accuracy / macro-F1 /
+#: balanced accuracy) against the default schedule's 0.850 / 0.400 / 0.400 and the baseline's 0.506 / 0.084 / 0.125.
+QUICK = ["-p", "epochs", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +49,12 @@ def test_real_chain_beats_majority_baseline(real_work, real_data_dir):
     if not later:
         pytest.skip("no notebooks after 02")
     # up to 07: notebook 08 trains on generated faces, not on this dataset (the synthetic chain and nbval run it)
-    rc = runner.main(["--data-dir", str(real_data_dir), "--work-dir", str(real_work), "--from", "03", "--until", "07"])
+    rc = runner.main(["--data-dir", str(real_data_dir), "--work-dir", str(real_work), "--from", "03", "--until", "07",
+                      *QUICK])
     assert rc == 0, f"the chain failed on the real data; see {real_work}/runs"
     metrics = json.loads((real_work / "metrics.json").read_text())
     n_test = int((pd.read_csv(real_work / "manifest.csv", usecols=["split"]).split == "test").sum())
     assert metrics["n_test"] == n_test
     assert sum(map(sum, metrics["confusion_matrix"])) == n_test
-    assert metrics["accuracy"] > metrics["baseline"]["accuracy"], metrics
+    for score in ("accuracy", "macro_f1", "balanced_accuracy"):
+        assert metrics[score] > metrics["baseline"][score], (score, metrics)

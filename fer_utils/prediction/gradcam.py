@@ -94,11 +94,8 @@ def class_scores(model, before_softmax):
 def grad_cam(
     model, image_batch: np.ndarray, class_index=None, layer_name: str | None = None
 ) -> np.ndarray:
-    """Grad-CAM heatmaps ``(N, H, W)`` in [0, 1] for a preprocessed batch (what
-    ``preprocess_faces`` returns): the gradients of a class's pre-softmax score
-    (``class_index``: an int, one per image, or None for the predicted class)
-    averaged over each feature map (``feature_layer``) weigh the maps; ReLU,
-    upsample, scale."""
+    """Grad-CAM heatmaps ``(N, H, W)`` in [0, 1] for a batch ``preprocess_faces``
+    returns; ``class_index``: an int, one per image, or None (the predicted class)."""
     from fer_utils import import_tensorflow
 
     tf, _ = import_tensorflow()
@@ -109,8 +106,7 @@ def grad_cam(
         # maps are bfloat16 under mixed precision
         maps, before_softmax = grad_model(x, training=False)
         logits = class_scores(model, before_softmax)
-        if class_index is None:
-            # the predicted class
+        if class_index is None:  # the predicted class
             idx = tf.argmax(logits, axis=-1, output_type=tf.int32)
         else:
             idx = tf.broadcast_to(
