@@ -25,6 +25,10 @@ Configurations:
 - ``seed_cnn``: the same model and settings through our chain (``training.train``: tf.data cache,
   bfloat16 where the CPU has it);
 - ``ours``: the chain's defaults (``training.TrainConfig()``, notebooks 03–05);
+- ``ours_short`` (only when named in ``--only``): the same recipe on a short schedule, 2 whole-model epochs
+  after the 2 head epochs instead of 12 (``SHORT``): what a faster main job would give up. With ``ours`` in
+  the same run, the report pairs them on the same faces (``ours_short_minus_ours``) and gives the ratio of
+  their training seconds per fold;
 - ``seed_cnn_random_split`` (``--folds 1`` only): the seed CNN on a plain random split that shares people
   between train and test, to show how much such a split inflates the figures.
 
@@ -61,15 +65,18 @@ from fer_utils import EMOTIONS, data, evaluation, folders, models, pipelines, tr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
-ORDER = ("majority", "peer_fer", "peer_faceapi", "reference", "seed_cnn", "ours", "seed_cnn_random_split")
+ORDER = ("majority", "peer_fer", "peer_faceapi", "reference", "seed_cnn", "ours", "ours_short",
+         "seed_cnn_random_split")
 PEERS = ("peer_fer", "peer_faceapi")
 #: Run only when asked for (they need Chromium and face-api.js: ``npm ci --prefix web``).
-ON_REQUEST = ("peer_faceapi",)
+ON_REQUEST = ("peer_faceapi", "ours_short")
 #: FER2013's class order, mapped to ours (it has no contempt).
 FER2013_TO_OURS = [EMOTIONS.index(e) for e in ("anger", "disgust", "fear", "happiness", "sadness", "surprise",
                                                "neutral")]
 #: Our best configuration = the chain's defaults (notebooks 03-05); see benchmarks/experiments_transfer.md.
 OURS = training.TrainConfig()
+#: The chain's defaults on a short schedule: 2 whole-model epochs (after the head epochs) instead of 12.
+SHORT = OURS.replace(epochs=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,7 +220,8 @@ def seed_cnn_config(args) -> training.TrainConfig:
 RUNNERS = {"majority": run_majority, "peer_fer": run_peer_fer, "peer_faceapi": run_peer_faceapi,
            "reference": run_reference,
            "seed_cnn": lambda work, args: run_chain(work, args, seed_cnn_config(args)),
-           "ours": lambda work, args: run_chain(work, args, OURS)}
+           "ours": lambda work, args: run_chain(work, args, OURS),
+           "ours_short": lambda work, args: run_chain(work, args, SHORT)}
 
 
 def random_split_work(dataset, work: Path, seed: int) -> Path:
@@ -334,15 +342,17 @@ def markdown_report(report: dict) -> str:
         lines += ["", "Paired differences on the same faces [person-bootstrap 95 % interval]:", "",
                   "| difference | accuracy | macro-F1 | balanced accuracy |", "|---|---|---|---|"]
         for name, diff in report["paired"].items():
-            if name.endswith("_chain_time"):
+            if name.endswith(("_chain_time", "_train_time")):
                 continue
             lines.append(f"| {name.replace('_minus_', ' − ')} | " + " | ".join(
                 f"{diff[m]['value']:+.3f} [{diff[m]['ci_low']:+.3f}, {diff[m]['ci_high']:+.3f}]" for m in METRICS)
                 + " |")
-        ratio = report["paired"].get("seed_cnn_over_reference_chain_time")
-        if ratio:
-            lines += ["", f"Chain time seed_cnn / reference: mean {ratio['mean']:.2f}; per fold "
-                      + ", ".join(f"{v:.2f}" for v in ratio["per_fold"]) + "."]
+        for key, what in (("seed_cnn_over_reference_chain_time", "Chain time seed_cnn / reference"),
+                          ("ours_short_over_ours_train_time", "Training time ours_short / ours")):
+            ratio = report["paired"].get(key)
+            if ratio:
+                lines += ["", f"{what}: mean {ratio['mean']:.2f}; per fold "
+                          + ", ".join(f"{v:.2f}" for v in ratio["per_fold"]) + "."]
     for name, run in report.get("peer_runs", {}).items():
         lines += ["", f"`{name}` merged by `{run['command']}` on {run['machine']['processor']}, "
                   f"{run['machine']['cpu_count']} cores, {run['written_at']}" + (f", {run['detail']}" if run.get(
@@ -452,7 +462,13 @@ def main(argv=None) -> int:
               "machine": workfolder.machine_info(),
               "dataset": {"legend_sha256": dataset.legend_sha256, "pinned_upstream": dataset.is_pinned_upstream},
               "prepare_seconds": round(prepare_s, 1), "epochs": args.epochs, "ours": OURS.to_dict(),
+              **({"ours_short": SHORT.to_dict()} if "ours_short" in names else {}),
               "peak_gflops": {k: round(v, 1) for k, v in peak.items()}, "configs": configs, "paired": {}}
+    if "ours" in pooled and "ours_short" in pooled:
+        report["paired"]["ours_short_minus_ours"] = paired(pooled["ours_short"], pooled["ours"], args)
+        ratios = [s["train_seconds"] / o["train_seconds"] for s, o in zip(runs["ours_short"], runs["ours"])]
+        report["paired"]["ours_short_over_ours_train_time"] = {
+            "mean": round(float(np.mean(ratios)), 3), "per_fold": [round(v, 3) for v in ratios]}
     if "reference" in pooled:
         for name in ("ours", "seed_cnn"):
             if name in pooled:

@@ -46,6 +46,30 @@ def test_compare_folds_writes_the_protocol_and_paired_differences(synthetic_data
     assert "Paired differences" in (out / "compare_folds2.md").read_text()
 
 
+def test_compare_pairs_the_short_schedule_with_the_default(synthetic_data_dir, fake_fer_weights, tmp_path,
+                                                           monkeypatch):
+    """``--only ours ours_short``: both recipes on the same folds, paired on the same faces, with the ratio of
+    their training times (tiny schedules here: 1 + 2 epochs against 1 + 1)."""
+    compare = _load("compare")
+    monkeypatch.setenv("FER_PRETRAINED", str(fake_fer_weights))
+    tiny = compare.OURS.replace(head_epochs=1, epochs=2, batch_size=16)
+    monkeypatch.setattr(compare, "OURS", tiny)
+    monkeypatch.setattr(compare, "SHORT", tiny.replace(epochs=1))
+    out = tmp_path / "results"
+    assert compare.main(["--folds", "2", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path / "w"),
+                         "--only", "ours", "ours_short", "--n-boot", "30", "--out", str(out)]) == 0
+    report = json.loads((out / "compare_folds2.json").read_text())
+    assert report["ours_short"]["epochs"] == 1 and report["ours"]["epochs"] == 2
+    assert report["configs"]["ours"]["n"] == report["configs"]["ours_short"]["n"]
+    diff = report["paired"]["ours_short_minus_ours"]
+    for m in ("accuracy", "macro_f1", "balanced_accuracy"):
+        assert diff[m]["ci_low"] <= diff[m]["value"] <= diff[m]["ci_high"]
+    ratio = report["paired"]["ours_short_over_ours_train_time"]
+    assert len(ratio["per_fold"]) == 2 and all(r > 0 for r in ratio["per_fold"])
+    text = (out / "compare_folds2.md").read_text()
+    assert "ours_short − ours" in text and "Training time ours_short / ours" in text
+
+
 def test_scale_measures_each_strategy_and_writes_its_json(tmp_path):
     scale = _load("scale")
     out = tmp_path / "scale.json"
