@@ -25,10 +25,13 @@ Configurations:
 - ``seed_cnn``: the same model and settings through our chain (``training.train``: tf.data cache,
   bfloat16 where the CPU has it);
 - ``ours``: the chain's defaults (``training.TrainConfig()``, notebooks 03–05);
-- ``ours_short`` (only when named in ``--only``): the same recipe on a short schedule, 2 whole-model epochs
-  after the 2 head epochs instead of 12 (``SHORT``): what a faster main job would give up. With ``ours`` in
-  the same run, the report pairs them on the same faces (``ours_short_minus_ours``) and gives the ratio of
-  their training seconds per fold;
+- the variants of ``ours`` (``VARIANTS``, each only when named in ``--only``): the same recipe, changed to
+  train faster. ``ours_short``: a short schedule, 2 whole-model epochs after the 2 head epochs instead of 12;
+  ``ours_48``: 48×48 input (FER2013's own size) instead of 64×64; ``ours_48_e8``: 48×48 and 8 whole-model
+  epochs. With ``ours`` in the same run (or stored by an earlier run: ``--pair-with``), the report pairs each
+  with it on the same faces, per metric (``ours_short_minus_ours``) and per emotion's F1
+  (``ours_short_minus_ours_f1_per_emotion``), and gives the ratio of their training seconds per fold
+  (``ours_short_over_ours_train_time``);
 - ``seed_cnn_random_split`` (``--folds 1`` only): the seed CNN on a plain random split that shares people
   between train and test, to show how much such a split inflates the figures.
 
@@ -38,7 +41,17 @@ faces beside the mean number of training faces of each class; accuracy per image
 chain seconds per fold (chain = class folders → metrics); training throughput and its share of the
 machine's measured matrix-multiply rate (``utilisation``). Paired differences on the same faces (ours −
 reference, seed_cnn − reference) with person-bootstrap intervals, and the chain-time ratio seed_cnn /
-reference per fold. Writes ``benchmarks/results/compare.json`` and ``compare.md``.
+reference per fold. Writes ``benchmarks/results/compare.json`` and ``compare.md``, and every face's predicted and
+true emotion by every configuration (``compare_predictions.csv.gz``: fold, path, person, source; emotions as
+indices of ``fer_utils.EMOTIONS``).
+
+``--train-fraction F`` (``--folds`` ≥ 2): each fold trains on about the share ``F`` of its training faces,
+whole people at a time, with the same validation and test faces: a point of a learning curve
+(``compare_train25.json`` for ``F = 0.25``).
+
+``--pair-with PREDICTIONS``: the ``ours`` of an earlier run of the same folds (its ``*_predictions.csv.gz``)
+stands in for training ``ours`` again, so a variant costs only its own training (the faces are checked to be
+the same before any training starts).
 
 ``--peers-only``: the peers (``peer_fer``, ``peer_faceapi``; ``--only`` narrows them) need no training: the same
 folds are rebuilt from the same ``--seed`` and only the peers' predictions are made, pooled by the same code
@@ -65,18 +78,26 @@ from fer_utils import EMOTIONS, data, evaluation, folders, models, pipelines, tr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
-ORDER = ("majority", "peer_fer", "peer_faceapi", "reference", "seed_cnn", "ours", "ours_short",
-         "seed_cnn_random_split")
+ORDER = ("majority", "peer_fer", "peer_faceapi", "reference", "seed_cnn", "ours", "ours_short", "ours_48",
+         "ours_48_e8", "seed_cnn_random_split")
 PEERS = ("peer_fer", "peer_faceapi")
-#: Run only when asked for (they need Chromium and face-api.js: ``npm ci --prefix web``).
-ON_REQUEST = ("peer_faceapi", "ours_short")
 #: FER2013's class order, mapped to ours (it has no contempt).
 FER2013_TO_OURS = [EMOTIONS.index(e) for e in ("anger", "disgust", "fear", "happiness", "sadness", "surprise",
                                                "neutral")]
 #: Our best configuration = the chain's defaults (notebooks 03-05); see benchmarks/experiments_transfer.md.
 OURS = training.TrainConfig()
-#: The chain's defaults on a short schedule: 2 whole-model epochs (after the head epochs) instead of 12.
-SHORT = OURS.replace(epochs=2)
+#: Variants of ``OURS`` that train faster: the changes made to ``OURS`` when they run.
+VARIANTS = {"ours_short": {"epochs": 2},  # 2 whole-model epochs (after the head epochs) instead of 12
+            "ours_48": {"image_size": 48},  # FER2013's own input size instead of 64 px
+            "ours_48_e8": {"image_size": 48, "epochs": 8}}  # both: 48 px, 8 whole-model epochs
+
+
+#: Run only when asked for (face-api.js needs Chromium and ``npm ci --prefix web``; the variants, ~1 h each).
+ON_REQUEST = ("peer_faceapi", *VARIANTS)
+
+
+def variant(name: str) -> training.TrainConfig:
+    return OURS.replace(**VARIANTS[name])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,9 +105,21 @@ SHORT = OURS.replace(epochs=2)
 # --------------------------------------------------------------------------------------------------
 
 
-def make_folds(dataset, base: Path, k: int, seed: int) -> list[Path]:
+def left_out_of_train(fold: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
+    """The training rows to leave out so that about ``fraction`` of the training faces stay, whole people at a
+    time: people in a seeded random order are kept until the share is reached, so a smaller fraction keeps a
+    subset of a larger one's people (a learning curve adds faces, it does not draw new ones)."""
+    train = fold[fold.split == "train"]
+    people = train.group.drop_duplicates().sample(frac=1.0, random_state=seed)
+    sizes = train.groupby("group").size()[people].to_numpy()
+    kept = people[(np.cumsum(sizes) - sizes) < fraction * len(train)]
+    return train.index[~train.group.isin(kept)]
+
+
+def make_folds(dataset, base: Path, k: int, seed: int, train_fraction: float = 1.0) -> list[Path]:
     """Class folders for ``k`` person-disjoint folds (``k == 1``: notebook 02's single split); one work
-    folder per fold, each with its ``manifest.csv`` (paths, people, sources)."""
+    folder per fold, each with its ``manifest.csv`` (paths, people, sources). ``train_fraction`` < 1: each
+    fold trains on that share of its training faces (``left_out_of_train``); validation and test unchanged."""
     if k == 1:
         work = base / "fold1"
         work.mkdir(parents=True, exist_ok=True)
@@ -111,6 +144,10 @@ def make_folds(dataset, base: Path, k: int, seed: int) -> list[Path]:
         fold.loc[usable.index[test], "split"] = "test"
         fold.loc[usable.index[rest[val]], "split"] = "val"
         fold.loc[usable.index[rest[train]], "split"] = "train"
+        if train_fraction < 1:
+            left_out = left_out_of_train(fold, train_fraction, seed)
+            fold.loc[left_out, "split"] = "excluded"
+            fold.loc[left_out, "reason"] = f"left out of training (--train-fraction {train_fraction})"
         work = base / f"fold{i}"
         work.mkdir(parents=True, exist_ok=True)
         fold = folders.write_split_folders(fold, dataset.root, work)
@@ -221,7 +258,7 @@ RUNNERS = {"majority": run_majority, "peer_fer": run_peer_fer, "peer_faceapi": r
            "reference": run_reference,
            "seed_cnn": lambda work, args: run_chain(work, args, seed_cnn_config(args)),
            "ours": lambda work, args: run_chain(work, args, OURS),
-           "ours_short": lambda work, args: run_chain(work, args, SHORT)}
+           **{name: (lambda work, args, name=name: run_chain(work, args, variant(name))) for name in VARIANTS}}
 
 
 def random_split_work(dataset, work: Path, seed: int) -> Path:
@@ -294,27 +331,80 @@ def pool(runs: list[dict], people: list[pd.DataFrame], train_counts: list[pd.Ser
            "per_source": per_source, "ci_resamples_redrawn": redrawn,
            "cv_train_seconds_mean": round(float(np.mean([r["train_seconds"] for r in runs])), 1),
            "cv_chain_seconds_mean": round(float(np.mean([r["chain_seconds"] for r in runs])), 1),
-           "chain_seconds_per_fold": [round(r["chain_seconds"], 1) for r in runs]}
+           "chain_seconds_per_fold": [round(r["chain_seconds"], 1) for r in runs],
+           "train_seconds_per_fold": [round(r["train_seconds"], 1) for r in runs]}
     for key in ("precision", "forward_flops_per_image"):
         if key in runs[0]:
             out[key] = runs[0][key]
     for key in ("images_per_second", "inference_images_per_second", "seconds_per_epoch"):
         if key in runs[0]:
             out[key] = round(float(np.mean([r[key] for r in runs])), 1)
+    if "best_epoch" in runs[0]:  # the kept epoch of each fold (head epochs included)
+        out["best_epoch_per_fold"] = [r["best_epoch"] for r in runs]
     return out, allp
 
 
-def paired(a: pd.DataFrame, b: pd.DataFrame, args) -> dict:
-    """``a − b`` on the same faces for each metric, person-bootstrap intervals."""
+def paired(a: pd.DataFrame, b: pd.DataFrame, args, metrics=METRICS) -> dict:
+    """``a − b`` on the same faces for each metric (a name, or ``{name: fn(y_true, y_pred)}``), person-bootstrap
+    intervals."""
     both = a.merge(b[["fold", "path", "y_pred"]], on=["fold", "path"], suffixes=("_a", "_b"), validate="one_to_one")
-    return {m: {k: round(v, 4) for k, v in evaluation.paired_difference_ci(
+    named = metrics if isinstance(metrics, dict) else {m: m for m in metrics}
+    return {name: {k: round(v, 4) for k, v in evaluation.paired_difference_ci(
         both.y_true.to_numpy(), both.y_pred_a.to_numpy(), both.y_pred_b.to_numpy(), m,
-        groups=both["group"].astype(str).to_numpy(), n=args.n_boot, seed=args.seed).items()} for m in METRICS}
+        groups=both["group"].astype(str).to_numpy(), n=args.n_boot, seed=args.seed).items()}
+        for name, m in named.items()}
+
+
+def emotion_f1(k: int):
+    """The F1 of emotion ``k`` alone, as ``fn(y_true, y_pred)`` (0 when it is neither true nor predicted)."""
+    def f1(y_true, y_pred) -> float:
+        t, p = y_true == k, y_pred == k
+        denominator = int(t.sum() + p.sum())
+        return 2 * float((t & p).sum()) / denominator if denominator else 0.0
+    return f1
+
+
+#: Per-emotion F1, for ``paired``.
+EMOTION_F1 = {e: emotion_f1(k) for k, e in enumerate(EMOTIONS)}
 
 
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
+
+
+def ratio(runs: list[dict], baseline: list[dict], key: str) -> dict:
+    """Per fold, ``runs[i][key] / baseline[i][key]``, and their mean."""
+    per_fold = [r[key] / b[key] for r, b in zip(runs, baseline)]
+    return {"mean": round(float(np.mean(per_fold)), 3), "per_fold": [round(v, 3) for v in per_fold]}
+
+
+def stored_runs(path: Path, protocol: dict, people: list[pd.DataFrame]) -> tuple[dict, dict, dict]:
+    """The configurations of an earlier run (its ``*_predictions.csv.gz`` and the report beside it), to pair
+    with this run's without training them again: ``({name: pooled predictions}, {name: [{"train_seconds"}]
+    per fold}, where they ran)``. Refuses a run of another protocol, or whose test faces differ from these
+    folds' — the pairing would not be on the same faces."""
+    path = Path(path)
+    report_path = path.with_name(path.name.removesuffix("_predictions.csv.gz") + ".json")
+    if not path.name.endswith("_predictions.csv.gz") or not report_path.exists():
+        raise SystemExit(f"error: --pair-with wants a *_predictions.csv.gz written by compare.py, with its report "
+                         f"beside it; {path} is not one (or {report_path.name} is missing)")
+    report = json.loads(report_path.read_text())
+    keys = ("folds", "seed", "train_fraction")
+    if any(report["protocol"].get(k, 1.0) != protocol.get(k, 1.0) for k in keys):
+        raise SystemExit(f"error: {report_path.name} ran " + ", ".join(f"{k} {report['protocol'].get(k, 1.0)}"
+                         for k in keys) + "; run with the same --folds, --seed and --train-fraction")
+    frames = workfolder.read_csv(path, dtype={"path": str, "group": str, "source": str})
+    pooled, runs = {}, {}
+    for name, frame in frames.groupby("config", sort=False):
+        for i, who in enumerate(people, start=1):
+            if set(frame.loc[frame.fold == i, "path"]) != set(who.path):
+                raise SystemExit(f"error: the test faces of fold {i} in {path.name} differ from this run's: "
+                                 "another dataset or another version of the split; pair runs of the same folds")
+        pooled[name] = frame.drop(columns="config").reset_index(drop=True)
+        seconds = report["configs"].get(name, {}).get("train_seconds_per_fold")
+        runs[name] = [{"train_seconds": s} for s in seconds] if seconds else None
+    return pooled, runs, {"file": path.name, "machine": report["machine"], "written_at": report.get("written_at")}
 
 
 def markdown_report(report: dict) -> str:
@@ -323,6 +413,8 @@ def markdown_report(report: dict) -> str:
              f"Keras {info.get('keras')}; matrix multiply 2048²: {report['peak_gflops']['float32']:.0f} GFLOP/s "
              f"float32, {report['peak_gflops']['bfloat16']:.0f} GFLOP/s bfloat16.",
              f"Protocol: {k} person-disjoint folds" + (" (every face predicted once, out of fold)" if k > 1 else "")
+             + (f"; each fold trained on {report['protocol']['train_fraction']:.0%} of its training faces (whole "
+                "people; validation and test unchanged)" if report["protocol"].get("train_fraction", 1) < 1 else "")
              + f"; intervals: {report['protocol']['interval']}.", "",
              "| configuration | accuracy | macro-F1 | balanced accuracy | train s / fold | chain s / fold | "
              "images/s | utilisation |", "|---|---|---|---|---|---|---|---|"]
@@ -338,21 +430,35 @@ def markdown_report(report: dict) -> str:
         for name, r in report["configs"].items():
             folds = zip(*(r["cv"][m]["per_fold"] for m in METRICS))
             lines.append(f"- `{name}`: " + "; ".join(" / ".join(f"{v:.3f}" for v in f) for f in folds))
+    if report.get("paired_with"):
+        where = report["paired_with"]
+        lines += ["", f"`ours` in the paired differences: as stored in `{where['file']}` (not trained again; "
+                  f"{where['machine']['processor']}, {where['machine']['cpu_count']} cores, {where['written_at']})."]
     if report.get("paired"):
         lines += ["", "Paired differences on the same faces [person-bootstrap 95 % interval]:", "",
                   "| difference | accuracy | macro-F1 | balanced accuracy |", "|---|---|---|---|"]
         for name, diff in report["paired"].items():
-            if name.endswith(("_chain_time", "_train_time")):
+            if name.endswith(("_chain_time", "_train_time", "_per_emotion")):
                 continue
             lines.append(f"| {name.replace('_minus_', ' − ')} | " + " | ".join(
                 f"{diff[m]['value']:+.3f} [{diff[m]['ci_low']:+.3f}, {diff[m]['ci_high']:+.3f}]" for m in METRICS)
                 + " |")
         for key, what in (("seed_cnn_over_reference_chain_time", "Chain time seed_cnn / reference"),
-                          ("ours_short_over_ours_train_time", "Training time ours_short / ours")):
-            ratio = report["paired"].get(key)
-            if ratio:
-                lines += ["", f"{what}: mean {ratio['mean']:.2f}; per fold "
-                          + ", ".join(f"{v:.2f}" for v in ratio["per_fold"]) + "."]
+                          *((f"{v}_over_ours_train_time", f"Training time {v} / ours") for v in VARIANTS)):
+            times = report["paired"].get(key)
+            if times:
+                lines += ["", f"{what}: mean {times['mean']:.2f}; per fold "
+                          + ", ".join(f"{v:.2f}" for v in times["per_fold"]) + "."]
+    per_emotion = {k.removesuffix("_f1_per_emotion"): v for k, v in report.get("paired", {}).items()
+                   if k.endswith("_f1_per_emotion")}
+    if per_emotion:
+        lines += ["", "Paired differences of per-emotion F1 on the same faces [person-bootstrap 95 % interval]:", "",
+                  "| emotion | " + " | ".join(k.replace("_minus_", " − ") for k in per_emotion) + " |",
+                  "|---|" + "---|" * len(per_emotion)]
+        for e in EMOTIONS:
+            cells = [f"{d[e]['value']:+.3f} [{d[e]['ci_low']:+.3f}, {d[e]['ci_high']:+.3f}]"
+                     for d in per_emotion.values()]
+            lines.append(f"| {e} | " + " | ".join(cells) + " |")
     for name, run in report.get("peer_runs", {}).items():
         lines += ["", f"`{name}` merged by `{run['command']}` on {run['machine']['processor']}, "
                   f"{run['machine']['cpu_count']} cores, {run['written_at']}" + (f", {run['detail']}" if run.get(
@@ -383,18 +489,30 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--pair-with", metavar="PREDICTIONS", help="an earlier run's *_predictions.csv.gz (same "
+                        "folds and seed): its `ours` is paired with this run's variants instead of training it again")
+    parser.add_argument("--train-fraction", type=float, default=1.0,
+                        help="train on this share of each fold's training faces, whole people at a time (a point "
+                             "of a learning curve; validation and test faces unchanged)")
     parser.add_argument("--out", default=str(RESULTS), help="where compare.json and compare.md go")
     parser.add_argument("--peers-only", action="store_true", help="only the peers (no training), merged into the "
                         "existing compare.json / compare.md of the same --folds")
     args = parser.parse_args(argv)
     if args.folds < 1:
         parser.error("--folds must be at least 1")
+    if not 0 < args.train_fraction <= 1 or (args.train_fraction < 1 and args.folds == 1):
+        parser.error("--train-fraction must be in (0, 1], with --folds of at least 2")
+    if args.pair_with and (not args.only or "ours" in args.only or not set(args.only) & set(VARIANTS)):
+        parser.error("--pair-with stands in for `ours`: name the variants to pair with it in --only, without ours")
+    if args.pair_with and not Path(args.pair_with).is_file():
+        parser.error(f"--pair-with {args.pair_with}: no such file (an earlier run's *_predictions.csv.gz)")
     tf, _ = fer_utils.import_tensorflow()
     dataset = data.get_dataset(args.data_dir)
     names = [n for n in (args.only or [n for n in ORDER if n not in ON_REQUEST])
              if n != "seed_cnn_random_split" or args.folds == 1]
     out = Path(args.out)
-    stem = "compare" if args.folds == 5 else f"compare_folds{args.folds}"
+    stem = ("compare" if args.folds == 5 else f"compare_folds{args.folds}") + (
+        f"_train{round(100 * args.train_fraction)}" if args.train_fraction < 1 else "")
     if args.peers_only:
         names = [n for n in (args.only or PEERS) if n in PEERS]
         previous = json.loads((out / f"{stem}.json").read_text())
@@ -408,7 +526,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fer-compare-") as tmp, contextlib.ExitStack() as stack:
         base = Path(args.work_dir or tmp)
         t0 = time.perf_counter()
-        works = make_folds(dataset, base, args.folds, args.seed)
+        works = make_folds(dataset, base, args.folds, args.seed, args.train_fraction)
         if "peer_faceapi" in names:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             import faceapi
@@ -426,6 +544,12 @@ def main(argv=None) -> int:
             m = folders.load_manifest(work)
             people.append(m.loc[m.split == "test", ["path", "group", "source"]])
             train_counts.append(pipelines.split_counts(work)["train"])
+        stored = None  # an earlier run's `ours`, checked before any training
+        if args.pair_with:
+            stored = stored_runs(args.pair_with, {"folds": args.folds, "seed": args.seed,
+                                                  "train_fraction": args.train_fraction}, people)
+            if "ours" not in stored[0]:
+                raise SystemExit(f"error: {args.pair_with} holds no `ours` to pair with")
         runs = {name: [] for name in names}
         for i, work in enumerate(works, start=1):
             for name in names:
@@ -458,26 +582,34 @@ def main(argv=None) -> int:
         return merge_peers(previous, configs, names, out, stem, args,
                            {"peer_faceapi": faceapi_detail} if "peer_faceapi" in names else {})
     report = {"protocol": {"folds": args.folds, "grouped_by": "person", "interval": "person bootstrap, 95 %",
-                           "seed": args.seed, "n_boot": args.n_boot, "ci_method": evaluation.CI_METHOD},
+                           "seed": args.seed, "n_boot": args.n_boot, "ci_method": evaluation.CI_METHOD,
+                           "train_fraction": args.train_fraction},
               "machine": workfolder.machine_info(),
               "dataset": {"legend_sha256": dataset.legend_sha256, "pinned_upstream": dataset.is_pinned_upstream},
               "prepare_seconds": round(prepare_s, 1), "epochs": args.epochs, "ours": OURS.to_dict(),
-              **({"ours_short": SHORT.to_dict()} if "ours_short" in names else {}),
+              **{name: variant(name).to_dict() for name in VARIANTS if name in names},
               "peak_gflops": {k: round(v, 1) for k, v in peak.items()}, "configs": configs, "paired": {}}
-    if "ours" in pooled and "ours_short" in pooled:
-        report["paired"]["ours_short_minus_ours"] = paired(pooled["ours_short"], pooled["ours"], args)
-        ratios = [s["train_seconds"] / o["train_seconds"] for s, o in zip(runs["ours_short"], runs["ours"])]
-        report["paired"]["ours_short_over_ours_train_time"] = {
-            "mean": round(float(np.mean(ratios)), 3), "per_fold": [round(v, 3) for v in ratios]}
+    base, base_runs = pooled.get("ours"), runs.get("ours")
+    if stored is not None and base is None:
+        base, base_runs, report["paired_with"] = stored[0]["ours"], stored[1]["ours"], stored[2]
+    for name in (n for n in VARIANTS if n in pooled and base is not None):
+        report["paired"][f"{name}_minus_ours"] = paired(pooled[name], base, args)
+        report["paired"][f"{name}_minus_ours_f1_per_emotion"] = paired(pooled[name], base, args, EMOTION_F1)
+        if base_runs:
+            report["paired"][f"{name}_over_ours_train_time"] = ratio(runs[name], base_runs, "train_seconds")
     if "reference" in pooled:
         for name in ("ours", "seed_cnn"):
             if name in pooled:
                 report["paired"][f"{name}_minus_reference"] = paired(pooled[name], pooled["reference"], args)
         if "seed_cnn" in runs:
-            ratios = [s["chain_seconds"] / r["chain_seconds"] for s, r in zip(runs["seed_cnn"], runs["reference"])]
-            report["paired"]["seed_cnn_over_reference_chain_time"] = {
-                "mean": round(float(np.mean(ratios)), 3), "per_fold": [round(v, 3) for v in ratios]}
+            report["paired"]["seed_cnn_over_reference_chain_time"] = ratio(runs["seed_cnn"], runs["reference"],
+                                                                           "chain_seconds")
     out.mkdir(parents=True, exist_ok=True)
+    # every face's prediction by every configuration, so that a later run can be paired with this one
+    report["predictions"] = f"{stem}_predictions.csv.gz"
+    predictions = pd.concat([pooled[n].assign(config=n) for n in names], ignore_index=True)
+    workfolder.write_csv(predictions[["config", "fold", "path", "group", "source", "y_true", "y_pred"]],
+                         out / report["predictions"])
     workfolder.write_record(out / f"{stem}.json", report)
     text = markdown_report(report)
     (out / f"{stem}.md").write_text(text)

@@ -6,6 +6,7 @@ import importlib.util
 import json
 
 import pandas as pd
+import pytest
 
 from fer_utils import EMOTIONS, workfolder
 
@@ -54,20 +55,43 @@ def test_compare_pairs_the_short_schedule_with_the_default(synthetic_data_dir, f
     monkeypatch.setenv("FER_PRETRAINED", str(fake_fer_weights))
     tiny = compare.OURS.replace(head_epochs=1, epochs=2, batch_size=16)
     monkeypatch.setattr(compare, "OURS", tiny)
-    monkeypatch.setattr(compare, "SHORT", tiny.replace(epochs=1))
+    monkeypatch.setitem(compare.VARIANTS, "ours_short", {"epochs": 1})
     out = tmp_path / "results"
     assert compare.main(["--folds", "2", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path / "w"),
                          "--only", "ours", "ours_short", "--n-boot", "30", "--out", str(out)]) == 0
     report = json.loads((out / "compare_folds2.json").read_text())
     assert report["ours_short"]["epochs"] == 1 and report["ours"]["epochs"] == 2
     assert report["configs"]["ours"]["n"] == report["configs"]["ours_short"]["n"]
+    assert all(1 <= e <= 3 for e in report["configs"]["ours"]["best_epoch_per_fold"])
     diff = report["paired"]["ours_short_minus_ours"]
     for m in ("accuracy", "macro_f1", "balanced_accuracy"):
         assert diff[m]["ci_low"] <= diff[m]["value"] <= diff[m]["ci_high"]
+    per_emotion = report["paired"]["ours_short_minus_ours_f1_per_emotion"]
+    assert list(per_emotion) == list(EMOTIONS)
+    assert all(d["ci_low"] <= d["value"] <= d["ci_high"] for d in per_emotion.values())
     ratio = report["paired"]["ours_short_over_ours_train_time"]
     assert len(ratio["per_fold"]) == 2 and all(r > 0 for r in ratio["per_fold"])
+    predictions = workfolder.read_csv(out / report["predictions"])
+    assert sorted(predictions.config.unique()) == ["ours", "ours_short"]
+    assert len(predictions) == 2 * report["configs"]["ours"]["n"] and set(predictions.fold) == {1, 2}
     text = (out / "compare_folds2.md").read_text()
     assert "ours_short − ours" in text and "Training time ours_short / ours" in text
+
+    # --pair-with: a variant alone, paired with the `ours` stored above (not trained again)
+    again = tmp_path / "again"
+    stored, name = str(out / report["predictions"]), report["predictions"]
+    argv = ["--folds", "2", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path / "w2"),
+            "--only", "ours_short", "--n-boot", "30", "--out", str(again), "--pair-with", stored]
+    with pytest.raises(SystemExit):  # ours trained again and stored at once: refused before any work
+        compare.main([*argv[:8], "ours", *argv[8:]])
+    with pytest.raises(SystemExit, match="same --folds, --seed"):  # another seed: other folds, refused
+        compare.main([*argv, "--seed", "7"])
+    assert compare.main(argv) == 0
+    second = json.loads((again / "compare_folds2.json").read_text())
+    assert list(second["configs"]) == ["ours_short"] and second["paired_with"]["file"] == name
+    assert len(second["paired"]["ours_short_over_ours_train_time"]["per_fold"]) == 2
+    assert set(second["paired"]["ours_short_minus_ours"]) == {"accuracy", "macro_f1", "balanced_accuracy"}
+    assert f"as stored in `{name}`" in (again / "compare_folds2.md").read_text()
 
 
 def test_scale_measures_each_strategy_and_writes_its_json(tmp_path):
@@ -86,3 +110,28 @@ def test_scale_measures_each_strategy_and_writes_its_json(tmp_path):
     for row in runs.values():
         assert row["images_per_second"] > 0 and row["peak_memory"]["peak_rss_mb"] > 0
     assert not (tmp_path / "w" / "scale-benchmark").exists()  # its generated data is removed afterwards
+
+
+def test_a_learning_curve_point_trains_on_a_share_of_whole_people(synthetic_data_dir, tmp_path):
+    """``--train-fraction``: each fold keeps about that share of its training faces, whole people, the same
+    validation and test faces; a smaller share keeps a subset of a larger one's people."""
+    compare = _load("compare")
+    out = tmp_path / "results"
+    for fraction in ("1", "0.5"):
+        assert compare.main(["--folds", "2", "--data-dir", str(synthetic_data_dir), "--work-dir",
+                             str(tmp_path / f"w{fraction}"), "--only", "majority", "--n-boot", "20",
+                             "--train-fraction", fraction, "--out", str(out)]) == 0
+    full, half = (json.loads((out / name).read_text()) for name in ("compare_folds2.json",
+                                                                      "compare_folds2_train50.json"))
+    assert half["protocol"]["train_fraction"] == 0.5 and full["configs"]["majority"]["n"] == half[
+        "configs"]["majority"]["n"]  # the same test faces
+    train = {name: sum(c["train_faces_mean"] for c in r["configs"]["majority"]["per_class"].values())
+             for name, r in (("full", full), ("half", half))}
+    assert 0.3 * train["full"] < train["half"] < 0.8 * train["full"]
+    assert "50% of its training faces" in (out / "compare_folds2_train50.md").read_text()
+    fold = pd.DataFrame({"split": ["train"] * 12 + ["test"] * 2,
+                         "group": [f"p{i // 2}" for i in range(12)] + ["t", "t"]})
+    quarter, half_out = (set(compare.left_out_of_train(fold, f, 42)) for f in (0.25, 0.5))
+    assert half_out < quarter and not quarter & {12, 13}
+    for left in (quarter, half_out):  # whole people: both faces of a person stay or go together
+        assert all((2 * (i // 2) in left) == (2 * (i // 2) + 1 in left) for i in range(12))

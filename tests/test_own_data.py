@@ -231,9 +231,9 @@ def _outputs(work: Path, notebook: str) -> str:
     return "\n".join(texts)
 
 
-def _check_chain(work: Path, root: Path) -> dict:
+def _check_chain(work: Path, root: Path, last: int = 7) -> dict:
     record = json.loads((work / "run.json").read_text())
-    assert record["status"] == "ok" and [n[:2] for n in record["notebooks"]] == [f"0{k}" for k in range(1, 8)]
+    assert record["status"] == "ok" and [n[:2] for n in record["notebooks"]] == [f"0{k}" for k in range(1, last + 1)]
     for path in workfolder.run_notebooks(work):
         text = _outputs(work, path.stem)
         assert str(root) not in text and str(work) not in text, f"{path.name} shows a machine path"
@@ -267,8 +267,9 @@ def test_chain_on_class_folders(folder_dataset, fake_fer_weights, tmp_path):
 def test_chain_on_a_labels_csv(csv_dataset, fake_fer_weights, tmp_path):
     root, planted = csv_dataset
     work = tmp_path / "work"
-    assert run_chain(planted["csv"], work, fake_fer_weights, {"label_map": CSV_LABEL_MAP}, until="07") == 0, work
-    records = _check_chain(work, root)
+    # until 06: what differs from class folders ends with the metrics (07 on your own data: the test above)
+    assert run_chain(planted["csv"], work, fake_fer_weights, {"label_map": CSV_LABEL_MAP}, until="06") == 0, work
+    records = _check_chain(work, root, last=6)
     assert records["audit"]["dataset"]["layout"] == "csv" and records["audit"]["parameters"]["label_map"] == {
         "confused": None, "Joy": "happiness"}
     assert records["prepare"]["split_by"] == "person" and records["prepare"]["label_map"] == {
