@@ -92,7 +92,7 @@ VARIANTS = {"ours_short": {"epochs": 2},  # 2 whole-model epochs (after the head
             "ours_48_e8": {"image_size": 48, "epochs": 8}}  # both: 48 px, 8 whole-model epochs
 
 
-#: Run only when asked for (face-api.js needs Chromium and ``npm ci --prefix web``; the variants, ~1 h each).
+#: Run only when asked for (face-api.js needs Chromium and ``npm ci --prefix web``; each variant, its own trainings).
 ON_REQUEST = ("peer_faceapi", *VARIANTS)
 
 

@@ -80,10 +80,11 @@ def test_compare_pairs_the_short_schedule_with_the_default(synthetic_data_dir, f
     # --pair-with: a variant alone, paired with the `ours` stored above (not trained again)
     again = tmp_path / "again"
     stored, name = str(out / report["predictions"]), report["predictions"]
-    argv = ["--folds", "2", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path / "w2"),
-            "--only", "ours_short", "--n-boot", "30", "--out", str(again), "--pair-with", stored]
+    common = ["--folds", "2", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path / "w2"),
+              "--n-boot", "30", "--out", str(again), "--pair-with", stored]
+    argv = [*common, "--only", "ours_short"]
     with pytest.raises(SystemExit):  # ours trained again and stored at once: refused before any work
-        compare.main([*argv[:8], "ours", *argv[8:]])
+        compare.main([*common, "--only", "ours", "ours_short"])
     with pytest.raises(SystemExit, match="same --folds, --seed"):  # another seed: other folds, refused
         compare.main([*argv, "--seed", "7"])
     assert compare.main(argv) == 0
