@@ -47,7 +47,7 @@ indices of ``fer_utils.EMOTIONS``).
 
 ``--train-fraction F`` (``--folds`` ≥ 2): each fold trains on about the share ``F`` of its training faces,
 whole people at a time, with the same validation and test faces: a point of a learning curve
-(``compare_train25.json`` for ``F = 0.25``).
+(``compare_train25.json`` for ``F = 0.25``; ``benchmarks/learning_curve.py`` pools the points).
 
 ``--pair-with PREDICTIONS``: the ``ours`` of an earlier run of the same folds (its ``*_predictions.csv.gz``)
 stands in for training ``ours`` again, so a variant costs only its own training (the faces are checked to be

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -136,3 +137,58 @@ def test_a_learning_curve_point_trains_on_a_share_of_whole_people(synthetic_data
     assert half_out < quarter and not quarter & {12, 13}
     for left in (quarter, half_out):  # whole people: both faces of a person stay or go together
         assert all((2 * (i // 2) in left) == (2 * (i // 2) + 1 in left) for i in range(12))
+
+
+def _curve_point(out, share: float, frame: pd.DataFrame, train_faces: dict) -> None:
+    """A compare.py-like report of ``ours`` at ``share`` with its saved predictions (no training)."""
+    stem = f"compare_train{round(100 * share)}" if share < 1 else "compare"
+    workfolder.write_csv(frame.assign(config="ours"), out / f"{stem}_predictions.csv.gz")
+    per_class = {e: {"train_faces_mean": share * train_faces[e]} for e in EMOTIONS}
+    (out / f"{stem}.json").write_text(json.dumps({
+        "protocol": {"folds": 2, "seed": 42, "train_fraction": share}, "predictions": f"{stem}_predictions.csv.gz",
+        "machine": {"processor": "test CPU", "cpu_count": 2},
+        "configs": {"ours": {"per_class": per_class, "cv_train_seconds_mean": share * 11}}}))
+
+
+def test_the_learning_curve_fits_each_emotion_and_measures_the_sources(tmp_path):
+    """``learning_curve.py`` on three hand-made shares: an emotion whose F1 rises by a known step per doubling
+    gets the faces where the line reaches the target; one that never rises gets none; sources are scored
+    apart, and within each emotion; runs of other faces are refused."""
+    curve = _load("learning_curve")
+    rng = np.random.default_rng(0)
+    n = 800
+    y = rng.integers(0, len(EMOTIONS), n)
+    base = pd.DataFrame({"fold": 1 + np.arange(n) % 2, "path": [f"test/x/{i}.jpg" for i in range(n)],
+                         "group": [f"p{i // 4}" for i in range(n)], "y_true": y,
+                         "source": np.where(np.arange(n) % 3, "LFW", "IMFDB")})
+    happy, contempt = EMOTIONS.index("happiness"), EMOTIONS.index("contempt")
+    out = tmp_path / "results"
+    out.mkdir()
+    train_faces = {e: 400.0 for e in EMOTIONS}
+    recalls = {0.25: 0.2, 0.5: 0.4, 1.0: 0.6}  # happiness: right on 20 / 40 / 60 % of its faces, nothing else
+    for share, recall in recalls.items():
+        pred = np.where(y == contempt, (contempt + 1) % len(EMOTIONS), y)  # contempt: never found
+        wrong = (y == happy) & (np.arange(n) // len(EMOTIONS) % 10 >= 10 * recall)
+        pred = np.where(wrong, EMOTIONS.index("neutral"), pred)
+        _curve_point(out, share, base.assign(y_pred=pred), train_faces)
+    points = [out / f for f in ("compare.json", "compare_train25.json", "compare_train50.json")]  # any order
+    assert curve.main(["--points", *map(str, points), "--n-boot", "40", "--target", "0.9", "--out", str(out)]) == 0
+    report = json.loads((out / "learning_curve.json").read_text())
+    assert report["train_fraction"] == [0.25, 0.5, 1.0] and report["n"] == n
+    rows = report["per_emotion"]
+    assert rows["happiness"]["train_faces_mean"] == [100.0, 200.0, 400.0]
+    f1 = rows["happiness"]["f1"]
+    assert f1[0] < f1[1] < f1[2] < 0.9 and rows["happiness"]["f1_per_doubling"] > 0
+    a, b = curve.fit_log_line(np.array([100.0, 200.0, 400.0]), np.array(f1))
+    assert rows["happiness"]["faces_needed"] == round(float(np.exp((0.9 - a) / b))) > 400
+    assert rows["contempt"]["f1"] == [0.0, 0.0, 0.0] and rows["contempt"]["faces_needed"] is None
+    assert rows["surprise"]["reached"]  # always right: at the target already
+    assert set(report["per_source"][-1]) == {"IMFDB", "LFW"}
+    assert report["emotion_by_source"]["happiness"]["LFW"]["recall"] < 1
+    text = (out / "learning_curve.md").read_text()
+    assert "the line does not rise" in text and "reached already" in text
+    # a run of other faces is not pooled with these
+    other = base.assign(y_pred=y, path=base.path.str.replace("x", "z"))
+    _curve_point(out, 0.5, other, train_faces)
+    with pytest.raises(SystemExit, match="same test faces"):
+        curve.main(["--points", *map(str, points), "--n-boot", "10", "--out", str(out)])
