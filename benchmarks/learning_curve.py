@@ -43,11 +43,18 @@ BEYOND = 100
 
 def load_point(path: Path) -> tuple[dict, pd.DataFrame]:
     """One run's report and its ``ours`` out-of-fold predictions."""
-    report = json.loads(path.read_text())
-    if "ours" not in report.get("configs", {}) or not report.get("predictions"):
-        raise SystemExit(f"error: {path} is not a compare.py report with `ours` and saved predictions")
-    frame = workfolder.read_csv(path.with_name(report["predictions"]), dtype={"path": str, "group": str,
-                                                                              "source": str})
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: cannot read {path} as a compare.py report ({err})") from None
+    if ("ours" not in report.get("configs", {}) or not report.get("predictions")
+            or not {"folds", "seed"} <= set(report.get("protocol", {}))):
+        raise SystemExit(f"error: {path} is not a compare.py report with `ours`, its protocol and saved predictions")
+    predictions = path.with_name(report["predictions"])
+    if not predictions.is_file():
+        raise SystemExit(f"error: {path.name} names {predictions.name}, which is not beside it: copy it from the run's "
+                         "--out folder")
+    frame = workfolder.read_csv(predictions, dtype={"path": str, "group": str, "source": str})
     return report, frame[frame.config == "ours"].drop(columns="config").reset_index(drop=True)
 
 
@@ -56,6 +63,11 @@ def joined(points: list[tuple[dict, pd.DataFrame]]) -> pd.DataFrame:
     protocols = {(r["protocol"]["folds"], r["protocol"]["seed"]) for r, _ in points}
     if len(protocols) != 1:
         raise SystemExit(f"error: the runs use different folds or seeds {sorted(protocols)}; run them alike")
+    for key, what in (("ours", "recipe of `ours`"), ("dataset", "dataset")):
+        seen = {json.dumps(r.get(key), sort_keys=True) for r, _ in points}
+        if len(seen) > 1:
+            raise SystemExit(f"error: the runs differ in their {what} (`{key}` in their reports); a learning curve "
+                             "changes only the training share")
     base = points[0][1][["fold", "path", "group", "source", "y_true"]]
     for j, (_, frame) in enumerate(points):
         other = frame[["fold", "path", "y_true", "y_pred"]].rename(columns={"y_pred": f"pred_{j}",
@@ -102,17 +114,22 @@ def _interval(values: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else round(float(v), 4) for v in (lo, hi)]
 
 
+def share_right_ci(g: pd.DataFrame, pred: str, args) -> list[float | None]:
+    """Person-bootstrap 95 % interval of the share of ``g``'s faces predicted right. Resamples are not drawn again
+    when they miss an emotion (a share of faces right does not average over emotions, and a source of few people
+    would otherwise keep redrawing itself); ``[None, None]`` with fewer than 2 people."""
+    if g.group.nunique() < 2:
+        return [None, None]
+    samples, _ = evaluation.bootstrap_samples(g.y_true.to_numpy(), g[pred].to_numpy(), ("accuracy",),
+                                              g.group.to_numpy(), args.n_boot, args.seed, same_classes=False)
+    return [round(float(q), 4) for q in np.quantile(samples["accuracy"], [0.025, 0.975])]
+
+
 def source_table(frame: pd.DataFrame, pred: str, args) -> dict:
     """Accuracy per source (person-bootstrap interval within the source)."""
-    out = {}
-    for source, g in frame.groupby("source"):
-        y, p = g.y_true.to_numpy(), g[pred].to_numpy()
-        ci = evaluation.bootstrap_ci(y, p, "accuracy", n=args.n_boot, seed=args.seed,
-                                     groups=g.group.to_numpy()) if g.group.nunique() > 1 else [None, None]
-        out[source] = {"faces": int(len(g)), "people": int(g.group.nunique()),
-                       "accuracy": round(float((y == p).mean()), 4),
-                       "ci": [None if v is None else round(v, 4) for v in ci]}
-    return out
+    return {source: {"faces": int(len(g)), "people": int(g.group.nunique()),
+                     "accuracy": round(float((g.y_true == g[pred]).mean()), 4), "ci": share_right_ci(g, pred, args)}
+            for source, g in frame.groupby("source")}
 
 
 def predicted_mix(frame: pd.DataFrame, pred: str) -> dict:
@@ -135,11 +152,9 @@ def emotion_by_source(frame: pd.DataFrame, pred: str, args) -> dict:
     for (emotion, source), g in frame.groupby(["y_true", "source"]):
         if len(g) < MIN_CELL_FACES:
             continue
-        y, p = g.y_true.to_numpy(), g[pred].to_numpy()
-        ci = evaluation.bootstrap_ci(y, p, "accuracy", n=args.n_boot, seed=args.seed, groups=g.group.to_numpy())
         out.setdefault(EMOTIONS[emotion], {})[source] = {
-            "faces": int(len(g)), "people": int(g.group.nunique()), "recall": round(float((y == p).mean()), 4),
-            "ci": [round(v, 4) for v in ci]}
+            "faces": int(len(g)), "people": int(g.group.nunique()),
+            "recall": round(float((g.y_true == g[pred]).mean()), 4), "ci": share_right_ci(g, pred, args)}
     return out
 
 
@@ -148,10 +163,10 @@ def verdict(row: dict) -> str:
     if row["reached"]:
         return "reached already"
     if row["faces_needed"] is None:
-        return "never: the line does not rise"
+        return "no rise measured: the line does not rise"
     if row["times_today"] > BEYOND:
         return f"beyond reach: more than {BEYOND}× today's faces"
-    return f"about {row['faces_needed']:,} faces ({row['people_needed']:,} people), {row['times_today']}× today's"
+    return f"about {row['faces_needed']:,} faces per fold ({row['times_today']}× today's)"
 
 
 def analyse(files: list[Path], args) -> dict:
@@ -211,7 +226,11 @@ def analyse(files: list[Path], args) -> dict:
                          "share)", "n_boot": args.n_boot, "ci_method": evaluation.CI_METHOD,
                          "ci_resamples_redrawn": redrawn, "target_f1": args.target,
                          "fit": "least squares F1 = a + b ln(mean training faces per fold), through the shares; "
-                                "faces_needed = where the line reaches target_f1 (null: the line does not rise)"},
+                                "faces_needed = where the line reaches target_f1, in training faces per fold (null: "
+                                "the line does not rise); people_needed = faces_needed / faces_per_person (training "
+                                "people per fold)",
+                         "not_in_intervals": "training noise: each share is one subset of people and one training "
+                                             "per fold; the intervals resample test people only"},
             "runs": [{"file": p.name, "train_fraction": s, "machine": r["machine"], "written_at": r.get("written_at"),
                       "train_seconds_mean": r["configs"]["ours"]["cv_train_seconds_mean"]}
                      for p, s, (r, _) in zip(files, shares, points)],
@@ -247,8 +266,8 @@ def markdown(report: dict) -> str:
              + " |", "",
              f"Per emotion: F1 [interval] at each share, beside the mean training faces per fold; the line's gain "
              f"per doubling of the faces; where it reaches F1 {report['protocol']['target_f1']} (faces per fold "
-             f"[interval over the resamples; open: some resampled lines do not rise], people at this dataset's "
-             f"faces per person, × today's training faces).", "",
+             f"[interval over the resamples; open: some resampled lines do not rise], training people per fold at this "
+             f"dataset's faces per person of the emotion, × today's training faces).", "",
              "| emotion | faces (people) | " + " | ".join(f"{s}: train faces, F1" for s in shares)
              + " | F1 per doubling [interval] | faces needed | people needed | × today |",
              "|---|---|" + "---|" * len(shares) + "---|---|---|---|"]
@@ -262,7 +281,7 @@ def markdown(report: dict) -> str:
             if r["reached"]:
                 tail = [slope, "reached already", "–", "–"]
             elif r["faces_needed"] is None:
-                tail = [slope, "none: the line does not rise", "–", "–"]
+                tail = [slope, "no rise measured: the line does not rise", "–", "–"]
             elif r["times_today"] > BEYOND:
                 tail = [slope, f"beyond reach: more than {BEYOND}× today's (the line: {r['faces_needed']:.0e})",
                         "–", f"> {BEYOND}"]
@@ -272,9 +291,12 @@ def markdown(report: dict) -> str:
                 tail = [slope, f"{r['faces_needed']:,} [{'–' if lo is None else f'{lo:,}'}, {high}]",
                         f"{r['people_needed']:,}", f"{r['times_today']:,}"]
         lines.append(f"| {e} | {r['faces']:,} ({r['people']:,}) | " + " | ".join(cells + tail) + " |")
-    lines += ["", "Three points over a fourfold range of faces carry a tenfold extrapolation only as a rough order of "
-              "magnitude: it assumes the gain per doubling stays the same, and more faces of the same few actors "
-              "(disgust, contempt) would help less than more people.", "",
+    lines += ["", "Read the extrapolation as an order of magnitude at best: three points over a fourfold range carry "
+              "it; it assumes the gain per doubling stays the same, and that every other emotion grows with this "
+              "one (the shares took whole people, so all emotions, faces and people grew together). The intervals "
+              "resample "
+              "test people only: each share is one subset and one training per fold, so training noise is not in "
+              "them.", "",
               "Accuracy per image source at each share [person-bootstrap 95 % interval]:", "",
               "| source (faces, people) | " + " | ".join(shares) + " |", "|---|" + "---|" * len(shares)]
     for s, v in report["per_source"][-1].items():
@@ -285,9 +307,12 @@ def markdown(report: dict) -> str:
     lines += ["", f"Recall of each emotion within each source, full training set (cells of {MIN_CELL_FACES} "
               "faces or more; faces, recall [interval]):", "",
               "| emotion | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+    def cell(c: dict) -> str:
+        recall = _ci(c["recall"], c["ci"], "{:.3f}") if c["ci"][0] is not None else f"{c['recall']:.3f} (one person)"
+        return f"{c['faces']:,}: {recall}"
+
     for e, v in report["emotion_by_source"].items():
-        lines.append(f"| {e} | " + " | ".join(f"{v[s]['faces']:,}: {_ci(v[s]['recall'], v[s]['ci'], '{:.3f}')}"
-                                              if s in v else "–" for s in sources) + " |")
+        lines.append(f"| {e} | " + " | ".join(cell(v[s]) if s in v else "–" for s in sources) + " |")
     lines += ["", "Share of each source's faces that are each emotion (true) and that the model predicts as each "
               "(predicted), full training set:", "",
               "| source | " + " | ".join(EMOTIONS) + " |", "|---|" + "---|" * len(EMOTIONS)]

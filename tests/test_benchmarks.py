@@ -179,15 +179,22 @@ def test_the_learning_curve_fits_each_emotion_and_measures_the_sources(tmp_path)
     assert rows["happiness"]["train_faces_mean"] == [100.0, 200.0, 400.0]
     f1 = rows["happiness"]["f1"]
     assert f1[0] < f1[1] < f1[2] < 0.9 and rows["happiness"]["f1_per_doubling"] > 0
-    a, b = curve.fit_log_line(np.array([100.0, 200.0, 400.0]), np.array(f1))
+    b, a = np.polyfit(np.log([100.0, 200.0, 400.0]), f1, 1)  # the line, by numpy's least squares
     assert rows["happiness"]["faces_needed"] == round(float(np.exp((0.9 - a) / b))) > 400
+    assert rows["happiness"]["f1_per_doubling_ci"][0] <= rows["happiness"]["f1_per_doubling"] <= rows[
+        "happiness"]["f1_per_doubling_ci"][1]
     assert rows["contempt"]["f1"] == [0.0, 0.0, 0.0] and rows["contempt"]["faces_needed"] is None
     assert rows["surprise"]["reached"]  # always right: at the target already
     assert set(report["per_source"][-1]) == {"IMFDB", "LFW"}
     assert report["emotion_by_source"]["happiness"]["LFW"]["recall"] < 1
     text = (out / "learning_curve.md").read_text()
     assert "the line does not rise" in text and "reached already" in text
-    # a run of other faces is not pooled with these
+    # a run of another recipe, or of other faces, is not pooled with these
+    recipe = json.loads(points[1].read_text())
+    points[1].write_text(json.dumps(recipe | {"ours": {"epochs": 2}}))
+    with pytest.raises(SystemExit, match="recipe"):
+        curve.main(["--points", *map(str, points), "--n-boot", "10", "--out", str(out)])
+    points[1].write_text(json.dumps(recipe))
     other = base.assign(y_pred=y, path=base.path.str.replace("x", "z"))
     _curve_point(out, 0.5, other, train_faces)
     with pytest.raises(SystemExit, match="same test faces"):
