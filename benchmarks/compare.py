@@ -355,17 +355,9 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, args, metrics=METRICS) -> dict:
         for name, m in named.items()}
 
 
-def emotion_f1(k: int):
-    """The F1 of emotion ``k`` alone, as ``fn(y_true, y_pred)`` (0 when it is neither true nor predicted)."""
-    def f1(y_true, y_pred) -> float:
-        t, p = y_true == k, y_pred == k
-        denominator = int(t.sum() + p.sum())
-        return 2 * float((t & p).sum()) / denominator if denominator else 0.0
-    return f1
-
-
-#: Per-emotion F1, for ``paired``.
-EMOTION_F1 = {e: emotion_f1(k) for k, e in enumerate(EMOTIONS)}
+#: Per-emotion F1, for ``paired``: macro-F1 over one emotion is that emotion's F1 (0 when it is neither true nor
+#: predicted).
+EMOTION_F1 = {e: evaluation.metric_function("macro_f1", [k]) for k, e in enumerate(EMOTIONS)}
 
 
 # --------------------------------------------------------------------------------------------------

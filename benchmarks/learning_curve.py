@@ -80,17 +80,13 @@ def joined(points: list[tuple[dict, pd.DataFrame]]) -> pd.DataFrame:
     return base
 
 
-def _f1(k: int, j: int):
-    def f1(y_true, pred):
-        t, p = y_true == k, pred[:, j] == k
-        d = int(t.sum() + p.sum())
-        return 2 * float((t & p).sum()) / d if d else 0.0
-    return f1
-
-
-def _macro(j: int):
-    fn = evaluation.metric_function("macro_f1")
+def _at(fn, j: int):
+    """``fn(y_true, y_pred)`` applied to share ``j``'s column of the predictions."""
     return lambda y_true, pred: fn(y_true, pred[:, j])
+
+
+def _ci95(values) -> list[float]:
+    return [round(float(q), 4) for q in np.quantile(values, [0.025, 0.975])]
 
 
 def fit_log_line(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +118,7 @@ def share_right_ci(g: pd.DataFrame, pred: str, args) -> list[float | None]:
         return [None, None]
     samples, _ = evaluation.bootstrap_samples(g.y_true.to_numpy(), g[pred].to_numpy(), ("accuracy",),
                                               g.group.to_numpy(), args.n_boot, args.seed, same_classes=False)
-    return [round(float(q), 4) for q in np.quantile(samples["accuracy"], [0.025, 0.975])]
+    return _ci95(samples["accuracy"])
 
 
 def source_table(frame: pd.DataFrame, pred: str, args) -> dict:
@@ -178,8 +174,9 @@ def analyse(files: list[Path], args) -> dict:
         raise SystemExit(f"error: need at least two different training shares, got {shares}")
     frame = joined(points)
     y, preds = frame.y_true.to_numpy(), frame[[f"pred_{j}" for j in range(len(points))]].to_numpy()
-    fns = {f"{e}@{j}": _f1(k, j) for k, e in enumerate(EMOTIONS) for j in range(len(points))}
-    fns |= {f"macro_f1@{j}": _macro(j) for j in range(len(points))}
+    fns = {f"{e}@{j}": _at(evaluation.metric_function("macro_f1", [k]), j)  # one emotion's F1
+           for k, e in enumerate(EMOTIONS) for j in range(len(points))}
+    fns |= {f"macro_f1@{j}": _at(evaluation.metric_function("macro_f1"), j) for j in range(len(points))}
     for name, fn in fns.items():
         fn.__name__ = name  # bootstrap_samples keys its values by name
     samples, redrawn = evaluation.bootstrap_samples(y, preds, list(fns.values()), frame.group.to_numpy(), args.n_boot,
@@ -193,15 +190,14 @@ def analyse(files: list[Path], args) -> dict:
         row = {"faces": int(totals.faces.get(k, 0)), "people": int(totals.people.get(k, 0)),
                "train_faces_mean": [round(float(t), 1) for t in train],
                "f1": [round(float(v), 4) for v in f1],
-               "f1_ci": [[round(float(q), 4) for q in np.quantile(boot[:, j], [0.025, 0.975])]
-                         for j in range(len(points))]}
+               "f1_ci": [_ci95(boot[:, j]) for j in range(len(points))]}
         if (train > 0).all():
             a, b = fit_log_line(train, f1)
             boot_a, boot_b = fit_log_line(train, boot)
             need, boot_need = float(faces_needed(a, b, args.target)), faces_needed(boot_a, boot_b, args.target)
             per_person = row["faces"] / max(row["people"], 1)
             row.update(f1_per_doubling=round(float(b * np.log(2)), 4),
-                       f1_per_doubling_ci=[round(float(q * np.log(2)), 4) for q in np.quantile(boot_b, [0.025, 0.975])],
+                       f1_per_doubling_ci=_ci95(boot_b * np.log(2)),
                        rising_share=round(float((boot_b > 0).mean()), 3),
                        faces_needed=None if not np.isfinite(need) else round(need),
                        faces_needed_ci=[None if v is None else round(v) for v in _interval(boot_need)],
@@ -213,13 +209,12 @@ def analyse(files: list[Path], args) -> dict:
                 row.update(faces_needed=None, faces_needed_ci=[None, None], people_needed=None, times_today=None)
             row["verdict"] = verdict(row)
         curve[e] = row
-    macro = {"value": [round(float(_macro(j)(y, preds)), 4) for j in range(len(points))],
-             "ci": [[round(float(q), 4) for q in np.quantile(samples[f"macro_f1@{j}"], [0.025, 0.975])]
-                    for j in range(len(points))]}
+    macro = {"value": [round(fns[f"macro_f1@{j}"](y, preds), 4) for j in range(len(points))],
+             "ci": [_ci95(samples[f"macro_f1@{j}"]) for j in range(len(points))]}
     gain = samples[f"macro_f1@{len(points) - 1}"] - samples["macro_f1@0"]  # the same resamples: paired
     macro["gain_largest_over_smallest"] = {
         "value": round(macro["value"][-1] - macro["value"][0], 4),
-        "ci": [round(float(q), 4) for q in np.quantile(gain, [0.025, 0.975])]}
+        "ci": _ci95(gain)}
     first = points[0][0]
     return {"protocol": {"folds": first["protocol"]["folds"], "seed": first["protocol"]["seed"],
                          "grouped_by": "person", "interval": "person bootstrap, 95 % (the same resamples for every "

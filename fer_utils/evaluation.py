@@ -28,6 +28,7 @@ from fer_utils.workfolder import (
     MANIFEST,
     METRICS,
     PREDICTIONS,
+    REPO_ROOT,
     display_path,
     read_record,
     require,
@@ -37,6 +38,8 @@ from fer_utils.workfolder import (
 )
 
 LABELS = list(range(len(EMOTIONS)))
+#: The committed five-fold learning curve and source measurement (``benchmarks/learning_curve.py``).
+LEARNING_CURVE = REPO_ROOT / "benchmarks" / "results" / "learning_curve.json"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,6 +414,65 @@ def plot_confusion(metrics: dict):
         ax.set(xlabel="predicted", ylabel="true", title=title)
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
+    return fig
+
+
+def read_learning_curve(path: str | os.PathLike = LEARNING_CURVE) -> dict:
+    """The committed ``learning_curve.json``; a clear error when the notebooks run without the repository."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{display_path(path)} not found: it is committed in the repository (benchmarks/results/); open the "
+            "notebook from a clone of it, or write it with `python benchmarks/learning_curve.py` (its docstring "
+            "lists the runs it pools)")
+    return read_record(path)
+
+
+def plot_learning_curve(curve: dict):
+    """F1 of each emotion against its mean training faces per fold (log axis), with the 95 % intervals, and the
+    target F1 dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for emotion, r in curve["per_emotion"].items():
+        points = [(t, f, lo, hi) for t, f, (lo, hi) in zip(r["train_faces_mean"], r["f1"], r["f1_ci"])
+                  if t > 0]  # a log axis has no 0
+        t, f, lo, hi = (np.array(v) for v in zip(*points))
+        ax.errorbar(t, f, yerr=[f - lo, hi - f], marker="o", capsize=3, label=emotion)
+    ax.axhline(curve["protocol"]["target_f1"], ls="--", c="grey", lw=1)
+    shares = ", ".join(f"{s:.0%}".replace("%", " %") for s in curve["train_fraction"])
+    ax.set(xscale="log", xlabel="training faces of the emotion, mean per fold (log scale)",
+           ylabel="F1, all faces out of fold", ylim=(0, 1),
+           title=f"F1 against training faces: {shares} of each fold (95 % intervals)")
+    ax.legend(ncol=2, fontsize=8)
+    return fig
+
+
+def source_recall_table(curve: dict) -> pd.DataFrame:
+    """One row per (emotion, source) cell of ``curve["emotion_by_source"]``: faces, recall and its interval."""
+    return pd.DataFrame([{"emotion": e, "source": s, "faces": v["faces"], "recall": v["recall"],
+                          "low": v["ci"][0], "high": v["ci"][1]}
+                         for e, sources in curve["emotion_by_source"].items() for s, v in sources.items()])
+
+
+def plot_source_recall(curve: dict):
+    """Recall of each emotion, one bar per image source, with the 95 % intervals (none for one person)."""
+    import matplotlib.pyplot as plt
+
+    cells = source_recall_table(curve)
+    emotions = list(curve["emotion_by_source"])
+    x = np.arange(len(emotions))
+    sources = sorted(cells.source.unique())
+    width = 0.8 / len(sources)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, source in enumerate(sources):
+        g = cells[cells.source == source].set_index("emotion").reindex(emotions)
+        low, high = g.low.fillna(g.recall), g.high.fillna(g.recall)
+        ax.bar(x + (i - (len(sources) - 1) / 2) * width, g.recall, width, yerr=[g.recall - low, high - g.recall],
+               capsize=3, label=source)
+    ax.set(xticks=x, xticklabels=emotions, ylim=(0, 1), ylabel="recall (share found)",
+           title="The same emotion, by image source (five folds; 95 % intervals)")
+    ax.legend()
     return fig
 
 

@@ -220,3 +220,20 @@ def test_flip_tta_averages_each_face_with_its_mirror(prepared_work_dir):
     assert not np.allclose(plain[cols].to_numpy(), tta[cols].to_numpy())
     with pytest.raises(ValueError, match="tta"):
         record.replace(tta="rotate")
+
+
+def test_the_committed_learning_curve_is_read_and_drawn(tmp_path):
+    """Notebook 06's benchmark section: the committed JSON is read and both figures drawn; without the file
+    (the notebooks without the repository) the error says where it comes from."""
+    import matplotlib.pyplot as plt
+
+    curve = evaluation.read_learning_curve()
+    fig = evaluation.plot_learning_curve(curve)
+    assert len(fig.axes[0].lines) >= len(curve["per_emotion"])  # one line per emotion (and the target)
+    table = evaluation.source_recall_table(curve)
+    assert set(table.source) >= {"IMFDB", "LFW"} and table.recall.between(0, 1).all()
+    fig2 = evaluation.plot_source_recall(curve)
+    assert len(fig2.axes[0].patches) == len(curve["emotion_by_source"]) * table.source.nunique()
+    plt.close("all")
+    with pytest.raises(FileNotFoundError, match="learning_curve.py"):
+        evaluation.read_learning_curve(tmp_path / "learning_curve.json")
