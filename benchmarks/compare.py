@@ -451,6 +451,18 @@ def markdown_report(report: dict) -> str:
             cells = [f"{d[e]['value']:+.3f} [{d[e]['ci_low']:+.3f}, {d[e]['ci_high']:+.3f}]"
                      for d in per_emotion.values()]
             lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    search = report.get("recipe_search")
+    if search:
+        lines += ["", f"Nested recipe search (`{search['file']}`, {search['written_at']}): each outer fold chose "
+                  "on its own validation people; " + "; ".join(f"fold {f}: `{c}`" for f, c in search[
+                      "chosen_per_fold"].items()) + f". {search['verdict']}", "",
+                  "| chosen − ours (paired, same faces) | accuracy | macro-F1 | balanced accuracy |",
+                  "|---|---|---|---|", "| all emotions | " + " | ".join(
+                      f"{search['chosen_minus_ours'][m]['value']:+.3f} [{search['chosen_minus_ours'][m]['ci_low']:+.3f}"
+                      f", {search['chosen_minus_ours'][m]['ci_high']:+.3f}]" for m in METRICS) + " |"]
+        lines += ["", "Per-emotion F1, chosen − ours: " + "; ".join(
+            f"{e} {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+            for e, d in search["chosen_minus_ours_f1_per_emotion"].items()) + "."]
     for name, run in report.get("peer_runs", {}).items():
         lines += ["", f"`{name}` merged by `{run['command']}` on {run['machine']['processor']}, "
                   f"{run['machine']['cpu_count']} cores, {run['written_at']}" + (f", {run['detail']}" if run.get(

@@ -40,6 +40,10 @@ from fer_utils.workfolder import (
 LABELS = list(range(len(EMOTIONS)))
 #: The committed five-fold learning curve and source measurement (``benchmarks/learning_curve.py``).
 LEARNING_CURVE = REPO_ROOT / "benchmarks" / "results" / "learning_curve.json"
+#: The committed nested recipe search (``benchmarks/recipe_search.py``).
+RECIPE_SEARCH = REPO_ROOT / "benchmarks" / "results" / "recipe_search.json"
+#: The three scores every comparison reports.
+SCORES = ("accuracy", "macro_f1", "balanced_accuracy")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,15 +421,70 @@ def plot_confusion(metrics: dict):
     return fig
 
 
-def read_learning_curve(path: str | os.PathLike = LEARNING_CURVE) -> dict:
-    """The committed ``learning_curve.json``; a clear error when the notebooks run without the repository."""
-    path = Path(path)
+def _read_committed(path: Path, command: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{display_path(path)} not found: it is committed in the repository (benchmarks/results/); open the "
-            "notebook from a clone of it, or write it with `python benchmarks/learning_curve.py` (its docstring "
-            "lists the runs it pools)")
+            f"notebook from a clone of it, or write it with `{command}` (its docstring lists the runs it needs)")
     return read_record(path)
+
+
+def read_learning_curve(path: str | os.PathLike = LEARNING_CURVE) -> dict:
+    """The committed ``learning_curve.json``; a clear error when the notebooks run without the repository."""
+    return _read_committed(Path(path), "python benchmarks/learning_curve.py")
+
+
+def read_recipe_search(path: str | os.PathLike = RECIPE_SEARCH) -> dict:
+    """The committed ``recipe_search.json`` (``benchmarks/recipe_search.py``); a clear error when it is absent."""
+    return _read_committed(Path(path), "python benchmarks/recipe_search.py")
+
+
+def recipe_table(search: dict) -> pd.DataFrame:
+    """One row per candidate of the nested search: its inner (validation) scores averaged over the outer folds,
+    in how many folds it cleared the accuracy floor, and in how many it was chosen."""
+    rows = pd.DataFrame(search["recipe_table"])
+    table = rows.groupby("candidate", sort=False).agg(
+        accuracy=("accuracy", "mean"), macro_f1=("macro_f1", "mean"),
+        balanced_accuracy=("balanced_accuracy", "mean"), eligible_folds=("eligible", "sum"),
+        chosen_folds=("chosen", "sum"))
+    return table.round(3).rename_axis(f"candidate (inner scores, mean of {rows.fold.nunique()} folds)")
+
+
+def recipe_search_summary(search: dict) -> pd.DataFrame:
+    """Outer test figures pooled over the folds: today's default, the recipes chosen on validation, and their
+    paired difference on the same faces, each with its person-bootstrap 95 % interval."""
+    result = search["result"]
+    rows = {label: {m: f"{r[m]['value']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}]" for m in SCORES}
+            for label, r in (("today's default", result["pooled"]["default"]),
+                             ("chosen on validation", result["pooled"]["chosen"]))}
+    rows["chosen − default (paired)"] = {m: f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+                                         for m, d in result["paired"].items()}
+    return pd.DataFrame(rows).T
+
+
+def plot_recipe_search(search: dict):
+    """Inner accuracy, macro-F1 and balanced accuracy (mean over the outer folds) against the logit adjustment
+    ``tau``, one line per training recipe and test-time augmentation; the default's inner accuracy minus the
+    rule's slack dashed on the accuracy panel."""
+    import matplotlib.pyplot as plt
+
+    rows = pd.DataFrame(search["recipe_table"])
+    parts = rows.candidate.str.extract(r"^(?P<recipe>[^,]+), tta (?P<tta>\w+), tau (?P<tau>[\d.]+)$")
+    rows = pd.concat([rows, parts.astype({"tau": float})], axis=1)
+    mean = rows.groupby(["recipe", "tta", "tau"], sort=False)[list(SCORES)].mean().reset_index()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharex=True)
+    for (recipe, tta), g in mean.groupby(["recipe", "tta"], sort=False):
+        for ax, m in zip(axes, SCORES):
+            ax.plot(g.tau, g[m], marker="o", ms=3, label=f"{recipe}, tta {tta}")
+    default = mean.iloc[0]
+    axes[0].axhline(default.accuracy - search["rule"]["accuracy_slack"], ls="--", c="grey", lw=1,
+                    label="accuracy floor (its fold mean)")
+    for ax, m in zip(axes, SCORES):
+        ax.set(xlabel="logit adjustment tau", title=f"inner {m.replace('_', ' ')}")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Every candidate on validation people only (mean of {rows.fold.nunique()} outer folds)")
+    fig.tight_layout()
+    return fig
 
 
 def plot_learning_curve(curve: dict):

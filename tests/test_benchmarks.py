@@ -199,3 +199,77 @@ def test_the_learning_curve_fits_each_emotion_and_measures_the_sources(tmp_path)
     _curve_point(out, 0.5, other, train_faces)
     with pytest.raises(SystemExit, match="same test faces"):
         curve.main(["--points", *map(str, points), "--n-boot", "10", "--out", str(out)])
+
+
+def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_data_dir, fake_fer_weights, tmp_path,
+                                                                  monkeypatch):
+    """``recipe_search.py --train`` trains each recipe on each outer fold and stores both views' probabilities of
+    the validation and test faces (the flip view as ``models.with_tta`` makes it); the search scores every
+    candidate on validation only, applies the rule, and pairs the chosen with the default on the same test faces."""
+    search = _load("recipe_search")
+    monkeypatch.syspath_prepend(str(workfolder.REPO_ROOT / "benchmarks"))  # it reuses compare.py's folds
+    monkeypatch.setenv("FER_PRETRAINED", str(fake_fer_weights))
+    monkeypatch.setattr(search, "base_config", lambda: _tiny_config(search))  # 1 head + 1 whole-model epoch
+    out = tmp_path / "results"
+    common = ["--folds", "2", "--data-dir", str(synthetic_data_dir), "--out", str(out), "--n-boot", "30"]
+    with pytest.raises(SystemExit, match="--train"):
+        search.main(common)  # nothing trained yet: says what to run
+    assert search.main([*common, "--train", "--recipes", "ours", "cw1"]) == 0
+    frames = workfolder.read_csv(out / search.PROBABILITIES, dtype={"path": str, "group": str, "source": str})
+    assert set(frames.recipe) == {"ours", "cw1"} and set(frames.split) == {"val", "test"}
+    tests = frames[(frames.recipe == "ours") & (frames.split == "test")]
+    for _, faces in frames[frames.recipe == "ours"].groupby("fold"):  # the inner split: other people
+        assert not set(faces[faces.split == "val"].group) & set(faces[faces.split == "test"].group)
+    assert tests.path.is_unique and tests.fold.nunique() == 2
+    probs = np.exp(frames[search.log_columns("flip")].to_numpy())
+    assert np.allclose(probs.sum(axis=1), 1, atol=0.02)  # the mirror view's probabilities, stored as logs
+    runs = json.loads((out / search.TRAININGS).read_text())
+    assert set(runs["trainings"]["cw1"]) == {"1", "2"} and runs["trainings"]["cw1"]["1"]["config"][
+        "class_weight"] == 1.0
+    assert search.main([*common, "--train", "--recipes", "ours"]) == 0  # stored already: nothing trained again
+    assert len(workfolder.read_csv(out / search.PROBABILITIES)) == len(frames)
+    committed = json.loads((workfolder.REPO_ROOT / "benchmarks" / "results" / "compare.json").read_text())
+    committed["protocol"] |= {"folds": 2, "seed": 42}  # as if compare.py had run these folds
+    (out / "compare.json").write_text(json.dumps(committed))
+    assert search.main(common) == 0
+    report = json.loads((out / "recipe_search.json").read_text())
+    merged = json.loads((out / "compare.json").read_text())["recipe_search"]  # the paired result, in compare.json
+    assert merged["chosen_minus_ours"] == report["result"]["paired"] and merged["verdict"] == report["verdict"]
+    assert "Nested recipe search" in (out / "compare.md").read_text()
+    table = pd.DataFrame(report["recipe_table"])
+    assert len(table) == 2 * len(search.candidates(["ours", "cw1"]))  # every candidate, every fold
+    for fold, rows in table.groupby("fold"):
+        assert rows.chosen.sum() == 1
+        pick = rows[rows.chosen].iloc[0]
+        default = rows[rows.candidate == search.candidate_name(*search.DEFAULT)].iloc[0]
+        assert pick.accuracy >= default.accuracy - 0.01 - 1e-9
+        eligible = rows[rows.accuracy >= default.accuracy - 0.01 - 1e-9]
+        best = ((eligible.macro_f1 + eligible.balanced_accuracy) / 2).max()
+        assert (pick.macro_f1 + pick.balanced_accuracy) / 2 == pytest.approx(best)
+        assert report["choice"]["chosen_per_fold"][str(fold)] == pick.candidate
+    result = report["result"]
+    assert result["n"] == len(tests)
+    for m in search.METRICS:
+        d = result["paired"][m]
+        assert d["ci_low"] <= d["value"] <= d["ci_high"]
+        assert d["value"] == pytest.approx(result["pooled"]["chosen"][m]["value"]
+                                           - result["pooled"]["default"][m]["value"], abs=2e-4)
+    assert "The recipe table" in (out / "recipe_search.md").read_text()
+
+
+def _tiny_config(search):
+    return search.training.TrainConfig(head_epochs=1, epochs=1, batch_size=16)
+
+
+def test_the_recipe_search_decides_with_the_logit_adjustment():
+    """``tau`` lowers each emotion's logit by tau · log(its training share): a face the model finds almost as
+    likely to be contempt as happiness becomes contempt once the rarity is counted; tau 0 keeps the argmax."""
+    search = _load("recipe_search")
+    probs = np.full(len(EMOTIONS), 0.01)
+    probs[EMOTIONS.index("happiness")], probs[EMOTIONS.index("contempt")] = 0.5, 0.3
+    frame = pd.DataFrame([np.log(probs / probs.sum())] * 2, columns=search.log_columns("none"))
+    frame[search.log_columns("flip")] = frame[search.log_columns("none")].to_numpy()
+    counts = {e: 100 for e in EMOTIONS} | {"happiness": 5000, "contempt": 5}
+    prior = search.prior_of(counts)
+    assert set(search.decide(frame, "none", 0.0, prior)) == {EMOTIONS.index("happiness")}
+    assert set(search.decide(frame, "flip", 0.5, prior)) == {EMOTIONS.index("contempt")}

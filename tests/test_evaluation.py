@@ -237,3 +237,28 @@ def test_the_committed_learning_curve_is_read_and_drawn(tmp_path):
     plt.close("all")
     with pytest.raises(FileNotFoundError, match="learning_curve.py"):
         evaluation.read_learning_curve(tmp_path / "learning_curve.json")
+
+
+def test_the_committed_recipe_search_is_read_summarised_and_drawn(tmp_path):
+    """Notebook 06's recipe-search section: the table averages each candidate's inner scores over the folds and
+    counts its choices as the per-fold record says; the summary's paired row is the JSON's; the figure draws
+    one line per (recipe, test-time augmentation) on each panel."""
+    import matplotlib.pyplot as plt
+
+    search = evaluation.read_recipe_search()
+    rows = pd.DataFrame(search["recipe_table"])
+    table = evaluation.recipe_table(search)
+    assert len(table) == rows.candidate.nunique() and table.chosen_folds.sum() == rows.fold.nunique()
+    for fold, name in search["choice"]["chosen_per_fold"].items():
+        assert rows[(rows.fold == int(fold)) & rows.chosen].candidate.tolist() == [name]
+    first = rows.candidate.iloc[0]
+    assert table.iloc[0].macro_f1 == pytest.approx(rows[rows.candidate == first].macro_f1.mean(), abs=1e-3)
+    summary = evaluation.recipe_search_summary(search)
+    paired = search["result"]["paired"]["macro_f1"]
+    assert summary.loc["chosen − default (paired)", "macro_f1"].startswith(f"{paired['value']:+.3f}")
+    fig = evaluation.plot_recipe_search(search)
+    lines = rows.candidate.str.extract(r"^([^,]+, tta \w+)")[0].nunique()
+    assert len(fig.axes[1].lines) == lines and len(fig.axes[0].lines) == lines + 1  # and the accuracy floor
+    plt.close("all")
+    with pytest.raises(FileNotFoundError, match="recipe_search.py"):
+        evaluation.read_recipe_search(tmp_path / "recipe_search.json")

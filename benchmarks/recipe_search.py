@@ -1,0 +1,393 @@
+"""Nested recipe search: each outer fold chooses a recipe on its own validation people only, and only the chosen
+recipe (beside today's default) is scored on that fold's test people.
+
+    python benchmarks/recipe_search.py --train [--recipes ours cw1] [--work-dir DIR]   # trains; stores probabilities
+    python benchmarks/recipe_search.py                                                 # the search (no training)
+
+Protocol. ``compare.py``'s five person-disjoint outer folds (the same ``--seed``, so the same faces). Inside each,
+the validation people (about 1/8 of the fold's other people, carved by person) are the inner split: every
+training recipe keeps its best epoch there (``training.train``, as the chain does), and every candidate below
+is scored there. A fold's test people are never used to choose.
+
+Candidates: a training recipe (``RECIPES``, trained by ``training.train`` and predicted as
+``evaluation.predict_split`` predicts) × a test-time augmentation (``none``, or ``flip``: each face averaged with
+its mirror image, ``models.with_tta``) × a logit adjustment ``tau`` (Menon et al., "Long-tail learning via logit
+adjustment", ICLR 2021): before the softmax, ``tau · log(training share of the emotion)`` is subtracted from each
+emotion's logit, so a rare emotion needs less evidence to be chosen. ``tau = 0`` is the model as trained. It is
+the same as lowering the last Dense layer's bias by that amount, so a chosen ``tau`` can be written into the model
+(no change to prediction, the demo page or the export).
+
+The rule, fixed before any run: the candidate with the highest mean of inner macro-F1 and inner balanced accuracy,
+among those whose inner accuracy is at least today's default's minus ``--accuracy-slack`` (0.01); a tie goes to the
+earlier candidate (the simpler one: fewer changes to the default).
+
+``--train`` writes ``recipe_search_probabilities.csv.gz`` (every validation and test face of every fold and recipe:
+person, source, true emotion, log-probabilities of both views) and ``recipe_search_trainings.json`` (training
+seconds, kept epoch and training faces per emotion of each fold and recipe); a later ``--train`` adds the pairs
+(recipe, fold) not yet stored. The search reads them and writes ``recipe_search.json`` / ``.md``: every candidate's
+inner scores per fold (the recipe table), the choice per fold, the chosen recipes' pooled test figures beside
+today's default's, and their paired difference on the same faces, per metric and per emotion's F1, with
+person-bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fer_utils import EMOTIONS, data, evaluation, folders, pipelines, training, workfolder
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROBABILITIES = "recipe_search_probabilities.csv.gz"
+TRAININGS = "recipe_search_trainings.json"
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
+#: Training recipes: the changes to the chain's defaults (``training.TrainConfig()``).
+RECIPES = {"ours": {},  # today's default: class weights (N / (K n_c)) ** 0.5
+           "cw1": {"class_weight": 1.0},  # fully balanced class weights: the class-weight power 1 instead of 0.5
+           "cw0": {"class_weight": None}}  # no class weights (power 0)
+TTAS = ("none", "flip")
+#: First {0, 0.25, 0.5, 0.75, 1}; 0.05-0.2 added after fold 1's validation scores put 0.25 below the accuracy floor.
+TAUS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 0.75, 1.0)
+DEFAULT = ("ours", "none", 0.0)
+FLOOR = -40.0  # log-probabilities are stored rounded, from here up
+
+
+def candidate_name(recipe: str, tta: str, tau: float) -> str:
+    return f"{recipe}, tta {tta}, tau {tau:g}"
+
+
+def candidates(recipes) -> list[tuple[str, str, float]]:
+    """Every candidate, the default first and simpler ones before others."""
+    return [(r, t, tau) for r in recipes for t in TTAS for tau in TAUS]
+
+
+# --------------------------------------------------------------------------------------------------
+# Training (``--train``)
+# --------------------------------------------------------------------------------------------------
+
+
+def views(model, work: Path, split: str, record) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The faces of a split as ``evaluation.predict_split`` reads them: relative paths, and the probabilities
+    of each face and of its mirror image (``with_tta(..., "flip")`` is their mean)."""
+    ds, files = pipelines.directory_dataset(work, split, record.image_size, record.color_mode, record.interpolation)
+    plain, mirror = [], []
+    for batch in ds.map(lambda x, y: x).batch(256).as_numpy_iterator():
+        plain.append(np.asarray(model.predict_on_batch(batch), np.float32))
+        mirror.append(np.asarray(model.predict_on_batch(batch[:, :, ::-1]), np.float32))
+    rel = [Path(f).relative_to(work).as_posix() for f in map(Path, files)]
+    return rel, np.concatenate(plain), np.concatenate(mirror)
+
+
+def log_columns(view: str) -> list[str]:
+    return [f"{view}_{e}" for e in EMOTIONS]
+
+
+def base_config() -> training.TrainConfig:
+    """The chain's defaults, which every recipe changes."""
+    return training.TrainConfig()
+
+
+def train_recipe(work: Path, fold: int, recipe: str, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Train one recipe on one fold; its validation and test faces with both views' log-probabilities."""
+    config = base_config().replace(**RECIPES[recipe], seed=seed)
+    result = training.train(config, work, write=False, show_progress=False)
+    manifest = folders.load_manifest(work).set_index("path")
+    frames = []
+    for split in ("val", "test"):
+        paths, plain, mirror = views(result.model, work, split, result.model_record)
+        frame = pd.DataFrame({"recipe": recipe, "fold": fold, "split": split, "path": paths,
+                              "group": manifest.loc[paths, "group"].astype(str).to_numpy(),
+                              "source": manifest.loc[paths, "source"].astype(str).to_numpy(),
+                              "y_true": [EMOTIONS.index(Path(p).parent.name) for p in paths]})
+        for view, probs in (("none", plain), ("flip", mirror)):
+            logs = np.maximum(np.log(np.maximum(probs, 1e-30)), FLOOR).round(3)
+            frame = pd.concat([frame, pd.DataFrame(logs, columns=log_columns(view))], axis=1)
+        frames.append(frame)
+    counts = pipelines.split_counts(work)["train"].reindex(list(EMOTIONS)).fillna(0).astype(int)
+    rec = result.record
+    return pd.concat(frames, ignore_index=True), {
+        "train_seconds": rec["train_seconds"], "best_epoch": rec["best_epoch"],
+        "train_counts": {e: int(counts[e]) for e in EMOTIONS}, "config": config.to_dict()}
+
+
+def train_all(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prob_path, runs_path = out / PROBABILITIES, out / TRAININGS
+    stored = workfolder.read_csv(prob_path, dtype={"path": str, "group": str, "source": str}) \
+        if prob_path.exists() else None
+    runs = json.loads(runs_path.read_text()) if runs_path.exists() else {
+        "protocol": {"folds": args.folds, "seed": args.seed}, "trainings": {}}
+    if (runs["protocol"]["folds"], runs["protocol"]["seed"]) != (args.folds, args.seed):
+        raise SystemExit(f"error: {runs_path} holds folds {runs['protocol']['folds']}, seed "
+                         f"{runs['protocol']['seed']}; run with those, or write to another --out")
+    todo = [(r, i) for r in args.recipes for i in range(1, args.folds + 1)
+            if str(i) not in runs["trainings"].get(r, {})]
+    if not todo:
+        print("every (recipe, fold) asked for is stored already")
+        return 0
+    import compare  # the same folds as compare.py (this folder is on sys.path when run as a script)
+
+    dataset = data.get_dataset(args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="fer-recipes-") as tmp:
+        base = Path(args.work_dir or tmp)
+        works = compare.make_folds(dataset, base, args.folds, args.seed)
+        runs["dataset"] = {"legend_sha256": dataset.legend_sha256, "pinned_upstream": dataset.is_pinned_upstream}
+        for recipe, fold in todo:
+            t0 = time.perf_counter()
+            frame, info = train_recipe(works[fold - 1], fold, recipe, args.seed)
+            stored = frame if stored is None else pd.concat([stored, frame], ignore_index=True)
+            runs["trainings"].setdefault(recipe, {})[str(fold)] = info
+            workfolder.write_csv(stored, prob_path)  # after every training: an interrupted search keeps its work
+            workfolder.write_record(runs_path, runs)
+            test = frame[frame.split == "test"]
+            acc = float((test[log_columns("none")].to_numpy().argmax(1) == test.y_true).mean())
+            print(f"{recipe} fold {fold}/{args.folds}: trained in {info['train_seconds']:.0f} s "
+                  f"({time.perf_counter() - t0:.0f} s in all), test accuracy {acc:.3f}", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The search (no training)
+# --------------------------------------------------------------------------------------------------
+
+
+def decide(frame: pd.DataFrame, tta: str, tau: float, prior: np.ndarray) -> np.ndarray:
+    """Predicted emotions of ``frame``'s faces under a test-time augmentation and a logit adjustment ``tau``:
+    each view's softmax(log p − tau · log prior), averaged over the views, then the most probable emotion."""
+    shift = tau * np.log(prior)
+    probs = 0
+    for view in ("none", "flip") if tta == "flip" else ("none",):
+        z = frame[log_columns(view)].to_numpy(np.float64) - shift
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        probs = probs + z / z.sum(axis=1, keepdims=True)
+    return np.asarray(probs).argmax(axis=1)
+
+
+def score(y_true, y_pred) -> dict:
+    return {m: float(evaluation.metric_function(m)(y_true, y_pred)) for m in METRICS}
+
+
+def prior_of(counts: dict) -> np.ndarray:
+    """Training share of each emotion (an emotion with no training face counts as half a face)."""
+    n = np.array([max(counts[e], 0.5) for e in EMOTIONS], dtype=np.float64)
+    return n / n.sum()
+
+
+def choose(table: pd.DataFrame, slack: float) -> tuple[str, dict]:
+    """The rule: best mean of inner macro-F1 and balanced accuracy among candidates whose inner accuracy is at
+    least the default's minus ``slack``; ties to the earlier row."""
+    default = table.loc[candidate_name(*DEFAULT)]
+    eligible = table[table.accuracy >= default.accuracy - slack - 1e-12]
+    criterion = (eligible.macro_f1 + eligible.balanced_accuracy) / 2
+    return criterion.idxmax(), {"criterion": "mean of inner macro-F1 and balanced accuracy",
+                                "accuracy_floor": round(float(default.accuracy - slack), 4)}
+
+
+def search(frames: pd.DataFrame, trainings: dict, slack: float) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """Per fold, every candidate's inner (validation) scores and the choice; the chosen and the default
+    candidates' test predictions, pooled over folds."""
+    recipes = [r for r in RECIPES if r in trainings]
+    folds = sorted({int(f) for f in trainings[DEFAULT[0]]})
+    for r in recipes:
+        if sorted(int(f) for f in trainings[r]) != folds:
+            raise SystemExit(f"error: recipe {r} is stored for folds {sorted(trainings[r])}, the default for "
+                             f"{folds}; train it on every fold (--train --recipes {r}) or leave it out")
+    rows, chosen, tests = [], {}, []
+    for fold in folds:
+        inner = {}
+        for recipe, tta, tau in candidates(recipes):
+            prior = prior_of(trainings[recipe][str(fold)]["train_counts"])
+            val = frames[(frames.recipe == recipe) & (frames.fold == fold) & (frames.split == "val")]
+            inner[candidate_name(recipe, tta, tau)] = score(val.y_true.to_numpy(), decide(val, tta, tau, prior))
+        table = pd.DataFrame(inner).T
+        pick, rule = choose(table, slack)
+        chosen[fold] = pick
+        for name, s in inner.items():
+            rows.append({"fold": fold, "candidate": name, **{m: round(v, 4) for m, v in s.items()},
+                         "eligible": bool(s["accuracy"] >= rule["accuracy_floor"] - 1e-12), "chosen": name == pick})
+        for role, name in (("default", candidate_name(*DEFAULT)), ("chosen", pick)):
+            recipe, tta, tau = next(c for c in candidates(recipes) if candidate_name(*c) == name)
+            prior = prior_of(trainings[recipe][str(fold)]["train_counts"])
+            test = frames[(frames.recipe == recipe) & (frames.fold == fold) & (frames.split == "test")]
+            tests.append(test[["fold", "path", "group", "source", "y_true"]].assign(
+                role=role, candidate=name, y_pred=decide(test, tta, tau, prior)))
+    return pd.DataFrame(rows), {"chosen_per_fold": chosen, **rule}, pd.concat(tests, ignore_index=True)
+
+
+def _ci(samples) -> list[float]:
+    return [round(float(np.quantile(samples, 0.025)), 4), round(float(np.quantile(samples, 0.975)), 4)]
+
+
+def pooled_report(tests: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """Pooled test figures of the default and of the chosen candidates, and chosen − default on the same faces
+    (per metric and per emotion's F1), with person-bootstrap intervals."""
+    a = tests[tests.role == "chosen"].reset_index(drop=True)
+    b = tests[tests.role == "default"].set_index(["fold", "path"]).loc[list(zip(a.fold, a.path))].reset_index()
+    y, groups = a.y_true.to_numpy(), a.group.astype(str).to_numpy()
+    out = {"n": int(len(a)), "n_people": int(a.group.nunique()), "pooled": {}, "paired": {}, "paired_f1": {}}
+    for role, frame in (("default", b), ("chosen", a)):
+        samples, _ = evaluation.bootstrap_samples(y, frame.y_pred.to_numpy(), METRICS, groups, n_boot, seed)
+        out["pooled"][role] = {m: {"value": round(score(y, frame.y_pred.to_numpy())[m], 4), "ci": _ci(samples[m]),
+                                   "per_fold": [round(score(f.y_true.to_numpy(), f.y_pred.to_numpy())[m], 4)
+                                                for _, f in frame.groupby("fold")]} for m in METRICS}
+        out["pooled"][role]["per_source_accuracy"] = {
+            s: round(float((g.y_true == g.y_pred).mean()), 4) for s, g in frame.groupby("source")}
+        report = evaluation.compute_metrics(y, frame.y_pred.to_numpy())
+        out["pooled"][role]["f1_per_emotion"] = {e: round(c["f1"], 3) for e, c in report["per_class"].items()}
+    per_emotion = {e: evaluation.metric_function("macro_f1", [k]) for k, e in enumerate(EMOTIONS)}
+    for key, named in (("paired", {m: m for m in METRICS}), ("paired_f1", per_emotion)):
+        for name, metric in named.items():
+            d = evaluation.paired_difference_ci(y, a.y_pred.to_numpy(), b.y_pred.to_numpy(), metric, groups=groups,
+                                                n=n_boot, seed=seed)
+            out[key][name] = {k: round(v, 4) for k, v in d.items()}
+    return out
+
+
+def markdown(report: dict, table: pd.DataFrame) -> str:
+    info, res = report["trained_on"], report["result"]
+    lines = [f"Trained on: {info['processor']}, {info['cpu_count']} cores; TensorFlow {info.get('tensorflow')}, "
+             f"Keras {info.get('keras')} ({report['trainings_written_at']}).",
+             f"Protocol: {report['protocol']['folds']} person-disjoint outer folds (compare.py's, seed "
+             f"{report['protocol']['seed']}); each chooses on its own validation people only. Rule: "
+             f"{report['rule']['criterion']}, among candidates with inner accuracy ≥ the default's − "
+             f"{report['rule']['accuracy_slack']}. Intervals: person bootstrap, 95 %.", "",
+             "Chosen per fold: " + "; ".join(f"fold {f}: `{c}`" for f, c in report["choice"][
+                 "chosen_per_fold"].items()) + ". " + report["verdict"], "",
+             "Outer test faces, pooled over the folds:", "",
+             "| | accuracy | macro-F1 | balanced accuracy |", "|---|---|---|---|"]
+    for role, label in (("default", "today's default (`ours, tta none, tau 0`)"), ("chosen", "the chosen recipes")):
+        r = res["pooled"][role]
+        lines.append(f"| {label} | " + " | ".join(f"{r[m]['value']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}]"
+                                                 for m in METRICS) + " |")
+    lines.append("| chosen − default, paired | " + " | ".join(
+        f"{res['paired'][m]['value']:+.3f} [{res['paired'][m]['ci_low']:+.3f}, {res['paired'][m]['ci_high']:+.3f}]"
+        for m in METRICS) + " |")
+    lines += ["", "Per-emotion F1 (pooled) and the paired difference:", "",
+              "| emotion | default | chosen | chosen − default |", "|---|---|---|---|"]
+    for e in EMOTIONS:
+        d = res["paired_f1"][e]
+        lines.append(f"| {e} | {res['pooled']['default']['f1_per_emotion'][e]:.2f} | "
+                     f"{res['pooled']['chosen']['f1_per_emotion'][e]:.2f} | {d['value']:+.3f} "
+                     f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |")
+    lines += ["", "Accuracy per source: " + "; ".join(
+        f"{s} {res['pooled']['default']['per_source_accuracy'][s]:.3f} → "
+        f"{res['pooled']['chosen']['per_source_accuracy'][s]:.3f}" for s in res["pooled"]["default"][
+            "per_source_accuracy"]) + ".", "",
+              "Training seconds per fold: " + "; ".join(
+                  f"`{r}` " + ", ".join(f"{v:.0f}" for v in s) for r, s in report["train_seconds"].items()) + ".",
+              "", "The recipe table: every candidate's inner (validation) scores, fold by fold "
+              "(✓ chosen; – below the accuracy floor):", "",
+              "| candidate | " + " | ".join(f"fold {f} acc / F1 / bal" for f in sorted(table.fold.unique())) + " |",
+              "|---|" + "---|" * table.fold.nunique()]
+    for name, rows in table.groupby("candidate", sort=False):
+        cells = [f"{r.accuracy:.3f} / {r.macro_f1:.3f} / {r.balanced_accuracy:.3f}"
+                 + (" ✓" if r.chosen else "" if r.eligible else " –") for r in rows.itertuples()]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict(report: dict) -> str:
+    """Whether the chosen recipes beat today's default by the issue's bar: paired intervals above 0 on
+    macro-F1 and balanced accuracy, and not wholly below 0 on accuracy."""
+    paired = report["result"]["paired"]
+    chosen = set(report["choice"]["chosen_per_fold"].values())
+    if chosen == {candidate_name(*DEFAULT)}:
+        return "Every fold chose today's default: the default stays."
+    wins = paired["macro_f1"]["ci_low"] > 0 and paired["balanced_accuracy"]["ci_low"] > 0 \
+        and paired["accuracy"]["ci_high"] >= 0
+    return ("The chosen recipes beat today's default (paired intervals above 0 on macro-F1 and balanced "
+            "accuracy, accuracy not below)." if wins else
+            "The chosen recipes do not beat today's default by the bar (paired intervals above 0 on macro-F1 and "
+            "balanced accuracy, accuracy not below): the default stays.")
+
+
+def into_compare(out: Path, report: dict) -> None:
+    """Put the search's paired result into ``compare.json`` / ``compare.md`` beside the other configurations
+    (they pair on the same faces: ``compare.py``'s folds and seed)."""
+    import compare
+
+    path = out / "compare.json"
+    main_report = json.loads(path.read_text())
+    if (main_report["protocol"]["folds"], main_report["protocol"]["seed"]) != (
+            report["protocol"]["folds"], report["protocol"]["seed"]):
+        print(f"note: {path.name} ran other folds or another seed; the search's result is not merged into it")
+        return
+    result = report["result"]
+    main_report["recipe_search"] = {
+        "file": "recipe_search.json", "written_at": report["written_at"],
+        "chosen_per_fold": report["choice"]["chosen_per_fold"], "verdict": report["verdict"],
+        "ours_retrained": "today's default trained again in the search (same folds and seed) and paired with "
+                          "the chosen recipes of that same run",
+        "chosen_minus_ours": result["paired"], "chosen_minus_ours_f1_per_emotion": result["paired_f1"]}
+    workfolder.write_record(path, main_report, stamp=False)
+    (out / "compare.md").write_text(compare.markdown_report(main_report))
+
+
+def search_all(args) -> int:
+    out = Path(args.out)
+    prob_path, runs_path = out / PROBABILITIES, out / TRAININGS
+    if not prob_path.exists() or not runs_path.exists():
+        raise SystemExit(f"error: no stored trainings in {out} ({PROBABILITIES}, {TRAININGS}); "
+                         "run `python benchmarks/recipe_search.py --train` first")
+    runs = json.loads(runs_path.read_text())
+    if DEFAULT[0] not in runs["trainings"]:
+        raise SystemExit(f"error: {runs_path.name} has no `{DEFAULT[0]}` (today's default) to compare with; "
+                         f"run --train --recipes {DEFAULT[0]}")
+    frames = workfolder.read_csv(prob_path, dtype={"path": str, "group": str, "source": str})
+    table, choice, tests = search(frames, runs["trainings"], args.accuracy_slack)
+    result = pooled_report(tests, args.n_boot, args.seed)
+    report = {"protocol": {**runs["protocol"], "inner_split": "each outer fold's validation people",
+                           "interval": "person bootstrap, 95 %", "n_boot": args.n_boot,
+                           "ci_method": evaluation.CI_METHOD},
+              "dataset": runs.get("dataset"), "trained_on": runs["machine"],
+              "trainings_written_at": runs["written_at"],
+              "rule": {"criterion": choice["criterion"], "accuracy_slack": args.accuracy_slack,
+                       "ties": "the earlier candidate"},
+              "recipes": {r: RECIPES[r] for r in runs["trainings"] if r in RECIPES}, "ttas": list(TTAS),
+              "taus": list(TAUS), "choice": {"chosen_per_fold": {str(k): v for k, v in
+                                                                   choice["chosen_per_fold"].items()}},
+              "train_seconds": {r: [v["train_seconds"] for _, v in sorted(runs["trainings"][r].items())]
+                                for r in runs["trainings"]},
+              "result": result, "recipe_table": table.to_dict(orient="records"),
+              "command": "python benchmarks/recipe_search.py " + " ".join(sys.argv[1:])}
+    report["verdict"] = verdict(report)
+    workfolder.write_record(out / "recipe_search.json", report)
+    report = json.loads((out / "recipe_search.json").read_text())
+    if (out / "compare.json").exists():
+        into_compare(out, report)
+    text = markdown(report, table)
+    (out / "recipe_search.md").write_text(text)
+    print(text)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", action="store_true", help="train the recipes on the folds (stores their "
+                        "validation and test probabilities); without it, only the search (no training)")
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["ours", "cw1"],
+                        help="training recipes to train (with --train)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--data-dir", help="dataset root (default: $FER_DATA_DIR, else the download cache)")
+    parser.add_argument("--work-dir", help="scratch folder for the folds (default: a temporary one, removed)")
+    parser.add_argument("--accuracy-slack", type=float, default=0.01,
+                        help="eligible candidates keep inner accuracy ≥ the default's minus this")
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--out", default=str(RESULTS), help="where the stored trainings and the report are")
+    args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error("--folds must be at least 2 (outer folds)")
+    return train_all(args) if args.train else search_all(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
