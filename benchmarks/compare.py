@@ -455,7 +455,8 @@ def markdown_report(report: dict) -> str:
     if search:
         lines += ["", f"Nested recipe search (`{search['file']}`, {search['written_at']}): each outer fold chose "
                   "on its own validation people; " + "; ".join(f"fold {f}: `{c}`" for f, c in search[
-                      "chosen_per_fold"].items()) + f". {search['verdict']}", "",
+                      "chosen_per_fold"].items()) + f". {search['verdict']} `ours` here is {search['ours_retrained']}.",
+                  "",
                   "| chosen − ours (paired, same faces) | accuracy | macro-F1 | balanced accuracy |",
                   "|---|---|---|---|", "| all emotions | " + " | ".join(
                       f"{search['chosen_minus_ours'][m]['value']:+.3f} [{search['chosen_minus_ours'][m]['ci_low']:+.3f}"
