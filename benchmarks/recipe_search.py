@@ -357,6 +357,9 @@ def search_all(args) -> int:
                          "(recipe, fold) again with --train, or remove the file's duplicate rows")
     table, choice, tests = search(frames, runs["trainings"], args.accuracy_slack)
     result = pooled_report(tests, args.n_boot, args.seed)
+    val = frames[(frames.recipe == DEFAULT[0]) & (frames.split == "val")]
+    validation_faces = {str(f): {"faces": int(len(g)), "per_emotion": {
+        e: int((g.y_true == k).sum()) for k, e in enumerate(EMOTIONS)}} for f, g in val.groupby("fold")}
     report = {"protocol": {**runs["protocol"], "inner_split": "each outer fold's validation people",
                            "interval": "person bootstrap, 95 %", "n_boot": args.n_boot,
                            "ci_method": evaluation.CI_METHOD},
@@ -369,6 +372,7 @@ def search_all(args) -> int:
                                                                    choice["chosen_per_fold"].items()}},
               "train_seconds": {r: [v["train_seconds"] for _, v in sorted(runs["trainings"][r].items())]
                                 for r in runs["trainings"]},
+              "validation_faces": validation_faces,
               "result": result, "recipe_table": table.to_dict(orient="records"),
               "command": " ".join(["python benchmarks/recipe_search.py", *sys.argv[1:]])}
     report["verdict"] = verdict(report)
