@@ -209,12 +209,13 @@ def search(frames: pd.DataFrame, trainings: dict, slack: float) -> tuple[pd.Data
         if sorted(int(f) for f in trainings[r]) != folds:
             raise SystemExit(f"error: recipe {r} is stored for folds {sorted(trainings[r])}, the default for "
                              f"{folds}; train it on every fold (--train --recipes {r}) or leave it out")
+    parts = dict(iter(frames.groupby(["recipe", "fold", "split"])))  # each (recipe, fold, split) filtered once
     rows, chosen, tests = [], {}, []
     for fold in folds:
         inner = {}
         for recipe, tta, tau in candidates(recipes):
             prior = prior_of(trainings[recipe][str(fold)]["train_counts"])
-            val = frames[(frames.recipe == recipe) & (frames.fold == fold) & (frames.split == "val")]
+            val = parts[(recipe, fold, "val")]
             inner[candidate_name(recipe, tta, tau)] = score(val.y_true.to_numpy(), decide(val, tta, tau, prior))
         table = pd.DataFrame(inner).T
         pick, rule = choose(table, slack)
@@ -225,7 +226,7 @@ def search(frames: pd.DataFrame, trainings: dict, slack: float) -> tuple[pd.Data
         for role, name in (("default", candidate_name(*DEFAULT)), ("chosen", pick)):
             recipe, tta, tau = next(c for c in candidates(recipes) if candidate_name(*c) == name)
             prior = prior_of(trainings[recipe][str(fold)]["train_counts"])
-            test = frames[(frames.recipe == recipe) & (frames.fold == fold) & (frames.split == "test")]
+            test = parts[(recipe, fold, "test")]
             tests.append(test[["fold", "path", "group", "source", "y_true"]].assign(
                 role=role, candidate=name, y_pred=decide(test, tta, tau, prior)))
     return pd.DataFrame(rows), {"chosen_per_fold": chosen, "criterion": rule["criterion"]}, \
@@ -238,7 +239,10 @@ def _ci(samples) -> list[float]:
 
 def pooled_report(tests: pd.DataFrame, n_boot: int, seed: int) -> dict:
     """Pooled test figures of the default and of the chosen candidates, and chosen − default on the same faces
-    (per metric and per emotion's F1), with person-bootstrap intervals."""
+    (per metric and per emotion's F1; ``compare.paired``, matched by fold and face), with person-bootstrap
+    intervals."""
+    import compare
+
     a = tests[tests.role == "chosen"].reset_index(drop=True)
     b = tests[tests.role == "default"].set_index(["fold", "path"]).loc[list(zip(a.fold, a.path))].reset_index()
     y, groups = a.y_true.to_numpy(), a.group.astype(str).to_numpy()
@@ -252,12 +256,9 @@ def pooled_report(tests: pd.DataFrame, n_boot: int, seed: int) -> dict:
             s: round(float((g.y_true == g.y_pred).mean()), 4) for s, g in frame.groupby("source")}
         report = evaluation.compute_metrics(y, frame.y_pred.to_numpy())
         out["pooled"][role]["f1_per_emotion"] = {e: round(c["f1"], 3) for e, c in report["per_class"].items()}
-    per_emotion = {e: evaluation.metric_function("macro_f1", [k]) for k, e in enumerate(EMOTIONS)}
-    for key, named in (("paired", {m: m for m in METRICS}), ("paired_f1", per_emotion)):
-        for name, metric in named.items():
-            d = evaluation.paired_difference_ci(y, a.y_pred.to_numpy(), b.y_pred.to_numpy(), metric, groups=groups,
-                                                n=n_boot, seed=seed)
-            out[key][name] = {k: round(v, 4) for k, v in d.items()}
+    boot = argparse.Namespace(n_boot=n_boot, seed=seed)
+    out["paired"] = compare.paired(a, b, boot, METRICS)
+    out["paired_f1"] = compare.paired(a, b, boot, compare.EMOTION_F1)
     return out
 
 

@@ -304,11 +304,12 @@ def _search_frames(search, rng, faces: int = 400) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def test_the_recipe_search_never_looks_at_the_test_faces_to_choose():
+def test_the_recipe_search_never_looks_at_the_test_faces_to_choose(monkeypatch):
     """On hand-made probabilities where counting the rarity finds a rare emotion, every fold chooses an adjusted
     candidate and the pooled test figures show the gain; scrambling the test faces' probabilities changes no
     choice and no validation score; shuffling the rows changes no paired figure (pairing is by face)."""
     search = _load("recipe_search")
+    monkeypatch.syspath_prepend(str(workfolder.REPO_ROOT / "benchmarks"))  # it pairs with compare.py's `paired`
     rng = np.random.default_rng(0)
     frames = _search_frames(search, rng)
     counts = {e: 10 for e in EMOTIONS} | {"neutral": 900, "fear": 100}
