@@ -302,10 +302,6 @@ def matmul_gflops(dtype: str, n: int = 2048, seconds: float = 3.0) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def _score(y_true, y_pred) -> dict:
-    return {m: evaluation.metric_function(m)(y_true, y_pred) for m in METRICS}
-
-
 def pool(runs: list[dict], people: list[pd.DataFrame], train_counts: list[pd.Series], args) -> dict:
     """Pooled out-of-fold figures of one configuration (``runs``: one per fold)."""
     frames = []
@@ -316,10 +312,9 @@ def pool(runs: list[dict], people: list[pd.DataFrame], train_counts: list[pd.Ser
     y, p = allp.y_true.to_numpy(), allp.y_pred.to_numpy()
     samples, redrawn = evaluation.bootstrap_samples(y, p, METRICS, allp["group"].astype(str).to_numpy(),
                                                     args.n_boot, args.seed)
-    pooled = _score(y, p)
-    per_fold = [_score(f.y_true.to_numpy(), f.y_pred.to_numpy()) for f in frames]
-    cv = {m: {"value": round(pooled[m], 4), "ci_low": round(float(np.quantile(samples[m], 0.025)), 4),
-              "ci_high": round(float(np.quantile(samples[m], 0.975)), 4),
+    pooled = evaluation.scores(y, p, METRICS)
+    per_fold = [evaluation.scores(f.y_true.to_numpy(), f.y_pred.to_numpy(), METRICS) for f in frames]
+    cv = {m: {"value": round(pooled[m], 4), **dict(zip(("ci_low", "ci_high"), evaluation.ci95(samples[m]))),
               "per_fold": [round(f[m], 4) for f in per_fold]} for m in METRICS}
     report = evaluation.compute_metrics(y, p)
     train_mean = pd.concat(train_counts, axis=1).mean(axis=1)

@@ -85,10 +85,6 @@ def _at(fn, j: int):
     return lambda y_true, pred: fn(y_true, pred[:, j])
 
 
-def _ci95(values) -> list[float]:
-    return [round(float(q), 4) for q in np.quantile(values, [0.025, 0.975])]
-
-
 def fit_log_line(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares ``y = a + b ln(x)`` along the last axis of ``y`` (one line per row)."""
     lx = np.log(x)
@@ -118,7 +114,7 @@ def share_right_ci(g: pd.DataFrame, pred: str, args) -> list[float | None]:
         return [None, None]
     samples, _ = evaluation.bootstrap_samples(g.y_true.to_numpy(), g[pred].to_numpy(), ("accuracy",),
                                               g.group.to_numpy(), args.n_boot, args.seed, same_classes=False)
-    return _ci95(samples["accuracy"])
+    return evaluation.ci95(samples["accuracy"])
 
 
 def source_table(frame: pd.DataFrame, pred: str, args) -> dict:
@@ -190,14 +186,14 @@ def analyse(files: list[Path], args) -> dict:
         row = {"faces": int(totals.faces.get(k, 0)), "people": int(totals.people.get(k, 0)),
                "train_faces_mean": [round(float(t), 1) for t in train],
                "f1": [round(float(v), 4) for v in f1],
-               "f1_ci": [_ci95(boot[:, j]) for j in range(len(points))]}
+               "f1_ci": [evaluation.ci95(boot[:, j]) for j in range(len(points))]}
         if (train > 0).all():
             a, b = fit_log_line(train, f1)
             boot_a, boot_b = fit_log_line(train, boot)
             need, boot_need = float(faces_needed(a, b, args.target)), faces_needed(boot_a, boot_b, args.target)
             per_person = row["faces"] / max(row["people"], 1)
             row.update(f1_per_doubling=round(float(b * np.log(2)), 4),
-                       f1_per_doubling_ci=_ci95(boot_b * np.log(2)),
+                       f1_per_doubling_ci=evaluation.ci95(boot_b * np.log(2)),
                        rising_share=round(float((boot_b > 0).mean()), 3),
                        faces_needed=None if not np.isfinite(need) else round(need),
                        faces_needed_ci=[None if v is None else round(v) for v in _interval(boot_need)],
@@ -210,11 +206,11 @@ def analyse(files: list[Path], args) -> dict:
             row["verdict"] = verdict(row)
         curve[e] = row
     macro = {"value": [round(fns[f"macro_f1@{j}"](y, preds), 4) for j in range(len(points))],
-             "ci": [_ci95(samples[f"macro_f1@{j}"]) for j in range(len(points))]}
+             "ci": [evaluation.ci95(samples[f"macro_f1@{j}"]) for j in range(len(points))]}
     gain = samples[f"macro_f1@{len(points) - 1}"] - samples["macro_f1@0"]  # the same resamples: paired
     macro["gain_largest_over_smallest"] = {
         "value": round(macro["value"][-1] - macro["value"][0], 4),
-        "ci": _ci95(gain)}
+        "ci": evaluation.ci95(gain)}
     first = points[0][0]
     return {"protocol": {"folds": first["protocol"]["folds"], "seed": first["protocol"]["seed"],
                          "grouped_by": "person", "interval": "person bootstrap, 95 % (the same resamples for every "

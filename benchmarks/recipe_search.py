@@ -21,9 +21,11 @@ The rule (the criterion and the accuracy floor), fixed before any run: the candi
 inner macro-F1 and inner balanced accuracy, among those whose inner accuracy is at least today's default's minus
 ``--accuracy-slack`` (0.01); a tie goes to the earlier candidate (the simpler one: fewer changes to the default).
 The candidates were not all fixed in advance: the ``tau`` grid was widened after fold 1's validation scores
-(``TAUS``).
+(``TAUS``), and the recipes ``sb`` and ``aug`` were trained after a first search with ``ours`` and ``cw1`` had
+kept the default. The search also measures the source shortcut (``by_source``): each recipe's test accuracy per
+image source, as trained, paired with the default (a measurement; no choice reads it).
 
-``--train`` writes ``recipe_search_probabilities.csv.gz`` (every validation and test face of every fold and recipe:
+``--train`` writes ``recipe_search_probabilities_<recipe>.csv.gz`` (every validation and test face of every fold:
 person, source, true emotion, log-probabilities of both views) and ``recipe_search_trainings.json`` (training
 seconds, kept epoch and training faces per emotion of each fold and recipe); a later ``--train`` adds the pairs
 (recipe, fold) not yet stored. The search reads them and writes ``recipe_search.json`` / ``.md``: every candidate's
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -47,13 +50,22 @@ import pandas as pd
 from fer_utils import EMOTIONS, data, evaluation, folders, pipelines, training, workfolder
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROBABILITIES = "recipe_search_probabilities.csv.gz"
+PROBABILITIES = "recipe_search_probabilities_{recipe}.csv.gz"  # one file per recipe (each under 5 MB)
 TRAININGS = "recipe_search_trainings.json"
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
 #: Training recipes: the changes to the chain's defaults (``training.TrainConfig()``).
 RECIPES = {"ours": {},  # today's default: class weights (N / (K n_c)) ** 0.5
            "cw1": {"class_weight": 1.0},  # fully balanced class weights: the class-weight power 1 instead of 0.5
-           "cw0": {"class_weight": None}}  # no class weights (power 0)
+           "cw0": {"class_weight": None},  # no class weights (power 0)
+           # balanced by source: within each emotion, IMFDB's and LFW's training faces weigh the same in all
+           # (emotion no longer tells the source), times today's class weights (source_weights)
+           "sb": {"source_balance": 1.0},
+           # stronger augmentation (pipelines.AUGMENT_LEVELS): wider geometry, brightness and contrast changes
+           "aug": {"augment": "strong"}}
+#: Recipe keys that are not ``TrainConfig`` fields: how ``train_recipe`` weighs the training faces.
+NOT_CONFIG = ("source_balance",)
+#: Sources that source balancing evens out (a face of another source keeps weight 1).
+BALANCED_SOURCES = ("IMFDB", "LFW")
 TTAS = ("none", "flip")
 #: First {0, 0.25, 0.5, 0.75, 1}; 0.05-0.2 added after fold 1's validation scores put 0.25 below the accuracy floor.
 TAUS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 0.75, 1.0)
@@ -96,11 +108,78 @@ def base_config() -> training.TrainConfig:
     return training.TrainConfig()
 
 
+def source_weights(emotions, sources, power: float = 1.0) -> np.ndarray:
+    """A weight per training face that makes the emotion independent of the source: within each emotion, each
+    of ``BALANCED_SOURCES`` present carries the same total weight (half each), and the emotion's total is
+    unchanged, so the class weights keep their meaning. A variant of reweighing (Kamiran & Calders 2012, whose
+    weights P(e) P(s) / P(e, s) keep each source's overall share instead): here the film crops weigh as much as
+    the news photos within every emotion both hold. An emotion found in one source (contempt) is left as it is.
+    ``power`` < 1 goes part of the way ((m_e / (S_e n_se)) ** power, rescaled to keep the emotion's total);
+    faces of other sources keep 1."""
+    frame = pd.DataFrame({"emotion": list(emotions), "source": list(sources)})
+    weights = np.ones(len(frame))
+    named = frame.source.isin(BALANCED_SOURCES).to_numpy()
+    for _, cell in frame[named].groupby("emotion"):
+        n = cell.groupby("source").size()
+        w = (len(cell) / (len(n) * n)) ** power
+        w = w * len(cell) / float((w * n).sum())  # the emotion's total weight stays its number of faces
+        weights[cell.index.to_numpy()] = cell.source.map(w).to_numpy()
+    return weights
+
+
+def weighted_train_batches(config, work: Path, weight_of: dict):
+    """``pipelines.tf_datasets``' training batches (the same decoding, cache, seeded shuffle, batching and
+    augmentation) with a third element: each face's weight (``weight_of``: relative path -> weight)."""
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    ds, files = pipelines.directory_dataset(work, "train", config.image_size, config.color_mode,
+                                            config.interpolation)
+    w = np.array([weight_of[Path(f).relative_to(work).as_posix()] for f in files], np.float32)
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(w))).map(
+        lambda xy, w: (tf.cast(tf.clip_by_value(tf.round(xy[0]), 0, 255), tf.uint8), xy[1], w),
+        num_parallel_calls=tf.data.AUTOTUNE).cache()
+    ds = ds.shuffle(max(len(files), 1), config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
+    ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=tf.data.AUTOTUNE)
+    level = pipelines.augment_level(config.augment)
+    if level != "none":
+        augment = pipelines.augmenter(pipelines.augmentation_layers(config.seed, level))
+        ds = ds.map(lambda x, y, w: (*augment(x, y), w))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def train_recipe(work: Path, fold: int, recipe: str, seed: int) -> tuple[pd.DataFrame, dict]:
-    """Train one recipe on one fold; its validation and test faces with both views' log-probabilities."""
-    config = base_config().replace(**RECIPES[recipe], seed=seed)
-    result = training.train(config, work, write=False, show_progress=False)
+    """Train one recipe on one fold; its validation and test faces with both views' log-probabilities.
+
+    A recipe with ``source_balance`` trains through ``training.start`` / ``fit_phase`` / ``finish`` (what
+    ``training.train`` runs, as notebook 05 shows it) with weighted training batches: each face's weight is
+    its class weight times its ``source_weights`` (Keras takes one or the other, so they are multiplied)."""
+    changes = {k: v for k, v in RECIPES[recipe].items() if k not in NOT_CONFIG}
+    config = base_config().replace(**changes, seed=seed)
     manifest = folders.load_manifest(work).set_index("path")
+    balance, extra = RECIPES[recipe].get("source_balance"), {}
+    # every (recipe, fold) trains afresh: sb's configuration is ours', so they would share a backup to resume
+    shutil.rmtree(work / workfolder.BACKUP_DIR, ignore_errors=True)
+    if balance is None:
+        result = training.train(config, work, write=False, show_progress=False)
+    else:
+        if config.mixup or config.pipeline != "tf.data" or config.strategy != "default":
+            raise SystemExit(f"error: recipe {recipe}: source balancing needs the tf.data pipeline on one device, "
+                             "no mixup")
+        run = training.start(config, work, write=False, show_progress=False)
+        train = manifest[(manifest.split == "train") & (manifest.index != "")]
+        emotions = [Path(p).parent.name for p in train.index]
+        class_w = training.class_weights(config, run.train_counts) or {}
+        weights = source_weights(emotions, train.source.astype(str), balance) * np.array(
+            [class_w.get(EMOTIONS.index(e), 1.0) for e in emotions])
+        run.batches["train"] = weighted_train_batches(config, work, dict(zip(train.index, weights)))
+        for phase in training.phases(config):
+            training.fit_phase(run, phase)
+        result = training.finish(run)
+        cells = pd.DataFrame({"emotion": emotions, "source": train.source.astype(str).to_numpy(), "w": weights})
+        extra = {"source_balance": balance, "sample_weight": "class weight × source weight (fit's class_weight unused)",
+                 "face_weights": {f"{e}/{s}": {"faces": int(len(g)), "weight": round(float(g.w.iloc[0]), 3)}
+                                  for (e, s), g in cells.groupby(["emotion", "source"])}}
     frames = []
     for split in ("val", "test"):
         paths, plain, mirror = views(result.model, work, split, result.model_record)
@@ -116,15 +195,23 @@ def train_recipe(work: Path, fold: int, recipe: str, seed: int) -> tuple[pd.Data
     rec = result.record
     return pd.concat(frames, ignore_index=True), {
         "train_seconds": rec["train_seconds"], "best_epoch": rec["best_epoch"],
-        "train_counts": {e: int(counts[e]) for e in EMOTIONS}, "config": config.to_dict()}
+        "train_counts": {e: int(counts[e]) for e in EMOTIONS}, "config": config.to_dict(), **extra}
+
+
+def read_probabilities(out: Path) -> pd.DataFrame | None:
+    """Every stored validation and test face of every recipe (``PROBABILITIES``, one file per recipe), or None."""
+    paths = sorted(out.glob(PROBABILITIES.format(recipe="*")))
+    if not paths:
+        return None
+    return pd.concat([workfolder.read_csv(p, dtype={"recipe": str, "path": str, "group": str, "source": str})
+                      for p in paths], ignore_index=True)
 
 
 def train_all(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prob_path, runs_path = out / PROBABILITIES, out / TRAININGS
-    stored = workfolder.read_csv(prob_path, dtype={"path": str, "group": str, "source": str}) \
-        if prob_path.exists() else None
+    runs_path = out / TRAININGS
+    stored = read_probabilities(out)
     runs = json.loads(runs_path.read_text()) if runs_path.exists() else {
         "protocol": {"folds": args.folds, "seed": args.seed}, "trainings": {}}
     if (runs["protocol"]["folds"], runs["protocol"]["seed"]) != (args.folds, args.seed):
@@ -153,7 +240,8 @@ def train_all(args) -> int:
                 stored = stored[~((stored.recipe == recipe) & (stored.fold == fold))]
             stored = frame if stored is None else pd.concat([stored, frame], ignore_index=True)
             runs["trainings"].setdefault(recipe, {})[str(fold)] = info
-            workfolder.write_csv(stored, prob_path)  # after every training: an interrupted search keeps its work
+            # after every training: an interrupted search keeps its work
+            workfolder.write_csv(stored[stored.recipe == recipe], out / PROBABILITIES.format(recipe=recipe))
             workfolder.write_record(runs_path, runs)
             val = frame[frame.split == "val"]  # validation only: nothing here looks at the test faces
             acc = float((val[log_columns("none")].to_numpy().argmax(1) == val.y_true).mean())
@@ -177,10 +265,6 @@ def decide(frame: pd.DataFrame, tta: str, tau: float, prior: np.ndarray) -> np.n
         z = np.exp(z - z.max(axis=1, keepdims=True))
         probs = probs + z / z.sum(axis=1, keepdims=True)
     return np.asarray(probs).argmax(axis=1)
-
-
-def score(y_true, y_pred) -> dict:
-    return {m: float(evaluation.metric_function(m)(y_true, y_pred)) for m in METRICS}
 
 
 def prior_of(counts: dict) -> np.ndarray:
@@ -216,7 +300,8 @@ def search(frames: pd.DataFrame, trainings: dict, slack: float) -> tuple[pd.Data
         for recipe, tta, tau in candidates(recipes):
             prior = prior_of(trainings[recipe][str(fold)]["train_counts"])
             val = parts[(recipe, fold, "val")]
-            inner[candidate_name(recipe, tta, tau)] = score(val.y_true.to_numpy(), decide(val, tta, tau, prior))
+            inner[candidate_name(recipe, tta, tau)] = evaluation.scores(val.y_true.to_numpy(),
+                                                                        decide(val, tta, tau, prior), METRICS)
         table = pd.DataFrame(inner).T
         pick, rule = choose(table, slack)
         chosen[fold] = pick
@@ -233,10 +318,6 @@ def search(frames: pd.DataFrame, trainings: dict, slack: float) -> tuple[pd.Data
         pd.concat(tests, ignore_index=True)
 
 
-def _ci(samples) -> list[float]:
-    return [round(float(np.quantile(samples, 0.025)), 4), round(float(np.quantile(samples, 0.975)), 4)]
-
-
 def pooled_report(tests: pd.DataFrame, n_boot: int, seed: int) -> dict:
     """Pooled test figures of the default and of the chosen candidates, and chosen − default on the same faces
     (per metric and per emotion's F1; ``compare.paired``, matched by fold and face), with person-bootstrap
@@ -249,9 +330,11 @@ def pooled_report(tests: pd.DataFrame, n_boot: int, seed: int) -> dict:
     out = {"n": int(len(a)), "n_people": int(a.group.nunique()), "pooled": {}, "paired": {}, "paired_f1": {}}
     for role, frame in (("default", b), ("chosen", a)):
         samples, _ = evaluation.bootstrap_samples(y, frame.y_pred.to_numpy(), METRICS, groups, n_boot, seed)
-        out["pooled"][role] = {m: {"value": round(score(y, frame.y_pred.to_numpy())[m], 4), "ci": _ci(samples[m]),
-                                   "per_fold": [round(score(f.y_true.to_numpy(), f.y_pred.to_numpy())[m], 4)
-                                                for _, f in frame.groupby("fold")]} for m in METRICS}
+        value = evaluation.scores(y, frame.y_pred.to_numpy(), METRICS)
+        per_fold = [evaluation.scores(f.y_true.to_numpy(), f.y_pred.to_numpy(), METRICS)
+                    for _, f in frame.groupby("fold")]
+        out["pooled"][role] = {m: {"value": round(value[m], 4), "ci": evaluation.ci95(samples[m]),
+                                   "per_fold": [round(f[m], 4) for f in per_fold]} for m in METRICS}
         out["pooled"][role]["per_source_accuracy"] = {
             s: round(float((g.y_true == g.y_pred).mean()), 4) for s, g in frame.groupby("source")}
         report = evaluation.compute_metrics(y, frame.y_pred.to_numpy())
@@ -259,6 +342,51 @@ def pooled_report(tests: pd.DataFrame, n_boot: int, seed: int) -> dict:
     boot = argparse.Namespace(n_boot=n_boot, seed=seed)
     out["paired"] = compare.paired(a, b, boot, METRICS)
     out["paired_f1"] = compare.paired(a, b, boot, compare.EMOTION_F1)
+    return out
+
+
+#: A source with fewer test faces than this (pooled over the folds) is left out of ``by_source``.
+MIN_SOURCE_FACES = 50
+SOURCE_METRICS = ("accuracy", "balanced_accuracy")
+
+
+def as_trained(frames: pd.DataFrame, recipe: str) -> pd.DataFrame:
+    """A recipe's test faces with its prediction as trained (no test-time augmentation, tau 0)."""
+    test = frames[(frames.recipe == recipe) & (frames.split == "test")]
+    return test[["fold", "path", "group", "source", "y_true"]].assign(
+        y_pred=test[log_columns("none")].to_numpy().argmax(axis=1))
+
+
+def by_source(frames: pd.DataFrame, recipes, n_boot: int, seed: int) -> dict:
+    """The source shortcut, measured: each recipe's test accuracy and balanced accuracy per image source (as
+    trained, pooled over the folds, person-bootstrap intervals), and recipe − today's default on the same faces
+    of that source. A measurement on test faces, not a choice: the search never reads it."""
+    import compare
+
+    base = as_trained(frames, DEFAULT[0])
+    boot = argparse.Namespace(n_boot=n_boot, seed=seed)
+    sizes = base.source.value_counts()
+    kept = sorted(s for s, n in sizes.items() if n >= MIN_SOURCE_FACES)
+    out = {"what": "test accuracy and balanced accuracy per image source of each recipe as trained (tta none, "
+                   "tau 0), pooled over the outer folds; recipe − default paired on the same faces",
+           "faces": {s: int(sizes[s]) for s in sorted(sizes.index)},
+           "people": {s: int(g.group.nunique()) for s, g in base.groupby("source")},
+           "left_out": sorted(set(sizes.index) - set(kept)), "min_faces": MIN_SOURCE_FACES, "recipes": {}}
+    for recipe in recipes:
+        pred = as_trained(frames, recipe)
+        out["recipes"][recipe] = {}
+        for source in kept:
+            g = pred[pred.source == source]
+            y, y_pred = g.y_true.to_numpy(), g.y_pred.to_numpy()
+            # same_classes=False: with a few people per source, insisting that every resample holds each emotion
+            # would keep drawing the one or two people who carry it, and hide their variance
+            samples, _ = evaluation.bootstrap_samples(y, y_pred, SOURCE_METRICS, g.group.astype(str).to_numpy(),
+                                                      n_boot, seed, same_classes=False)
+            value = evaluation.scores(y, y_pred, SOURCE_METRICS)
+            entry = {m: {"value": round(value[m], 4), "ci": evaluation.ci95(samples[m])} for m in SOURCE_METRICS}
+            if recipe != DEFAULT[0]:
+                entry["minus_default"] = compare.paired(g, base[base.source == source], boot, SOURCE_METRICS)
+            out["recipes"][recipe][source] = entry
     return out
 
 
@@ -292,6 +420,7 @@ def markdown(report: dict, table: pd.DataFrame) -> str:
         f"{s} {res['pooled']['default']['per_source_accuracy'][s]:.3f} → "
         f"{res['pooled']['chosen']['per_source_accuracy'][s]:.3f}" for s in res["pooled"]["default"][
             "per_source_accuracy"]) + ".", "",
+              *source_lines(report), "",
               "Training seconds per fold: " + "; ".join(
                   f"`{r}` " + ", ".join(f"{v:.0f}" for v in s) for r, s in report["train_seconds"].items()) + ".",
               "", "The recipe table: every candidate's inner (validation) scores, fold by fold "
@@ -303,6 +432,34 @@ def markdown(report: dict, table: pd.DataFrame) -> str:
                  + (" ✓" if r.chosen else "" if r.eligible else " –") for r in rows.itertuples()]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def source_lines(report: dict) -> list[str]:
+    """The by-source table of the markdown report."""
+    shortcut = report.get("by_source")
+    if not shortcut:
+        return []
+    sources = list(next(iter(shortcut["recipes"].values())))
+    lines = ["The source shortcut: each recipe as trained (tta none, tau 0), test faces per source ("
+             + ", ".join(f"{s} {shortcut['faces'][s]:,} of {shortcut['people'][s]:,} people" for s in sources)
+             + "; a source of few people has rough intervals; left out, too few faces: "
+             + (", ".join(f"{s} {shortcut['faces'][s]}" for s in shortcut["left_out"]) or "none") + "):", "",
+             "| recipe | " + " | ".join(f"{s} accuracy | {s} balanced acc" for s in sources) + " |",
+             "|---|" + "---|---|" * len(sources)]
+    for recipe, per in shortcut["recipes"].items():
+        cells = []
+        for s in sources:
+            for m in SOURCE_METRICS:
+                v = per[s][m]
+                cell = f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+                if "minus_default" in per[s]:
+                    d = per[s]["minus_default"][m]
+                    cell += f"; {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+                cells.append(cell)
+        lines.append(f"| `{recipe}` | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("(After the semicolon: the recipe − `ours`, paired on the same faces.)")
+    return lines
 
 
 def verdict(report: dict) -> str:
@@ -344,18 +501,18 @@ def into_compare(out: Path, report: dict) -> None:
 
 def search_all(args) -> int:
     out = Path(args.out)
-    prob_path, runs_path = out / PROBABILITIES, out / TRAININGS
-    if not prob_path.exists() or not runs_path.exists():
-        raise SystemExit(f"error: no stored trainings in {out} ({PROBABILITIES}, {TRAININGS}); "
+    runs_path = out / TRAININGS
+    frames = read_probabilities(out)
+    if frames is None or not runs_path.exists():
+        raise SystemExit(f"error: no stored trainings in {out} ({PROBABILITIES.format(recipe='*')}, {TRAININGS}); "
                          "run `python benchmarks/recipe_search.py --train` first")
     runs = json.loads(runs_path.read_text())
     if DEFAULT[0] not in runs["trainings"]:
         raise SystemExit(f"error: {runs_path.name} has no `{DEFAULT[0]}` (today's default) to compare with; "
                          f"run --train --recipes {DEFAULT[0]}")
-    frames = workfolder.read_csv(prob_path, dtype={"path": str, "group": str, "source": str})
     if frames.duplicated(["recipe", "fold", "split", "path"]).any():
-        raise SystemExit(f"error: {prob_path.name} holds a face twice for one recipe and fold; train that "
-                         "(recipe, fold) again with --train, or remove the file's duplicate rows")
+        raise SystemExit(f"error: {PROBABILITIES.format(recipe='*')} hold a face twice for one recipe and fold; "
+                         "train that (recipe, fold) again with --train, or remove the file's duplicate rows")
     table, choice, tests = search(frames, runs["trainings"], args.accuracy_slack)
     result = pooled_report(tests, args.n_boot, args.seed)
     val = frames[(frames.recipe == DEFAULT[0]) & (frames.split == "val")]
@@ -375,6 +532,8 @@ def search_all(args) -> int:
                                 for r in runs["trainings"]},
               "validation_faces": validation_faces,
               "result": result, "recipe_table": table.to_dict(orient="records"),
+              "by_source": by_source(frames, [r for r in RECIPES if r in runs["trainings"]], args.n_boot,
+                                     args.seed),
               "command": " ".join(["python benchmarks/recipe_search.py", *sys.argv[1:]])}
     report["verdict"] = verdict(report)
     workfolder.write_record(out / "recipe_search.json", report)
@@ -391,7 +550,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", action="store_true", help="train the recipes on the folds (stores their "
                         "validation and test probabilities); without it, only the search (no training)")
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["ours", "cw1"],
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["ours", "cw1", "sb", "aug"],
                         help="training recipes to train (with --train)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)

@@ -142,6 +142,17 @@ def bootstrap_ci(y_true, y_pred, metric="accuracy", n: int = 1000, seed: int = 4
     return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
 
 
+def scores(y_true, y_pred, metrics=SCORES) -> dict[str, float]:
+    """``{metric: value}`` for the named metrics (``metric_function``'s names)."""
+    return {m: float(metric_function(m)(y_true, y_pred)) for m in metrics}
+
+
+def ci95(samples) -> list[float]:
+    """The 95 % percentile interval of bootstrap values, rounded to 4 places: ``[low, high]`` (the figure every
+    benchmark report writes)."""
+    return [round(float(q), 4) for q in np.quantile(samples, [0.025, 0.975])]
+
+
 def paired_difference_ci(y_true, pred_a, pred_b, metric="accuracy", groups=None, n: int = 1000, seed: int = 42,
                          level: float = 0.95, labels=None) -> dict:
     """``metric(a) − metric(b)`` on the same faces, with a paired bootstrap interval (the same resampled
@@ -483,6 +494,45 @@ def plot_recipe_search(search: dict):
         ax.set(xlabel="logit adjustment tau", title=f"inner {m.replace('_', ' ')}")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Every candidate on validation people only (mean of {rows.fold.nunique()} outer folds)")
+    fig.tight_layout()
+    return fig
+
+
+def source_shortcut_table(search: dict) -> pd.DataFrame:
+    """The source shortcut as the search measured it: per recipe (as trained) and image source, the pooled test
+    accuracy and balanced accuracy, and the recipe − default difference on the same faces, with 95 % intervals."""
+    rows = []
+    for recipe, sources in search["by_source"]["recipes"].items():
+        for source, r in sources.items():
+            row = {"recipe": recipe, "source": source, "faces": search["by_source"]["faces"][source]}
+            for m in ("accuracy", "balanced_accuracy"):
+                row[m] = f"{r[m]['value']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}]"
+                d = r.get("minus_default", {}).get(m)
+                row[f"{m} − default"] = f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d else "–"
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["recipe", "source"])
+
+
+def plot_source_shortcut(search: dict):
+    """Test accuracy and balanced accuracy per image source, one bar per training recipe (as trained), with
+    the 95 % intervals."""
+    import matplotlib.pyplot as plt
+
+    recipes = search["by_source"]["recipes"]
+    sources = list(next(iter(recipes.values())))
+    x, width = np.arange(len(sources)), 0.8 / len(recipes)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, m in zip(axes, ("accuracy", "balanced_accuracy")):
+        for i, (recipe, per) in enumerate(recipes.items()):
+            v = np.array([per[s][m]["value"] for s in sources])
+            lo, hi = (np.array([per[s][m]["ci"][k] for s in sources]) for k in (0, 1))
+            ax.bar(x + (i - (len(recipes) - 1) / 2) * width, v, width,
+                   yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], capsize=3, label=recipe)
+        ax.set(xticks=x, xticklabels=[f"{s}\n({search['by_source']['faces'][s]:,} faces, "
+                                                f"{search['by_source']['people'][s]:,} people)" for s in sources],
+               ylim=(0, 1), title=f"test {m.replace('_', ' ')} by source")
+    axes[0].legend(title="recipe", fontsize=8)
+    fig.suptitle("Each recipe as trained, pooled over the five outer folds (95 % person-bootstrap intervals)")
     fig.tight_layout()
     return fig
 

@@ -24,7 +24,7 @@ SLOW = (
     "tests/test_benchmarks.py::test_scale_measures_each_strategy_and_writes_its_json",  # four trainings
     "tests/test_distribute.py::test_a_killed_worker_resumes_from_its_backup_and_finishes",  # a cluster, twice
     "tests/test_learning.py",  # trains the default chain until it tells faces apart
-    "tests/test_benchmarks.py::test_the_recipe_search_chooses_",  # two recipes on two folds: four trainings
+    "tests/test_benchmarks.py::test_the_recipe_search_chooses_",  # three recipes on two folds: six trainings
 )
 
 

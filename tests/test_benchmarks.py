@@ -215,11 +215,13 @@ def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_dat
     with pytest.raises(SystemExit, match="--train"):
         search.main(common)  # nothing trained yet: says what to run
     assert search.main([*common, "--train", "--recipes", "ours"]) == 0
-    assert search.main([*common, "--train", "--recipes", "ours", "cw1"]) == 0  # resumes: only cw1 is trained
-    frames = workfolder.read_csv(out / search.PROBABILITIES, dtype={"path": str, "group": str, "source": str})
+    assert search.main([*common, "--train", "--recipes", "ours", "cw1", "sb"]) == 0  # resumes: ours not again
+    frames = search.read_probabilities(out)
+    assert sorted(p.name for p in out.glob("recipe_search_probabilities_*")) == [  # one file per recipe
+        search.PROBABILITIES.format(recipe=r) for r in ("cw1", "ours", "sb")]
     assert not frames.duplicated(["recipe", "fold", "split", "path"]).any()
     assert len(frames[frames.recipe == "ours"]) == len(frames[frames.recipe == "cw1"])
-    assert set(frames.recipe) == {"ours", "cw1"} and set(frames.split) == {"val", "test"}
+    assert set(frames.recipe) == {"ours", "cw1", "sb"} and set(frames.split) == {"val", "test"}
     tests = frames[(frames.recipe == "ours") & (frames.split == "test")]
     for _, faces in frames[frames.recipe == "ours"].groupby("fold"):  # the inner split: other people
         assert not set(faces[faces.split == "val"].group) & set(faces[faces.split == "test"].group)
@@ -229,8 +231,15 @@ def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_dat
     runs = json.loads((out / search.TRAININGS).read_text())
     assert set(runs["trainings"]["cw1"]) == {"1", "2"} and runs["trainings"]["cw1"]["1"]["config"][
         "class_weight"] == 1.0
+    balanced = runs["trainings"]["sb"]["1"]  # weighted by source: the weights it trained with are recorded
+    assert balanced["source_balance"] == 1.0
+    totals = {tuple(k.split("/")): v["faces"] * v["weight"] for k, v in balanced["face_weights"].items()}
+    both = [e for e in EMOTIONS if (e, "IMFDB") in totals and (e, "LFW") in totals]
+    assert both  # the synthetic faces hold both sources
+    for e in both:  # within an emotion, the film crops weigh as much as the news photos
+        assert totals[(e, "IMFDB")] == pytest.approx(totals[(e, "LFW")], rel=0.01)
     assert search.main([*common, "--train", "--recipes", "ours"]) == 0  # stored already: nothing trained again
-    assert len(workfolder.read_csv(out / search.PROBABILITIES)) == len(frames)
+    assert len(search.read_probabilities(out)) == len(frames)
     committed = json.loads((workfolder.REPO_ROOT / "benchmarks" / "results" / "compare.json").read_text())
     committed["protocol"] |= {"folds": 2, "seed": 42}  # as if compare.py had run these folds
     (out / "compare.json").write_text(json.dumps(committed))
@@ -240,7 +249,7 @@ def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_dat
     assert merged["chosen_minus_ours"] == report["result"]["paired"] and merged["verdict"] == report["verdict"]
     assert "Nested recipe search" in (out / "compare.md").read_text()
     table = pd.DataFrame(report["recipe_table"])
-    assert len(table) == 2 * len(search.candidates(["ours", "cw1"]))  # every candidate, every fold
+    assert len(table) == 2 * len(search.candidates(["ours", "cw1", "sb"]))  # every candidate, every fold
     for fold, rows in table.groupby("fold"):
         assert rows.chosen.sum() == 1
         pick = rows[rows.chosen].iloc[0]
@@ -258,6 +267,73 @@ def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_dat
         assert d["value"] == pytest.approx(result["pooled"]["chosen"][m]["value"]
                                            - result["pooled"]["default"][m]["value"], abs=2e-4)
     assert "The recipe table" in (out / "recipe_search.md").read_text()
+
+
+def test_source_balancing_makes_the_emotion_independent_of_the_source():
+    """``source_weights``: within each emotion, IMFDB's and LFW's faces carry the same total weight and the
+    emotion's total stays its number of faces; an emotion seen in one source, and faces of other sources, keep
+    weight 1; ``power`` 0.5 goes part of the way."""
+    search = _load("recipe_search")
+    cells = {("disgust", "IMFDB"): 195, ("disgust", "LFW"): 12, ("happiness", "IMFDB"): 387,
+             ("happiness", "LFW"): 5309, ("contempt", "LFW"): 9, ("anger", "other"): 1, ("anger", "LFW"): 30}
+    emotions = [e for (e, _), n in cells.items() for _ in range(n)]
+    sources = [s for (_, s), n in cells.items() for _ in range(n)]
+    frame = pd.DataFrame({"emotion": emotions, "source": sources})
+    for power in (1.0, 0.5):
+        frame["w"] = search.source_weights(emotions, sources, power)
+        total = frame.groupby(["emotion", "source"]).w.sum()
+        for e in ("disgust", "happiness"):
+            assert total[e].sum() == pytest.approx(cells[(e, "IMFDB")] + cells[(e, "LFW")])
+            share = total[(e, "IMFDB")] / total[e].sum()
+            natural = cells[(e, "IMFDB")] / (cells[(e, "IMFDB")] + cells[(e, "LFW")])
+            assert share == pytest.approx(0.5) if power == 1.0 else min(natural, 0.5) < share < max(natural, 0.5)
+        assert (frame[frame.emotion.isin(["contempt", "anger"])].w == 1).all()
+
+
+def test_the_weighted_training_batches_carry_each_faces_weight(prepared_work_dir):
+    """The source-balanced recipe's batches are tf_datasets' (the same faces, order and augmentation) with each
+    face's weight."""
+    search = _load("recipe_search")
+    config = search.training.TrainConfig(image_size=32, batch_size=16)
+    plain = search.pipelines.make_pipelines(config, prepared_work_dir, splits=("train",))["train"]
+    weighted = search.weighted_train_batches(config, prepared_work_dir, {
+        p.relative_to(prepared_work_dir).as_posix(): 1.0 for p in (prepared_work_dir / "split" / "train").rglob("*")
+        if p.is_file()})
+    for (x0, y0), (x1, y1, w1) in zip(plain.as_numpy_iterator(), weighted.as_numpy_iterator(), strict=True):
+        assert np.array_equal(y0, y1) and np.allclose(x0, x1) and (w1 == 1).all()
+    config = config.replace(augment="none")
+    files = sorted(p.relative_to(prepared_work_dir).as_posix()
+                   for p in (prepared_work_dir / "split" / "train").rglob("*") if p.is_file())
+    weight_of = {f: float(i + 1) for i, f in enumerate(files)}
+    xs, ys, ws = zip(*search.weighted_train_batches(config, prepared_work_dir, weight_of).as_numpy_iterator())
+    y, w = np.concatenate(ys).argmax(axis=1), np.concatenate(ws)
+    assert sorted(w) == sorted(weight_of.values())  # every face once per epoch, with its own weight
+    label_of = {float(i + 1): EMOTIONS.index(f.split("/")[-2]) for i, f in enumerate(files)}
+    assert [label_of[v] for v in w] == list(y)  # the weight travels with its face's label
+    assert xs[0].shape[1:3] == (32, 32)
+
+
+def test_the_source_shortcut_is_measured_per_recipe_and_paired(monkeypatch):
+    """``by_source``: each recipe's test accuracy per source, as trained, paired with the default on the same
+    faces; a source with too few test faces is left out and named."""
+    search = _load("recipe_search")
+    monkeypatch.syspath_prepend(str(workfolder.REPO_ROOT / "benchmarks"))
+    rng = np.random.default_rng(1)
+    ours = _search_frames(search, rng)
+    ours.loc[ours.index % 3 == 0, "source"] = "IMFDB"
+    ours.loc[ours.index[ours.split == "test"][:10], "source"] = "other"
+    other = ours.assign(recipe="sb")
+    imfdb = (other.source == "IMFDB") & (other.split == "test")
+    logp = np.full((int(imfdb.sum()), len(EMOTIONS)), np.log(0.01))
+    logp[np.arange(len(logp)), other.loc[imfdb, "y_true"].to_numpy()] = np.log(0.93)
+    other.loc[imfdb, search.log_columns("none")] = logp  # sb finds every IMFDB test face
+    report = search.by_source(pd.concat([ours, other], ignore_index=True), ["ours", "sb"], 50, 0)
+    assert report["left_out"] == ["other"] and set(report["recipes"]["sb"]) == {"IMFDB", "LFW"}
+    sb, base = report["recipes"]["sb"], report["recipes"]["ours"]
+    assert sb["IMFDB"]["accuracy"]["value"] == 1.0 > base["IMFDB"]["accuracy"]["value"]
+    assert sb["IMFDB"]["minus_default"]["accuracy"]["value"] == pytest.approx(
+        1.0 - base["IMFDB"]["accuracy"]["value"], abs=1e-4)
+    assert sb["LFW"]["minus_default"]["accuracy"]["value"] == 0 and "minus_default" not in base["LFW"]
 
 
 def _tiny_config(search):

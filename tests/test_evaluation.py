@@ -262,3 +262,21 @@ def test_the_committed_recipe_search_is_read_summarised_and_drawn(tmp_path):
     plt.close("all")
     with pytest.raises(FileNotFoundError, match="recipe_search.py"):
         evaluation.read_recipe_search(tmp_path / "recipe_search.json")
+
+
+def test_the_committed_source_measurement_is_tabled_and_drawn():
+    """Notebook 06's source section: one row per (recipe, source), the default without a paired difference and
+    every other recipe with the JSON's; one bar per recipe and source on each panel."""
+    import matplotlib.pyplot as plt
+
+    search = evaluation.read_recipe_search()
+    shortcut = search["by_source"]["recipes"]
+    table = evaluation.source_shortcut_table(search)
+    assert len(table) == sum(len(sources) for sources in shortcut.values())
+    assert set(table.loc["ours"]["accuracy − default"]) == {"–"}
+    d = shortcut["sb"]["IMFDB"]["minus_default"]["accuracy"]
+    assert table.loc[("sb", "IMFDB"), "accuracy − default"].startswith(f"{d['value']:+.3f}")
+    fig = evaluation.plot_source_shortcut(search)
+    bars = len(shortcut) * len(next(iter(shortcut.values())))
+    assert [len(ax.patches) for ax in fig.axes] == [bars, bars]
+    plt.close("all")
