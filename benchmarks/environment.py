@@ -62,7 +62,9 @@ def parse_suite(out: str, seconds: float | None = None) -> dict:
         seconds = float(found.group(1)) if found else float("nan")
     slowest = [{"seconds": float(s), "phase": phase, "test": test}
                for s, phase, test in re.findall(r"^(\d+\.\d+)s (call|setup|teardown)\s+(\S+)", out, re.M)]
-    return {"seconds": round(seconds, 1), "minutes": round(seconds / 60, 1), "counts": counts, "slowest": slowest}
+    workers = re.search(r"created: (\d+)/\d+ workers", out)  # pytest-xdist's -n (addopts: 2); none: one process
+    return {"seconds": round(seconds, 1), "minutes": round(seconds / 60, 1), "counts": counts,
+            "workers": int(workers.group(1)) if workers else 1, "slowest": slowest}
 
 
 def run_suite(timeout: int, pytest_args=()) -> dict:

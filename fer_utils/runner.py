@@ -115,7 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What ``main`` sets for the kernels it starts: the dataset, what the notebooks say it came from, the work folder.
+KERNEL_ENV = ("FER_DATA_DIR", "FER_DATA_ORIGIN", "FER_WORK_DIR")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m fer_utils run``. The variables it sets for its kernels (``KERNEL_ENV``) are put back as they were
+    when it returns, so a caller in the same process (a script, a test) keeps its own dataset and work folder."""
+    saved = {name: os.environ.get(name) for name in KERNEL_ENV}
+    try:
+        return _run(argv)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     import papermill
     from nbclient.exceptions import DeadKernelError

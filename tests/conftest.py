@@ -16,7 +16,6 @@ from fer_utils.data import draw_face
 #: leaves them out for a quick loop; CI runs everything.
 SLOW = (
     "tests/test_handover.py",  # edits a copy of the project and runs 04, 05, 06, 08 and `train` on it
-    "tests/test_notebooks.py::test_notebooks_pass_nbval",  # every notebook again, as it is, under nbval
     "tests/test_own_data.py::test_chain_on_",  # the whole chain on class folders / on a labels CSV
     "tests/test_solutions.py::test_solution_runs[08_train_at_scale]",  # three trainings and a resumed one
     "tests/test_demo.py::test_demo_server_serves_only_this_computer",  # kernels started and culled
@@ -25,13 +24,44 @@ SLOW = (
     "tests/test_distribute.py::test_a_killed_worker_resumes_from_its_backup_and_finishes",  # a cluster, twice
     "tests/test_learning.py",  # trains the default chain until it tells faces apart
     "tests/test_benchmarks.py::test_the_recipe_search_chooses_",  # three recipes on two folds: six trainings
+    "tests/test_benchmarks.py::test_compare_pairs_the_short_schedule_",  # ours and ours_short on two folds
 )
+
+
+#: With two workers (``-n 2 --dist loadfile``, pyproject's ``addopts``), each test file runs on one worker, so its
+#: module fixtures are made once, and the files that read the synthetic chain's work folder share one worker, so the
+#: chain runs once (``pytest_xdist_make_scheduler``). The longest files start first (``--no-loadscope-reorder`` keeps
+#: this order), so the two workers end about together.
+CHAIN_FILES = ("tests/test_notebooks.py", "tests/test_handover.py", "tests/test_solutions.py")
+LONGEST_FIRST = ("tests/test_realdata.py", "tests/test_notebooks.py", "tests/test_handover.py",
+                 "tests/test_solutions.py", "tests/test_own_data.py", "tests/test_benchmarks.py",
+                 "tests/test_jupyterlab.py", "tests/test_demo.py", "tests/test_distribute.py",
+                 "tests/test_learning.py")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.startswith(SLOW):
             item.add_marker(pytest.mark.slow)
+    rank = {file: n for n, file in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: file order kept
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist (or with -p no:xdist) it is never called
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile``, with the files in ``CHAIN_FILES`` as one unit. (xdist's own ``loadgroup`` does not group
+    under pytest 9, whose items keep their id elsewhere than where xdist 3.8 appends the group.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ChainTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "synthetic chain" if file in CHAIN_FILES else file
+
+    return ChainTogether(config, log)
+
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_DATA = Path(os.environ.get("FER_DATA_DIR") or REPO.parent / "shared" / "facial_expressions")
@@ -202,17 +232,13 @@ def run_chain(data_dir: Path, work: Path, fer_weights: Path, params: dict | None
                 for name in parameters.declared_parameters(nb)}
     settings = {**{k: v for k, v in TINY.items() if k in declared}, **(params or {})}
     args = [arg for name, value in settings.items() for arg in ("-p", name, str(value))]
-    saved = {k: os.environ.get(k) for k in ("FER_DATA_DIR", "FER_WORK_DIR", "FER_PRETRAINED", "FER_DATA_ORIGIN")}
+    saved = os.environ.get("FER_PRETRAINED")  # runner.main puts back the variables it sets itself
     os.environ["FER_PRETRAINED"] = str(fer_weights)
     try:
         return runner.main(["--data-dir", str(data_dir), "--work-dir", str(work), *args,
                             *(["--until", until] if until else [])])
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.pop("FER_PRETRAINED") if saved is None else os.environ.update(FER_PRETRAINED=saved)
 
 
 @pytest.fixture(scope="session")

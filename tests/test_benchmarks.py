@@ -407,3 +407,18 @@ def test_the_recipe_search_never_looks_at_the_test_faces_to_choose(monkeypatch):
     both = (np.exp(frames[search.log_columns("none")].to_numpy()) + np.exp(frames[search.log_columns("flip")]
                                                                            .to_numpy())) / 2
     assert (search.decide(frames, "flip", 0.0, search.prior_of(counts)) == both.argmax(axis=1)).all()
+
+
+def test_the_suite_record_reads_a_parallel_run_and_a_plain_one():
+    """``environment.py --suite-log`` reads pytest's output with two workers (pytest-xdist) and without."""
+    parse = _load("environment").parse_suite
+    parallel = ("created: 2/2 workers\n2 workers [402 items]\n....\n"
+                "============================= slowest 15 durations =============================\n"
+                "341.86s call     tests/test_realdata.py::test_real_chain_beats_majority_baseline\n"
+                "159.81s setup    tests/test_notebooks.py::test_chain_runs_every_notebook_and_records_it\n"
+                "================== 1 failed, 400 passed, 2 skipped in 1042.94s (0:17:22) ==================\n")
+    record = parse(parallel)
+    assert record["workers"] == 2 and record["seconds"] == 1042.9 and record["minutes"] == 17.4
+    assert record["counts"] == {"failed": 1, "passed": 400, "skipped": 2}
+    assert [(t["seconds"], t["phase"]) for t in record["slowest"]] == [(341.86, "call"), (159.81, "setup")]
+    assert parse("5 passed in 3.00s\n")["workers"] == 1

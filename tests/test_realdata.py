@@ -49,7 +49,7 @@ def test_real_chain_beats_majority_baseline(real_work, real_data_dir):
     later = [p for p in workfolder.numbered_notebooks() if p.name[:2] > "02"]
     if not later:
         pytest.skip("no notebooks after 02")
-    # up to 07: notebook 08 trains on generated faces, not on this dataset (the synthetic chain and nbval run it)
+    # up to 07: notebook 08 trains on generated faces, not on this dataset (the synthetic chain runs it)
     rc = runner.main(["--data-dir", str(real_data_dir), "--work-dir", str(real_work), "--from", "03", "--until", "07",
                       *QUICK])
     assert rc == 0, f"the chain failed on the real data; see {real_work}/runs"

@@ -1,6 +1,7 @@
 """The chain runner: order, parameters, --until, failures (on tiny throwaway notebooks)."""
 
 import json
+import os
 import time
 
 import nbformat
@@ -50,6 +51,20 @@ def test_runs_in_order_passes_parameters_and_stops_until(chain, tmp_path):
     assert list(record["notebooks"]) == ["01_first_step", "02_second_step"] and record["status"] == "ok"
     assert record["notebooks"]["01_first_step"]["parameters"] == {"epochs": 3}  # only what it declares
     assert [p.name for p in workfolder.run_notebooks(work)] == ["01_first_step.ipynb", "02_second_step.ipynb"]
+
+
+def test_the_kernels_get_the_folders_and_the_caller_keeps_its_own(chain, tmp_path, synthetic_data_dir, monkeypatch):
+    """``main`` sets the dataset and the work folder for its kernels and, called in-process (a script, a test), puts
+    the caller's variables back: a later ``get_dataset()`` there must not say the data came from ``--data-dir``."""
+    monkeypatch.setenv("FER_WORK_DIR", "the caller's work folder")
+    for name in ("FER_DATA_DIR", "FER_DATA_ORIGIN"):
+        monkeypatch.delenv(name, raising=False)
+    work = tmp_path / "work"
+    assert runner.main(["--notebooks-dir", str(chain), "--data-dir", str(synthetic_data_dir), "--work-dir", str(work),
+                        "--until", "01"]) == 0
+    assert (work / "01.txt").read_text() == "1"  # the kernel wrote into the work folder it was given
+    assert os.environ["FER_WORK_DIR"] == "the caller's work folder"
+    assert "FER_DATA_DIR" not in os.environ and "FER_DATA_ORIGIN" not in os.environ
 
 
 def test_stops_at_first_failure_and_names_the_executed_copy(chain, tmp_path, capsys):
