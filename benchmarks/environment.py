@@ -62,14 +62,16 @@ def parse_suite(out: str, seconds: float | None = None) -> dict:
         seconds = float(found.group(1)) if found else float("nan")
     slowest = [{"seconds": float(s), "phase": phase, "test": test}
                for s, phase, test in re.findall(r"^(\d+\.\d+)s (call|setup|teardown)\s+(\S+)", out, re.M)]
-    workers = re.search(r"created: (\d+)/\d+ workers", out)  # pytest-xdist's -n (addopts: 2); none: one process
-    return {"seconds": round(seconds, 1), "minutes": round(seconds / 60, 1), "counts": counts,
-            "workers": int(workers.group(1)) if workers else 1, "slowest": slowest}
+    # pytest-xdist's -n (addopts: 2) is printed as "created: 2/2 workers", but not under -q ("bringing up nodes...")
+    created = re.search(r"created: (\d+)/\d+ workers", out)
+    workers = int(created.group(1)) if created else None if "bringing up nodes" in out else 1
+    return {"seconds": round(seconds, 1), "minutes": round(seconds / 60, 1), "counts": counts, "workers": workers,
+            "slowest": slowest}
 
 
 def run_suite(timeout: int, pytest_args=()) -> dict:
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args],  # not -q: workers
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     return {**parse_suite(done.stdout, time.perf_counter() - t0), "exit_code": done.returncode}
 

@@ -47,7 +47,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: file order kept
 
 
-@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist (or with -p no:xdist) it is never called
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook (the dev extra); with -n 0 it is never called
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile``, with the files in ``CHAIN_FILES`` as one unit. (xdist's own ``loadgroup`` does not group
     under pytest 9, whose items keep their id elsewhere than where xdist 3.8 appends the group.)"""

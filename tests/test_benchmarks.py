@@ -422,3 +422,4 @@ def test_the_suite_record_reads_a_parallel_run_and_a_plain_one():
     assert record["counts"] == {"failed": 1, "passed": 400, "skipped": 2}
     assert [(t["seconds"], t["phase"]) for t in record["slowest"]] == [(341.86, "call"), (159.81, "setup")]
     assert parse("5 passed in 3.00s\n")["workers"] == 1
+    assert parse("bringing up nodes...\n5 passed in 3.00s\n")["workers"] is None  # -q with workers: not said
