@@ -8,7 +8,8 @@ of ``python -m venv`` + ``pip install -e ".[dev]"`` into a temporary folder (wit
 machine has: say which when quoting it). ``--suite``: runs ``pytest`` once (the README's test command, without
 ruff; ``--pytest-args`` adds a marker selection) and records under ``suites[--suite-name]`` its wall time, the
 counts of passed, skipped and failed tests, and the 15 slowest tests; ``--suite-log`` reads the same from a
-saved run's output. Figures of an earlier run in the output file are kept unless measured again.
+saved run's output. Each suite records the machine it was read on (``machine``; the top-level one is the
+install's). Figures of an earlier run in the output file are kept unless measured again.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def parse_suite(out: str, seconds: float | None = None) -> dict:
         found = re.search(r" in (\d+(?:\.\d+)?)s", last)
         seconds = float(found.group(1)) if found else float("nan")
     slowest = [{"seconds": float(s), "phase": phase, "test": test}
-               for s, phase, test in re.findall(r"^(\d+\.\d+)s (call|setup|teardown)\s+(\S+)", out, re.M)]
+               for s, phase, test in re.findall(r"^(\d+\.\d+)s (call|setup|teardown)\s+(\S+)", out, re.M)][:15]
     # pytest-xdist's -n (addopts: 2) is printed as "created: 2/2 workers", but not under -q ("bringing up nodes...")
     created = re.search(r"created: (\d+)/\d+ workers", out)
     workers = int(created.group(1)) if created else None if "bringing up nodes" in out else 1
@@ -97,15 +98,18 @@ def main(argv=None) -> int:
     env_mb, tf_mb = folder_mb(Path(sys.prefix)), folder_mb(Path(sys.modules["tensorflow"].__file__).parent)
     result.update({"benchmark": "environment", "environment_mb": env_mb, "environment_gb": round(env_mb / 1000, 1),
                    "tensorflow_mb": tf_mb, "tensorflow_gb": round(tf_mb / 1000, 1),
-                   "machine": machine_info(),
                    "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if args.install or "machine" not in result:  # the install's machine; each suite records its own
+        result["machine"] = machine_info()
     if args.install:
         result["install"] = time_install(args.timeout)
     suites = result.setdefault("suites", {})
     if args.suite:
-        suites[args.suite_name] = {**run_suite(args.timeout, shlex.split(args.pytest_args)), "note": args.suite_note}
+        suites[args.suite_name] = {**run_suite(args.timeout, shlex.split(args.pytest_args)), "note": args.suite_note,
+                                   "machine": machine_info()}
     elif args.suite_log:
-        suites[args.suite_name] = {**parse_suite(args.suite_log.read_text(errors="replace")), "note": args.suite_note}
+        suites[args.suite_name] = {**parse_suite(args.suite_log.read_text(errors="replace")), "note": args.suite_note,
+                                   "machine": machine_info()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "suites"}, indent=2))

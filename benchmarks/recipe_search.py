@@ -353,8 +353,8 @@ SOURCE_METRICS = ("accuracy", "balanced_accuracy")
 def as_trained(frames: pd.DataFrame, recipe: str) -> pd.DataFrame:
     """A recipe's test faces with its prediction as trained (no test-time augmentation, tau 0)."""
     test = frames[(frames.recipe == recipe) & (frames.split == "test")]
-    return test[["fold", "path", "group", "source", "y_true"]].assign(
-        y_pred=test[log_columns("none")].to_numpy().argmax(axis=1))
+    no_prior = np.full(len(EMOTIONS), 1 / len(EMOTIONS))  # tau 0: the prior plays no part
+    return test[["fold", "path", "group", "source", "y_true"]].assign(y_pred=decide(test, "none", 0.0, no_prior))
 
 
 def by_source(frames: pd.DataFrame, recipes, n_boot: int, seed: int) -> dict:

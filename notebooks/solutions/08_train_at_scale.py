@@ -72,7 +72,7 @@ command = [
     "--work-dir",
     str(SCALE),
     "--quiet",
-    *config(epochs=30).to_parameters(),
+    *config(epochs=8).to_parameters(),
 ]
 progress = SCALE / workfolder.TRAIN_PROGRESS
 progress.unlink(missing_ok=True)
@@ -102,5 +102,5 @@ print(
 )
 assert (
     record["distribution"]["resumed_after_epoch"] == finished
-    and len(record["epoch_seconds"]) == 30
+    and len(record["epoch_seconds"]) == 8
 )
