@@ -4,8 +4,8 @@
 
 Prepares the dataset's class folders once (notebooks 01-02's ``folders.prepare``, seed 42), then trains the
 default ``TrainConfig`` (``fer_transfer``, head then whole model) for a short schedule twice, each in a fresh
-process: with ``model.compile(jit_compile=False)`` and with ``jit_compile=True``. (Keras' own ``"auto"``
-resolves to False for this model, whose layers do not all declare XLA support, so ``False`` is what the chain
+process: with ``model.compile(jit_compile=False)`` and with ``jit_compile=True``. (Keras' own ``"auto"``, which
+the chain leaves as it is, resolves to False on a machine without a GPU, so on CPUs ``False`` is what the chain
 runs.) Writes each epoch's seconds and validation accuracy to ``benchmarks/results/jit_compile.json``.
 """
 
