@@ -1,6 +1,7 @@
-"""Training progress in the terminal: while ``python -m fer_utils run`` executes a notebook that trains, it
-follows ``<work_dir>/train_progress.jsonl`` (one JSON line per finished epoch, written by
-``fer_utils.training``) and shows each epoch and the time left (``TrainingProgress``)."""
+"""Progress in the terminal while ``python -m fer_utils run`` executes a notebook: the cell it is running and
+the section that cell is in (``CellProgress``, for every notebook), and, in a notebook that trains, each epoch
+and the time left, from ``<work_dir>/train_progress.jsonl`` (one JSON line per finished epoch, written by
+``fer_utils.training``; ``TrainingProgress``)."""
 
 from __future__ import annotations
 
@@ -126,18 +127,66 @@ class ProgressFile:
         return [entry for line in fresh.splitlines() if (entry := parse_progress_line(line)) is not None]
 
 
+#: The longest section heading a cell's label shows (longer ones end in "…").
+HEADING_CHARS = 40
+
+
+def code_cell_labels(notebook: dict) -> dict[str, str]:
+    """``{cell id: "cell 7/18 · Build the model"}`` for each code cell of a notebook (its JSON, as read): the
+    cell's place among the code cells and the last markdown heading above it."""
+    heading, cells = "", []
+    for cell in notebook.get("cells", []):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else str(source)
+        if cell.get("cell_type") == "markdown":
+            titles = [line.lstrip("#").strip().replace("`", "").replace("**", "")
+                      for line in source.splitlines() if line.startswith("#")]
+            heading = titles[-1] if titles else heading
+        elif cell.get("cell_type") == "code" and source.strip() and cell.get("id"):
+            cells.append((cell["id"], heading))
+    short = lambda h: h if len(h) <= HEADING_CHARS else h[:HEADING_CHARS - 1].rstrip() + "…"
+    return {cell_id: f"cell {n}/{len(cells)}" + (f" · {short(h)}" if h else "")
+            for n, (cell_id, h) in enumerate(cells, start=1)}
+
+
+class CellProgress:
+    """nbclient's ``on_cell_start`` hook (papermill passes it on): ``show("<stem>: cell 7/18 · Build the model")``
+    as each code cell of the notebook at ``path`` starts. Cells the notebook does not hold (papermill's injected
+    parameters) are not shown; nothing that goes wrong here reaches the run (the first error is kept in
+    ``error``)."""
+
+    def __init__(self, path: str | os.PathLike, show: Callable[[str], None]):
+        self.stem, self.show = Path(path).stem, show
+        self.error: Exception | None = None
+        try:
+            self.labels = code_cell_labels(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            self.labels, self.error = {}, err
+
+    def __call__(self, cell=None, cell_index=None, **_) -> None:
+        try:
+            label = self.labels.get((cell or {}).get("id"))
+            if label:
+                self.show(f"{self.stem}: {label}")
+        except Exception as err:  # noqa: BLE001 - showing progress must never break the run
+            if self.error is None:
+                self.error = err
+
+
 class TrainingProgress:
     """While a notebook runs, hand the epochs its training appends to ``path`` to ``show``.
 
     A context manager around the (blocking) execution of a notebook: on entry it notes what the file holds
     already (never shown: an earlier run's) and starts a daemon thread that polls the file every
-    ``interval`` seconds and calls ``show(entries)`` with the new ones; on exit it stops the thread and shows
-    what arrived since its last poll. Nothing that goes wrong while following the file reaches the run: a
-    garbled line is skipped, and the first exception of ``show`` or of reading is kept in ``error``.
+    ``interval`` seconds and calls ``show(entries)`` with the new ones (and ``tick()``, when given, so that a
+    bar's clock moves while nothing else does); on exit it stops the thread and shows what arrived since its
+    last poll. Nothing that goes wrong while following the file reaches the run: a garbled line is skipped,
+    and the first exception of ``show``, ``tick`` or of reading is kept in ``error``.
     """
 
-    def __init__(self, path: str | os.PathLike, show: Callable[[list[dict]], None], interval: float = 1.0):
-        self.path, self.show, self.interval = Path(path), show, interval
+    def __init__(self, path: str | os.PathLike, show: Callable[[list[dict]], None], interval: float = 1.0,
+                 tick: Callable[[], None] | None = None):
+        self.path, self.show, self.interval, self.tick = Path(path), show, interval, tick
         self.error: Exception | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,6 +215,8 @@ class TrainingProgress:
             entries = self._file.new_entries()
             if entries:
                 self.show(entries)
+            if self.tick is not None:
+                self.tick()
         except Exception as err:  # noqa: BLE001 - showing progress must never break the run
             if self.error is None:
                 self.error = err

@@ -3,11 +3,13 @@
     python -m fer_utils run [--data-dir DIR] [--work-dir DIR] [-p NAME VALUE]... [--from NN] [--until NN]
                             [--timeout S] [--publish]
 
-Executed copies go to ``<work_dir>/executed/``; the run's record to ``<work_dir>/run.json``. The data
+Executed copies go to ``<work_dir>/runs/<id>/executed/``; the run's record to ``<work_dir>/runs/<id>/run.json``
+and ``<work_dir>/run.json`` (the latest run, with the earlier ones in its ``history``). The data
 and work folders reach the notebooks through ``FER_DATA_DIR`` and ``FER_WORK_DIR`` (so the executed
 copies carry no machine paths); ``-p`` parameters are injected papermill-style into each notebook that
-declares them, and a name no notebook declares is an error. While a notebook trains, the runner shows each
-epoch and the time left (``fer_utils.progress``). ``--publish`` writes the committed notebooks through
+declares them, and a name no notebook declares is an error. The notebooks bar names the cell each notebook is
+running and its section; while a notebook trains, the runner shows each epoch and the time left
+(``fer_utils.progress``). ``--publish`` writes the committed notebooks through
 ``fer_utils.notebook_format`` and copies the figures into ``figures/``.
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from fer_utils import saved_cells
 from fer_utils.notebook_format import normalised_json, stamp_header_time
 from fer_utils.parameters import check_values, declared_parameters, parse_value
-from fer_utils.progress import TrainingProgress, show_epochs
+from fer_utils.progress import CellProgress, TrainingProgress, show_epochs
 from fer_utils.run_checks import check_config, check_folders, dataset_identity
 from fer_utils.workfolder import (
     DATASET_RECORD,
@@ -201,16 +203,18 @@ def _run(argv: list[str] | None) -> int:
     t_run = time.perf_counter()
     status = 0
     bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stdout, bar_format=BAR_FORMAT)
+    tick = bar.refresh if sys.stdout.isatty() else None  # on a terminal, the clock moves every second
     for path in bar:
         bar.set_postfix_str(path.stem)
         out = executed / path.name
         mine = {k: v for k, v in params.items() if k in declared[path]}
         t0 = time.perf_counter()
         try:
-            with TrainingProgress(work / TRAIN_PROGRESS, functools.partial(show_epochs, bar, path.stem)):
+            with TrainingProgress(work / TRAIN_PROGRESS, functools.partial(show_epochs, bar, path.stem), tick=tick):
                 papermill.execute_notebook(str(path), str(out), parameters=mine, cwd=str(path.parent),
                                            kernel_name="python3", progress_bar=False,
-                                           execution_timeout=args.timeout, kernel_manager_class=kernel_manager_class())
+                                           execution_timeout=args.timeout, kernel_manager_class=kernel_manager_class(),
+                                           on_cell_start=CellProgress(path, bar.set_postfix_str))
         except KeyboardInterrupt:
             seconds = time.perf_counter() - t0
             record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "interrupted"}

@@ -53,12 +53,12 @@ def stand_in_backbone(tmp_path_factory):
                       for _ in range(256)]) / 127.5 - 1  # the FER2013 input range
     # One forward pass in training mode over all 256 faces with momentum 0 sets every moving mean and variance
     # to that layer's statistics on faces (what many passes at the default momentum converge to).
-    norms = [layer for layer in model.layers if "BatchNormalization" in type(layer).__name__]
+    norms = {layer: layer.momentum for layer in model.layers if "BatchNormalization" in type(layer).__name__}
     for layer in norms:
         layer.momentum = 0.0
     model(faces, training=True)
-    for layer in norms:
-        layer.momentum = 0.99
+    for layer, momentum in norms.items():  # each layer's own momentum back, as the saved file keeps it
+        layer.momentum = momentum
     path = tmp_path_factory.mktemp("stand_in") / "emotion_model.hdf5"
     model.save(path)
     return path

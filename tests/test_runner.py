@@ -10,12 +10,13 @@ import pytest
 from fer_utils import parameters, progress, runner, workfolder
 
 
-def _notebook(path, params_src, body_src):
+def _notebook(path, params_src, body_src, heading=None):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell(params_src)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body_src)]
+    section = [nbformat.v4.new_markdown_cell(f"## {heading}\n\nWhat it does.")] if heading else []
+    nb.cells = [params, *section, nbformat.v4.new_code_cell(body_src)]
     nbformat.write(nb, path)
 
 
@@ -130,9 +131,9 @@ def test_successful_run_prints_no_kernel_errors_or_warnings_and_shows_training(t
     work.mkdir()
     stale = {"phase": "old", "epoch": 9, "epochs": 9, "val_accuracy": 0.123}
     (work / "train_progress.jsonl").write_text(json.dumps(stale) + "\n")  # an earlier run's: not shown
-    _notebook(folder / "01_fake_training.ipynb", "epochs = 2", FAKE_TRAINING)
+    _notebook(folder / "01_fake_training.ipynb", "epochs = 2", FAKE_TRAINING, heading="Train for a while")
     _notebook(folder / "02_after_training.ipynb", "y = 1", "print(y + 1)")
-    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work)]) == 0
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work), "-p", "epochs", "2"]) == 0
     captured = capfd.readouterr()
     out = captured.out + captured.err
     for noise in ("ERROR", "WARNING", "TCP", "KeyboardInterrupt", "Traceback"):
@@ -143,7 +144,12 @@ def test_successful_run_prints_no_kernel_errors_or_warnings_and_shows_training(t
     assert shown == ["01_fake_training: epoch 1/2 (head) 0.3 s · loss 1.500, val_acc 0.400 · ~1 s left",
                      "01_fake_training: epoch 2/2 (head) 0.3 s · loss 0.750, val_acc 0.800 · training done"]
     assert "epoch 9/9" not in out and "0.123" not in out
-    assert "<" not in "".join(line for line in lines if line.startswith("notebooks:"))  # no count-based ETA
+    bar = [line for line in lines if line.startswith("notebooks:")]
+    assert "<" not in "".join(bar)  # no count-based ETA
+    # every notebook names the cell it is running (papermill's injected parameters cell is not counted)
+    for cell in ("01_fake_training: cell 1/2]", "01_fake_training: cell 2/2 · Train for a while]",
+                 "02_after_training: cell 2/2]"):
+        assert any(line.endswith(cell) for line in bar), (cell, bar)
 
 
 def test_kernel_manager_does_not_interrupt_a_kernel_it_is_shutting_down():
@@ -193,6 +199,37 @@ def test_progress_postfix_and_line():
     garbage = {"epoch": "three", "epochs": None, "val_accuracy": float("nan"), "loss": True, "phase": 7}
     assert progress.progress_postfix("05", garbage) == "05: training"
     assert progress.progress_line("05", garbage) == "05: training"
+
+
+def test_each_code_cell_is_labelled_with_its_place_and_section(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 05 · Train the model\n\nOverview."),
+                nbformat.v4.new_code_cell("import os"),
+                nbformat.v4.new_code_cell("   \n"),  # empty: never executed, not counted
+                nbformat.v4.new_markdown_cell("Prose without a heading keeps the section."),
+                nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_markdown_cell("## Compare the strategies on the same data and the same model, at last"),
+                nbformat.v4.new_code_cell(["y = ", "2"])]  # a source as a list of lines, as files store it
+    labels = progress.code_cell_labels(json.loads(nbformat.writes(nb)))
+    ids = [nb.cells[i].id for i in (1, 4, 6)]
+    assert [labels[i] for i in ids] == ["cell 1/3 · 05 · Train the model", "cell 2/3 · 05 · Train the model",
+                                       "cell 3/3 · Compare the strategies on the same data…"]
+    path = tmp_path / "05_train_model.ipynb"
+    nbformat.write(nb, path)
+    shown = []
+    hook = progress.CellProgress(path, shown.append)
+    hook(cell=nb.cells[4], cell_index=4)
+    hook(cell=nbformat.v4.new_code_cell("epochs = 3"), cell_index=1)  # papermill's injected parameters: not shown
+    hook(cell=nb.cells[0], cell_index=0)  # markdown: not shown
+    assert shown == ["05_train_model: cell 2/3 · 05 · Train the model"]
+
+    def broken(text):
+        raise RuntimeError("terminal gone")
+
+    failing = progress.CellProgress(path, broken)
+    failing(cell=nb.cells[1], cell_index=1)  # never raises into the run
+    assert isinstance(failing.error, RuntimeError)
+    assert progress.CellProgress(tmp_path / "missing.ipynb", shown.append).labels == {}
 
 
 def test_progress_file_returns_only_new_complete_lines(tmp_path):
