@@ -90,7 +90,7 @@ class Dataset:
     """Where the dataset lives and whether it is the pinned upstream copy."""
 
     root: Path
-    origin: str  # "data_dir", "FER_DATA_DIR", "cache" or "download"
+    origin: str  # "data_dir", "FER_DATA_DIR", "--data-dir", "work folder" (dataset.json), "cache" or "download"
     legend_sha256: str  # of legend.csv, of the labels CSV, or of the class folders' file list (``LAYOUTS``)
     layout: str = "muxspace"  # a key of LAYOUTS
     labels_csv: Path | None = None  # layout "csv": the CSV file
@@ -107,6 +107,7 @@ class Dataset:
     def describe(self) -> str:
         where = {"data_dir": "the data_dir parameter", "FER_DATA_DIR": "$FER_DATA_DIR",
                  "--data-dir": "python -m fer_utils run --data-dir",
+                 "work folder": "the work folder's dataset.json (the data its results come from)",
                  "cache": "the download cache", "download": "a fresh download"}[self.origin]
         if self.layout == "csv":
             return (f"Dataset from {where}: your own data, labels from {self.labels_csv.name} (sha256 "

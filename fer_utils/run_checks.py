@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fer_utils.workfolder import DATASET_RECORD, get_work_dir, read_record
+from fer_utils.workfolder import DATASET_RECORD, REPO_ROOT, get_work_dir, read_record
 
 
 def check_config(params: dict) -> list[str]:
@@ -22,7 +22,8 @@ def check_config(params: dict) -> list[str]:
     return []
 
 
-def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Path]) -> list[str]:
+def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Path],
+                  origin: str = "--data-dir") -> list[str]:
     """What is wrong with the data and work folders, one line each, before anything is created: the work
     folder must be a folder (or not exist yet) that can be written, and must not be, or lie inside, the data
     folder; the data folder must exist, and a legend it has must hold rows (when notebook 01 will read it)."""
@@ -30,7 +31,7 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
 
     problems = []
     data_path = data_dir or os.environ.get("FER_DATA_DIR")
-    origin = "--data-dir" if data_dir else "$FER_DATA_DIR"
+    origin = origin if data_dir else "$FER_DATA_DIR"
     work = get_work_dir(work_dir, create=False)
     if work.exists() and not work.is_dir():
         problems.append(f"the work folder {work} is a file: choose a folder (--work-dir)")
@@ -39,6 +40,10 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
         if not os.access(existing, os.W_OK | os.X_OK):
             problems.append(f"the work folder {work} cannot be written ({existing} is read-only): choose another "
                             "(--work-dir)")
+    if (REPO_ROOT / "notebooks").is_dir() and work.resolve() == REPO_ROOT.resolve():
+        problems.append(f"the work folder {work} is the repository itself: the notebooks' figures, records and class "
+                        "folders would land among (and over) its files; choose a folder of its own (--work-dir; the "
+                        "default is work/ in the repository)")
     if data_path:
         root = Path(data_path).expanduser().resolve()
         if not root.exists():
@@ -46,6 +51,10 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
         elif work == root or work.is_relative_to(root):
             problems.append(f"the work folder {work} is inside the dataset {root} ({origin}); the dataset is only "
                             "ever read: choose a work folder outside it (--work-dir)")
+        elif root.is_relative_to(work.resolve()):
+            problems.append(f"the dataset {root} ({origin}) is inside the work folder {work}, whose contents the "
+                            "notebooks write and replace: move the dataset out, or choose another work folder "
+                            "(--work-dir)")
         elif any(p.name.startswith("01_") for p in notebooks):
             try:
                 data.load_legend(data.open_dataset(root, origin))
@@ -62,10 +71,27 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
     return problems
 
 
+def recorded_data_dir(work: Path) -> tuple[str | None, str | None]:
+    """(folder, problem): the dataset folder a run that starts after notebook 01, given none (no ``--data-dir``,
+    no ``$FER_DATA_DIR``), uses: the one this work folder's results come from (``dataset.json``'s ``path``).
+    ``(None, None)`` when the record names no folder (the pinned upstream copy, downloaded or cached, or a record
+    from before folders were recorded); a problem, one line, when the folder it names is gone."""
+    record = Path(work) / DATASET_RECORD
+    path = read_record(record).get("path") if record.is_file() else None
+    if not path:
+        return None, None
+    if not Path(path).exists():
+        return None, (f"the work folder {work} holds results made from the dataset at {path}, which is not there "
+                      "any more: name it with --data-dir (or run from notebook 01 on another dataset, in another "
+                      "work folder)")
+    return path, None
+
+
 def dataset_identity(data_path: str | None) -> dict | None:
     """What makes a dataset the same one (its layout and the sha256 of its labels, or of its class folders' file
     list), whatever folder it is in; the pinned upstream commit's when no folder is named; ``None`` when the
-    folder cannot be opened (``check_folders`` says why)."""
+    folder cannot be opened (``check_folders`` says why). ``dataset.json`` stores this and, when a folder was
+    named, the folder (``path``), which a later partial run uses (``recorded_data_dir``)."""
     from fer_utils import data
 
     if not data_path:

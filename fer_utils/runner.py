@@ -28,7 +28,7 @@ from fer_utils import saved_cells
 from fer_utils.notebook_format import normalised_json, stamp_header_time
 from fer_utils.parameters import check_values, declared_parameters, parse_value
 from fer_utils.progress import CellProgress, TrainingProgress, show_epochs
-from fer_utils.run_checks import check_config, check_folders, dataset_identity
+from fer_utils.run_checks import check_config, check_folders, dataset_identity, recorded_data_dir
 from fer_utils.workfolder import (
     DATASET_RECORD,
     EXECUTED_DIR,
@@ -172,15 +172,21 @@ def _run(argv: list[str] | None) -> int:
         if name in params:
             print(f"Use --{name.replace('_', '-')} instead of -p {name}.", file=sys.stderr)
             return 2
-    problems = check_values(params, declared) or check_config(params)
-    problems += check_folders(args.data_dir, args.work_dir, notebooks)
+    first = numbered_notebooks(Path(args.notebooks_dir))[0]
+    data_dir, origin, problems = args.data_dir, "--data-dir", []
+    if not data_dir and not os.environ.get("FER_DATA_DIR") and notebooks[0] != first:
+        # a partial run on the data the work folder's results come from, not on the default download
+        data_dir, problem = recorded_data_dir(get_work_dir(args.work_dir, create=False))
+        origin, problems = "work folder", [problem] if problem else []
+    problems += check_values(params, declared) or check_config(params)
+    problems += check_folders(data_dir, args.work_dir, notebooks, origin=origin)
     if problems:  # before any kernel starts or any folder is made
         print("\n".join(f"error: {line}" for line in problems), file=sys.stderr)
         return 2
 
-    if args.data_dir:
-        os.environ["FER_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
-        os.environ["FER_DATA_ORIGIN"] = "--data-dir"  # what the notebooks say the dataset came from
+    if data_dir:
+        os.environ["FER_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
+        os.environ["FER_DATA_ORIGIN"] = origin  # what the notebooks say the dataset came from
     else:
         os.environ.pop("FER_DATA_ORIGIN", None)
     work = get_work_dir(args.work_dir)
@@ -193,11 +199,10 @@ def _run(argv: list[str] | None) -> int:
         run_id = f"{stamp}-{n}"
     executed = work / RUNS_DIR / run_id / EXECUTED_DIR
     executed.mkdir(parents=True)
-    first = numbered_notebooks(Path(args.notebooks_dir))[0]
     extends = previous.get("id") if previous and notebooks[0] != first else None  # a partial run (--from)
     print(f"Work folder: {work} · run {run_id}" + (f", extending run {extends}" if extends else ""))
-    if notebooks[0] == first:  # the results in this work folder will come from this dataset
-        write_record(work / DATASET_RECORD, dataset_identity(os.environ.get("FER_DATA_DIR")) or {})
+    if origin == "work folder" and data_dir:
+        print(f"Dataset: {data_dir}, the one this work folder's results come from ({DATASET_RECORD})")
     record = {"step": "run", "id": run_id, "extends": extends, "parameters": params, "notebooks": {},
               "status": "running"}
     t_run = time.perf_counter()
@@ -239,6 +244,8 @@ def _run(argv: list[str] | None) -> int:
             break
         seconds = time.perf_counter() - t0
         record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "ok", "parameters": mine}
+        if path == first:  # its audit is written: the results in this work folder now come from this dataset
+            write_record(work / DATASET_RECORD, dataset_record(os.environ.get("FER_DATA_DIR")))
         tqdm.write(f"{path.stem}: {seconds:.0f} s", file=sys.stdout)
     bar.close()
     record["status"] = {0: "ok", 130: "interrupted"}.get(status, "failed")
@@ -253,6 +260,13 @@ def _run(argv: list[str] | None) -> int:
         if args.publish:
             publish(work, notebooks, executed)
     return status
+
+
+def dataset_record(data_dir: str | None) -> dict:
+    """What ``dataset.json`` holds: the dataset's identity (``run_checks.dataset_identity``) and, when a folder
+    was named, that folder, which a later partial run uses when given none (``run_checks.recorded_data_dir``)."""
+    identity = dataset_identity(data_dir) or {}
+    return {**identity, "path": str(Path(data_dir).expanduser().resolve())} if data_dir and identity else identity
 
 
 def published_record(work: Path) -> dict:

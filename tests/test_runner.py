@@ -409,3 +409,66 @@ def test_a_work_folder_belongs_to_one_dataset(chain, tmp_path, capsys):
     assert sorted(p.name for p in (work / "runs").iterdir()) == before  # nothing ran
     time.sleep(1.1)
     assert runner.main([*args, "--data-dir", str(one)]) == 0  # the same dataset, wherever it is: fine
+
+
+def test_a_partial_run_uses_the_dataset_the_work_folder_was_made_from(tmp_path, capsys, monkeypatch):
+    """``run --from 05`` after ``run --data-dir MINE``: the later notebooks read MINE again (``dataset.json``), not
+    the default download, and say where it came from; a dataset that is gone is named in one line."""
+    folder, work = tmp_path / "notebooks", tmp_path / "work"
+    folder.mkdir()
+    seen = "import os, pathlib\npathlib.Path(os.environ['FER_WORK_DIR'], '{n}.txt').write_text(" \
+           "os.environ.get('FER_DATA_DIR', '-') + '|' + os.environ.get('FER_DATA_ORIGIN', '-'))"
+    _notebook(folder / "01_first_step.ipynb", "x = 1", seen.format(n="01"))
+    _notebook(folder / "02_second_step.ipynb", "x = 1", seen.format(n="02"))
+    mine = _dataset(tmp_path / "mine", ["a.jpg"])
+    for name in ("FER_DATA_DIR", "FER_DATA_ORIGIN"):
+        monkeypatch.delenv(name, raising=False)
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work), "--data-dir", str(mine)]) == 0
+    assert json.loads((work / "dataset.json").read_text())["path"] == str(mine.resolve())
+    (work / "02.txt").unlink()
+    capsys.readouterr()
+    time.sleep(1.1)  # run ids are times to the second
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work), "--from", "02"]) == 0
+    assert (work / "02.txt").read_text() == f"{mine.resolve()}|work folder"
+    assert f"Dataset: {mine.resolve()}, the one this work folder's results come from" in capsys.readouterr().out
+    from fer_utils import data
+
+    assert "the work folder's dataset.json" in data.open_dataset(mine, "work folder").describe()
+    mine.rename(tmp_path / "moved")
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work), "--from", "02"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: the work folder {work} holds results made from the dataset at {mine.resolve()}, which "
+                   "is not there any more: name it with --data-dir (or run from notebook 01 on another dataset, in "
+                   "another work folder)")
+    time.sleep(1.1)
+    moved = tmp_path / "moved"  # named again: the same dataset, wherever it is now
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work), "--from", "02",
+                        "--data-dir", str(moved)]) == 0
+    assert (work / "02.txt").read_text() == f"{moved.resolve()}|--data-dir"
+
+
+def test_only_a_finished_notebook_01_claims_the_work_folder_for_its_dataset(chain, tmp_path, capsys):
+    folder, work = tmp_path / "failing", tmp_path / "work"
+    folder.mkdir()
+    _notebook(folder / "01_failing_step.ipynb", "x = 1", "raise ValueError('no dataset today')")
+    one, other = _dataset(tmp_path / "one", ["a.jpg"]), _dataset(tmp_path / "other", ["b.jpg"])
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work), "--data-dir", str(one)]) == 1
+    assert not (work / "dataset.json").exists()  # 01 failed: the folder holds no results of that dataset
+    time.sleep(1.1)
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--data-dir", str(other),
+                        "--until", "01"]) == 0  # so another dataset may use it
+
+
+def test_the_repository_or_a_folder_holding_the_dataset_is_refused_as_work_folder(chain, tmp_path, capsys):
+    before = sorted(p.name for p in workfolder.REPO_ROOT.iterdir())
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(workfolder.REPO_ROOT), "--until", "01"]) == 2
+    assert "is the repository itself" in capsys.readouterr().err
+    assert sorted(p.name for p in workfolder.REPO_ROOT.iterdir()) == before  # nothing written there
+    work = tmp_path / "work"
+    dataset = _dataset(work / "data", ["a.jpg"])
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--data-dir", str(dataset)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: the dataset {dataset.resolve()} (--data-dir) is inside the work folder {work}, whose "
+                   "contents the notebooks write and replace: move the dataset out, or choose another work folder "
+                   "(--work-dir)")
+    assert not (work / "runs").exists()
