@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import ExifTags
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from fer_utils import EMOTIONS
@@ -30,6 +31,7 @@ from fer_utils.data import (
     TF_FORMATS,
     Audit,
     Dataset,
+    ImageRefused,
     audit_dataset,
     check_not_inside,
     open_image,
@@ -217,15 +219,16 @@ def images_by_emotion(manifest: pd.DataFrame) -> dict[str, list[str]]:
 def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | None, name: str | None = None) -> Path:
     """Put ``src`` in ``dest_dir`` so that Pillow and ``tf.io.decode_image`` both read it.
 
-    JPEG/PNG files in L or RGB with a matching name are copied byte for byte; anything else (WebP named
-    .jpg, CMYK, 16-bit or transparent images, TIFF…) is re-encoded as PNG, keeping the file's stem, by
+    JPEG/PNG files in L or RGB with a matching name and no EXIF rotation are copied byte for byte; anything
+    else (WebP named .jpg, CMYK, 16-bit or transparent images, TIFF, a phone photo stored sideways with an EXIF
+    orientation, which ``tf.io.decode_image`` ignores…) is re-encoded as PNG, keeping the file's stem, by
     ``fer_utils.data.to_8bit`` — the same rule prediction reads photos with (16-bit scaled, not clipped;
     transparency flattened onto white; upright by EXIF orientation). ``name``: the file name to give it
     (default: ``src``'s).
     """
     suffix = src.suffix.lower()
     name = name or src.name
-    if fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and suffix in TF_FORMATS[fmt]:
+    if fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and suffix in TF_FORMATS[fmt] and upright(src):
         dest = dest_dir / name
         shutil.copyfile(src, dest)
         return dest
@@ -237,10 +240,45 @@ def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | Non
 
 
 
+def upright(path: Path) -> bool:
+    """Whether an image's pixels are stored upright: no EXIF orientation, or orientation 1 (an unreadable
+    header counts as upright; the audit has said what is wrong with such a file)."""
+    try:
+        with open_image(path) as im:
+            return im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None)
+    except (OSError, ValueError, SyntaxError, ImageRefused):
+        return True
+
+
 def flat_name(image: str) -> str:
     """The file name an image gets in the class folders: its path with ``/`` as ``__`` (``train/angry/im0.png``
-    -> ``train__angry__im0.png``), so that same-named files of different folders never collide."""
+    -> ``train__angry__im0.png``), so that same-named files of different folders never collide (``flat_names``
+    settles the rare names that still would)."""
     return image.replace("/", "__")
+
+
+#: The longest file name (UTF-8 bytes) the class folders use; most file systems allow 255.
+MAX_NAME_BYTES = 150
+
+
+def flat_names(images: pd.Series, folders: pd.Series) -> pd.Series:
+    """The file names ``images`` (paths) get in their class ``folders`` (``train/happiness``…): ``flat_name``,
+    except where two would share a stem in one folder (``a/b.png`` and ``a__b.png``; ``a.jpg`` and ``a.png``,
+    whose copy may be re-encoded as PNG; names differing only in case) or where the name is longer than
+    ``MAX_NAME_BYTES``: those get a shortened stem and 12 hex digits of their path's sha256, so that no image
+    is lost to another's name and no name is too long to write."""
+    import hashlib
+
+    flat = images.map(flat_name)
+    key = folders.astype(str) + "/" + flat.map(lambda name: Path(name).stem.lower())
+    settle = key.duplicated(keep=False) | flat.map(lambda name: len(name.encode()) > MAX_NAME_BYTES)
+
+    def unique(image: str, name: str) -> str:
+        digest, suffix = hashlib.sha256(image.encode()).hexdigest()[:12], Path(name).suffix[:10]
+        stem = Path(name).stem.encode()[:MAX_NAME_BYTES - 30].decode(errors="ignore")
+        return f"{stem}--{digest}{suffix}"
+
+    return flat.where(~settle, [unique(i, n) for i, n in zip(images, flat)])
 
 
 def write_split_folders(manifest: pd.DataFrame, data_root, work_dir: str | os.PathLike,
@@ -262,10 +300,11 @@ def write_split_folders(manifest: pd.DataFrame, data_root, work_dir: str | os.Pa
         for e in EMOTIONS:
             (tmp / s / e).mkdir(parents=True)
     todo = manifest[manifest.split.isin(SPLITS)]
+    names = flat_names(todo.image, todo.split + "/" + todo.emotion)
 
     def place(row):
         dest = copy_or_reencode(images_dir / row.image, tmp / row.split / row.emotion, row.format, row.mode,
-                                flat_name(row.image))
+                                names[row.Index])
         return f"{SPLIT_DIR}/{row.split}/{row.emotion}/{dest.name}"
 
     try:

@@ -1,6 +1,7 @@
 """Manifest, person-disjoint split and class folders (the work-folder contract)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,3 +124,43 @@ def test_check_manifest_catches_a_lost_row(prepared_work_dir, audit):
 def test_load_manifest_names_notebook_02_when_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="02_preprocess_into_folders"):
         folders.load_manifest(tmp_path)
+
+
+def test_tricky_names_and_sideways_photos_keep_every_image_upright(tmp_path):
+    """Class folders with names that would collide once flattened (``a/b.png`` and ``a__b.png``; ``c.jpg`` and
+    ``c.png``), a path too long to flatten into one file name, and a photo stored sideways with an EXIF
+    orientation (which ``tf.io.decode_image`` ignores): every image gets a file of its own, and the sideways one
+    is written upright, as ``predict`` reads it."""
+    root = tmp_path / "faces"
+    data.write_synthetic_dataset(root, "folders", n_images=160, seed=3)
+    happy = root / "happiness"
+    rng = np.random.default_rng(0)
+    tricky = {"happiness/a/b.png": 0, "happiness/a__b.png": 1, "happiness/c.jpg": 2, "happiness/c.png": 3,
+              "happiness/" + "x" * 120 + "/" + "y" * 120 + "/z.png": 4}
+    for image, n in tricky.items():
+        (root / image).parent.mkdir(parents=True, exist_ok=True)
+        face = data.draw_face("happiness", rng, 48).convert("L")
+        face.putpixel((0, 0), n * 40)  # each one different
+        face.save(root / image, "JPEG" if image.endswith(".jpg") else "PNG")
+    wide = Image.new("L", (60, 40), 0)
+    wide.paste(255, (0, 0, 30, 40))  # left half white: stored this way, shown turned by 90 degrees
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    wide.save(happy / "sideways.jpg", "JPEG", exif=exif.tobytes(), quality=95)
+    upright = np.asarray(data.to_8bit(Image.open(happy / "sideways.jpg")).convert("L"))
+    assert upright.shape == (60, 40)
+
+    work = tmp_path / "work"
+    manifest = folders.prepare(data.get_dataset(root), work, seed=42, test_size=0.25, val_size=0.25)
+    rows = manifest.set_index("image").loc[[*tricky, "happiness/sideways.jpg"]]
+    assert rows.path.ne("").all() and rows.path.is_unique, rows.path
+    for path in rows.path:
+        assert (work / path).is_file() and len(Path(path).name.encode()) <= folders.MAX_NAME_BYTES
+    assert manifest[manifest.path != ""].path.is_unique  # no two images share a file
+    assert Path(rows.path["happiness/a/b.png"]).name != Path(rows.path["happiness/a__b.png"]).name
+    ordinary = manifest[manifest.image.str.startswith("anger/") & (manifest.path != "")].iloc[0]
+    assert Path(ordinary.path).name == folders.flat_name(ordinary.image)  # an ordinary name stays flat_name's
+    sideways = work / rows.path["happiness/sideways.jpg"]
+    assert sideways.suffix == ".png"  # re-encoded upright
+    decoded = tf.io.decode_image(sideways.read_bytes(), channels=1).numpy()[..., 0]
+    assert decoded.shape == (60, 40) and np.abs(decoded.astype(int) - upright).mean() < 1
