@@ -126,6 +126,11 @@ def check_outputs(args, items: list) -> None:
         import pandas as pd
 
         plan = plan_copies(pd.DataFrame({"file": items}), args.annotate, args.paths)
+        real = resolved(Path(args.output)) if args.output else None
+        both = next((src for src, copy in plan.items() if real is not None and copy.resolve() == real), None)
+        if both is not None:
+            raise ValueError(f"--output {args.output} is where the annotated copy of {both} would go (--annotate "
+                             f"{args.annotate}); name another file for the results, or another --annotate folder.")
         there = existing_copies(plan)
         if there and not args.overwrite:
             raise ValueError(f"--annotate {args.annotate} already holds {len(there)} of the copies ({there[0]}"
