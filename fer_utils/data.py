@@ -160,8 +160,10 @@ def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
     """``(layout, root, labels_csv)`` of a dataset path (``LAYOUTS``), or a ``DatasetError`` saying what is there.
 
     A ``.csv`` file: the CSV layout, rooted at its folder. A folder: muxspace if it has ``data/legend.csv``;
-    else a CSV layout if it holds ``labels.csv`` or exactly one ``*.csv``; else class folders if it has
-    sub-folders with files; ``images/`` without ``data/legend.csv`` is an incomplete muxspace copy.
+    else a CSV layout if it holds ``labels.csv`` or exactly one ``*.csv`` (beside class folders, only a CSV whose
+    header names an image column counts: FER2013's ``fer2013.csv`` of pixels beside its image folders does not);
+    else class folders if it has sub-folders with files; ``images/`` without ``data/legend.csv`` is an incomplete
+    muxspace copy.
     """
     path = Path(path).expanduser()
     if path.is_file():
@@ -179,15 +181,28 @@ def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
     csvs = sorted(p for p in path.glob("*.csv") if p.is_file())
     if (path / LABELS_CSV).is_file():
         return "csv", path, path / LABELS_CSV
+    folders = any(any(f.is_file() for f in folder.rglob("*")) for folder, _ in _class_folders(path))
+    if folders:  # a CSV that names no image file (a table of pixels, of scores...) does not label these folders
+        csvs = [csv for csv in csvs if _names_images(csv)]
     if len(csvs) == 1:
         return "csv", path, csvs[0]
     if len(csvs) > 1:
         raise DatasetError(f"{path} holds {len(csvs)} CSV files ({', '.join(p.name for p in csvs[:5])}) and no "
                            f"{LABELS_CSV}: point data_dir or FER_DATA_DIR at the one that labels the images.")
-    if any(any(f.is_file() for f in folder.rglob("*")) for folder, _ in _class_folders(path)):
+    if folders:
         return "folders", path, None
     check_dataset_root(path)  # raises, saying what a dataset root needs
     raise AssertionError("unreachable")
+
+
+def _names_images(csv: Path) -> bool:
+    """Whether a CSV's header has an image column (``CSV_COLUMNS``); a header that cannot be read counts as yes,
+    so that reading the CSV says what is wrong with it."""
+    try:
+        columns = pd.read_csv(csv, nrows=0, dtype=str, skipinitialspace=True).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+        return True
+    return any(str(c).strip().lower() in CSV_COLUMNS["image"] for c in columns)
 
 
 def _folders_digest(root: Path) -> str:

@@ -91,6 +91,12 @@ def test_layouts_are_recognised(folder_dataset, csv_dataset, synthetic_data_dir,
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(data.DatasetError, match="not a CSV"):
         data.get_dataset(tmp_path / "notes.txt")
+    stray = tmp_path / "fer2013_release"  # class folders, and FER2013's CSV of pixels beside them
+    shutil.copytree(folder_dataset[0], stray)
+    (stray / "fer2013.csv").write_text("emotion,pixels,Usage\n0,1 2 3,Training\n")
+    assert data.get_dataset(stray).layout == "folders"
+    (stray / "mine.csv").write_text("image,emotion\nhappy/x.png,happiness\n")  # one that labels images: the CSV
+    assert data.get_dataset(stray).labels_csv == stray / "mine.csv"
     (two / "a.csv").write_text("file,mood\nx.png,happy\n")
     with pytest.raises(data.DatasetError, match=r"a.csv lacks the column\(s\) \['emotion'\]"):
         data.load_legend(two / "a.csv")
