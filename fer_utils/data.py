@@ -741,6 +741,17 @@ def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | Non
     conflicting = set(labels_per_image[labels_per_image.map(len) > 1].index)
     for r in known[known.image.isin(conflicting)].itertuples():
         add("conflicting labels", r.image, r.row, "labels " + " vs ".join(labels_per_image[r.image]))
+    # the same photo under two names with two emotions (say, copied into two class folders) is no better
+    rest = known[~known.image.isin(conflicting)]
+    rest = rest.assign(sha1=rest.image.map(files.dropna(subset=["sha1"]).set_index("file")["sha1"])).dropna(
+        subset=["sha1"])
+    labels_per_content = rest.groupby("sha1")["emotion"].agg(lambda s: sorted(set(s)))
+    twins = rest[rest.sha1.isin(labels_per_content[labels_per_content.map(len) > 1].index)]
+    for r in twins.itertuples():
+        others = sorted(set(twins.image[twins.sha1 == r.sha1]) - {r.image})
+        add("conflicting labels", r.image, r.row, "labels " + " vs ".join(labels_per_content[r.sha1])
+            + " of byte-identical files (" + ", ".join(others[:3]) + ("…" if len(others) > 3 else "") + ")")
+    conflicting |= set(twins.image)
     repeated = known[~known.image.isin(conflicting)].duplicated("image", keep="first")
     for r in known[~known.image.isin(conflicting)][repeated].itertuples():
         first = known[known.image == r.image].row.min()

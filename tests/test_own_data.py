@@ -286,3 +286,21 @@ def test_chain_on_a_labels_csv(csv_dataset, fake_fer_weights, tmp_path):
     assert records["metrics"]["n_people"] == records["prepare"]["people"]["test"]
     assert "person-grouped stratified split" in _outputs(work, "02_preprocess_into_folders")
     assert "Not in this dataset" not in _outputs(work, "01_load_dataset")
+
+
+def test_one_photo_in_two_class_folders_is_a_conflict_not_two_faces(tmp_path):
+    """The same bytes filed as happiness and as surprise: as for one image listed with two emotions, none of its
+    rows is used, and the audit says why; a byte-identical copy with the same emotion stays (kept together)."""
+    root = tmp_path / "mine"
+    data.write_synthetic_dataset(root, "folders", n_images=48, seed=4)
+    happy = sorted((root / "happiness").iterdir())
+    shutil.copy(happy[0], root / "surprise" / "copied_here_too.png")
+    shutil.copy(happy[1], root / "happiness" / "same_again.png")
+    audit = data.audit_dataset(root)
+    conflicts = audit.findings[audit.findings.kind == "conflicting labels"]
+    twins = {f"happiness/{happy[0].name}", "surprise/copied_here_too.png"}
+    assert set(conflicts.image) == twins
+    assert conflicts.detail.str.startswith("labels happiness vs surprise of byte-identical files (").all()
+    manifest = folders.build_manifest(audit).set_index("image")
+    assert (manifest.loc[sorted(twins), "reason"] == "conflicting labels for the same image").all()
+    assert manifest.loc[[f"happiness/{happy[1].name}", "happiness/same_again.png"], "reason"].eq("").all()
