@@ -74,3 +74,31 @@ def check_values(params: dict, declared: dict[Path, dict]) -> list[str]:
                 problems.append(f"-p {name} {params[name]!r}: {Path(path).name} declares {name} = {info['default']}, "
                                 f"so the value must be {kind}")
     return problems
+
+
+#: The smallest value each counting parameter outside ``TrainConfig`` takes (``TrainConfig`` checks its own), and
+#: why, for the one-line refusal; ``None`` stays allowed where it is the default.
+AT_LEAST = {"samples_per_emotion": (1, "faces shown per emotion"), "max_per_class": (1, "images kept per emotion"),
+            "timing_epochs": (1, "epochs timed"), "n_boot": (1, "bootstrap resamples"),
+            "eval_batch_size": (1, "faces per batch"), "n_gradcam": (0, "Grad-CAM examples"),
+            "n_eval": (0, "faces timed"), "faces": (1, "generated faces"), "face_size": (8, "pixels"),
+            "scale_epochs": (2, "epochs per strategy: the first fills the cache, the others are timed"),
+            "per_replica_batch": (1, "faces per replica per step"), "logical_cpus": (1, "logical CPU devices")}
+
+
+def check_ranges(params: dict) -> list[str]:
+    """One line per ``-p`` value out of range (``AT_LEAST``; ``test_size`` and ``val_size`` between 0 and 1,
+    with room left for training), checked before any notebook starts; ``[]`` when all are in range."""
+    problems = []
+    for name, (least, what) in AT_LEAST.items():
+        value = params.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+            problems.append(f"-p {name} {value}: must be at least {least} ({what})")
+    sizes = {k: params[k] for k in ("test_size", "val_size") if isinstance(params.get(k), (int, float))}
+    for name, value in sizes.items():
+        if not 0 < value < 1:
+            problems.append(f"-p {name} {value}: must be a share between 0 and 1 (of the usable images)")
+    if len(sizes) == 2 and all(0 < v < 1 for v in sizes.values()) and sum(sizes.values()) >= 1:
+        problems.append(f"-p test_size {sizes['test_size']} -p val_size {sizes['val_size']}: together they must "
+                        "leave images to train on (their sum below 1)")
+    return problems

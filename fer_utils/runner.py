@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fer_utils import saved_cells
 from fer_utils.notebook_format import normalised_json, stamp_header_time
-from fer_utils.parameters import check_values, declared_parameters, parse_value
+from fer_utils.parameters import check_ranges, check_values, declared_parameters, parse_value
 from fer_utils.progress import CellProgress, TrainingProgress, show_epochs
 from fer_utils.run_checks import check_config, check_folders, dataset_identity, recorded_data_dir
 from fer_utils.workfolder import (
@@ -178,7 +178,7 @@ def _run(argv: list[str] | None) -> int:
         # a partial run on the data the work folder's results come from, not on the default download
         data_dir, problem = recorded_data_dir(get_work_dir(args.work_dir, create=False))
         origin, problems = "work folder", [problem] if problem else []
-    problems += check_values(params, declared) or check_config(params)
+    problems += check_values(params, declared) or check_ranges(params) + check_config(params)
     problems += check_folders(data_dir, args.work_dir, notebooks, origin=origin)
     if problems:  # before any kernel starts or any folder is made
         print("\n".join(f"error: {line}" for line in problems), file=sys.stderr)

@@ -290,6 +290,7 @@ def test_training_progress_never_breaks_the_run(tmp_path):
     (["-p", "epochs", "abc"], "error: -p epochs 'abc': 01_first_step.ipynb declares epochs = 1, so the value must be "
                               "an integer"),
     (["-p", "epochs", "-3"], "error: Bad training configuration: epochs=-3"),
+    (["-p", "max_per_class", "-1"], "error: -p max_per_class -1: must be at least 1 (images kept per emotion)"),
 ])
 def test_bad_parameter_values_are_refused_in_one_line(chain, tmp_path, capsys, args, message):
     work = tmp_path / "work"
@@ -472,3 +473,14 @@ def test_the_repository_or_a_folder_holding_the_dataset_is_refused_as_work_folde
                    "contents the notebooks write and replace: move the dataset out, or choose another work folder "
                    "(--work-dir)")
     assert not (work / "runs").exists()
+
+
+def test_counts_and_shares_out_of_range_are_named():
+    assert parameters.check_ranges({"max_per_class": None, "faces": 2000, "scale_epochs": 2, "seed": -1}) == []
+    assert parameters.check_ranges({"faces": 0, "scale_epochs": 1, "n_gradcam": 0}) == [
+        "-p faces 0: must be at least 1 (generated faces)",
+        "-p scale_epochs 1: must be at least 2 (epochs per strategy: the first fills the cache, the others are timed)"]
+    assert parameters.check_ranges({"test_size": 1.5}) == [
+        "-p test_size 1.5: must be a share between 0 and 1 (of the usable images)"]
+    assert parameters.check_ranges({"test_size": 0.6, "val_size": 0.4}) == [
+        "-p test_size 0.6 -p val_size 0.4: together they must leave images to train on (their sum below 1)"]
