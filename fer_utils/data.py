@@ -159,7 +159,8 @@ def _class_folders(root: Path) -> list[tuple[Path, str]]:
 def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
     """``(layout, root, labels_csv)`` of a dataset path (``LAYOUTS``), or a ``DatasetError`` saying what is there.
 
-    A ``.csv`` file: the CSV layout, rooted at its folder. A folder: muxspace if it has ``data/legend.csv``;
+    A ``.csv`` file: the CSV layout, rooted at its folder (muxspace's own ``data/legend.csv``: that dataset's
+    folder, in the muxspace layout). A folder: muxspace if it has ``data/legend.csv``;
     else a CSV layout if it holds ``labels.csv`` or exactly one ``*.csv`` (beside class folders, only a CSV whose
     header names an image column counts: FER2013's ``fer2013.csv`` of pixels beside its image folders does not);
     else class folders if it has sub-folders with files; ``images/`` without ``data/legend.csv`` is an incomplete
@@ -167,6 +168,8 @@ def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
     """
     path = Path(path).expanduser()
     if path.is_file():
+        if path.name == "legend.csv" and path.parent.name == "data" and (path.parent.parent / IMAGES).is_dir():
+            return "muxspace", path.parent.parent, None  # muxspace's own data/legend.csv: its dataset folder
         if path.suffix.lower() != ".csv":
             raise DatasetError(f"{path} is a file but not a CSV. Point data_dir or FER_DATA_DIR at a dataset folder, "
                                "or at a CSV of image,emotion[,person] (image paths relative to the CSV's folder).")
@@ -393,6 +396,16 @@ def _relative(image: str) -> str:
     return Path(image.strip().replace("\\", "/")).as_posix().removeprefix("./")
 
 
+def _any_found(root: Path, images) -> bool:
+    """Whether any of ``images`` (paths relative to ``root``) is a file inside ``root``."""
+    inside = Path(root).resolve()
+    for image in images:
+        path = (inside / image).resolve()
+        if path.is_relative_to(inside) and path.is_file():
+            return True
+    return False
+
+
 def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
     """The labels, one row per labelled image, whatever the layout: ``row``, ``user_id``, ``image`` (relative
     to ``Dataset.images_dir``), ``label`` (as written), ``emotion`` (normalised; None if unknown or left
@@ -439,6 +452,11 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
     if legend.empty and dataset.layout != "folders":
         raise DatasetError(f"{path} has a header but no rows: add one line per labelled image "
                            "(user.id,image,emotion).")
+    if dataset.layout == "csv" and not _any_found(dataset.root, legend["image"]):
+        example = legend["image"].iloc[0]
+        raise DatasetError(f"None of the {len(legend):,} images {path.name} lists is in its folder {dataset.root} "
+                           f"(the first, {example!r}, would be {dataset.root / example}): image paths in a labels "
+                           "CSV are relative to the CSV's folder; point at a CSV beside the images, or fix the paths.")
     legend.insert(0, "row", np.arange(2, len(legend) + 2) if dataset.layout != "folders"
                   else np.arange(1, len(legend) + 1))  # line numbers as a spreadsheet shows them
     legend["emotion"] = [normalise_label(label, mapping) for label in legend["label"]]

@@ -91,6 +91,14 @@ def test_layouts_are_recognised(folder_dataset, csv_dataset, synthetic_data_dir,
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(data.DatasetError, match="not a CSV"):
         data.get_dataset(tmp_path / "notes.txt")
+    legend = data.get_dataset(synthetic_data_dir / "data" / "legend.csv")  # muxspace's legend: its folder
+    assert (legend.layout, legend.root) == ("muxspace", synthetic_data_dir)
+    elsewhere = tmp_path / "lists"
+    elsewhere.mkdir()
+    (elsewhere / "mine.csv").write_text("image,emotion\nimages/a.png,happiness\n../x.png,sadness\n")
+    with pytest.raises(data.DatasetError, match=r"None of the 2 images mine.csv lists is in its folder .* "
+                                                r"relative to the CSV's folder"):
+        data.load_legend(elsewhere / "mine.csv")
     stray = tmp_path / "fer2013_release"  # class folders, and FER2013's CSV of pixels beside them
     shutil.copytree(folder_dataset[0], stray)
     (stray / "fer2013.csv").write_text("emotion,pixels,Usage\n0,1 2 3,Training\n")
