@@ -407,8 +407,13 @@ def test_model_provenance_unknown_without_records(tmp_path, keras):
     path = _save(_tiny_model(keras, 1), tmp_path, "grayscale", record=False)
     (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))  # an older one: names no model
     info = P.model_provenance(P.load_model(path))
-    assert info["record_source"] == "model input shape"
-    assert info["record_match"] is None and info["metrics_match"] is None and info["warnings"] == []
+    assert info["record_source"] == "model input shape" and info["trained"] is None  # nothing says
+    assert info["record_match"] is None and info["metrics_match"] is None
+    assert info["warnings"] == [f"Warning: no {path.stem}.json beside {path.name}: the image size and colour mode "
+                                "come from the model's input shape, and resizing, test-time augmentation and class "
+                                "names are the defaults, which may not be how it was trained; keep a model with its "
+                                "record (copy both)."]
+    assert "trained: unknown" in P.describe_model(info)
     assert P.model_provenance(P.as_loaded(_tiny_model(keras, 1)))["sha256"] is None  # in memory: no file
 
 

@@ -153,8 +153,10 @@ def model_provenance(loaded: LoadedModel, work_dir: str | os.PathLike | None = N
     saying what to run.
     """
     record, path = loaded.record, loaded.path
+    guessed = record.source == "model input shape"  # no model.json: whether it was trained is not known
     info = {"path": _shown_path(path, work_dir) if path is not None else None, "name": record.model,
-            "image_size": list(record.image_size), "color_mode": record.color_mode, "trained": record.trained,
+            "image_size": list(record.image_size), "color_mode": record.color_mode,
+            "trained": None if guessed else record.trained,
             "record_source": record.source, "sha256": None, "record_sha256": record.model_sha256,
             "record_match": None, "metrics": None, "metrics_match": None,
             "warnings": []}
@@ -162,6 +164,11 @@ def model_provenance(loaded: LoadedModel, work_dir: str | os.PathLike | None = N
         return info
     path = Path(path)
     info["sha256"] = digest = sha256_of(path)
+    if guessed:
+        info["warnings"].append(
+            f"Warning: no {ModelRecord.path_for(path).name} beside {path.name}: the image size and colour mode come "
+            "from the model's input shape, and resizing, test-time augmentation and class names are the defaults, "
+            "which may not be how it was trained; keep a model with its record (copy both).")
     if record.model_sha256:
         info["record_match"] = record.model_sha256 == digest
         if not info["record_match"]:
@@ -200,12 +207,16 @@ def load_and_announce(path: str | os.PathLike | None = None, work_dir: str | os.
 
 
 def describe_model(provenance: dict) -> str:
-    """The one line the command line prints: ``Model: <path> (<name>, <H>×<W> <colour mode>, trained: yes/no,
+    """The one line the command line prints: ``Model: <path> (<name>, <H>×<W> <colour mode>, trained: yes/no/unknown,
     sha256 <first 12>)``."""
     h, w = provenance["image_size"]
     sha = provenance["sha256"][:12] if provenance["sha256"] else "unknown"
     return (f"Model: {provenance['path'] or '(in memory)'} ({provenance['name']}, {h}×{w} "
-            f"{provenance['color_mode']}, trained: {'yes' if provenance['trained'] else 'no'}, sha256 {sha})")
+            f"{provenance['color_mode']}, trained: {TRAINED[provenance['trained']]}, sha256 {sha})")
+
+
+#: How the model line says whether the model was trained (``None``: no record says).
+TRAINED = {True: "yes", False: "no", None: "unknown"}
 
 
 # --------------------------------------------------------------------------------------------------
