@@ -22,6 +22,7 @@ from fer_utils.workfolder import (
     get_work_dir,
     numbered_notebooks,
     run_notebooks,
+    unfinished_runs,
 )
 
 #: README sections that become pages of their own (heading → page name); the rest of README.md is the landing page.
@@ -314,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, SystemExit) as err:
         print(f"error: the site was not built: {err}", file=sys.stderr)
         return 1
+    if args.run:  # built from a run that stopped: its pages show the notebooks as far as they ran
+        for line in unfinished_runs(get_work_dir(args.work_dir, create=False), args.run):
+            print(f"Warning: {line}: the site shows the notebooks only as far as that run got; run it again "
+                  "(python -m fer_utils run) for a complete site.", file=sys.stderr)
     out = index.parent
     pages = sum(1 for p in out.rglob("*.html") if "_static" not in p.relative_to(out).parts)
     print(f"Built the site in {time.perf_counter() - start:.0f} s: {pages} pages in {out}\n"

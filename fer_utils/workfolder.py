@@ -223,22 +223,46 @@ def run_notebooks(work_dir: str | os.PathLike, run_id: str = "latest") -> list[P
     """The executed notebooks of a run of ``python -m fer_utils run`` (``"latest"``: the work folder's latest),
     one per number: the run's own copies, and for the notebooks a partial run did not execute (``--from``),
     the copies of the run it extends, and so on. Raises ``FileNotFoundError`` saying what is missing."""
+    found = {}
+    for folder, _ in run_chain(work_dir, run_id):
+        for path in numbered_notebooks(folder / EXECUTED_DIR):
+            found.setdefault(path.name[:2], path)
+    return [found[number] for number in sorted(found)]
+
+
+def run_chain(work_dir: str | os.PathLike, run_id: str = "latest") -> list[tuple[Path, dict]]:
+    """(folder, record) of a run (``"latest"``: the work folder's latest) and of the runs it extends, newest
+    first. Raises ``FileNotFoundError`` saying what is missing."""
     work = Path(work_dir)
     if run_id == "latest":
         if not (work / RUN_RECORD).exists():
             raise FileNotFoundError(f"No run in {work}: run `python -m fer_utils run` first.")
         run_id = read_record(work / RUN_RECORD).get("id")
-    found, seen = {}, set()
+    chain, seen = [], set()
     while run_id and run_id not in seen:
         seen.add(run_id)
         folder = work / RUNS_DIR / run_id
         if not (folder / RUN_RECORD).exists():
             raise FileNotFoundError(f"No run {run_id!r} in {work / RUNS_DIR} (the runs there: "
                                     f"{', '.join(sorted(p.name for p in (work / RUNS_DIR).glob('*'))) or 'none'}).")
-        for path in numbered_notebooks(folder / EXECUTED_DIR):
-            found.setdefault(path.name[:2], path)
-        run_id = read_record(folder / RUN_RECORD).get("extends")
-    return [found[number] for number in sorted(found)]
+        record = read_record(folder / RUN_RECORD)
+        chain.append((folder, record))
+        run_id = record.get("extends")
+    return chain
+
+
+def unfinished_runs(work_dir: str | os.PathLike, run_id: str = "latest") -> list[str]:
+    """One line per run of ``run_chain`` that did not finish (failed, interrupted, or still running): which
+    notebook stopped it and why, so that a site built from it can say its pages stop there."""
+    lines = []
+    for folder, record in run_chain(work_dir, run_id):
+        if record.get("status") in ("failed", "interrupted", "running"):
+            stopped = [(name, info) for name, info in record.get("notebooks", {}).items()
+                       if info.get("status") != "ok"]
+            where = (f" in {stopped[-1][0]}" + (f" ({stopped[-1][1]['error']})" if stopped[-1][1].get("error") else "")
+                     if stopped else "")
+            lines.append(f"run {folder.name} {record.get('status', 'unknown')}{where}")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------

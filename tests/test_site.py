@@ -186,13 +186,20 @@ def test_a_run_and_the_run_it_extends_make_one_site(tmp_path, capsys):
         folder.mkdir(parents=True)
         for name in names:
             (folder / name).write_bytes((executed / name).read_bytes())
-        workfolder.write_record(folder.parent / "run.json", {"id": run_id, "extends": extends})
+        failed = {"status": "failed", "notebooks": {second[:-6]: {"status": "failed", "error": "ValueError: boom"}}}
+        workfolder.write_record(folder.parent / "run.json", {"id": run_id, "extends": extends,
+                                                             **(failed if extends else {"status": "ok"})})
     workfolder.write_record(work / "run.json", {"id": "20260102-000000", "extends": "20260101-000000"})
     (work / "executed").mkdir()  # e.g. papermill's own output folder: not part of any run
     (work / "executed" / f"{second[:2]}_quick.ipynb").write_text("{}")
+    capsys.readouterr()
     assert fer_site.main(["--run", "latest", "--work-dir", str(work)]) == 0
     built = work / fer_site.SITE_DIR
     assert sorted(p.name for p in (built / "notebooks").glob("*.html")) == [f"{s}.html" for s in STEPS[:2]]
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning: run")]
+    assert warned == [f"Warning: run 20260102-000000 failed in {second[:-6]} (ValueError: boom): the site shows the "
+                      "notebooks only as far as that run got; run it again (python -m fer_utils run) for a complete "
+                      "site."]
     assert fer_site.main(["--run", "20261231-000000", "--work-dir", str(work)]) == 2
     assert "No run '20261231-000000'" in capsys.readouterr().err
 
