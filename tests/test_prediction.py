@@ -355,6 +355,10 @@ def test_cli_annotate_writes_copies_and_refuses_input_folder(model_dir, photos, 
     assert P.main([*_cli_inputs(photos), *model, "--annotate", str(out)]) == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == ["blank.png", "hopper.jpg"]  # unreadable inputs get no copy
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        0o666 & ~mask}  # as any file the user saves, not private
     annotated = Image.open(out / "hopper.jpg")
     assert annotated.size == Image.open(photos["face"]).size
     assert not np.array_equal(np.asarray(annotated), np.asarray(Image.open(photos["face"])))

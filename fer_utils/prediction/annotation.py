@@ -156,6 +156,13 @@ class AnnotatedCopies(list):
         self.skipped: dict[str, str] = dict(skipped or {})
 
 
+def _umask() -> int:
+    """This process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _save_new(im: Image.Image, target: Path, out: Path, overwrite: bool) -> None:
     """Save into a new file beside ``target``, then rename it to ``target``: a file already there (a link to
     another file included) is replaced as a name, never written into; nothing lands outside ``out``."""
@@ -166,6 +173,7 @@ def _save_new(im: Image.Image, target: Path, out: Path, overwrite: bool) -> None
         raise FileExistsError(f"{target} already exists (overwrite=True, or --overwrite, replaces it)")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".annotating-", suffix=target.suffix)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's file is private (0600); a copy is as any file the user saves
         with os.fdopen(fd, "wb") as f:
             if target.suffix == ".jpg":
                 im.save(f, "JPEG", quality=92)
