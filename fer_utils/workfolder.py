@@ -123,7 +123,8 @@ def require(path: str | os.PathLike, step: str, what: str = "") -> Path:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what or path.name} not found in the work folder ({path.name}). "
+        named = f" ({path.name})" if what and path.name not in what else ""  # what, unless what names it already
+        raise FileNotFoundError(f"{what or path.name} not found in the work folder{named}. "
                                 f"Run notebooks/{notebook_name(step)} first (same work_dir), "
                                 "or `python -m fer_utils run`.")
     return path
