@@ -66,8 +66,9 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
         if {k: recorded.get(k) for k in mine} != mine:
             problems.append(f"the work folder {work} holds results made from another dataset ({recorded.get('layout')}"
                             f", sha256 {str(recorded.get('sha256'))[:12]}…, in {theirs.name}) than this one "
-                            f"({mine['layout']}, sha256 {mine['sha256'][:12]}…): give this dataset a work folder of "
-                            "its own (--work-dir), or delete that one to start over")
+                            f"({mine['layout']}, sha256 {mine['sha256'][:12]}…; a dataset with images added or "
+                            "removed is another one): give this dataset a work folder of its own (--work-dir), which "
+                            "keeps the earlier results as they are, or delete that one to start over")
     return problems
 
 
