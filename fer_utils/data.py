@@ -375,9 +375,16 @@ def _read_labels_csv(path: Path) -> pd.DataFrame:
     """A labels CSV as text with canonical column names (``CSV_COLUMNS``): image, emotion, person?, source?"""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path.name} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8 "
+                           "(a spreadsheet's \"CSV UTF-8\"), then run again.") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DatasetError(f"{path.name} is not a readable CSV file: {err}") from err
     table.columns = [str(c).strip().lower() for c in table.columns]
+    if len(table.columns) == 1 and any(sep in table.columns[0] for sep in (";", "\t")):
+        sep = "semicolons" if ";" in table.columns[0] else "tabs"
+        raise DatasetError(f"{path.name} separates its columns with {sep} (header {table.columns[0]!r}): save it "
+                           "with commas (a spreadsheet's \"CSV\", comma-separated), then run again.")
     renamed = {}
     for canonical, names in CSV_COLUMNS.items():
         found = [c for c in names if c in table.columns]
@@ -450,8 +457,8 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
             legend["image"] = legend["image"].str.strip()
             legend["user_id"] = legend["user_id"].str.strip()
     if legend.empty and dataset.layout != "folders":
-        raise DatasetError(f"{path} has a header but no rows: add one line per labelled image "
-                           "(user.id,image,emotion).")
+        header = "image,emotion[,person]" if dataset.layout == "csv" else "user.id,image,emotion"
+        raise DatasetError(f"{path} has a header but no rows: add one line per labelled image ({header}).")
     if dataset.layout == "csv" and not _any_found(dataset.root, legend["image"]):
         example = legend["image"].iloc[0]
         raise DatasetError(f"None of the {len(legend):,} images {path.name} lists is in its folder {dataset.root} "

@@ -99,6 +99,15 @@ def test_layouts_are_recognised(folder_dataset, csv_dataset, synthetic_data_dir,
     with pytest.raises(data.DatasetError, match=r"None of the 2 images mine.csv lists is in its folder .* "
                                                 r"relative to the CSV's folder"):
         data.load_legend(elsewhere / "mine.csv")
+    (elsewhere / "semi.csv").write_text("image;emotion\nimages/a.png;happiness\n")
+    with pytest.raises(data.DatasetError, match=r"semi.csv separates its columns with semicolons .* with commas"):
+        data.load_legend(elsewhere / "semi.csv")
+    (elsewhere / "latin.csv").write_bytes("image,emotion\nimages/caf\u00e9.png,happiness\n".encode("latin-1"))
+    with pytest.raises(data.DatasetError, match=r"latin.csv is not UTF-8 text .* save it as UTF-8"):
+        data.load_legend(elsewhere / "latin.csv")
+    (elsewhere / "header.csv").write_text("image,emotion\n")
+    with pytest.raises(data.DatasetError, match=r"has a header but no rows: .*\(image,emotion\[,person\]\)"):
+        data.load_legend(elsewhere / "header.csv")
     stray = tmp_path / "fer2013_release"  # class folders, and FER2013's CSV of pixels beside them
     shutil.copytree(folder_dataset[0], stray)
     (stray / "fer2013.csv").write_text("emotion,pixels,Usage\n0,1 2 3,Training\n")
