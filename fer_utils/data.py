@@ -161,8 +161,8 @@ def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
 
     A ``.csv`` file: the CSV layout, rooted at its folder (muxspace's own ``data/legend.csv``: that dataset's
     folder, in the muxspace layout). A folder: muxspace if it has ``data/legend.csv``;
-    else a CSV layout if it holds ``labels.csv`` or exactly one ``*.csv`` (beside class folders, only a CSV whose
-    header names an image column counts: FER2013's ``fer2013.csv`` of pixels beside its image folders does not);
+    else a CSV layout if it holds ``labels.csv`` or exactly one ``*.csv`` (beside class folders, a table of pixels
+    such as FER2013's ``fer2013.csv``, a ``pixels`` column and no image column, does not count);
     else class folders if it has sub-folders with files; ``images/`` without ``data/legend.csv`` is an incomplete
     muxspace copy.
     """
@@ -185,8 +185,8 @@ def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
     if (path / LABELS_CSV).is_file():
         return "csv", path, path / LABELS_CSV
     folders = any(any(f.is_file() for f in folder.rglob("*")) for folder, _ in _class_folders(path))
-    if folders:  # a CSV that names no image file (a table of pixels, of scores...) does not label these folders
-        csvs = [csv for csv in csvs if _names_images(csv)]
+    if folders:  # a table of pixels (FER2013's fer2013.csv) beside the image folders does not label them
+        csvs = [csv for csv in csvs if not _pixel_table(csv)]
     if len(csvs) == 1:
         return "csv", path, csvs[0]
     if len(csvs) > 1:
@@ -198,14 +198,15 @@ def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
     raise AssertionError("unreachable")
 
 
-def _names_images(csv: Path) -> bool:
-    """Whether a CSV's header has an image column (``CSV_COLUMNS``); a header that cannot be read counts as yes,
-    so that reading the CSV says what is wrong with it."""
+def _pixel_table(csv: Path) -> bool:
+    """Whether a CSV holds the faces' pixels (a ``pixels`` column and no image column, as FER2013's
+    ``fer2013.csv``) rather than labels of image files; a header that cannot be read counts as no, so that
+    reading the CSV as labels says what is wrong with it."""
     try:
-        columns = pd.read_csv(csv, nrows=0, dtype=str, skipinitialspace=True).columns
+        columns = {str(c).strip().lower() for c in pd.read_csv(csv, nrows=0, dtype=str).columns}
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
-        return True
-    return any(str(c).strip().lower() in CSV_COLUMNS["image"] for c in columns)
+        return False
+    return "pixels" in columns and not columns & set(CSV_COLUMNS["image"])
 
 
 def _folders_digest(root: Path) -> str:

@@ -244,7 +244,10 @@ def upright(path: Path) -> bool:
     """Whether an image's pixels are stored upright: no EXIF orientation, or orientation 1 (an unreadable
     header counts as upright; the audit has said what is wrong with such a file)."""
     try:
-        with open_image(path) as im:
+        with warnings.catch_warnings(), open_image(path) as im:  # the audit has reported corrupt EXIF already
+            warnings.simplefilter("ignore")
+            if "exif" not in im.info:  # read from the header; getexif() would decode a PNG's pixels to look further
+                return True
             return im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None)
     except (OSError, ValueError, SyntaxError, ImageRefused):
         return True

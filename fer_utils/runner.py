@@ -189,6 +189,8 @@ def _run(argv: list[str] | None) -> int:
         os.environ["FER_DATA_ORIGIN"] = origin  # what the notebooks say the dataset came from
     else:
         os.environ.pop("FER_DATA_ORIGIN", None)
+        if os.environ.get("FER_DATA_DIR"):  # the kernels run in notebooks/: a relative path must not move
+            os.environ["FER_DATA_DIR"] = str(Path(os.environ["FER_DATA_DIR"]).expanduser().resolve())
     work = get_work_dir(args.work_dir)
     os.environ["FER_WORK_DIR"] = str(work)
     previous = read_record(work / RUN_RECORD) if (work / RUN_RECORD).exists() else None
@@ -203,6 +205,9 @@ def _run(argv: list[str] | None) -> int:
     print(f"Work folder: {work} · run {run_id}" + (f", extending run {extends}" if extends else ""))
     if origin == "work folder" and data_dir:
         print(f"Dataset: {data_dir}, the one this work folder's results come from ({DATASET_RECORD})")
+    elif notebooks[0] != first and os.environ.get("FER_DATA_DIR") and (work / DATASET_RECORD).is_file():
+        # the same dataset (check_folders compared them), named where it is now: later partial runs find it there
+        write_record(work / DATASET_RECORD, dataset_record(os.environ["FER_DATA_DIR"]))
     record = {"step": "run", "id": run_id, "extends": extends, "parameters": params, "notebooks": {},
               "status": "running"}
     t_run = time.perf_counter()

@@ -253,16 +253,19 @@ def run_chain(work_dir: str | os.PathLike, run_id: str = "latest") -> list[tuple
 
 
 def unfinished_runs(work_dir: str | os.PathLike, run_id: str = "latest") -> list[str]:
-    """One line per run of ``run_chain`` that did not finish (failed, interrupted, or still running): which
-    notebook stopped it and why, so that a site built from it can say its pages stop there."""
-    lines = []
-    for folder, record in run_chain(work_dir, run_id):
+    """One line per run of ``run_chain`` that did not finish (failed, interrupted, or still running) where no
+    newer run of the chain ran the notebook that stopped it: which notebook and why, so that a site built from
+    the chain can say its pages stop there."""
+    lines, redone = [], set()
+    for folder, record in run_chain(work_dir, run_id):  # newest first
+        notebooks = record.get("notebooks", {})
         if record.get("status") in ("failed", "interrupted", "running"):
-            stopped = [(name, info) for name, info in record.get("notebooks", {}).items()
-                       if info.get("status") != "ok"]
-            where = (f" in {stopped[-1][0]}" + (f" ({stopped[-1][1]['error']})" if stopped[-1][1].get("error") else "")
-                     if stopped else "")
-            lines.append(f"run {folder.name} {record.get('status', 'unknown')}{where}")
+            stopped = [(name, info) for name, info in notebooks.items() if info.get("status") != "ok"]
+            if not (stopped and stopped[-1][0] in redone):
+                where = (f" in {stopped[-1][0]}" + (f" ({stopped[-1][1]['error']})" if stopped[-1][1].get("error")
+                                                     else "") if stopped else "")
+                lines.append(f"run {folder.name} {record.get('status', 'unknown')}{where}")
+        redone |= {name for name, info in notebooks.items() if info.get("status") == "ok"}
     return lines
 
 

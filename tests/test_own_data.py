@@ -112,6 +112,9 @@ def test_layouts_are_recognised(folder_dataset, csv_dataset, synthetic_data_dir,
     shutil.copytree(folder_dataset[0], stray)
     (stray / "fer2013.csv").write_text("emotion,pixels,Usage\n0,1 2 3,Training\n")
     assert data.get_dataset(stray).layout == "folders"
+    (stray / "mine.csv").write_text("image;emotion\nhappy/x.png;happiness\n")  # labels, badly saved: read, and
+    with pytest.raises(data.DatasetError, match="separates its columns with semicolons"):  # said so
+        data.load_legend(data.get_dataset(stray))
     (stray / "mine.csv").write_text("image,emotion\nhappy/x.png,happiness\n")  # one that labels images: the CSV
     assert data.get_dataset(stray).labels_csv == stray / "mine.csv"
     (two / "a.csv").write_text("file,mood\nx.png,happy\n")

@@ -26,7 +26,7 @@ from PIL import Image
 from fer_utils import EMOTIONS, import_tensorflow, models
 from fer_utils import prediction as P
 from fer_utils.models import ModelRecord
-from fer_utils.prediction import gradcam
+from fer_utils.prediction import annotation, gradcam
 from fer_utils.workfolder import sha256_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -346,19 +346,17 @@ def test_cli_missing_model_and_nothing_predicted(tmp_path, photos, capsys):
     assert "05_train_model" in capsys.readouterr().err
 
 
-def test_cli_annotate_writes_copies_and_refuses_input_folder(model_dir, photos, tmp_path, capsys):
+def test_cli_annotate_writes_copies_and_refuses_input_folder(model_dir, photos, tmp_path, capsys, monkeypatch):
     model = ["--model", str(model_dir / "model.keras")]
     before = {p: p.read_bytes() for p in photos.values()}
     assert P.main([str(photos["face"].parent), *model, "--annotate", str(photos["face"].parent)]) == 2
     assert "Refusing" in capsys.readouterr().err
     out = tmp_path / "annotated"
+    monkeypatch.setattr(annotation, "COPY_MODE", 0o640)  # as a umask of 027 gives (mkstemp's own is 0600)
     assert P.main([*_cli_inputs(photos), *model, "--annotate", str(out)]) == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == ["blank.png", "hopper.jpg"]  # unreadable inputs get no copy
-    mask = os.umask(0o022)
-    os.umask(mask)
-    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {
-        0o666 & ~mask}  # as any file the user saves, not private
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o640}  # as any file the user saves
     annotated = Image.open(out / "hopper.jpg")
     assert annotated.size == Image.open(photos["face"]).size
     assert not np.array_equal(np.asarray(annotated), np.asarray(Image.open(photos["face"])))

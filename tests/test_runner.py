@@ -446,6 +446,9 @@ def test_a_partial_run_uses_the_dataset_the_work_folder_was_made_from(tmp_path, 
     assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work), "--from", "02",
                         "--data-dir", str(moved)]) == 0
     assert (work / "02.txt").read_text() == f"{moved.resolve()}|--data-dir"
+    time.sleep(1.1)  # the record now names where it is: a bare partial run finds it again
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work), "--from", "02"]) == 0
+    assert (work / "02.txt").read_text() == f"{moved.resolve()}|work folder"
 
 
 def test_only_a_finished_notebook_01_claims_the_work_folder_for_its_dataset(chain, tmp_path, capsys):

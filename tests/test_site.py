@@ -200,6 +200,14 @@ def test_a_run_and_the_run_it_extends_make_one_site(tmp_path, capsys):
     assert warned == [f"Warning: run 20260102-000000 failed in {second[:-6]} (ValueError: boom): the site shows the "
                       "notebooks only as far as that run got; run it again (python -m fer_utils run) for a complete "
                       "site."]
+    # a later partial run that ran the notebook again completes the set: no warning any more
+    third = work / "runs" / "20260103-000000"
+    (third / "executed").mkdir(parents=True)
+    (third / "executed" / second).write_bytes((executed / second).read_bytes())
+    workfolder.write_record(third / "run.json", {"id": third.name, "extends": "20260102-000000", "status": "ok",
+                                                 "notebooks": {second[:-6]: {"status": "ok"}}})
+    workfolder.write_record(work / "run.json", {"id": third.name, "extends": "20260102-000000"})
+    assert workfolder.unfinished_runs(work) == []
     assert fer_site.main(["--run", "20261231-000000", "--work-dir", str(work)]) == 2
     assert "No run '20261231-000000'" in capsys.readouterr().err
 

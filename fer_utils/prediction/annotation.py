@@ -156,11 +156,15 @@ class AnnotatedCopies(list):
         self.skipped: dict[str, str] = dict(skipped or {})
 
 
-def _umask() -> int:
-    """This process's umask (read by setting it and putting it back)."""
+def _read_umask() -> int:
+    """This process's umask (read by setting it and putting it back, once, at import)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+#: The permissions an annotated copy gets: those of any file the user saves (mkstemp's are private, 0600).
+COPY_MODE = 0o666 & ~_read_umask()
 
 
 def _save_new(im: Image.Image, target: Path, out: Path, overwrite: bool) -> None:
@@ -173,12 +177,13 @@ def _save_new(im: Image.Image, target: Path, out: Path, overwrite: bool) -> None
         raise FileExistsError(f"{target} already exists (overwrite=True, or --overwrite, replaces it)")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".annotating-", suffix=target.suffix)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's file is private (0600); a copy is as any file the user saves
         with os.fdopen(fd, "wb") as f:
             if target.suffix == ".jpg":
                 im.save(f, "JPEG", quality=92)
             else:
                 im.save(f, "PNG")
+        if os.name == "posix":
+            os.chmod(tmp, COPY_MODE)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

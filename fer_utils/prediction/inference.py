@@ -211,12 +211,9 @@ def describe_model(provenance: dict) -> str:
     sha256 <first 12>)``."""
     h, w = provenance["image_size"]
     sha = provenance["sha256"][:12] if provenance["sha256"] else "unknown"
+    trained = "unknown" if provenance["trained"] is None else "yes" if provenance["trained"] else "no"
     return (f"Model: {provenance['path'] or '(in memory)'} ({provenance['name']}, {h}×{w} "
-            f"{provenance['color_mode']}, trained: {TRAINED[provenance['trained']]}, sha256 {sha})")
-
-
-#: How the model line says whether the model was trained (``None``: no record says).
-TRAINED = {True: "yes", False: "no", None: "unknown"}
+            f"{provenance['color_mode']}, trained: {trained}, sha256 {sha})")
 
 
 # --------------------------------------------------------------------------------------------------
