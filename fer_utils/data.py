@@ -404,14 +404,10 @@ def _relative(image: str) -> str:
     return Path(image.strip().replace("\\", "/")).as_posix().removeprefix("./")
 
 
-def _any_found(root: Path, images) -> bool:
-    """Whether any of ``images`` (paths relative to ``root``) is a file inside ``root``."""
-    inside = Path(root).resolve()
-    for image in images:
-        path = (inside / image).resolve()
-        if path.is_relative_to(inside) and path.is_file():
-            return True
-    return False
+def _named_file(base: Path, name: str, inside: Path) -> bool:
+    """Whether ``name`` (a labels CSV's path, relative to ``base``) is a file whose real path lies in ``inside``:
+    a row never reaches outside the dataset's folder."""
+    return bool(name) and (base / name).is_file() and (base / name).resolve().is_relative_to(inside)
 
 
 def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
@@ -460,7 +456,8 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
     if legend.empty and dataset.layout != "folders":
         header = "image,emotion[,person]" if dataset.layout == "csv" else "user.id,image,emotion"
         raise DatasetError(f"{path} has a header but no rows: add one line per labelled image ({header}).")
-    if dataset.layout == "csv" and not _any_found(dataset.root, legend["image"]):
+    if dataset.layout == "csv" and not any(_named_file(dataset.root, image, dataset.root.resolve())
+                                           for image in legend["image"]):
         example = legend["image"].iloc[0]
         raise DatasetError(f"None of the {len(legend):,} images {path.name} lists is in its folder {dataset.root} "
                            f"(the first, {example!r}, would be {dataset.root / example}): image paths in a labels "
@@ -651,7 +648,7 @@ def dataset_files(dataset: Dataset) -> list[str]:
     else:
         named = _read_labels_csv(dataset.labels_csv)["image"].map(_relative)
         inside = base.resolve()
-        found |= {n for n in named if n and (base / n).is_file() and (base / n).resolve().is_relative_to(inside)}
+        found |= {n for n in named if _named_file(base, n, inside)}
     return sorted(found)
 
 
