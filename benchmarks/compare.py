@@ -28,7 +28,8 @@ Configurations:
 - the variants of ``ours`` (``VARIANTS``, each only when named in ``--only``): the same recipe, changed to
   train faster. ``ours_short``: a short schedule, 2 whole-model epochs after the 2 head epochs instead of 12;
   ``ours_48``: 48×48 input (FER2013's own size) instead of 64×64; ``ours_48_e8``: 48×48 and 8 whole-model
-  epochs. With ``ours`` in the same run (or stored by an earlier run: ``--pair-with``), the report pairs each
+  epochs; ``ours_e8_cosine``: 8 whole-model epochs with each phase's rate decaying to 0 (cosine) instead of
+  12 at a constant rate. With ``ours`` in the same run (or stored by an earlier run: ``--pair-with``), the report pairs each
   with it on the same faces, per metric (``ours_short_minus_ours``) and per emotion's F1
   (``ours_short_minus_ours_f1_per_emotion``), and gives the ratio of their training seconds per fold
   (``ours_short_over_ours_train_time``);
@@ -79,7 +80,7 @@ from fer_utils import EMOTIONS, data, evaluation, folders, models, pipelines, tr
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
 ORDER = ("majority", "peer_fer", "peer_faceapi", "reference", "seed_cnn", "ours", "ours_short", "ours_48",
-         "ours_48_e8", "seed_cnn_random_split")
+         "ours_48_e8", "ours_e8_cosine", "seed_cnn_random_split")
 PEERS = ("peer_fer", "peer_faceapi")
 #: FER2013's class order, mapped to ours (it has no contempt).
 FER2013_TO_OURS = [EMOTIONS.index(e) for e in ("anger", "disgust", "fear", "happiness", "sadness", "surprise",
@@ -89,7 +90,9 @@ OURS = training.TrainConfig()
 #: Variants of ``OURS`` that train faster: the changes made to ``OURS`` when they run.
 VARIANTS = {"ours_short": {"epochs": 2},  # 2 whole-model epochs (after the head epochs) instead of 12
             "ours_48": {"image_size": 48},  # FER2013's own input size instead of 64 px
-            "ours_48_e8": {"image_size": 48, "epochs": 8}}  # both: 48 px, 8 whole-model epochs
+            "ours_48_e8": {"image_size": 48, "epochs": 8},  # both: 48 px, 8 whole-model epochs
+            # 8 whole-model epochs instead of 12, the rate of each phase decaying to 0 (cosine) instead of constant
+            "ours_e8_cosine": {"epochs": 8, "lr_schedule": "cosine"}}
 
 
 #: Run only when asked for (face-api.js needs Chromium and ``npm ci --prefix web``; each variant, its own trainings).
