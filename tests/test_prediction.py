@@ -362,13 +362,14 @@ def test_cli_annotate_writes_copies_and_refuses_input_folder(model_dir, photos, 
     assert not np.array_equal(np.asarray(annotated), np.asarray(Image.open(photos["face"])))
     assert {p: p.read_bytes() for p in photos.values()} == before  # inputs untouched
     # --output where an annotated copy would go (with or without --overwrite): refused before any work
-    results = out / "hopper.jpg"
-    for extra in ([], ["--overwrite"]):
-        kept = results.read_bytes()
+    # (HOPPER.JPG: the same file on a case-insensitive disk, as macOS and Windows have: refused as well)
+    copy = out / "hopper.jpg"
+    for results, extra in ((copy, []), (copy, ["--overwrite"]), (out / "HOPPER.JPG", [])):
+        kept = copy.read_bytes()
         assert P.main([str(photos["face"]), *model, "--annotate", str(out), "-o", str(results), *extra]) == 2
         err = capsys.readouterr().err
         assert f"--output {results} is where the annotated copy of {photos['face']} would go" in err, err
-        assert results.read_bytes() == kept
+        assert copy.read_bytes() == kept
 
 
 def test_cli_as_a_module_subprocess(model_dir, photos):

@@ -127,7 +127,9 @@ def check_outputs(args, items: list) -> None:
 
         plan = plan_copies(pd.DataFrame({"file": items}), args.annotate, args.paths)
         real = resolved(Path(args.output)) if args.output else None
-        both = next((src for src, copy in plan.items() if real is not None and copy.resolve() == real), None)
+        # compared ignoring case too: on a case-insensitive disk (macOS, Windows) OUT.png and out.png are one file
+        both = next((src for src, copy in plan.items()
+                     if real is not None and str(copy.resolve()).casefold() == str(real).casefold()), None)
         if both is not None:
             raise ValueError(f"--output {args.output} is where the annotated copy of {both} would go (--annotate "
                              f"{args.annotate}); name another file for the results, or another --annotate folder.")
