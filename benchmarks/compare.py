@@ -29,8 +29,8 @@ Configurations:
   train faster. ``ours_short``: a short schedule, 2 whole-model epochs after the 2 head epochs instead of 12;
   ``ours_48``: 48×48 input (FER2013's own size) instead of 64×64; ``ours_48_e8``: 48×48 and 8 whole-model
   epochs; ``ours_e8_cosine``: 8 whole-model epochs with each phase's rate decaying to 0 (cosine) instead of
-  12 at a constant rate. With ``ours`` in the same run (or stored by an earlier run: ``--pair-with``), the report pairs each
-  with it on the same faces, per metric (``ours_short_minus_ours``) and per emotion's F1
+  12 at a constant rate. With ``ours`` in the same run (or stored by an earlier run: ``--pair-with``), the
+  report pairs each with it on the same faces, per metric (``ours_short_minus_ours``) and per emotion's F1
   (``ours_short_minus_ours_f1_per_emotion``), and gives the ratio of their training seconds per fold
   (``ours_short_over_ours_train_time``);
 - ``seed_cnn_random_split`` (``--folds 1`` only): the seed CNN on a plain random split that shares people
