@@ -456,8 +456,8 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
     if legend.empty and dataset.layout != "folders":
         header = "image,emotion[,person]" if dataset.layout == "csv" else "user.id,image,emotion"
         raise DatasetError(f"{path} has a header but no rows: add one line per labelled image ({header}).")
-    if dataset.layout == "csv" and not any(_named_file(dataset.root, image, dataset.root.resolve())
-                                           for image in legend["image"]):
+    inside = dataset.root.resolve()
+    if dataset.layout == "csv" and not any(_named_file(dataset.root, image, inside) for image in legend["image"]):
         example = legend["image"].iloc[0]
         raise DatasetError(f"None of the {len(legend):,} images {path.name} lists is in its folder {dataset.root} "
                            f"(the first, {example!r}, would be {dataset.root / example}): image paths in a labels "
