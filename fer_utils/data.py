@@ -90,7 +90,8 @@ class Dataset:
     """Where the dataset lives and whether it is the pinned upstream copy."""
 
     root: Path
-    origin: str  # "data_dir", "FER_DATA_DIR", "--data-dir", "work folder" (dataset.json), "cache" or "download"
+    origin: str  # "data_dir", "FER_DATA_DIR", "--data-dir", "work folder" (dataset.json), "cache", "download",
+    #   or notebook 08's "scale_data_dir" and "generated" (its synthetic faces, ``write_synthetic_dataset``)
     legend_sha256: str  # of legend.csv, of the labels CSV, or of the class folders' file list (``LAYOUTS``)
     layout: str = "muxspace"  # a key of LAYOUTS
     labels_csv: Path | None = None  # layout "csv": the CSV file
@@ -108,7 +109,11 @@ class Dataset:
         where = {"data_dir": "the data_dir parameter", "FER_DATA_DIR": "$FER_DATA_DIR",
                  "--data-dir": "python -m fer_utils run --data-dir",
                  "work folder": "the work folder's dataset.json (the data its results come from)",
-                 "cache": "the download cache", "download": "a fresh download"}[self.origin]
+                 "cache": "the download cache", "download": "a fresh download",
+                 "scale_data_dir": "the scale_data_dir parameter"}.get(self.origin)
+        if self.origin == "generated":
+            return (f"Dataset generated here (data.write_synthetic_dataset): synthetic faces in class folders (the "
+                    f"folder name is the label; file list sha256 {self.legend_sha256[:12]}).")
         if self.layout == "csv":
             return (f"Dataset from {where}: your own data, labels from {self.labels_csv.name} (sha256 "
                     f"{self.legend_sha256[:12]}), image paths relative to its folder.")
@@ -698,7 +703,8 @@ class Audit:
 FINDING_KINDS = {
     "exact duplicate row": "the same user.id, image and label again; the first row is used",
     "repeated image": "the same image listed again with the same emotion by another row; the first is used",
-    "conflicting labels": "the same image listed with different emotions; none of its rows is used",
+    "conflicting labels": "the same image (or a byte-identical copy) listed with different emotions; none of its "
+                          "rows is used",
     "unknown label": "a label that is not one of the 8 emotions, even after strip/lower case",
     "left out by label_map": "a label the label_map parameter maps to None; its rows are not used",
     "missing file": "a legend row whose image is not in images/",

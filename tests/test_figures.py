@@ -96,6 +96,10 @@ def test_readme_quotes_only_measured_figures(records, outputs):
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     timing = re.search(r"^\| seconds \|(.*)$", readme, re.M)  # the published run's seconds per notebook
     assert timing, "the README's table of the published run's seconds is gone"
+    run = json.loads(PUBLISHED_RUN.read_text(encoding="utf-8"))
+    published = [*(info["seconds"] for info in run["notebooks"].values()), run["total_seconds"]]
+    assert [float(c.replace(",", "")) for c in timing.group(1).split("|") if c.strip()] == \
+        [round(x) for x in published], "the README's seconds row is not notebooks/published_run.json's"
     text = readme + "\n" + " ".join(f"{cell.strip()} s" for cell in timing.group(1).split("|") if cell)
     assert unbacked(text, records.union(*outputs.values())) == []
 

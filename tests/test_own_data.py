@@ -75,7 +75,11 @@ def test_layouts_are_recognised(folder_dataset, csv_dataset, synthetic_data_dir,
     assert data.get_dataset(synthetic_data_dir).layout == "muxspace"
     ds = data.get_dataset(folder_dataset[0])
     assert (ds.layout, ds.images_dir, ds.is_pinned_upstream) == ("folders", folder_dataset[0], False)
-    assert "class folders" in ds.describe()
+    assert "class folders" in ds.describe() and "the data_dir parameter" in ds.describe()
+    # notebook 08 names where its dataset came from: generated there, or its own parameter
+    generated = data.open_dataset(folder_dataset[0], "generated").describe()
+    assert generated.startswith("Dataset generated here") and "data_dir" not in generated
+    assert "the scale_data_dir parameter" in data.open_dataset(folder_dataset[0], "scale_data_dir").describe()
     by_folder, by_file = data.get_dataset(csv_dataset[0]), data.get_dataset(csv_dataset[1]["csv"])
     assert by_folder.layout == by_file.layout == "csv" and by_folder.labels_csv == csv_dataset[1]["csv"]
     assert by_file.root == csv_dataset[0] and "labels.csv" in by_file.describe()
