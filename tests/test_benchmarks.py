@@ -409,6 +409,62 @@ def test_the_recipe_search_never_looks_at_the_test_faces_to_choose(monkeypatch):
     assert (search.decide(frames, "flip", 0.0, search.prior_of(counts)) == both.argmax(axis=1)).all()
 
 
+def test_ensembles_average_their_members_and_report_apart(tmp_path, monkeypatch):
+    """``--ensembles``: an ensemble's stored probabilities are its members' averaged per face and view, its
+    training seconds their sum; the search may choose it, its report is a file of its own that names it over the
+    budget, and ``compare.json`` is left alone. A member not stored, or stored for other faces, is refused."""
+    search = _load("recipe_search")
+    monkeypatch.syspath_prepend(str(workfolder.REPO_ROOT / "benchmarks"))
+    rng = np.random.default_rng(2)
+    ours = _search_frames(search, rng)
+    counts = {e: 10 for e in EMOTIONS} | {"neutral": 900, "fear": 100}
+    frames, trainings = [ours], {}
+    for k, recipe in enumerate(search.RECIPES):
+        if recipe != "ours" and recipe not in {m for ms in search.ENSEMBLES.values() for m in ms}:
+            continue
+        if recipe != "ours":
+            other = ours.assign(recipe=recipe).sample(frac=1.0, random_state=k)  # stored in another order
+            for view in search.TTAS:
+                z = other[search.log_columns(view)].to_numpy() + rng.normal(0, 1.0, (len(other), len(EMOTIONS)))
+                other[search.log_columns(view)] = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            frames.append(other)
+        trainings[recipe] = {f: {"train_counts": counts, "train_seconds": 400.0 + 10 * k} for f in ("1", "2")}
+    frames = pd.concat(frames, ignore_index=True)
+    ens, runs = search.ensemble(frames, trainings, "ours+aug", ("ours", "aug"))
+    assert runs["1"]["train_seconds"] == trainings["ours"]["1"]["train_seconds"] + trainings["aug"]["1"][
+        "train_seconds"] and runs["2"]["train_counts"] == counts
+    keys = ["fold", "split", "path"]
+    a, b = (frames[frames.recipe == r].set_index(keys) for r in ("ours", "aug"))
+    e = ens.set_index(keys)
+    for view in search.TTAS:
+        cols = search.log_columns(view)
+        mean = (np.exp(a[cols]) + np.exp(b.loc[a.index, cols])) / 2
+        assert np.allclose(np.exp(e.loc[a.index, cols]).to_numpy(), mean.to_numpy(), atol=1e-9)
+    assert (e.loc[a.index, "y_true"] == a.y_true).all() and (ens.recipe == "ours+aug").all()
+    with pytest.raises(SystemExit, match="--train --recipes cw1"):
+        search.ensemble(frames[frames.recipe != "cw1"], {r: v for r, v in trainings.items() if r != "cw1"},
+                        "ours+cw1", ("ours", "cw1"))
+    with pytest.raises(SystemExit, match="different faces"):
+        search.ensemble(frames.drop(frames.index[frames.recipe == "aug"][:1]), trainings, "ours+aug", ("ours", "aug"))
+    out = tmp_path / "results"
+    out.mkdir()
+    for recipe, g in frames.groupby("recipe"):
+        g.to_csv(out / search.PROBABILITIES.format(recipe=recipe), index=False)
+    (out / search.TRAININGS).write_text(json.dumps({
+        "protocol": {"folds": 2, "seed": 42}, "trainings": trainings, "written_at": "then",
+        "machine": {"processor": "test", "cpu_count": 2}}))
+    (out / "compare.json").write_text("{}")
+    assert search.main(["--out", str(out), "--n-boot", "30", "--ensembles"]) == 0
+    assert (out / "compare.json").read_text() == "{}" and not (out / "recipe_search.json").exists()
+    report = json.loads((out / "recipe_search_ensembles.json").read_text())
+    assert set(report["over_budget"]) == set(search.ENSEMBLES)  # two members of 400 s or more each
+    assert set(report["ensembles_as_trained"]) == set(search.ENSEMBLES)
+    table = pd.DataFrame(report["recipe_table"])
+    assert {search.candidate_name(n, "none", 0.0) for n in search.ENSEMBLES} <= set(table.candidate)
+    assert report["train_seconds"]["ours+aug"] == [runs[f]["train_seconds"] for f in ("1", "2")]
+    assert "Ensembles: `ours+aug` = ours + aug" in (out / "recipe_search_ensembles.md").read_text()
+
+
 def test_the_suite_record_reads_a_parallel_run_and_a_plain_one():
     """``environment.py --suite-log`` reads pytest's output with two workers (pytest-xdist) and without."""
     parse = _load("environment").parse_suite
