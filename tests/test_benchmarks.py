@@ -411,8 +411,9 @@ def test_the_recipe_search_never_looks_at_the_test_faces_to_choose(monkeypatch):
 
 def test_ensembles_average_their_members_and_report_apart(tmp_path, monkeypatch):
     """``--ensembles``: an ensemble's stored probabilities are its members' averaged per face and view, its
-    training seconds their sum; the search may choose it, its report is a file of its own that names it over the
-    budget, and ``compare.json`` is left alone. A member not stored, or stored for other faces, is refused."""
+    training seconds their sum; it is a candidate of the search and measured as trained, its report is a file of
+    its own that names the ensembles over the budget, and ``compare.json`` is left alone. A member not stored,
+    stored for fewer folds, or for other faces, is refused."""
     search = _load("recipe_search")
     monkeypatch.syspath_prepend(str(workfolder.REPO_ROOT / "benchmarks"))
     rng = np.random.default_rng(2)
@@ -428,7 +429,8 @@ def test_ensembles_average_their_members_and_report_apart(tmp_path, monkeypatch)
                 z = other[search.log_columns(view)].to_numpy() + rng.normal(0, 1.0, (len(other), len(EMOTIONS)))
                 other[search.log_columns(view)] = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
             frames.append(other)
-        trainings[recipe] = {f: {"train_counts": counts, "train_seconds": 400.0 + 10 * k} for f in ("1", "2")}
+        seconds = 650.0 if recipe == "sb" else 400.0 + 10 * k  # sb alone over the budget: not an ensemble
+        trainings[recipe] = {f: {"train_counts": counts, "train_seconds": seconds} for f in ("1", "2")}
     frames = pd.concat(frames, ignore_index=True)
     ens, runs = search.ensemble(frames, trainings, "ours+aug", ("ours", "aug"))
     assert runs["1"]["train_seconds"] == trainings["ours"]["1"]["train_seconds"] + trainings["aug"]["1"][
@@ -444,6 +446,9 @@ def test_ensembles_average_their_members_and_report_apart(tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match="--train --recipes cw1"):
         search.ensemble(frames[frames.recipe != "cw1"], {r: v for r, v in trainings.items() if r != "cw1"},
                         "ours+cw1", ("ours", "cw1"))
+    partial = trainings | {"aug": {"1": trainings["aug"]["1"]}}  # an interrupted --train: fold 1 only
+    with pytest.raises(SystemExit, match="stored for folds 1, the default for 1, 2.*--train --recipes aug"):
+        search.ensemble(frames[(frames.recipe != "aug") | (frames.fold == 1)], partial, "ours+aug", ("ours", "aug"))
     with pytest.raises(SystemExit, match="different faces"):
         search.ensemble(frames.drop(frames.index[frames.recipe == "aug"][:1]), trainings, "ours+aug", ("ours", "aug"))
     out = tmp_path / "results"
@@ -457,7 +462,11 @@ def test_ensembles_average_their_members_and_report_apart(tmp_path, monkeypatch)
     assert search.main(["--out", str(out), "--n-boot", "30", "--ensembles"]) == 0
     assert (out / "compare.json").read_text() == "{}" and not (out / "recipe_search.json").exists()
     report = json.loads((out / "recipe_search_ensembles.json").read_text())
-    assert set(report["over_budget"]) == set(search.ENSEMBLES)  # two members of 400 s or more each
+    assert report["over_budget"] == list(search.ENSEMBLES)  # two members of 400 s or more each; sb is no ensemble
+    measured = report["ensembles_as_trained"]["ours+aug"]  # as trained: the argmax of the averaged probabilities
+    y_pred = e[search.log_columns("none")].to_numpy().argmax(axis=1)[(e.index.get_level_values("split") == "test")]
+    y_true = e.y_true.to_numpy()[e.index.get_level_values("split") == "test"]
+    assert measured["pooled"]["accuracy"] == pytest.approx((y_pred == y_true).mean(), abs=1e-4)
     assert set(report["ensembles_as_trained"]) == set(search.ENSEMBLES)
     table = pd.DataFrame(report["recipe_table"])
     assert {search.candidate_name(n, "none", 0.0) for n in search.ENSEMBLES} <= set(table.candidate)
