@@ -106,14 +106,14 @@ class Dataset:
         return self.root / IMAGES if self.layout == "muxspace" else self.root
 
     def describe(self) -> str:
+        if self.origin == "generated":
+            return (f"Dataset generated here (data.write_synthetic_dataset): synthetic faces in class folders (the "
+                    f"folder name is the label; file list sha256 {self.legend_sha256[:12]}).")
         where = {"data_dir": "the data_dir parameter", "FER_DATA_DIR": "$FER_DATA_DIR",
                  "--data-dir": "python -m fer_utils run --data-dir",
                  "work folder": "the work folder's dataset.json (the data its results come from)",
                  "cache": "the download cache", "download": "a fresh download",
-                 "scale_data_dir": "the scale_data_dir parameter"}.get(self.origin)
-        if self.origin == "generated":
-            return (f"Dataset generated here (data.write_synthetic_dataset): synthetic faces in class folders (the "
-                    f"folder name is the label; file list sha256 {self.legend_sha256[:12]}).")
+                 "scale_data_dir": "the scale_data_dir parameter"}[self.origin]
         if self.layout == "csv":
             return (f"Dataset from {where}: your own data, labels from {self.labels_csv.name} (sha256 "
                     f"{self.legend_sha256[:12]}), image paths relative to its folder.")
