@@ -232,8 +232,10 @@ def train_all(args) -> int:
         raise SystemExit(f"error: {runs_path} was trained on another dataset (legend sha256 "
                          f"{runs['dataset']['legend_sha256'][:12]}, this one {dataset.legend_sha256[:12]}); "
                          "write to another --out")
+    on_disk = set() if stored is None else set(zip(stored.recipe, stored.fold))
+    # stored: recorded in the trainings file and its faces in the recipe's probabilities file (either may be lost)
     todo = [(r, i) for r in args.recipes for i in range(1, args.folds + 1)
-            if str(i) not in runs["trainings"].get(r, {})]
+            if str(i) not in runs["trainings"].get(r, {}) or (r, i) not in on_disk]
     if not todo:
         print("every (recipe, fold) asked for is stored already")
         return 0
@@ -573,10 +575,23 @@ def search_all(args) -> int:
     out = Path(args.out)
     runs_path = out / TRAININGS
     frames = read_probabilities(out)
+    train = "python benchmarks/recipe_search.py --train" + (
+        "" if out.resolve() == RESULTS.resolve() else f" --out {args.out}")  # how to store what is missing
     if frames is None or not runs_path.exists():
         raise SystemExit(f"error: no stored trainings in {out} ({PROBABILITIES.format(recipe='*')}, {TRAININGS}); "
-                         "run `python benchmarks/recipe_search.py --train` first")
+                         f"run `{train}` first")
     runs = json.loads(runs_path.read_text())
+    on_disk = set(zip(frames.recipe, frames.fold.astype(int)))
+    lost = {r: sorted(int(f) for f in folds if (r, int(f)) not in on_disk) for r, folds in runs["trainings"].items()}
+    lost = {r: folds for r, folds in lost.items() if folds}
+    if lost:
+        raise SystemExit(f"error: {TRAININGS} lists trainings whose faces are not in {out}: " + "; ".join(
+            f"{r} fold(s) {', '.join(map(str, folds))} ({PROBABILITIES.format(recipe=r)})" for r, folds in lost.items())
+            + f". Put the file(s) back, or train them again: `{train} --recipes {' '.join(lost)}`")
+    wanted = sorted({m for members in ENSEMBLES.values() for m in members} - set(runs["trainings"]))
+    if args.ensembles and wanted:
+        raise SystemExit(f"error: --ensembles needs the recipe(s) {', '.join(wanted)}, which are not stored in "
+                         f"{out}; train them first: `{train} --recipes {' '.join(wanted)}`")
     if DEFAULT[0] not in runs["trainings"]:
         raise SystemExit(f"error: {runs_path.name} has no `{DEFAULT[0]}` (today's default) to compare with; "
                          f"run --train --recipes {DEFAULT[0]}")
@@ -641,9 +656,10 @@ def main(argv=None) -> int:
                         help="eligible candidates keep inner accuracy ≥ the default's minus this")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--ensembles", action="store_true",
-                        help="the search with ensembles of the four recipes (ENSEMBLES; all four stored) as "
-                        "candidates too; no training. Writes recipe_search_ensembles.json/.md and leaves "
-                        "compare.json alone (an ensemble is over the 10-min training budget)")
+                        help="the search with ensembles among the candidates too: ours+aug, ours+cw1, ours+sb and "
+                        "ours+cw1+sb+aug, each face's probabilities averaged over the trained recipes (so ours, cw1, "
+                        "sb and aug must be stored); no training. Writes recipe_search_ensembles.json/.md and "
+                        "leaves compare.json alone (an ensemble is over the 10-min training budget)")
     parser.add_argument("--out", default=str(RESULTS), help="where the stored trainings and the report are")
     args = parser.parse_args(argv)
     if args.folds < 2:

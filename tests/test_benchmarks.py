@@ -240,6 +240,12 @@ def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_dat
         assert totals[(e, "IMFDB")] == pytest.approx(totals[(e, "LFW")], rel=0.01)
     assert search.main([*common, "--train", "--recipes", "ours"]) == 0  # stored already: nothing trained again
     assert len(search.read_probabilities(out)) == len(frames)
+    lost = out / search.PROBABILITIES.format(recipe="cw1")
+    lost.unlink()  # the trainings file still lists cw1: the search says what is missing and how to store it
+    with pytest.raises(SystemExit, match=r"cw1 fold\(s\) 1, 2 .*--train --out .* --recipes cw1"):
+        search.main(common)
+    assert search.main([*common, "--train", "--recipes", "cw1"]) == 0 and lost.exists()  # trained again
+    assert len(search.read_probabilities(out)) == len(frames)
     committed = json.loads((workfolder.REPO_ROOT / "benchmarks" / "results" / "compare.json").read_text())
     committed["protocol"] |= {"folds": 2, "seed": 42}  # as if compare.py had run these folds
     (out / "compare.json").write_text(json.dumps(committed))
@@ -459,6 +465,13 @@ def test_ensembles_average_their_members_and_report_apart(tmp_path, monkeypatch)
         "protocol": {"folds": 2, "seed": 42}, "trainings": trainings, "written_at": "then",
         "machine": {"processor": "test", "cpu_count": 2}}))
     (out / "compare.json").write_text("{}")
+    (out / search.TRAININGS).write_text(json.dumps({**json.loads((out / search.TRAININGS).read_text()), "trainings": {
+        r: v for r, v in trainings.items() if r not in ("cw1", "sb")}}))
+    with pytest.raises(SystemExit, match=r"needs the recipe\(s\) cw1, sb.*--out .* --recipes cw1 sb"):
+        search.main(["--out", str(out), "--ensembles"])  # both named at once, with the folder to train into
+    (out / search.TRAININGS).write_text(json.dumps({
+        "protocol": {"folds": 2, "seed": 42}, "trainings": trainings, "written_at": "then",
+        "machine": {"processor": "test", "cpu_count": 2}}))
     assert search.main(["--out", str(out), "--n-boot", "30", "--ensembles"]) == 0
     assert (out / "compare.json").read_text() == "{}" and not (out / "recipe_search.json").exists()
     report = json.loads((out / "recipe_search_ensembles.json").read_text())
