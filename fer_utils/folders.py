@@ -200,7 +200,10 @@ def random_split_overlap(manifest: pd.DataFrame, test_size: float = 0.2, seed: i
     """How many people a plain random (stratified, not grouped) split would put in both train and test."""
     usable = manifest[manifest.split.isin(SPLITS)]
     stratify = usable.emotion if usable.emotion.value_counts().min() >= 2 else None
-    train, test = train_test_split(usable, test_size=test_size, random_state=seed, stratify=stratify)
+    try:
+        train, test = train_test_split(usable, test_size=test_size, random_state=seed, stratify=stratify)
+    except ValueError:  # too few faces to hold out one of each emotion (a tiny dataset): not stratified
+        train, test = train_test_split(usable, test_size=test_size, random_state=seed)
     shared = set(train.group) & set(test.group)
     return {"people_in_both": len(shared), "people_in_test": test.group.nunique(),
             "test_faces_of_shared_people": int(test.group.isin(shared).sum()), "test_faces": len(test)}
@@ -292,6 +295,12 @@ def write_split_folders(manifest: pd.DataFrame, data_root, work_dir: str | os.Pa
     a temporary name and swapped in whole, so a re-run (or a run with other parameters) leaves no stale
     files, and an interrupted run leaves the previous folders intact.
     """
+    empty = [s for s in SPLITS if not (manifest.split == s).any()]
+    if empty:  # before any file is written: training needs val, evaluation needs test
+        used = manifest[manifest.split.isin(SPLITS)]
+        raise ValueError(f"The split left {' and '.join(empty)} without faces: {len(used)} usable faces of "
+                         f"{used.group.nunique()} people are too few for train, val and test. Use more images (a "
+                         "larger max_per_class, or more data; a person's faces stay in one split).")
     images_dir = data_root.images_dir if isinstance(data_root, Dataset) else Path(data_root) / IMAGES
     data_root = data_root.root if isinstance(data_root, Dataset) else Path(data_root)
     work_dir = Path(work_dir)
@@ -329,7 +338,9 @@ def write_split_folders(manifest: pd.DataFrame, data_root, work_dir: str | os.Pa
 def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """Faces per emotion and split (the excluded rows in their own column), with totals."""
     table = pd.crosstab(manifest.emotion.fillna("(no label)"), manifest.split, margins=True, margins_name="total")
-    return table.reindex(columns=[c for c in (*SPLITS, "excluded", "total") if c in table.columns])
+    # every split, even one left empty (write_split_folders refuses that, saying why)
+    return table.reindex(columns=[c for c in (*SPLITS, "excluded", "total") if c in table.columns or c in SPLITS],
+                         fill_value=0)
 
 
 def exclusion_table(manifest: pd.DataFrame) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fer_utils.workfolder import DATASET_RECORD, REPO_ROOT, get_work_dir, read_record
+from fer_utils.workfolder import DATASET_RECORD, NEEDS, NOTEBOOKS, REPO_ROOT, get_work_dir, read_record
 
 
 def check_config(params: dict) -> list[str]:
@@ -22,6 +22,65 @@ def check_config(params: dict) -> list[str]:
     return []
 
 
+#: Largest image_size accepted: the decoded faces are cached in memory, (size² × channels) bytes each.
+MAX_IMAGE_SIZE = 512
+
+
+def check_choices(params: dict) -> list[str]:
+    """The ``-p`` values outside ``TrainConfig`` that must be one of a few names, or parse: ``detector``,
+    ``detection`` (notebook 07), ``precision`` (04), ``label_map`` (01), and ``image_size`` (03) not so large
+    that its cache cannot fit in memory; one line each, before notebook 01 starts."""
+    from fer_utils import data, models, pipelines
+
+    problems = []
+    if "detector" in params or "detection" in params:
+        from fer_utils.prediction.detection import DETECTION_MODES, DETECTORS
+
+        for name, allowed in (("detector", DETECTORS), ("detection", DETECTION_MODES)):
+            if name in params and params[name] not in allowed:
+                problems.append(f"-p {name} {params[name]!r}: must be one of {', '.join(allowed)}")
+    if "precision" in params:
+        try:
+            models.resolve_precision(params["precision"], gpu=False)
+        except ValueError as err:
+            problems.append(f"-p precision {params['precision']!r}: {err}")
+    if "image_size" in params:
+        try:
+            size = max(pipelines.size_pair(params["image_size"]))
+        except (TypeError, ValueError):
+            size = 0  # TrainConfig names what is wrong with it
+        if size > MAX_IMAGE_SIZE:
+            problems.append(f"-p image_size {params['image_size']!r}: at most {MAX_IMAGE_SIZE} pixels a side (the "
+                            "decoded faces are cached in memory: at 512 px, 0.25 MB per gray face, 0.75 MB in rgb)")
+    if "label_map" in params:
+        value = params["label_map"]
+        if isinstance(value, str):
+            problems.append(f"-p label_map {value!r}: not readable as a Python dict (check its quotes, colons and "
+                            "braces), e.g. -p label_map \"{'joy': 'happiness', 'other': None}\"")
+        elif value is not None:
+            try:
+                data.check_label_map(value)
+            except data.DatasetError as err:
+                problems.append(f"-p label_map: {err}")
+    return problems
+
+
+def check_inputs(work_dir: str | None, notebooks: list[Path]) -> list[str]:
+    """What the notebooks to run read from the work folder but no notebook of this run writes (``NEEDS``), when it
+    is missing (a run ``--from`` a later notebook in a fresh folder): one line each, naming the notebook to run."""
+    work = get_work_dir(work_dir, create=False)
+    step_of = {name: step for step, name in NOTEBOOKS.items()}
+    running = {step_of.get(p.name) for p in notebooks}
+    problems = []
+    for path in notebooks:
+        for name, maker in NEEDS.get(step_of.get(path.name), ()):
+            if maker not in running and not (work / name).exists() and not any(name in p for p in problems):
+                problems.append(f"{path.name} reads {name}, which notebooks/{NOTEBOOKS[maker]} writes, and the work "
+                                f"folder {work} has none: run from that notebook (--from {NOTEBOOKS[maker][:2]}), or "
+                                "without --from")
+    return problems
+
+
 def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Path],
                   origin: str = "--data-dir") -> list[str]:
     """What is wrong with the data and work folders, one line each, before anything is created: the work
@@ -29,6 +88,8 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
     folder; the data folder must exist, and a legend it has must hold rows (when notebook 01 will read it)."""
     from fer_utils import data
 
+    if work_dir == "":
+        return ["--work-dir is empty: name a folder (or leave the option out for $FER_WORK_DIR, else work/)"]
     problems = []
     data_path = data_dir or os.environ.get("FER_DATA_DIR")
     origin = origin if data_dir else "$FER_DATA_DIR"

@@ -28,7 +28,14 @@ from fer_utils import saved_cells
 from fer_utils.notebook_format import normalised_json, stamp_header_time
 from fer_utils.parameters import check_ranges, check_values, declared_parameters, parse_value
 from fer_utils.progress import CellProgress, TrainingProgress, show_epochs
-from fer_utils.run_checks import check_config, check_folders, dataset_identity, recorded_data_dir
+from fer_utils.run_checks import (
+    check_choices,
+    check_config,
+    check_folders,
+    check_inputs,
+    dataset_identity,
+    recorded_data_dir,
+)
 from fer_utils.workfolder import (
     DATASET_RECORD,
     EXECUTED_DIR,
@@ -99,6 +106,17 @@ def kernel_manager_class() -> type:
 # --------------------------------------------------------------------------------------------------
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1 (seconds)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fer_utils run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="the dataset: the muxspace layout (images/ and data/legend.csv), class "
@@ -113,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--publish", action="store_true",
                         help="after a successful run, copy the executed notebooks over notebooks/ and the figures "
                         "into figures/ (for maintainers refreshing the committed outputs)")
-    parser.add_argument("--timeout", type=int, default=None, help="seconds a single cell may run (default: no limit)")
+    parser.add_argument("--timeout", type=positive_int, default=None,
+                        help="seconds a single cell may run (default: no limit)")
     return parser
 
 
@@ -178,8 +197,10 @@ def _run(argv: list[str] | None) -> int:
         # a partial run on the data the work folder's results come from, not on the default download
         data_dir, problem = recorded_data_dir(get_work_dir(args.work_dir, create=False))
         origin, problems = "work folder", [problem] if problem else []
-    problems += check_values(params, declared) or check_ranges(params) + check_config(params)
+    problems += check_values(params, declared) or check_ranges(params) + check_choices(params) + check_config(params)
     problems += check_folders(data_dir, args.work_dir, notebooks, origin=origin)
+    if not problems:
+        problems += check_inputs(args.work_dir, notebooks)
     if problems:  # before any kernel starts or any folder is made
         print("\n".join(f"error: {line}" for line in problems), file=sys.stderr)
         return 2

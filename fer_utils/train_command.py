@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume after the last finished epoch.", file=sys.stderr)
         return 130
+    except training.TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         if deadline:
             deadline.cancel()

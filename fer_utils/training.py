@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -127,7 +128,7 @@ class TrainConfig:
             problems.append(f"lr_schedule={self.lr_schedule!r} (one of {LR_SCHEDULES})")
         if not (self.class_weight is None or self.class_weight in CLASS_WEIGHTS
                 or (isinstance(self.class_weight, (int, float)) and not isinstance(self.class_weight, bool)
-                    and self.class_weight >= 0)):
+                    and math.isfinite(self.class_weight) and self.class_weight >= 0)):
             problems.append(f"class_weight={self.class_weight!r} (None, 'sqrt', 'balanced' or a power >= 0)")
         try:
             self.augment = pipelines.augment_level(self.augment)
@@ -160,7 +161,7 @@ class TrainConfig:
             if isinstance(default, int):
                 kinds[f.name] = "an integer"
             elif isinstance(default, float):
-                kinds[f.name] = "a number"
+                kinds[f.name] = "a finite number"
             elif isinstance(default, str):
                 kinds[f.name] = "a string"
         return kinds
@@ -224,8 +225,8 @@ def _is_kind(value, kind: str) -> bool:
         return False
     if kind == "an integer":
         return isinstance(value, (int, np.integer))
-    if kind == "a number":
-        return isinstance(value, (int, float, np.integer, np.floating))
+    if kind == "a finite number":  # nan and inf are floats, but train nothing (a nan rate gives a nan model)
+        return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
     return isinstance(value, str)
 
 
@@ -514,6 +515,19 @@ def _callbacks(keras):
                 {"best": self.best, "best_epoch": self.best_epoch, "paths": [v.path for v, _ in self.snapshot]}))
 
         def on_epoch_end(self, epoch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(loss):  # the weights are lost: stop, keep nothing of this run
+                if self.backup is not None:  # nothing to resume from either (the key's folder, if no other task's)
+                    shutil.rmtree(self.backup, ignore_errors=True)
+                    for parent in (self.backup.parent, self.backup.parent.parent):
+                        try:
+                            parent.rmdir()
+                        except OSError:
+                            break
+                raise TrainingDiverged(
+                    f"Training diverged: the training loss was {float(loss)} in epoch {epoch + 1}, so the weights are "
+                    "no longer numbers. Nothing was saved; the work folder's current model is unchanged. Train again "
+                    "with a smaller learning_rate (or whole_model_lr_factor).")
             value = (logs or {}).get(self.monitor)
             if value is None or not np.isfinite(value):
                 return
@@ -601,6 +615,10 @@ def _callbacks(keras):
                       flush=True)
 
     return KeepBest, ValScores, EpochLog
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the run stops at the end of that epoch and saves nothing."""
 
 
 #: How much longer an epoch takes once a frozen backbone trains too: its backward pass is added to its forward

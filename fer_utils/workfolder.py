@@ -85,6 +85,11 @@ SCALE_DIR = "scale"  # 08: its own work folder (class folders, models, scale.jso
 SCALE_RECORD = "scale.json"  # 08: what each strategy's run measured
 SCALE_DATA_DIR = "scale_data"  # 08: the dataset it generates (beside scale/: a dataset is never inside a work folder)
 RUN_RECORD = "run.json"  # the runner: runs/<id>/run.json per run; <work>/run.json the latest, with the history
+#: What each step reads from the work folder, and the step that writes it (the notebooks' ``require`` calls; a
+#: test keeps the two in step): ``run --from`` checks them before any kernel starts.
+NEEDS = {"prepare": ((AUDIT_RECORD, "load"),), "pipelines": ((SPLIT_DIR, "prepare"),),
+         "model": ((PIPELINES_RECORD, "pipelines"),), "train": ((SPLIT_DIR, "prepare"), (UNTRAINED_MODEL, "model")),
+         "evaluate": ((MODEL_FILE, "train"), (MODEL_RECORD, "train")), "predict": ((MODEL_FILE, "train"),)}
 
 # --------------------------------------------------------------------------------------------------
 # Finding the work folder, requiring earlier outputs, showing paths

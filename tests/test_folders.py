@@ -108,6 +108,24 @@ def test_random_split_overlap_counts_shared_people():
     assert overlap["people_in_both"] == 5 and overlap["test_faces"] == 20
 
 
+def test_a_tiny_dataset_splits_or_says_why_it_cannot(tmp_path):
+    """5 emotions with 2 faces each: the split and the random-split comparison work (scikit-learn refused to stratify
+    2 test faces over 5 emotions); 1 face each leaves val and test empty, which writing the folders refuses, naming
+    what to do, before any file is written; the table still shows every split."""
+    rows = [{"image": f"{e}{i}.jpg", "emotion": e, "group": f"{e}{i}", "split": "", "reason": ""}
+            for e in EMOTIONS[:5] for i in range(2)]
+    manifest = folders.split_by_person(pd.DataFrame(rows), seed=0)
+    assert set(manifest.split) == set(folders.SPLITS)
+    assert folders.random_split_overlap(manifest, test_size=0.2, seed=0)["test_faces"] == 2
+    one_each = folders.split_by_person(pd.DataFrame(rows[::2]), seed=0)
+    empty = [s for s in folders.SPLITS if not (one_each.split == s).any()]
+    assert empty and list(folders.split_table(one_each).columns[:3]) == list(folders.SPLITS)
+    with pytest.raises(ValueError, match=f"left {' and '.join(empty)} without faces: 5 usable faces of 5 people.*"
+                                         "larger max_per_class"):
+        folders.write_split_folders(one_each, tmp_path / "data", tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
 def test_too_few_people_is_a_clear_error(audit):
     manifest = folders.build_manifest(audit)
     manifest.loc[manifest.split == "", "group"] = "one_person"

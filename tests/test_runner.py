@@ -487,3 +487,57 @@ def test_counts_and_shares_out_of_range_are_named():
         "-p test_size 1.5: must be a share between 0 and 1 (of the usable images)"]
     assert parameters.check_ranges({"test_size": 0.6, "val_size": 0.4}) == [
         "-p test_size 0.6 -p val_size 0.4: together they must leave images to train on (their sum below 1)"]
+
+
+@pytest.mark.parametrize("args, message", [
+    # each failed only inside its notebook: 07's detector after the whole training, 03's image size as a MemoryError
+    (["-p", "detector", "foo"], "error: -p detector 'foo': must be one of haar, mtcnn"),
+    (["-p", "detection", "faces"], "error: -p detection 'faces': must be one of auto, detect, whole"),
+    (["-p", "precision", "foo"], "error: -p precision 'foo': precision must be 'auto', 'bf16', 'fp16' or 'float32'"),
+    (["-p", "image_size", "100000"], "error: -p image_size 100000: at most 512 pixels a side"),
+    (["-p", "label_map", "{'joy':"], "error: -p label_map \"{'joy':\": not readable as a Python dict"),
+    (["-p", "label_map", "{'joy': 'happyness'}"], "error: -p label_map: label_map maps to something that is not an "
+                                                  "emotion: 'joy': 'happyness'"),
+    (["-p", "learning_rate", "nan"], "error: Bad training configuration: learning_rate=nan (a finite number)"),
+    (["--work-dir", ""], "error: --work-dir is empty"),
+])
+def test_values_the_real_notebooks_would_fail_on_are_refused_first(tmp_path, capsys, args, message):
+    work = tmp_path / "work"
+    argv = ["--work-dir", str(work), *args] if "--work-dir" not in args else args
+    assert runner.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and len(err.splitlines()) == 1, err
+    assert not work.exists()
+
+
+def test_a_negative_timeout_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        runner.main(["--timeout", "-5"])
+    assert stop.value.code == 2 and "--timeout: -5 must be at least 1" in capsys.readouterr().err
+
+
+def test_a_run_from_a_later_notebook_names_what_is_missing_first(tmp_path, capsys):
+    """--from 05 in a fresh folder: refused before a kernel starts, naming each input and the notebook that writes it;
+    an input that an earlier notebook of the same run writes is not asked for."""
+    work = tmp_path / "work"
+    assert runner.main(["--work-dir", str(work), "--from", "05"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" reads ")[1].split(",")[0] for line in err] == ["split", "untrained.keras"]
+    assert "notebooks/02_preprocess_into_folders.ipynb writes" in err[0] and "(--from 02)" in err[0]
+    assert not work.exists()
+    assert runner.main(["--work-dir", str(work), "--from", "03", "--until", "05"]) == 2
+    assert [line.split(" reads ")[1].split(",")[0] for line in capsys.readouterr().err.splitlines()] == ["split"]
+
+
+def test_what_the_runner_checks_is_what_the_notebooks_require():
+    """``workfolder.NEEDS`` (checked by ``run --from``) lists each notebook's ``workfolder.require`` calls."""
+    import re
+
+    found = {}
+    for step, name in workfolder.NOTEBOOKS.items():
+        nb = json.loads((workfolder.NOTEBOOKS_DIR / name).read_text())
+        source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        needs = re.findall(r'workfolder\.require\(\s*WORK / workfolder\.(\w+),\s*"(\w+)"', source)
+        if needs:
+            found[step] = tuple((getattr(workfolder, const), maker) for const, maker in needs)
+    assert found == workfolder.NEEDS

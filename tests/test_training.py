@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -149,7 +150,11 @@ def test_seeded_runs_repeat(work):
 
 @pytest.mark.parametrize("changes, message", [
     ({"model": "nope"}, "model='nope'"), ({"epochs": "abc"}, r"epochs='abc' \(an integer\)"),
-    ({"image_size": 0}, "image_size=0"), ({"learning_rate": "fast"}, "learning_rate='fast' \\(a number\\)"),
+    ({"image_size": 0}, "image_size=0"), ({"learning_rate": "fast"}, "learning_rate='fast' \\(a finite number\\)"),
+    # nan and inf are floats, but a nan rate trains a model of nans (it was accepted, and saved as the current one)
+    ({"learning_rate": float("nan")}, "learning_rate=nan \\(a finite number\\)"),
+    ({"weight_decay": float("inf")}, "weight_decay=inf"), ({"mixup": float("nan")}, "mixup=nan"),
+    ({"class_weight": float("inf")}, "class_weight=inf"),
     ({"augment": "wild"}, "augment"), ({"class_weight": "most"}, "class_weight"), ({"monitor": "val_f2"}, "monitor"),
     ({"epochs": 0}, "at least one epoch"), ({"interpolation": "cubic"}, "interpolation"),
 ])
@@ -159,6 +164,21 @@ def test_bad_configs_say_what_is_wrong(changes, message):
         training.TrainConfig(**{**TINY, "epochs": 1, **changes})
     with pytest.raises(ValueError, match="Unknown TrainConfig field"):
         training.TrainConfig.from_dict({"epochz": 3})
+
+
+def test_a_diverging_run_stops_and_keeps_the_current_model(trained, tmp_path):
+    """A loss that is no longer a number (here: a step size of 1e30) ends the run at that epoch with
+    ``TrainingDiverged``; nothing is saved, the current model stays, and no backup is left to resume from."""
+    work = tmp_path / "w"
+    shutil.copytree(trained[0], work)
+    before = {p.relative_to(work): workfolder.sha256_of(p) for p in work.rglob("*") if p.is_file()}
+    config = training.TrainConfig(**TINY, epochs=3, learning_rate=1e30, seed=3)
+    with pytest.raises(training.TrainingDiverged, match=r"loss was (nan|inf) in epoch 1.*smaller learning_rate"):
+        training.train(config, work, run_name="diverged", show_progress=False)
+    after = {p.relative_to(work): workfolder.sha256_of(p) for p in work.rglob("*") if p.is_file()}
+    changed = {p for p in after if before.get(p) != after[p]}
+    assert changed <= {Path(workfolder.TRAIN_PROGRESS)}, changed  # only the progress lines of the failed epoch
+    assert not (work / "models" / "diverged").exists() and not (work / workfolder.BACKUP_DIR).exists()
 
 
 def test_resolve_precision_and_cpu_flags(tmp_path):
