@@ -363,26 +363,65 @@ def check_label_map(label_map: dict | None) -> dict[str, str | None]:
     return checked
 
 
-def unknown_labels_error(legend: pd.DataFrame, where: str) -> DatasetError:
-    """The error for labels that are none of the 8 emotions: each with its count, and the label_map to write."""
-    unknown = legend.loc[legend["emotion"].isna() & ~legend["left_out"], "label"].str.strip().str.lower()
-    counts = unknown.value_counts()
-    listed = ", ".join(f"{label!r} ({n:,})" for label, n in counts.head(20).items())
+def unknown_labels_error(legend: pd.DataFrame, where: str, rows: bool = False) -> DatasetError:
+    """The error for labels that are none of the 8 emotions: each with its count (``rows``: and its first rows,
+    a labels CSV's row numbers), and the label_map to write. Empty labels are no unknown label (``no label``)."""
+    labels = legend["label"].str.strip().str.lower()
+    unknown = legend[legend["emotion"].isna() & ~legend["left_out"] & labels.ne("")].assign(key=labels)
+    counts = unknown["key"].value_counts()
+    first_rows = unknown.groupby("key")["row"].agg(list)
+
+    def rows_of(label):
+        numbers = first_rows[label]
+        return (f"; row{'s' if len(numbers) > 1 else ''} " + ", ".join(str(r) for r in numbers[:3])
+                + ("…" if len(numbers) > 3 else "")) if rows else ""
+
+    listed = ", ".join(f"{label!r} ({n:,}{rows_of(label)})" for label, n in counts.head(20).items())
     example = "{" + ", ".join(f"{label!r}: None" for label in counts.head(3).index) + "}"
     return DatasetError(
-        f"Unknown labels in {where}: {listed}{' …' if len(counts) > 20 else ''} (label: number of images) — none "
+        f"Unknown labels in {where}: {listed}{' …' if len(counts) > 20 else ''} "
+        f"(label: number of {'rows; the first rows' if rows else 'images'}) — none "
         f"of the 8 emotions ({', '.join(EMOTIONS)}) nor a usual spelling of one. Map each to an emotion, or leave "
         f"it out with None, in notebook 01's label_map parameter, e.g. label_map = {example} (write the emotion a "
         f"label means instead of None, e.g. 'happiness'); from the command line: "
         f"python -m fer_utils run --data-dir DIR -p label_map \"{example}\".")
 
 
+def _decoding_error_at(path: Path) -> str:
+    """Where a file stops being UTF-8: ``<reason> at line L (byte B of the file)``, both counted from 1 (a
+    ``UnicodeDecodeError`` from pandas counts its bytes from the start of the chunk it was decoding)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        return f"{err.reason} at line {line} (byte {err.start + 1:,} of the file)"
+    return "not decodable as UTF-8"
+
+
+def _spreadsheet_rows(path: Path, n_rows: int) -> np.ndarray:
+    """The row numbers a spreadsheet shows for the ``n_rows`` rows pandas reads from a CSV (``skip_blank_lines``):
+    blank lines count as rows, as they do there (a quoted cell spanning lines is one row). Without blank lines:
+    2, 3, 4… (the header is row 1)."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            records = [n for n, fields in enumerate(csv.reader(f), start=1) if "".join(fields).strip()]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        records = []
+    if len(records) != n_rows + 1:  # parsed otherwise than pandas did: count lines as if none were blank
+        return np.arange(2, n_rows + 2)
+    return np.array(records[1:])
+
+
 def _read_labels_csv(path: Path) -> pd.DataFrame:
-    """A labels CSV as text with canonical column names (``CSV_COLUMNS``): image, emotion, person?, source?"""
+    """A labels CSV as text with canonical column names (``CSV_COLUMNS``): image, emotion, person?, source?, and
+    ``row``, the row number a spreadsheet shows (``_spreadsheet_rows``)."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except UnicodeDecodeError as err:
-        raise DatasetError(f"{path.name} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8 "
+        raise DatasetError(f"{path.name} is not UTF-8 text ({_decoding_error_at(path)}): save it as UTF-8 "
                            "(a spreadsheet's \"CSV UTF-8\"), then run again.") from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DatasetError(f"{path.name} is not a readable CSV file: {err}") from err
@@ -401,18 +440,58 @@ def _read_labels_csv(path: Path) -> pd.DataFrame:
         raise DatasetError(f"{path.name} lacks the column(s) {missing}: it has {list(table.columns)}. A labels CSV "
                            "needs a header with image (the file, relative to the CSV's folder) and emotion, and may "
                            f"have person (who is in the photo) and source; other accepted names: {CSV_COLUMNS}.")
-    return table[list(renamed)].rename(columns=renamed)
+    table = table[list(renamed)].rename(columns=renamed)
+    table.insert(0, "row", _spreadsheet_rows(path, len(table)))
+    return table
 
 
-def _relative(image: str) -> str:
-    """A CSV's image path as a POSIX path relative to the CSV's folder (``./a\\b.jpg`` -> ``a/b.jpg``)."""
-    return Path(image.strip().replace("\\", "/")).as_posix().removeprefix("./")
+def _csv_images(base: Path, cells) -> list[tuple[str, str]]:
+    """``(image, where)`` for each image cell of a labels CSV (paths relative to its folder ``base``).
+
+    ``where`` is ``"file"`` (a file in the dataset folder: ``image`` is its path relative to ``base``, written
+    one way for every spelling of it: ``./a\\b.jpg``, ``a//b.jpg``, its absolute path, a second name through a
+    symbolic link all give the first row's ``a/b.jpg``), ``"missing"`` (no such file in the folder), ``"outside"``
+    (the path leaves the dataset folder: ``../x.jpg``, an absolute path elsewhere; never used) or ``"empty"``.
+    Folders inside the dataset folder that are symbolic links are followed, as class folders are.
+    """
+    base_abs, base_real = Path(os.path.abspath(base)), base.resolve()
+    first_name: dict[Path, str] = {}  # a file's real path -> the name its first row gave it
+    out = []
+    for cell in cells:
+        written = str(cell).strip().replace("\\", "/")
+        if not written:
+            out.append(("", "empty"))
+            continue
+        lexical = Path(os.path.normpath(base_abs / written))  # an absolute ``written`` replaces base_abs
+        if lexical.is_relative_to(base_abs):
+            name = lexical.relative_to(base_abs).as_posix()
+        elif lexical.resolve().is_relative_to(base_real):  # an absolute path through the folder's real path
+            name = lexical.resolve().relative_to(base_real).as_posix()
+        else:
+            out.append((Path(written).as_posix().removeprefix("./"), "outside"))
+            continue
+        if not (base / name).is_file():
+            out.append((name, "missing"))
+            continue
+        out.append((first_name.setdefault((base / name).resolve(), name), "file"))
+    return out
 
 
-def _named_file(base: Path, name: str, inside: Path) -> bool:
-    """Whether ``name`` (a labels CSV's path, relative to ``base``) is a file whose real path lies in ``inside``:
-    a row never reaches outside the dataset's folder."""
-    return bool(name) and (base / name).is_file() and (base / name).resolve().is_relative_to(inside)
+def _walk_images(base: Path) -> set[str]:
+    """Image files (by their ending) under ``base``, relative POSIX paths; hidden files and folders skipped,
+    folders that are symbolic links followed (each real folder once)."""
+    found, seen = set(), set()
+    for folder, dirs, names in os.walk(base, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(folder).relative_to(base)
+        found |= {(rel / n).as_posix() for n in names if not n.startswith(".")
+                  and Path(n).suffix.lower() in IMAGE_SUFFIXES and (Path(folder) / n).is_file()}
+    return found
 
 
 def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
@@ -421,22 +500,26 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
     out), ``left_out`` (``label_map`` mapped it to None); besides, ``person`` and ``source`` when the
     layout says them (a CSV's person/source columns; class folders: the split folder).
 
-    ``row`` is the line number in the CSV as a spreadsheet shows it (muxspace: ``data/legend.csv``), or,
-    for class folders, the file's number in sorted order. ``root`` is a dataset folder or a ``Dataset``.
+    ``row`` is the row number in the CSV as a spreadsheet shows it (muxspace: ``data/legend.csv``): its line
+    number, blank lines counted (``_spreadsheet_rows``); for class folders, the file's number in sorted order.
+    A labels CSV's ``image`` is the file's path relative to the CSV's folder however the row spells it
+    (``_csv_images``; ``""`` for an empty cell), and ``written`` is the cell as written.
+    ``root`` is a dataset folder or a ``Dataset``.
     """
     dataset = root if isinstance(root, Dataset) else open_dataset(root)
     mapping = check_label_map(label_map)
     if dataset.layout == "folders":
         rows = [(f.relative_to(dataset.root).as_posix(), folder.name, source)
                 for folder, source in _class_folders(dataset.root)
-                for f in sorted(folder.rglob("*")) if f.is_file() and not f.name.startswith(".")]
+                for f in sorted(folder.rglob("*")) if f.is_file() and _visible(f, folder)]
         legend = pd.DataFrame(rows, columns=["image", "label", "source"])
         legend["user_id"] = ""
     else:
         path = dataset.labels_csv if dataset.layout == "csv" else dataset.root / LEGEND
         if dataset.layout == "csv":
             legend = _read_labels_csv(path).rename(columns={"emotion": "label"})
-            legend["image"] = legend["image"].map(_relative)
+            legend["written"] = legend["image"].str.strip()
+            legend["image"], where = zip(*_csv_images(dataset.root, legend["image"])) if len(legend) else ((), ())
             legend["user_id"] = ""
             for col in ("person", "source"):
                 if col in legend:
@@ -461,18 +544,19 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
     if legend.empty and dataset.layout != "folders":
         header = "image,emotion[,person]" if dataset.layout == "csv" else "user.id,image,emotion"
         raise DatasetError(f"{path} has a header but no rows: add one line per labelled image ({header}).")
-    inside = dataset.root.resolve()
-    if dataset.layout == "csv" and not any(_named_file(dataset.root, image, inside) for image in legend["image"]):
+    if dataset.layout == "csv" and "file" not in where:
         example = legend["image"].iloc[0]
         raise DatasetError(f"None of the {len(legend):,} images {path.name} lists is in its folder {dataset.root} "
                            f"(the first, {example!r}, would be {dataset.root / example}): image paths in a labels "
                            "CSV are relative to the CSV's folder; point at a CSV beside the images, or fix the paths.")
-    legend.insert(0, "row", np.arange(2, len(legend) + 2) if dataset.layout != "folders"
-                  else np.arange(1, len(legend) + 1))  # line numbers as a spreadsheet shows them
+    if dataset.layout == "muxspace":
+        legend.insert(0, "row", _spreadsheet_rows(path, len(legend)))  # row numbers as a spreadsheet shows them
+    elif dataset.layout == "folders":
+        legend.insert(0, "row", np.arange(1, len(legend) + 1))
     legend["emotion"] = [normalise_label(label, mapping) for label in legend["label"]]
     keys = legend["label"].str.strip().str.lower()
     legend["left_out"] = keys.isin([k for k, v in mapping.items() if v is None])
-    extra = [c for c in ("person", "source") if c in legend]
+    extra = [c for c in ("person", "source", "written") if c in legend]
     return legend[["row", "user_id", "image", "label", "emotion", "left_out", *extra]]
 
 
@@ -638,23 +722,32 @@ def dataset_files(dataset: Dataset) -> list[str]:
     - muxspace: every file in ``images/``;
     - class folders: every file in a class folder, and the images (by their ending) lying outside one —
       at the root or directly in a split folder — which have no label;
-    - CSV: every image (by its ending) anywhere under the CSV's folder, and every file a row names.
+    - CSV: every image (by its ending) anywhere under the CSV's folder (folders that are symbolic links
+      followed), and every file a row names (``_csv_images``).
 
-    Hidden files and folders (``.name``) are skipped; other files (a README, the CSV itself) are not images.
+    Hidden files and folders (``.name``) are skipped (in class folders the audit lists them: ``hidden file``);
+    other files (a README, the CSV itself) are not images.
     """
     base = dataset.images_dir
     if dataset.layout == "muxspace":
         return sorted(p.name for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
-    found = {p.relative_to(base).as_posix() for p in base.rglob("*")
-             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, base)}
     if dataset.layout == "folders":
+        found = {p.relative_to(base).as_posix() for p in base.rglob("*")
+                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, base)}
         found |= {p.relative_to(base).as_posix() for folder, _ in _class_folders(base) for p in folder.rglob("*")
                   if p.is_file() and _visible(p, base)}
     else:
-        named = _read_labels_csv(dataset.labels_csv)["image"].map(_relative)
-        inside = base.resolve()
-        found |= {n for n in named if _named_file(base, n, inside)}
+        found = _walk_images(base)
+        found |= {n for n, where in _csv_images(base, _read_labels_csv(dataset.labels_csv)["image"]) if where == "file"}
     return sorted(found)
+
+
+def _hidden_files(dataset: Dataset) -> list[str]:
+    """Class folders' hidden files (``.name``, or in a ``.folder``), relative POSIX paths: skipped, and listed."""
+    if dataset.layout != "folders":
+        return []
+    return sorted(p.relative_to(dataset.root).as_posix() for folder, _ in _class_folders(dataset.root)
+                  for p in folder.rglob("*") if p.is_file() and not _visible(p, folder))
 
 
 def scan_images(root, workers: int | None = None) -> pd.DataFrame:
@@ -688,10 +781,12 @@ class Audit:
     label_map: dict = dataclasses.field(default_factory=dict)  # check_label_map's result, as applied
 
     def summary(self) -> pd.DataFrame:
-        """Findings counted by kind (kinds with none are listed too, with 0)."""
+        """Findings counted by kind (kinds with none are listed too, with 0; ``OWN_DATA_FINDING_KINDS`` for your
+        own data only)."""
         counts = self.findings["kind"].value_counts()
-        return pd.DataFrame({"kind": list(FINDING_KINDS), "count": [int(counts.get(k, 0)) for k in FINDING_KINDS],
-                             "meaning": list(FINDING_KINDS.values())})
+        kinds = {**FINDING_KINDS, **(OWN_DATA_FINDING_KINDS if self.layout != "muxspace" else {})}
+        return pd.DataFrame({"kind": list(kinds), "count": [int(counts.get(k, 0)) for k in kinds],
+                             "meaning": list(kinds.values())})
 
     def emotions_absent(self) -> list[str]:
         """The emotions (of the 8) that no usable labelled row has: the model is never trained on them."""
@@ -713,10 +808,28 @@ FINDING_KINDS = {
     "unlisted file": "an image in images/ that no legend row names; it has no label",
     "same content": "byte-identical files under different names; kept in one split together",
 }
+#: Findings of your own data only (a labels CSV, class folders), listed by ``Audit.summary`` for those layouts.
+OWN_DATA_FINDING_KINDS = {
+    "no label": "a labels CSV's row with an empty emotion cell; not used",
+    "no person": "a labels CSV's row with an empty person cell (others have one): split as a single image, so "
+                 "the person-disjoint split does not cover it",
+    "hidden file": "a hidden file in a class folder (.name, or in a .folder): skipped",
+}
 #: Where each layout's labels are, in the findings' words.
 _LABELS_WHERE = {"muxspace": ("legend row", "not in images/", "no legend row"),
                  "csv": ("CSV row", "not found (relative to the CSV's folder)", "no row of the labels CSV names it"),
                  "folders": ("file", "not found", "not in a class folder, so no label")}
+
+
+def _missing_detail(dataset: Dataset, image: str) -> str:
+    """Why a labels CSV's row has no file: an empty cell, a path outside the dataset folder, or not found."""
+    if not image:
+        return "no image path (empty cell)"
+    if _csv_images(dataset.root, [image])[0][1] == "outside":
+        there = (dataset.root / image).is_file()
+        return (f"{'a file' if there else 'not found, and'} outside the dataset folder {dataset.root}: not used "
+                "(a labels CSV's images lie in its folder or below)")
+    return _LABELS_WHERE["csv"][1]
 
 
 def person_and_source_of(legend: pd.DataFrame, layout: str) -> tuple[list[str], list[str]]:
@@ -746,23 +859,32 @@ def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | Non
     mapping = check_label_map(label_map)
     legend = load_legend(dataset, mapping)
     where_row, not_found, unlisted_detail = _LABELS_WHERE[dataset.layout]
-    if dataset.layout != "muxspace" and (legend["emotion"].isna() & ~legend["left_out"]).any():
-        what = dataset.labels_csv.name if dataset.layout == "csv" else "the class folders' names"
-        raise unknown_labels_error(legend, what)
+    csv = dataset.layout == "csv"
+    # a labels CSV's row with an empty emotion cell has no label: listed (``no label``), not an unknown label
+    no_label = legend.emotion.isna() & ~legend.left_out & (legend.label.str.strip().eq("") if csv else False)
+    if dataset.layout != "muxspace" and (legend["emotion"].isna() & ~legend["left_out"] & ~no_label).any():
+        what = dataset.labels_csv.name if csv else "the class folders' names"
+        raise unknown_labels_error(legend, what, rows=csv)
     files = scan_images(dataset) if files is None else files
     findings: list[dict] = []
 
     def add(kind, image, row, detail):
         findings.append({"kind": kind, "image": image, "row": row, "detail": detail})
 
-    exact = legend.duplicated(["user_id", "image", "label"], keep="first")
-    for r in legend[exact].itertuples():
-        first = legend[(legend.image == r.image) & (legend.label == r.label) & (legend.user_id == r.user_id)].row.min()
+    # a CSV row is an exact duplicate when every cell read is the same (person and source too); the same file
+    # written another way, or with another person, is a repeated image (or a conflict) below
+    same = [c for c in ("written", "image", "label", "person", "source") if c in legend] if csv else [
+        "user_id", "image", "label"]
+    exact = legend.duplicated(same, keep="first")
+    first_of = legend.groupby(same, sort=False).row.transform("min")
+    for r, first in zip(legend[exact].itertuples(), first_of[exact]):
         add("exact duplicate row", r.image, r.row, f"same as row {first}")
     left_out = legend.left_out & ~exact
     for r in legend[left_out].itertuples():
         add("left out by label_map", r.image, r.row, f"label {r.label!r}")
-    unknown = legend.emotion.isna() & ~legend.left_out
+    for r in legend[no_label & ~exact].itertuples():
+        add("no label", r.image, r.row, "no label (empty emotion cell)")
+    unknown = legend.emotion.isna() & ~legend.left_out & ~no_label
     for r in legend[unknown].itertuples():
         add("unknown label", r.image, r.row, f"label {r.label!r}")
     known = legend[~exact & legend.emotion.notna()]
@@ -782,27 +904,44 @@ def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | Non
             + " of byte-identical files (" + ", ".join(others[:3]) + ("…" if len(others) > 3 else "") + ")")
     conflicting |= set(twins.image)
     repeated = known[~known.image.isin(conflicting)].duplicated("image", keep="first")
+    by_row = legend.set_index("row")
     for r in known[~known.image.isin(conflicting)][repeated].itertuples():
         first = known[known.image == r.image].row.min()
-        add("repeated image", r.image, r.row, f"also row {first} (user {legend.set_index('row').user_id[first]})"
-            if dataset.layout == "muxspace" else f"also {where_row} {first}")
+        if dataset.layout == "muxspace":
+            add("repeated image", r.image, r.row, f"also row {first} (user {by_row.user_id[first]})")
+            continue
+        # what differs from the first row (a CSV: the same file and emotion, written or labelled otherwise)
+        differs = [f"{what} {by_row.at[first, col]!r} there" if by_row.at[first, col] else f"no {what} there"
+                   for col, what in
+                   (("written", "written"), ("label", "label"), ("person", "person"), ("source", "source"))
+                   if col in by_row and by_row.at[first, col] != getattr(r, col)]
+        add("repeated image", r.image, r.row, f"also {where_row} {first}"
+            + (f": the same file and emotion ({'; '.join(differs)})" if differs else ""))
 
     by_file = files.set_index("file")
     on_disk = set(by_file.index)
     for r in legend[~legend.image.isin(on_disk)].itertuples():
-        add("missing file", r.image, r.row, not_found)
+        add("missing file", r.image, r.row, _missing_detail(dataset, r.image) if csv else not_found)
     for f in files[~files.readable].itertuples():
         add("unreadable file", f.file, None, f.error)
     for f in files[files.readable & ~files.format_matches_name].itertuples():
-        add("format mismatch", f.file, None, f"{f.format} content in a {f.suffix} file")
+        add("format mismatch", f.file, None, f"{f.format} content in a {f.suffix} file" if f.suffix
+            else f"{f.format} content in a file without an extension")
     for f in sorted(on_disk - set(legend.image)):
         add("unlisted file", f, None, unlisted_detail)
     dup_hashes = files[files.sha1.notna() & files.sha1.duplicated(keep=False)].groupby("sha1")["file"].agg(list)
     for names in dup_hashes:
         for name in names:
             add("same content", name, None, "identical to " + ", ".join(n for n in names if n != name))
+    for name in _hidden_files(dataset):
+        add("hidden file", name, None, "hidden file (its name, or a folder's, starts with '.'): skipped")
 
     has_person = dataset.layout == "muxspace" or ("person" in legend and legend["person"].ne("").any())
+    if csv and has_person:  # a row without a person is split as a face of its own: outside the guarantee
+        nobody = legend[legend.person.eq("") & ~exact & legend.emotion.notna() & legend.image.isin(on_disk)]
+        for r in nobody.itertuples():
+            add("no person", r.image, r.row, f"empty person cell ({len(nobody):,} such rows): split as a single "
+                "image, so the person-disjoint split does not cover it")
     legend["person"], legend["source"] = person_and_source_of(legend, dataset.layout)
     legend = legend.merge(files[["file", "format", "mode", "width", "height", "readable"]],
                           how="left", left_on="image", right_on="file").drop(columns="file")

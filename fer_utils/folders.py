@@ -45,6 +45,7 @@ from fer_utils.workfolder import PREPARE_RECORD as RECORD
 EXCLUDE_REASONS = {
     "exact duplicate row": "exact duplicate row",
     "unknown label": "unknown label",
+    "no label": "no label (empty emotion cell)",
     "left out by label_map": "left out by label_map",
     "conflicting labels": "conflicting labels for the same image",
     "repeated image": "image already listed with the same label",
@@ -393,11 +394,15 @@ def save_outputs(manifest: pd.DataFrame, audit: Audit, dataset: Dataset, work_di
     counts = check_manifest(manifest, audit)
     write_csv(manifest, work_dir / MANIFEST)
     used = manifest[manifest.split.isin(SPLITS)]
+    # a person-grouped split covers only the faces whose person is named (the audit's "no person" findings)
+    alone = int(used.group.astype(str).str.startswith("image:").sum()) if audit.split_by == "person" else 0
+    method = SPLIT_METHODS[audit.split_by] + (f"; {alone} faces with no person named are each split as a single "
+                                              "image, which that guarantee does not cover" if alone else "")
     record = {
         "step": "prepare", "parameters": parameters,
         "dataset": {"origin": dataset.origin, "legend_sha256": dataset.legend_sha256,
                     "pinned_upstream": dataset.is_pinned_upstream, "layout": dataset.layout},
-        "split_by": audit.split_by, "split_method": SPLIT_METHODS[audit.split_by],
+        "split_by": audit.split_by, "split_method": method, "faces_without_person": alone,
         "label_map": audit.label_map,
         "emotions_trained": [e for e in EMOTIONS if (used[used.split == "train"].emotion == e).any()],
         "emotions_absent": [e for e in EMOTIONS if not (used.emotion == e).any()],

@@ -131,7 +131,7 @@ def test_unknown_labels_stop_with_counts_and_how_to_map(folder_dataset, csv_data
         data.audit_dataset(folder_dataset[0])
     message = str(err.value)
     assert "'bored' (1)" in message and "label_map = {'bored': None}" in message and "-p label_map" in message
-    with pytest.raises(data.DatasetError, match=r"'confused' \(1\), 'joy' \(1\)"):
+    with pytest.raises(data.DatasetError, match=r"'confused' \(1; row 100\), 'joy' \(1; row 101\)"):
         data.audit_dataset(csv_dataset[1]["csv"])
     with pytest.raises(data.DatasetError, match="not an emotion: 'bored': 'sleepy'"):
         data.audit_dataset(folder_dataset[0], label_map={"bored": "sleepy"})

@@ -380,7 +380,8 @@ def test_cli_as_a_module_subprocess(model_dir, photos):
     out = json.loads(proc.stdout)  # stdout holds the JSON only
     assert [o["status"] for o in out] == ["ok", "not_an_image"]
     assert "2 inputs" in proc.stderr
-    assert "Model: <work_dir>/model.keras (tiny, 32×32 grayscale, trained: no, sha256 " in proc.stderr
+    model = (model_dir / "model.keras").resolve()  # outside the current folder: its full path, never <work_dir>
+    assert f"Model: {model} (tiny, 32×32 grayscale, trained: no, sha256 " in proc.stderr
 
 
 # --------------------------------------------------------------------------------------- provenance
@@ -447,6 +448,142 @@ def test_cli_warns_when_the_record_describes_another_file(model_copy, photos, ca
     assert MODEL_LINE.search(captured.err)["path"] == str(model_copy)  # as the user gave it
     assert "Warning: model.json does not match the model file (it was written for sha256 cdcdcdcdcdcd" in captured.err
     assert "metrics.json" not in captured.err
+
+
+# ------------------------------------------------- CLI: a broken model, odd file names, repeated inputs, options
+
+
+def _strict_json(text: str):
+    """``json.loads`` that refuses NaN and Infinity, as JavaScript's ``JSON.parse`` does."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_model_that_outputs_nan_gives_error_rows_and_valid_json(keras, photos, tmp_path, capsys):
+    """A model whose training diverged (a NaN learning rate): every face is an ``error`` saying so, the JSON
+    stays JSON, and nothing was predicted (exit 1)."""
+    model = _tiny_model(keras, 1)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    path = _save(model, tmp_path / "nan", "grayscale")
+    assert P.main([str(photos["face"]), str(photos["blank"]), "--model", str(path)]) == 1
+    captured = capsys.readouterr()
+    rows = _strict_json(captured.out)
+    assert [r["status"] for r in rows] == ["error", "error"]
+    for r in rows:
+        assert r["probabilities"] is None and r["confidence"] is None and r["emotion"] is None
+        assert "the model's output is not a number (NaN)" in r["message"] and "learning_rate" in r["message"]
+        assert r["box"] is not None  # the face was found; the model failed on it
+    assert "error: 2 faces: the model's output is not a number (NaN)" in captured.err
+    # the Python API says the same, and rows holding NaN never reach the JSON as NaN
+    results = P.predict(P.load_model(path), photos["blank"], detection="whole")
+    assert list(results.status) == ["error"] and "likely broken" in results.message[0]
+    results.at[0, "probabilities"], results.at[0, "confidence"] = {"anger": float("nan")}, float("inf")
+    record = P.to_records(results)[0]
+    assert record["probabilities"] == {"anger": None} and record["confidence"] is None
+    json.dumps(record, allow_nan=False)
+
+
+def test_cli_writes_a_file_name_that_is_not_utf8(model_dir, tmp_path, capsys, monkeypatch):
+    """A name whose bytes are not UTF-8: the CSV is written whole, the bytes escaped as the JSON escapes
+    them (``\\udcff``), the same on stdout and in ``-o``; a write that fails leaves no partial file."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    try:
+        shutil.copy(HOPPER, photos / os.fsdecode(b"bad\xff.jpg"))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses a name that is not UTF-8")
+    args = [str(photos), "--model", str(model_dir / "model.keras"), "--format", "csv", "--detection", "whole"]
+    out = tmp_path / "out.csv"
+    assert P.main([*args, "-o", str(out)]) == 0
+    written = out.read_bytes().decode("utf-8")  # valid UTF-8
+    assert "bad\\udcff.jpg,0,ok," in written and written.count("\n") == 2
+    assert P.main(args) == 0
+    assert capsys.readouterr().out == written  # stdout holds the same text
+    assert P.main([*args[:3], "--detection", "whole"]) == 0  # JSON: the same escape; the name's bytes come back
+    assert os.fsencode(_strict_json(capsys.readouterr().out)[0]["file"]) == bytes(photos) + b"/bad\xff.jpg"
+
+    def failing(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing)
+    assert P.main([*args, "-o", str(out)]) == 2
+    assert "error: cannot write" in capsys.readouterr().err
+    assert out.read_bytes().decode("utf-8") == written  # the earlier results, untouched
+    assert P.main([*args, "-o", str(tmp_path / "new.csv")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "photos"]  # no partial file left
+
+
+def test_cli_says_when_names_repeat_a_photo(model_dir, photos, tmp_path, capsys, monkeypatch):
+    """The same photo named again (itself, ./itself, a link) gets its rows once; stderr says which names were
+    the same file, and counts names and distinct inputs."""
+    shutil.copy(photos["blank"], tmp_path / "a.png")
+    (tmp_path / "link-to-a.png").symlink_to(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    model = ["--model", str(model_dir / "model.keras"), "--detection", "whole"]
+    assert P.main(["a.png", "a.png", "./a.png", "link-to-a.png", *model]) == 0
+    captured = capsys.readouterr()
+    assert [r["file"] for r in _strict_json(captured.out)] == ["a.png"]
+    assert "3 of the names are a photo already named, which gets its rows once:" in captured.err
+    assert "  ./a.png: the same file as a.png\n  link-to-a.png: the same file as a.png" in captured.err
+    assert "4 inputs named, 1 distinct (1 ok) in " in captured.err
+    assert P.main(["a.png", *model]) == 0
+    err = capsys.readouterr().err
+    assert "1 inputs (1 ok) in " in err and "already named" not in err
+
+
+@pytest.mark.parametrize("option", ["--margin", "--min-face"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_cli_refuses_a_number_that_is_not_finite(option, value, photos, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        P.main([str(photos["face"]), f"{option}={value}"])  # (-inf alone would read as an option)
+    assert exit_.value.code == 2
+    assert f"error: argument {option}: not a finite number: {value!r}" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_margin_that_is_not_finite(fer, photos):
+    for kwargs in ({"margin": float("nan")}, {"margin": float("inf")}, {"min_face": float("nan")}):
+        with pytest.raises(ValueError, match="finite"):
+            P.predict(fer, photos["face"], **kwargs)
+
+
+def test_cli_names_the_default_model_by_its_real_path(model_dir, photos, tmp_path, monkeypatch, capsys):
+    """Run from another folder with the default model: its path, not ``<work_dir>/model.keras``."""
+    monkeypatch.setenv("FER_WORK_DIR", str(model_dir))
+    monkeypatch.chdir(tmp_path)
+    assert P.main([str(photos["blank"]), "--detection", "whole"]) == 0
+    line = MODEL_LINE.search(capsys.readouterr().err)
+    assert line and line["path"] == str((model_dir / "model.keras").resolve())
+    monkeypatch.chdir(model_dir.parent)  # under the current folder: relative to it
+    assert P.main([str(photos["blank"]), "--detection", "whole"]) == 0
+    assert MODEL_LINE.search(capsys.readouterr().err)["path"] == f"{model_dir.name}/model.keras"
+
+
+def test_no_face_message_names_the_cli_options(model_dir, fer, photos, capsys):
+    assert P.main([str(photos["blank"]), "--model", str(model_dir / "model.keras"), "--detection", "detect",
+                   "--detector", "haar"]) == 1
+    row = _strict_json(capsys.readouterr().out)[0]
+    assert row["status"] == "no_face"
+    assert row["message"] == "no face found (try --detection auto or --detection whole)"
+    python = P.predict(fer, photos["blank"], detection="detect", detector="haar").message[0]
+    assert python == "no face found (try detection='auto' or 'whole')"  # Python callers: the argument
+
+
+def test_cli_names_every_annotated_copy(model_dir, photos, tmp_path, capsys):
+    """Two inputs named ``photo.png``: the copies are ``photo.png`` and ``photo-1.png``, and stderr says which
+    is which."""
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(photos["blank"], tmp_path / folder / "photo.png")
+    out = tmp_path / "annotated"
+    inputs = [str(tmp_path / "x" / "photo.png"), str(tmp_path / "y" / "photo.png")]
+    assert P.main([*inputs, "--model", str(model_dir / "model.keras"), "--detection", "whole",
+                   "--annotate", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["photo-1.png", "photo.png"]
+    assert f"2 annotated copies in {out}:\n  {inputs[1]} → {out / 'photo-1.png'}\n" in err
+    assert f"  {inputs[0]} → {out / 'photo.png'}\n" in err
 
 
 # ------------------------------------------------------------------------------------------ Grad-CAM

@@ -149,11 +149,13 @@ def existing_copies(plan: dict[str, Path]) -> list[Path]:
 
 
 class AnnotatedCopies(list):
-    """The files ``write_annotated`` wrote (a list of paths), with ``skipped``: ``{input: why it has no copy}``."""
+    """The files ``write_annotated`` wrote (a list of paths), with ``copies``: ``{input: its copy}`` and
+    ``skipped``: ``{input: why it has no copy}``."""
 
-    def __init__(self, written=(), skipped=None):
+    def __init__(self, written=(), skipped=None, copies=None):
         super().__init__(written)
         self.skipped: dict[str, str] = dict(skipped or {})
+        self.copies: dict[str, Path] = dict(copies or {})
 
 
 def _read_umask() -> int:
@@ -205,7 +207,7 @@ def write_annotated(results: pd.DataFrame, out_dir: str | os.PathLike, inputs: I
     written = AnnotatedCopies()
     for file, rows in results.groupby("file", sort=False):
         status = rows["status"].iloc[0]
-        if status in NO_IMAGE:
+        if rows["status"].isin(NO_IMAGE).all():  # (one face of several the model failed on: the others are drawn)
             written.skipped[file] = f"{status}: {rows['message'].iloc[0]}"
             continue
         if file not in plan:
@@ -220,4 +222,5 @@ def write_annotated(results: pd.DataFrame, out_dir: str | os.PathLike, inputs: I
             written.skipped[file] = f"could not draw or write it: {type(err).__name__}: {err}"
             continue
         written.append(plan[file])
+        written.copies[file] = plan[file]
     return written

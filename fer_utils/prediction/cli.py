@@ -17,13 +17,16 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from fer_utils.prediction.annotation import (
+    COPY_MODE,
     check_annotate_dir,
     existing_copies,
     plan_copies,
@@ -40,6 +43,7 @@ from fer_utils.prediction.detection import (
 )
 from fer_utils.prediction.images import collect_inputs, file_id, resolved
 from fer_utils.prediction.inference import (
+    BROKEN_MODEL,
     PREDICTED,
     STATUSES,
     load_and_announce,
@@ -50,7 +54,19 @@ from fer_utils.prediction.inference import (
 )
 from fer_utils.workfolder import write_csv
 
-MAX_LISTED = 20  # inputs without an annotated copy listed one per line on stderr
+MAX_LISTED = 20  # inputs without an annotated copy (and copies, repeated names) listed one per line on stderr
+NO_FACE_HINT = "try --detection auto or --detection whole"  # the no_face message names the options
+
+
+def finite_float(text: str) -> float:
+    """An option's number: a finite float (``nan``, ``inf`` are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,16 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                         help="face detector for auto/detect: haar (OpenCV's cascade) or mtcnn (a CNN cascade, "
                              f"better on turned faces; benchmarks/results/detectors.md) (default {DEFAULT_DETECTOR})")
-    parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE,
+    parser.add_argument("--min-face", type=finite_float, default=DEFAULT_MIN_FACE,
                         help="smallest face to detect, as a fraction of the shorter side (default 0.1)")
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+    parser.add_argument("--margin", type=finite_float, default=DEFAULT_MARGIN,
                         help="crop margin per side, as a fraction of the face box (default 0.1)")
     parser.add_argument("--batch-size", type=int, default=64)
     return parser
 
 
+def _shown_copy(copy: Path, out_dir: str) -> str:
+    """An annotated copy's path spelled from the ``--annotate`` folder as the user gave it."""
+    try:
+        return str(Path(out_dir) / Path(copy).relative_to(Path(out_dir).resolve()))
+    except ValueError:
+        return str(copy)
+
+
 def _report_annotated(written, out_dir: str) -> None:
-    print(f"{len(written)} annotated copies in {out_dir}", file=sys.stderr)
+    """The copies written, each with its input (those not named like their input first), and the inputs not drawn."""
+    copies = sorted(written.copies.items(), key=lambda fc: Path(fc[1]).name == Path(fc[0]).name)
+    print(f"{len(written)} annotated copies in {out_dir}{':' if copies else ''}", file=sys.stderr)
+    for file, copy in copies[:MAX_LISTED]:
+        print(f"  {file} → {_shown_copy(copy, out_dir)}", file=sys.stderr)
+    if len(copies) > MAX_LISTED:
+        print(f"  … and {len(copies) - MAX_LISTED} more, named after their inputs", file=sys.stderr)
     if written.skipped:
         print(f"{len(written.skipped)} inputs not drawn:", file=sys.stderr)
         for file, why in list(written.skipped.items())[:MAX_LISTED]:
@@ -140,13 +170,59 @@ def check_outputs(args, items: list) -> None:
                              "another folder.")
 
 
+def _report_repeats(repeats: list) -> None:
+    """Names of a photo already named (again, through a link, or inside a folder also named): predicted once."""
+    if not repeats:
+        return
+    print(f"{len(repeats)} of the names are a photo already named, which gets its rows once:", file=sys.stderr)
+    for name, kept in repeats[:MAX_LISTED]:
+        print(f"  {name}: the same file as {kept}", file=sys.stderr)
+    if len(repeats) > MAX_LISTED:
+        print(f"  … and {len(repeats) - MAX_LISTED} more", file=sys.stderr)
+
+
+def encoded(text: str) -> bytes:
+    """The results as UTF-8 bytes, the same on stdout and in ``--output``: a file name that is not valid UTF-8
+    (its bytes decoded by Python as lone surrogates) is written with the escape the JSON output uses, ``\\udcff``
+    for the byte ``0xff`` (``os.fsencode`` of the unescaped name gives the bytes back)."""
+    return text.encode("utf-8", errors="backslashreplace")
+
+
+def write_whole(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: into a new file beside it, then renamed over it (a file
+    already there keeps its permissions; through a symbolic link, the file it names is replaced)."""
+    target = resolved(path) or Path(path)
+    mode = target.stat().st_mode & 0o777 if target.is_file() else COPY_MODE
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if os.name == "posix":
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only stream (an IDE's console): the same characters
+        sys.stdout.write(data.decode("utf-8"))
+    else:
+        buffer.write(data)
+        buffer.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fer_utils predict PATH... [--model M] [--format json|csv] [--annotate DIR [--overwrite]]``."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not 0 < args.min_face <= 1 or args.margin < 0 or args.batch_size < 1:
         parser.error("--min-face must be in (0, 1], --margin >= 0 and --batch-size >= 1")
-    items = collect_inputs(args.paths, exclude=[args.annotate] if args.annotate else ())
+    repeats: list[tuple[str, str]] = []
+    items = collect_inputs(args.paths, exclude=[args.annotate] if args.annotate else (), repeats=repeats)
     try:
         check_outputs(args, items)
         if args.detection != "whole":
@@ -159,23 +235,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     results = predict(loaded, items, detection=args.detection, min_face=args.min_face, margin=args.margin,
-                      batch_size=args.batch_size, detector=args.detector)
+                      batch_size=args.batch_size, detector=args.detector, no_face_hint=NO_FACE_HINT)
     elapsed = time.perf_counter() - start
     if args.format == "json":  # a JSON list, one face per line
-        text = "[\n" + ",\n".join("  " + json.dumps(r) for r in to_records(results)) + "\n]\n"
+        text = "[\n" + ",\n".join("  " + json.dumps(r, allow_nan=False) for r in to_records(results)) + "\n]\n"
     else:
         buffer = io.StringIO()
         write_csv(to_flat(results, loaded.record.class_names), buffer, float_format="%.6g",
                   quoting=csv.QUOTE_MINIMAL)  # names starting with = + - @ get a ' (safe in a spreadsheet)
         text = buffer.getvalue()
+    data = encoded(text)  # before any file is opened: nothing can fail half-way for the text's sake
     if args.output:
         try:
-            Path(args.output).write_text(text)
+            write_whole(args.output, data)
         except OSError as err:
             print(f"error: cannot write {args.output}: {err}", file=sys.stderr)
             return 2
     else:
-        sys.stdout.write(text)
+        _write_stdout(data)
     if args.annotate:
         try:
             written = write_annotated(results, args.annotate, args.paths, overwrite=args.overwrite)
@@ -183,6 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         _report_annotated(written, args.annotate)
+    broken = results.message[results.message.str.contains(BROKEN_MODEL, regex=False, na=False)]
+    if len(broken):  # a broken model: said once, not only in every row
+        print(f"error: {len(broken)} faces: {broken.iloc[0]}", file=sys.stderr)
+    _report_repeats(repeats)
     counts = ", ".join(f"{n} {s}" for s, n in summary(results)["files"].items())
-    print(f"{results.file.nunique()} inputs ({counts}) in {elapsed:.1f} s", file=sys.stderr)
+    distinct = results.file.nunique()
+    inputs = f"{distinct + len(repeats)} inputs named, {distinct} distinct" if repeats else f"{distinct} inputs"
+    print(f"{inputs} ({counts}) in {elapsed:.1f} s", file=sys.stderr)
     return 0 if results.status.isin(PREDICTED).any() else 1

@@ -136,7 +136,7 @@ def read_image(source) -> Image.Image:
     return _converted(im)
 
 
-def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = ()) -> list:
+def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = (), repeats: list | None = None) -> list:
     """Expand folders (walked recursively, image files by suffix, hidden files skipped, sorted).
 
     Files named explicitly are kept whatever their suffix (a non-image then gets its status), and so are
@@ -144,16 +144,20 @@ def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = ()) -> list
     in it is kept as it is, so that it gets a row too. Files are returned as the caller spelled them (a
     folder's files joined to the folder), never made absolute. Paths under any ``exclude`` folder (e.g.
     the annotation folder) are skipped. A file named twice (itself, through a link, or inside a folder also
-    named) is kept once, where it first appears.
+    named) is kept once, where it first appears: one row per photo, one annotated copy (the results are grouped
+    by file). ``repeats``: a list that receives ``(name left out, the name kept)`` for each of them, so that a
+    caller can say so.
     """
     excluded = [r for r in map(resolved, exclude) if r is not None]
-    out, seen = [], set()
+    out, seen = [], {}
 
     def first_time(path) -> bool:
         key = file_id(path) or str(path)
         if key in seen:
+            if repeats is not None:
+                repeats.append((str(path), seen[key]))
             return False
-        seen.add(key)
+        seen[key] = str(path)
         return True
 
     for item in paths:

@@ -9,6 +9,7 @@ the ``model.json`` and ``metrics.json`` beside it describe that very file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -37,6 +38,10 @@ from fer_utils.workfolder import METRICS, MODEL_FILE, NOTEBOOKS, display_path, g
 STATUSES = ("ok", "whole_image_fallback", "no_face", "not_an_image", "unreadable", "not_found", "error")
 PREDICTED = ("ok", "whole_image_fallback")  # statuses that carry a prediction
 COLUMNS = ["file", "face", "status", "detection", "box", "emotion", "confidence", "probabilities", "message"]
+#: the no-face hint for Python callers; the command line passes its own wording (``--detection auto``...)
+NO_FACE_HINT = "try detection='auto' or 'whole'"
+#: in the message of a face whose probabilities are not finite numbers (``not_finite_message``)
+BROKEN_MODEL = "the model is likely broken"
 HOW_TO_TRAIN = ("Train one with notebooks/05_train_model.ipynb (or `python -m fer_utils run`), which writes "
                 "model.keras and model.json into the work folder, or pass --model PATH.")
 
@@ -128,7 +133,8 @@ def as_loaded(model) -> LoadedModel:
 
 
 def _shown_path(path: Path, work_dir: str | os.PathLike | None) -> str:
-    """A model path as the user gave it (relative), else relative to the current folder or the work folder."""
+    """A model path as the user gave it (relative), else relative to the current folder, else as it is
+    (absolute: a path the user can open). With ``work_dir`` (notebooks): ``<work_dir>/...``."""
     if not path.is_absolute():
         return str(path)
     if work_dir is not None:
@@ -136,15 +142,14 @@ def _shown_path(path: Path, work_dir: str | os.PathLike | None) -> str:
     resolved, cwd = path.resolve(), Path.cwd().resolve()
     if resolved.is_relative_to(cwd):
         return str(resolved.relative_to(cwd))
-    work = get_work_dir(None, create=False)
-    return display_path(path, work) if resolved.is_relative_to(work) else str(path)
+    return str(path)
 
 
 def model_provenance(loaded: LoadedModel, work_dir: str | os.PathLike | None = None) -> dict:
     """Which model file ``loaded`` is, and whether the records beside it describe that very file.
 
-    Returns ``path`` (as given, or relative: to the current folder, or ``<work_dir>/...``; with
-    ``work_dir``, always relative to it, as notebooks show paths), ``name`` (the record's model name),
+    Returns ``path`` (as given, or relative to the current folder, else absolute; with ``work_dir``, always
+    ``<work_dir>/...``, as notebooks show paths), ``name`` (the record's model name),
     ``image_size``, ``color_mode``, ``trained``, ``record_source`` (``model.json`` or ``model input
     shape``), ``sha256`` of the model file, ``record_sha256`` and ``record_match`` (the record's
     ``model_sha256`` against the file: True/False, None when the record names no file), ``metrics`` and
@@ -261,7 +266,7 @@ def _name(item, index: int) -> str:
 
 
 def _faces_of(item, record: ModelRecord, detection: str, min_face: float, margin: float,
-              detector: str = DEFAULT_DETECTOR):
+              detector: str = DEFAULT_DETECTOR, no_face_hint: str = NO_FACE_HINT):
     """(rows without predictions, preprocessed faces) for one input."""
     try:
         im = read_image(item)
@@ -275,7 +280,7 @@ def _faces_of(item, record: ModelRecord, detection: str, min_face: float, margin
             rows = [{"status": "ok", "detection": detector, "box": b} for b in boxes]
             crops = [im.crop(crop_box(b, im.size, margin)) for b in boxes]
         elif detection == "detect":
-            return [{"status": "no_face", "message": "no face found (try detection='auto' or 'whole')"}], None
+            return [{"status": "no_face", "message": f"no face found ({no_face_hint})"}], None
         else:
             rows = [{"status": "whole_image_fallback", "detection": "whole", "box": [0, 0, im.width, im.height],
                      "message": "no face found: the whole image was used as the face"}]
@@ -283,8 +288,27 @@ def _faces_of(item, record: ModelRecord, detection: str, min_face: float, margin
     return rows, preprocess_faces(crops, record)
 
 
+def not_finite_message(probabilities: np.ndarray) -> str | None:
+    """None when every probability is a finite number, else the row's message: the model is broken."""
+    if np.all(np.isfinite(probabilities)):
+        return None
+    what = "not a number (NaN)" if np.isnan(probabilities).any() else "infinite"
+    return (f"the model's output is {what}: {BROKEN_MODEL} (its training diverged); "
+            "retrain it, e.g. with a lower learning_rate")
+
+
+def _prediction_row(p: np.ndarray, names: Sequence[str]) -> dict:
+    """A predicted face's columns from its probabilities ``p``; status ``error`` when they are not all finite."""
+    broken = not_finite_message(p)
+    if broken is not None:
+        return {"status": "error", "message": broken}
+    top = int(np.argmax(p))
+    return {"emotion": names[top], "confidence": float(p[top]),
+            "probabilities": {e: float(v) for e, v in zip(names, p)}}
+
+
 def _iter_rows(loaded: LoadedModel, items: list, detection: str, min_face: float, margin: float,
-               batch_size: int, detector: str = DEFAULT_DETECTOR):
+               batch_size: int, detector: str = DEFAULT_DETECTOR, no_face_hint: str = NO_FACE_HINT):
     record = loaded.record
     names = record.class_names
     pending: list[tuple[str, list[dict], np.ndarray | None]] = []
@@ -298,18 +322,15 @@ def _iter_rows(loaded: LoadedModel, items: list, detection: str, min_face: float
             for face, row in enumerate(rows):
                 full = {c: None for c in COLUMNS} | row | {"file": name}
                 if row["status"] in PREDICTED:
-                    p = probs[k]
+                    full |= {"face": face} | _prediction_row(probs[k], names)
                     k += 1
-                    top = int(np.argmax(p))
-                    full |= {"face": face, "emotion": names[top], "confidence": float(p[top]),
-                             "probabilities": {e: float(v) for e, v in zip(names, p)}}
                 yield full
         pending.clear()
 
     for i, item in enumerate(items):
         name = _name(item, i)
         try:
-            rows, faces = _faces_of(item, record, detection, min_face, margin, detector)
+            rows, faces = _faces_of(item, record, detection, min_face, margin, detector, no_face_hint)
         except Exception as err:  # noqa: BLE001 - one bad file never stops the batch
             rows, faces = [{"status": "error", "message": f"{type(err).__name__}: {err}"}], None
         pending.append((name, rows, faces))
@@ -322,26 +343,30 @@ def _iter_rows(loaded: LoadedModel, items: list, detection: str, min_face: float
 
 def predict(model, inputs, detection: str = "auto", min_face: float = DEFAULT_MIN_FACE,
             margin: float = DEFAULT_MARGIN, batch_size: int = 64,
-            detector: str = DEFAULT_DETECTOR) -> pd.DataFrame:
+            detector: str = DEFAULT_DETECTOR, no_face_hint: str = NO_FACE_HINT) -> pd.DataFrame:
     """Predict the emotion of every face in ``inputs``: one row per face (see ``fer_utils.prediction``).
 
     ``model``: a ``LoadedModel`` (``load_model()``), a Keras model honouring the contract, a path to a
     ``.keras`` file, or None for ``<work_dir>/model.keras``. ``inputs``: a path, a folder, a Pillow
     image, an array, or a list of them; folders are walked. Faces are batched: one model call per
     ``batch_size`` faces. ``detector``: ``"haar"`` or ``"mtcnn"`` (``detect_faces``), used by the
-    ``"auto"`` and ``"detect"`` modes; rows name it in ``detection``.
+    ``"auto"`` and ``"detect"`` modes; rows name it in ``detection``. A face whose probabilities are not all
+    finite numbers (a broken model) gets status ``error`` saying so. ``no_face_hint``: what the ``no_face``
+    message suggests (the command line names its options).
     """
     if detection not in DETECTION_MODES:
         raise ValueError(f"detection must be one of {DETECTION_MODES}, not {detection!r}")
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {DETECTORS}, not {detector!r}")
+    if not (math.isfinite(min_face) and 0 < min_face <= 1) or not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"min_face must be in (0, 1] and margin a finite number >= 0, not {min_face!r}, {margin!r}")
     if detection != "whole":
         check_detector(detector)  # a missing package stops here, not as an error in every row
     loaded = as_loaded(model)
     if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)):
         inputs = [inputs]
     items = collect_inputs(inputs)
-    rows = list(_iter_rows(loaded, items, detection, min_face, margin, batch_size, detector))
+    rows = list(_iter_rows(loaded, items, detection, min_face, margin, batch_size, detector, no_face_hint))
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["face"] = frame["face"].astype("Int64")
     return frame
@@ -360,8 +385,16 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     return table.reindex([s for s in STATUSES if s in table.index])
 
 
+def _finite_or_none(value: float, decimals: int | None) -> float | None:
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return round(value, decimals) if decimals is not None else value
+
+
 def to_records(results: pd.DataFrame, decimals: int | None = 4) -> list[dict]:
-    """Rows as JSON-ready dicts (the CLI's JSON output)."""
+    """Rows as JSON-ready dicts (the CLI's JSON output): a number that is not finite becomes None (JSON has no
+    NaN), so ``json.dumps(..., allow_nan=False)`` never fails."""
     out = []
     for row in results.to_dict("records"):
         rec = {}
@@ -373,10 +406,10 @@ def to_records(results: pd.DataFrame, decimals: int | None = 4) -> list[dict]:
                 value = int(value)
             elif key == "box":
                 value = [int(v) for v in value]
-            elif key == "confidence" and decimals is not None:
-                value = round(float(value), decimals)
-            elif key == "probabilities" and decimals is not None:
-                value = {k: round(float(v), decimals) for k, v in value.items()}
+            elif key == "confidence":
+                value = _finite_or_none(value, decimals)
+            elif key == "probabilities":
+                value = {k: _finite_or_none(v, decimals) for k, v in value.items()}
             rec[key] = value
         out.append(rec)
     return out

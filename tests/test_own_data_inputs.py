@@ -1,0 +1,156 @@
+"""Your own data, row by row: what a labels CSV or class folders written by hand may hold (empty cells, blank
+lines, one file under two spellings, paths leaving the folder, symbolic links, hidden files, bad bytes) is used or
+reported with a reason that says what it is, and a row's number is the one a spreadsheet shows."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fer_utils import data, folders
+
+
+def csv_dataset(root: Path, extra: list[str], header: str = "image,emotion,person", newline: str = "\n") -> Path:
+    """A tiny CSV dataset (24 faces, 6 people, images/…png) with ``extra`` lines appended as written."""
+    info = data.write_synthetic_dataset(root, "csv", n_images=24, size=16, n_people=6, workers=2)
+    lines = [header] + [f"{f},{e},{p}" if "person" in header else f"{f},{e}" for f, e, p in
+                        zip(info["files"], [data.EMOTIONS[i % 8] for i in range(24)],
+                            [f"person{(i // 8) % 6:05d}" for i in range(24)])]
+    info["csv"].write_text(newline.join(lines + extra) + newline, encoding="utf-8")
+    return info["csv"]
+
+
+def findings_of(audit: data.Audit, kind: str) -> list[tuple]:
+    rows = audit.findings[audit.findings.kind == kind]
+    return [(r.image, None if pd.isna(r.row) else int(r.row), r.detail) for r in rows.itertuples()]
+
+
+def test_rows_without_a_person_are_reported_not_silently_their_own_person(tmp_path):
+    csv = csv_dataset(tmp_path / "d", [])
+    csv.write_text(csv.read_text().replace(",person00002\n", ",\n"))
+    audit = data.audit_dataset(csv)
+    nobody = findings_of(audit, "no person")
+    assert [row for _, row, _ in nobody] == [18, 19, 20, 21, 22, 23, 24, 25]  # person00002's rows, now empty
+    assert all("(8 such rows): split as a single image, so the person-disjoint split does not cover it" in d
+               for _, _, d in nobody)
+    assert audit.split_by == "person" and "no person" in set(audit.summary().kind)
+    folders.prepare(data.open_dataset(csv), tmp_path / "w", seed=0, audit=audit)  # prepare.json says so too
+    record = json.loads((tmp_path / "w" / "prepare.json").read_text())
+    used_alone = int(folders.load_manifest(tmp_path / "w").query("split != 'excluded'").group.str.startswith("image:")
+                     .sum())
+    assert record["faces_without_person"] == used_alone > 0
+    assert f"{used_alone} faces with no person named are each split as a single image" in record["split_method"]
+    # no person column at all: a split by image, said once by split_by, not row by row
+    plain = csv_dataset(tmp_path / "e", [], header="image,emotion")
+    audit = data.audit_dataset(plain)
+    assert audit.split_by == "image" and not findings_of(audit, "no person")
+
+
+def test_an_empty_emotion_cell_is_a_row_without_label_not_an_unknown_label(tmp_path):
+    csv = csv_dataset(tmp_path / "d", ["images/person00000_000000.png,,person00000"])
+    audit = data.audit_dataset(csv)  # the run goes on
+    assert findings_of(audit, "no label") == [("images/person00000_000000.png", 26, "no label (empty emotion cell)")]
+    assert not findings_of(audit, "unknown label")
+    assert findings_of(audit, "no person") == []  # nor is an empty cell elsewhere taken for one
+    # an unknown label still stops the run, naming its rows
+    csv.write_text(csv.read_text() + "images/person00001_000001.png,joy,person00001\n"
+                   + "".join(f"images/person00001_000001.png,meh,person0000{i}\n" for i in range(5)))
+    with pytest.raises(data.DatasetError, match=r"'meh' \(5; rows 28, 29, 30…\), 'joy' \(1; row 27\)"):
+        data.audit_dataset(csv)
+
+
+def test_a_row_without_label_is_excluded_in_the_manifest(tmp_path):
+    csv = csv_dataset(tmp_path / "d", ["images/person00000_000000.png,,person00000"])
+    manifest = folders.build_manifest(data.audit_dataset(csv)).set_index("row")
+    assert (manifest.at[26, "split"], manifest.at[26, "reason"]) == ("excluded", "no label (empty emotion cell)")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_row_numbers_count_blank_lines_as_a_spreadsheet_does(tmp_path, newline):
+    csv = csv_dataset(tmp_path / "d", ["", "images/missing.png,happy,person00000", "", "",
+                                       "images/gone.png,sad,person00001"], newline=newline)
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())  # a spreadsheet's "CSV UTF-8" starts with a BOM
+    audit = data.audit_dataset(csv)
+    assert [(image, row) for image, row, _ in findings_of(audit, "missing file")] == [
+        ("images/missing.png", 27), ("images/gone.png", 30)]
+    lines = csv.read_text(encoding="utf-8-sig").splitlines()
+    assert lines[27 - 1].startswith("images/missing.png") and lines[30 - 1].startswith("images/gone.png")
+    legend = data.load_legend(csv)
+    assert legend.row.tolist() == [*range(2, 26), 27, 30]
+
+
+def test_one_file_under_several_spellings_is_used_once(tmp_path):
+    root = tmp_path / "d"
+    name = "images/person00000_000000.png"  # row 2: anger, person00000
+    csv = csv_dataset(root, [f"{root / name},anger,person00000", f"./{name},anger,person00000",
+                             "images//person00000_000000.png,Angry,person00000", f"{name},anger,someone"])
+    audit = data.audit_dataset(csv)
+    assert not findings_of(audit, "exact duplicate row")  # none of them is exactly row 2
+    assert findings_of(audit, "repeated image") == [
+        (name, 26, f"also CSV row 2: the same file and emotion (written {name!r} there)"),
+        (name, 27, f"also CSV row 2: the same file and emotion (written {name!r} there)"),
+        (name, 28, f"also CSV row 2: the same file and emotion (written {name!r} there; label 'anger' there)"),
+        (name, 29, "also CSV row 2: the same file and emotion (person 'person00000' there)")]
+    assert not findings_of(audit, "same content") and not findings_of(audit, "unlisted file")
+    assert audit.files.file.tolist().count(name) == 1
+    manifest = folders.split_by_person(folders.build_manifest(audit))
+    used = manifest[manifest.split.isin(folders.SPLITS)]
+    assert used.image.is_unique and (used.image == name).sum() == 1
+    assert set(manifest.loc[manifest.row.isin([26, 27, 28, 29]), "reason"]) == {
+        "image already listed with the same label"}
+    # an exact duplicate is still one, and the same file with another emotion still a conflict
+    csv.write_text(csv.read_text() + f"{name},anger,person00000\n./{name},happy,person00000\n")
+    audit = data.audit_dataset(csv)
+    assert findings_of(audit, "exact duplicate row") == [(name, 30, "same as row 2")]
+    assert {row for image, row, _ in findings_of(audit, "conflicting labels")} == {2, 26, 27, 28, 29, 31}
+
+
+def test_paths_out_of_the_folder_empty_cells_and_linked_folders_say_what_they_are(tmp_path):
+    root = tmp_path / "d"
+    (tmp_path / "outside.png").write_bytes(b"")
+    csv = csv_dataset(root, ["../outside.png,happy,person00000", ",happy,person00001", "../nowhere.png,sad,person00002",
+                             f"{tmp_path / 'outside.png'},sad,person00003"])
+    audit = data.audit_dataset(csv)
+    assert findings_of(audit, "missing file") == [
+        ("../outside.png", 26, f"a file outside the dataset folder {root}: not used (a labels CSV's images lie in "
+                               "its folder or below)"),
+        ("", 27, "no image path (empty cell)"),
+        ("../nowhere.png", 28, f"not found, and outside the dataset folder {root}: not used (a labels CSV's images "
+                               "lie in its folder or below)"),
+        (str(tmp_path / "outside.png"), 29, f"a file outside the dataset folder {root}: not used (a labels CSV's "
+                                             "images lie in its folder or below)")]
+    # a folder of the dataset that is a symbolic link to one elsewhere is followed, as a class folder is
+    (root / "images").rename(tmp_path / "elsewhere")
+    (root / "images").symlink_to(tmp_path / "elsewhere")
+    audit = data.audit_dataset(csv)
+    assert len(findings_of(audit, "missing file")) == 4 and not findings_of(audit, "unlisted file")
+    assert len(audit.files) == 24 and audit.files.readable.all()
+
+
+def test_small_wordings_and_hidden_files(tmp_path):
+    root = tmp_path / "f"
+    data.write_synthetic_dataset(root, "folders", n_images=16, size=16, workers=2)
+    happy = sorted((root / "happiness").iterdir())
+    os.rename(happy[0], root / "happiness" / "noextension")
+    (root / "happiness" / ".hidden.png").write_bytes(happy[1].read_bytes())
+    (root / "sadness" / ".cache").mkdir()
+    (root / "sadness" / ".cache" / "thumb.png").write_bytes(happy[1].read_bytes())
+    audit = data.audit_dataset(root)
+    assert findings_of(audit, "format mismatch") == [("happiness/noextension", None,
+                                                      "PNG content in a file without an extension")]
+    assert findings_of(audit, "hidden file") == [
+        (name, None, "hidden file (its name, or a folder's, starts with '.'): skipped")
+        for name in ("happiness/.hidden.png", "sadness/.cache/thumb.png")]
+    assert not findings_of(audit, "missing file")  # a file in a hidden folder is neither a row nor missing
+    # a CSV that is not UTF-8: the line and the byte of the file where it stops being so
+    csv = csv_dataset(tmp_path / "d", [])
+    raw = csv.read_bytes().splitlines(keepends=True)
+    raw[3] = raw[3].replace(b"person", b"pers\xe9n")  # Latin-1, not UTF-8
+    csv.write_bytes(b"".join(raw))
+    at = sum(map(len, raw[:3])) + raw[3].index(b"\xe9") + 1
+    with pytest.raises(data.DatasetError, match=rf"invalid continuation byte at line 4 \(byte {at} of the file\)"):
+        data.audit_dataset(csv)
