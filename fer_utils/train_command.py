@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.strategy == "multi_worker":  # joining a cluster waits for every worker: not for ever
             deadline = cluster_deadline(float(os.environ.get("FER_CLUSTER_TIMEOUT", CLUSTER_TIMEOUT)))
         training.get_strategy(config.strategy)  # a missing or unreachable cluster fails here, plainly
+        training.check_run_name(work, args.run_name or None)  # before training, not after it
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         if deadline:
             deadline.cancel()

@@ -995,6 +995,17 @@ def _record(config, history, counts, net, policy, keep, data_seconds, train_seco
     }
 
 
+def check_run_name(work: Path, run_name: str | None) -> None:
+    """Refuse, before training, a run name that is not one plain folder name under ``models/`` (a ``/``, ``..``,
+    an absolute path would write elsewhere) or that is taken already; ``None`` (the default name) passes."""
+    if run_name is None:
+        return
+    if not run_name or run_name in (".", "..") or any(c in run_name for c in "/\\") or Path(run_name).is_absolute():
+        raise ValueError(f"run_name {run_name!r} must be one folder name under models/ (no '/', '\\' or '..').")
+    if (Path(work) / MODELS_DIR / run_name).exists():
+        raise ValueError(f"models/{run_name} exists already in the work folder; choose another run_name.")
+
+
 def _write(result: TrainResult, work: Path, run_name: str) -> None:
     """Save the run under ``models/<run_name>/`` and make it the work folder's current model."""
     folder = work / MODELS_DIR / run_name

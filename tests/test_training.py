@@ -244,3 +244,17 @@ def test_time_left_covers_every_phase():
     assert training.seconds_left(plan, "whole", 14, 30.0) == 0
     single = [training.Phase("train", 10, 1e-3, None)]
     assert training.seconds_left(single, "train", 4, 2.0) == pytest.approx(12.0)
+
+
+@pytest.mark.parametrize("name, message", [("../../escaped", "one folder name"), ("/tmp/elsewhere", "one folder name"),
+                                           ("a/b", "one folder name"), ("..", "one folder name"),
+                                           ("first", "exists already")])
+def test_a_run_name_outside_models_or_taken_is_refused_before_training(trained, tmp_path, capsys, name, message):
+    from fer_utils import train_command
+
+    work = tmp_path / "w"
+    shutil.copytree(trained[0], work)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert train_command.main(["--work-dir", str(work), "--run-name", name, "-p", "epochs", "1"]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
