@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         require(work / SPLIT_DIR, "prepare", f"The class folders (split/) of {work}")
         built = None
-        if (work / UNTRAINED_MODEL).exists() and "model" not in changes:  # notebook 04's model and its input
+        if (work / UNTRAINED_MODEL).exists():  # notebook 04's model and its input: -p model X is refused too
             built = models.ModelRecord.read(work / UNTRAINED_MODEL)
             config = training.TrainConfig.from_model_record(built, **changes)  # refuses -p image_size 48 on 64 px
         else:

@@ -144,7 +144,8 @@ def test_the_runner_refuses_notebooks_the_package_does_not_match(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("name, value", [("image_size", "48"), ("precision", "fp16"), ("color_mode", "rgb")])
+@pytest.mark.parametrize("name, value", [("image_size", "48"), ("precision", "fp16"), ("color_mode", "rgb"),
+                                         ("model", "seed_cnn")])
 def test_train_refuses_a_setting_that_contradicts_the_built_model(synthetic_chain, tmp_path, capsys, name, value):
     """``train`` trains notebook 04's model: a ``-p`` that contradicts it is refused in one line, before any work."""
     from fer_utils import train_command

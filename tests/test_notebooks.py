@@ -1,7 +1,6 @@
 """Every numbered notebook runs, once per test session: the whole chain under papermill, on tiny synthetic data."""
 
 import json
-import os
 
 import pytest
 
@@ -114,22 +113,18 @@ def test_the_chain_ran_each_committed_notebook_as_it_is(synthetic_chain):
             assert names and names <= declared, f"{path.name}: papermill set {names - declared}, not parameters"
 
 
-@pytest.mark.parametrize("missing, notebook", [("manifest.csv", "02_preprocess_into_folders")])
-def test_later_notebook_says_which_to_run_first(tmp_path, missing, notebook):
-    """Run a notebook that needs an earlier output in an empty work folder: the error names the notebook."""
+@pytest.mark.parametrize("runs, notebook", [("03", "02_preprocess_into_folders"), ("07", "05_train_model")])
+def test_later_notebook_says_which_to_run_first(tmp_path, monkeypatch, runs, notebook):
+    """Run a notebook in an empty work folder, with no dataset anywhere: the error names the notebook that writes
+    its missing input, before it looks for the dataset (or tries to download it)."""
     import papermill
 
-    later = [p for p in workfolder.numbered_notebooks() if p.name[:2] > notebook[:2]]
-    if not later:
-        pytest.skip("no notebook after 02 yet")
+    (later,) = [p for p in workfolder.numbered_notebooks() if p.name.startswith(runs)]
+    monkeypatch.setenv("FER_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("FER_DATA_DIR", str(tmp_path / "no-dataset-here"))
     with pytest.raises(papermill.PapermillExecutionError, match=notebook):
-        env_before = os.environ.get("FER_WORK_DIR")
-        os.environ["FER_WORK_DIR"] = str(tmp_path)
-        try:
-            papermill.execute_notebook(str(later[0]), str(tmp_path / "out.ipynb"), cwd=str(later[0].parent),
-                                       kernel_name="python3", progress_bar=False)
-        finally:
-            os.environ.pop("FER_WORK_DIR") if env_before is None else os.environ.update(FER_WORK_DIR=env_before)
+        papermill.execute_notebook(str(later), str(tmp_path / "out.ipynb"), cwd=str(later.parent),
+                                   kernel_name="python3", progress_bar=False)
 
 
 def test_the_files_that_read_the_chain_share_a_worker():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
@@ -169,6 +170,22 @@ def _read_umask() -> int:
 COPY_MODE = 0o666 & ~_read_umask()
 
 
+def replace_whole(target: Path, write: Callable[[BinaryIO], object], mode: int, prefix: str) -> None:
+    """Write ``target`` whole or not at all: ``write`` fills a new file beside it, which then gets ``mode`` and is
+    renamed to ``target`` (a file already there, or a link, is replaced as a name, never written into). On any
+    error the new file is removed and ``target`` is left as it was."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=target.suffix + ".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        if os.name == "posix":
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _save_new(im: Image.Image, target: Path, out: Path, overwrite: bool) -> None:
     """Save into a new file beside ``target``, then rename it to ``target``: a file already there (a link to
     another file included) is replaced as a name, never written into; nothing lands outside ``out``."""
@@ -177,19 +194,8 @@ def _save_new(im: Image.Image, target: Path, out: Path, overwrite: bool) -> None
         raise OSError(f"{target.parent} leads outside {out}")
     if os.path.lexists(target) and not overwrite:
         raise FileExistsError(f"{target} already exists (overwrite=True, or --overwrite, replaces it)")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".annotating-", suffix=target.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if target.suffix == ".jpg":
-                im.save(f, "JPEG", quality=92)
-            else:
-                im.save(f, "PNG")
-        if os.name == "posix":
-            os.chmod(tmp, COPY_MODE)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fmt, options = ("JPEG", {"quality": 92}) if target.suffix == ".jpg" else ("PNG", {})
+    replace_whole(target, lambda f: im.save(f, fmt, **options), COPY_MODE, prefix=".annotating-")
 
 
 def write_annotated(results: pd.DataFrame, out_dir: str | os.PathLike, inputs: Iterable = (),

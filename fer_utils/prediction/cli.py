@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from fer_utils.prediction.annotation import (
     check_annotate_dir,
     existing_copies,
     plan_copies,
+    replace_whole,
     writable_folder,
     write_annotated,
 )
@@ -193,16 +193,7 @@ def write_whole(path: str | os.PathLike, data: bytes) -> None:
     already there keeps its permissions; through a symbolic link, the file it names is replaced)."""
     target = resolved(path) or Path(path)
     mode = target.stat().st_mode & 0o777 if target.is_file() else COPY_MODE
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if os.name == "posix":
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_whole(target, lambda f: f.write(data), mode, prefix=f".{target.name}.")
 
 
 def _write_stdout(data: bytes) -> None:
