@@ -171,9 +171,10 @@ def _run(argv: list[str] | None) -> int:
     root = Path(args.notebooks_dir).resolve().parent
     drift = saved_cells.problems(root) if (root / "fer_utils").is_dir() else []
     if drift:  # the later steps import the package: they would run other code than the notebooks show
-        print("The notebooks' `# @save` cells and the package differ:\n  " + "\n  ".join(drift)
-              + f"\nRun `{saved_cells.EXPORT_COMMAND}` so that every step runs the cells as they are (or undo "
-              "the edit), then run again.", file=sys.stderr)
+        print("The notebooks' `# @save` cells and the package do not agree:\n  " + "\n  ".join(drift)
+              + "\nDo what each line says (a cell edited since the last export: run "
+              f"`{saved_cells.EXPORT_COMMAND}`, or undo the edit), so that every step runs the cells as they are; "
+              "then run again.", file=sys.stderr)
         return 2
     params = {name: parse_value(value) for name, value in args.parameter}
     declared = {p: declared_parameters(p) for p in notebooks}

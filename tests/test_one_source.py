@@ -120,3 +120,121 @@ def test_export_command_checks_and_says_what_to_do(copy_of_the_repo):
                         cwd=REPO_ROOT, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "The package is what the notebooks'" in ok.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# A marker that is almost one, and a saved cell that is not Python: errors that name the cell, nothing written
+# --------------------------------------------------------------------------------------------------
+TINY_MODULE = '"""A tiny module."""\n\nHAND_WRITTEN = 1\n'
+GOOD_CELL = "# @save fer_utils/training.py\ndef twice(x):\n    return 2 * x\n"
+
+
+def _tiny_project(root: Path, *cells) -> Path:
+    """``root`` with a package of two modules and one notebook (``notebooks/01_tiny.ipynb``) of ``cells``: each
+    ``(id, source)`` a code cell, or ``(id, source, "markdown")``."""
+    (root / "fer_utils").mkdir(parents=True)
+    (root / "fer_utils" / "__init__.py").write_text("", encoding="utf-8")
+    (root / "fer_utils" / "training.py").write_text(TINY_MODULE, encoding="utf-8")
+    (root / "notebooks").mkdir()
+    nb = {"cells": [{"cell_type": kind[0] if kind else "code", "id": cell_id, "metadata": {}, "source": source}
+                    | ({} if kind else {"outputs": [], "execution_count": None})
+                    for cell_id, source, *kind in cells],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (root / "notebooks" / "01_tiny.ipynb").write_text(json.dumps(nb), encoding="utf-8")
+    return root
+
+
+def _package(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in (root / "fer_utils").rglob("*.py")}
+
+
+@pytest.mark.parametrize(("marker", "says"), [
+    ("# @save fer_utils/trainig.py", "'fer_utils/trainig.py' is not a module of the package (did you mean "
+                                     "fer_utils/training.py?)"),
+    ("#@save fer_utils/training.py", "write `# @save fer_utils/training.py` as the cell's first line"),
+    ("# @Save fer_utils/training.py", "write `# @save fer_utils/training.py` as the cell's first line"),
+    ("# @sav fer_utils/training.py", "write `# @save fer_utils/training.py` as the cell's first line"),
+    ("# save fer_utils/training.py", "write `# @save fer_utils/training.py` as the cell's first line"),
+    ("  # @save fer_utils/training.py", "write `# @save fer_utils/training.py` as the cell's first line"),
+    ("# @save ../x.py", "'../x.py' is outside the package"),
+    ("# @save /tmp/x.py", "'/tmp/x.py' is outside the package"),
+    ("# @save fer_utils/../x.py", "'fer_utils/../x.py' is outside the package"),
+    ("# @save", "it names no module"),
+])
+def test_a_marker_that_is_almost_one_is_an_error_naming_the_cell(tmp_path, marker, says):
+    """A typo in the target, a variant spelling or a target outside the package dropped the function silently
+    (and `export --check` passed): now it is one error naming the notebook, the cell, the marker and the fix."""
+    root = _tiny_project(tmp_path, ("good", GOOD_CELL), ("bad", marker + "\ndef halve(x):\n    return x / 2\n"))
+    before = _package(root)
+    found = saved_cells.problems(root)
+    assert len(found) == 1, found
+    assert found[0].startswith("notebooks/01_tiny.ipynb cell bad line 1: ") and repr(marker.strip()) in found[0]
+    assert says in found[0]
+    if "as the cell's first line" not in says:  # a wrong target: the valid ones are listed
+        assert "a target is one of the package's modules: fer_utils/__init__.py, fer_utils/training.py" in found[0]
+    with pytest.raises(saved_cells.SavedCellError) as error:
+        saved_cells.export(root)
+    assert error.value.errors == found
+    assert _package(root) == before  # nothing written (not even the good cell's region, nor a new module)
+
+
+def test_a_marker_below_the_first_line_is_an_error(tmp_path):
+    root = _tiny_project(tmp_path, ("late", "import math\n\n# @save fer_utils/training.py\ndef f():\n    pass\n"))
+    assert saved_cells.problems(root) == [
+        "notebooks/01_tiny.ipynb cell late line 3: '# @save fer_utils/training.py' is a save marker, but not the "
+        "cell's first line, so the cell is not exported: write `# @save fer_utils/training.py` as the cell's first "
+        "line"]
+
+
+def test_export_and_check_fail_on_a_bad_marker_and_say_so(tmp_path, capsys):
+    root = _tiny_project(tmp_path, ("good", GOOD_CELL), ("bad", "#@save fer_utils/training.py\nY = 2\n"))
+    before = _package(root)
+    assert saved_cells.main(["--check"], root=root) == 1
+    err = capsys.readouterr().err
+    assert "notebooks/01_tiny.ipynb cell bad line 1: '#@save fer_utils/training.py' looks like a save marker" in err
+    assert saved_cells.main([], root=root) == 1
+    err = capsys.readouterr().err
+    assert "cell bad line 1" in err and "Nothing was exported" in err and "Traceback" not in err
+    assert _package(root) == before
+
+
+def test_comments_that_merely_mention_saving_are_not_markers(tmp_path):
+    """Only a comment line that looks like a marker is one: ordinary comments about saving, text in strings and
+    markdown are left alone, and the cells export as before."""
+    saved = ("# @save fer_utils/training.py\n"
+             "def save_model(model, path):\n"
+             "    # save the model, then its record\n"
+             "    # Save\n"
+             "    # Save: the figure and model.keras\n"
+             "    # @saved_model is TensorFlow's other format\n"
+             "    # saves to disk: a .py file next to it\n"
+             "    note = '''\n# @save fer_utils/trainig.py\n'''  # in a string: not a comment\n"
+             "    return model.save(path)  # save fer_utils/x.py, at the end of a line of code\n")
+    plain = ("# Save the figure\nimport matplotlib\n# we save every model in models/\n"
+             "# the cells marked `# @save fer_utils/<module>.py` are exported\n")
+    markdown = "A cell whose first line is `# @save fer_utils/<module>.py`:\n\n#@save fer_utils/trainig.py\n"
+    root = _tiny_project(tmp_path, ("saved", saved), ("plain", plain), ("md", markdown, "markdown"))
+    assert saved_cells.problems(root) == ["fer_utils/training.py differs from what the notebooks generate (the "
+                                          "region of notebooks/01_tiny.ipynb cell saved): edit the cell, not the "
+                                          "module, then run `python -m fer_utils export`"]
+    assert saved_cells.export(root) == ["fer_utils/training.py"]
+    assert "def save_model(model, path):" in (root / "fer_utils" / "training.py").read_text(encoding="utf-8")
+    assert saved_cells.problems(root) == []
+
+
+def test_a_saved_cell_that_is_not_python_is_one_error_and_nothing_is_written(tmp_path, capsys):
+    """A syntax error gave a raw traceback without the cell's name, after earlier modules were written."""
+    root = _tiny_project(tmp_path, ("good", GOOD_CELL),
+                         ("broken", "# @save fer_utils/training.py\n\n\ndef halve(x:\n    return x / 2\n"))
+    before = _package(root)
+    found = saved_cells.problems(root)
+    assert len(found) == 1, found
+    assert found[0].startswith("notebooks/01_tiny.ipynb cell broken line 4: the saved cell is not valid Python (")
+    assert "'def halve(x:'" in found[0]
+    with pytest.raises(saved_cells.SavedCellError) as error:
+        saved_cells.export(root)
+    assert error.value.errors == found
+    assert saved_cells.main([], root=root) == 1
+    err = capsys.readouterr().err
+    assert "cell broken line 4" in err and "Traceback" not in err
+    assert _package(root) == before  # the good cell's region is not written either
