@@ -17,6 +17,7 @@ from fer_utils.workfolder import (
     NOTEBOOKS_DIR,
     PUBLISHED_FIGURES,
     REPO_ROOT,
+    RUN_RECORD,
     RUNS_DIR,
     display_path,
     get_work_dir,
@@ -66,6 +67,14 @@ _LIVE_LINK = re.compile(r"\[([^\]]*)\]\(web/live\.html\)")
 LIVE_DIR = "live"
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^()\s]+)\)")
+#: The file the builder writes into each site it builds: the site's files (paths relative to the site), so that a
+#: later build replaces those and nothing else, and refuses a folder that holds anything it did not write.
+SITE_MARKER = ".fer-site.json"
+_SEGMENT = r"[\w.@+-]+"
+#: An absolute path (two names or more) or a path under ``~``, in a notebook's outputs: after the start of a line,
+#: a colour code of a traceback or a character that cannot be part of a path, and not already ``<work_dir>/…``.
+_ABSOLUTE = re.compile(rf"(?P<pre>\x1b\[[0-9;]*m|^|[^\w.~:/\\-])(?<!<work_dir>)(?<!&lt;work_dir&gt;)"
+                       rf"(?P<path>~(?:/{_SEGMENT})+|(?:/{_SEGMENT}){{2,}})", re.M)
 
 
 def readme_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
@@ -128,6 +137,39 @@ def _notebook_links(nb: dict, present: set[str]) -> dict:
     return nb
 
 
+def scrub_paths(text: str, work_dir: str | os.PathLike | None = None, html: bool = False) -> str:
+    """``text`` with each absolute path (and ``~/…``) as ``workfolder.display_path`` shows it: ``<work_dir>/…``,
+    ``./…`` (the repository) or, elsewhere on the machine, the file's name; ``html``: the text is HTML or Markdown
+    (``<work_dir>`` written ``&lt;work_dir&gt;``)."""
+    def fix(m: re.Match) -> str:
+        shown = display_path(os.path.expanduser(m["path"]), work_dir)
+        return m["pre"] + (shown.replace("<", "&lt;").replace(">", "&gt;") if html else shown)
+    return _ABSOLUTE.sub(fix, text)
+
+
+def _notebook_paths(nb: dict, work_dir: str | os.PathLike | None = None) -> dict:
+    """A notebook whose code cells and text outputs (streams, tracebacks, text/* data) show no absolute path of
+    this machine (``scrub_paths``): an executed copy's traceback names files in the work folder, the
+    repository, the virtual environment and temporary folders."""
+    def fix(value, html: bool = False):
+        if isinstance(value, list):
+            return [scrub_paths(v, work_dir, html) if isinstance(v, str) else v for v in value]
+        return scrub_paths(value, work_dir, html) if isinstance(value, str) else value
+
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        cell["source"] = fix(cell.get("source", ""))
+        for output in cell.get("outputs", []):
+            for key in ("text", "evalue", "traceback"):
+                if key in output:
+                    output[key] = fix(output[key])
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("text/"):
+                    output["data"][mime] = fix(value, html=mime in ("text/html", "text/markdown"))
+    return nb
+
+
 def _notebook_title(stem: str) -> str:
     """``05_train_model`` → ``05 · Train model``."""
     number, _, words = stem.partition("_")
@@ -144,17 +186,19 @@ def _has_title(nb: dict) -> bool:
 
 
 def site_sources(src: Path, notebooks: list[Path], readme: Path = REPO_ROOT / "README.md",
-                 figures: Path = PUBLISHED_FIGURES, live: bool = False) -> list[str]:
+                 figures: Path = PUBLISHED_FIGURES, live: bool = False,
+                 work_dir: str | os.PathLike | None = None) -> list[str]:
     """Lay out the site's sources in ``src``: ``index.md`` (README.md without the sections of ``SITE_PAGES``),
-    one page per ``SITE_PAGES`` section, the notebooks (as they are, outputs included) under ``notebooks/``
-    and the README's figures under ``figures/``; with ``live``, the README's links to ``web/live.html`` lead to
-    the live page the site carries (``live/index.html``). Returns the pages in reading order (without ``index``)."""
+    one page per ``SITE_PAGES`` section, the notebooks (outputs included, absolute paths shown relative to
+    ``work_dir`` or the repository: ``scrub_paths``) under ``notebooks/`` and the README's figures under
+    ``figures/``; with ``live``, the README's links to ``web/live.html`` lead to the live page the site carries
+    (``live/index.html``). Returns the pages in reading order (without ``index``)."""
     import nbformat
 
     (src / "notebooks").mkdir(parents=True)
     steps = []
     for path in notebooks:
-        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+        nb = _notebook_paths(json.loads(Path(path).read_text(encoding="utf-8")), work_dir)
         if not _has_title(nb):  # the page title and the navigation label come from the first "# " heading
             title = nbformat.v4.new_markdown_cell(f"# {_notebook_title(path.stem)}")
             if nb.get("nbformat_minor", 0) < 5:  # cell ids came with nbformat 4.5
@@ -205,16 +249,75 @@ def _favicon(path: Path) -> None:
     im.save(path)
 
 
-def _check_site_out(out: Path) -> None:
-    """Refuse to build into a folder that holds anything but an earlier build of a site (then empty it)."""
-    if out.is_file():
-        raise ValueError(f"{out} is a file; choose a folder for the site (--out).")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not (out / ".buildinfo").is_file():
-        raise ValueError(f"Refusing to build the site into {out}: it is not empty and holds no earlier site "
-                         "(no .buildinfo). Choose an empty or new folder (--out).")
-    shutil.rmtree(out)
+def _entries(folder: Path) -> set[str]:
+    """Every file under ``folder`` (links and other non-folders included, linked folders not followed), as paths
+    relative to it."""
+    found = set()
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        for name in [*files, *(d for d in dirs if (here / d).is_symlink())]:
+            found.add((here / name).relative_to(folder).as_posix())
+    return found
+
+
+def _earlier_site(out: Path) -> set[str]:
+    """The files of the site the builder wrote into ``out`` earlier, listed by its ``SITE_MARKER`` (empty without
+    a readable one)."""
+    try:
+        files = json.loads((out / SITE_MARKER).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+
+
+def _check_site_out(out: Path) -> set[str]:
+    """Refuse (``ValueError``, one line) an ``out`` that is a file, or a folder that holds anything but a site this
+    builder wrote earlier (recognised by its ``SITE_MARKER``, which lists the files it wrote): the user's files are
+    never replaced or deleted. Returns the files of that earlier site (empty for a new or empty folder)."""
+    for parent in (out, *out.parents):
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ValueError(f"{parent} is a file, not a folder; choose a folder for the site (--out).")
+            break
+    if not out.is_dir():
+        return set()
+    present = _entries(out)
+    if not present:
+        return set()
+    earlier = _earlier_site(out) if SITE_MARKER in present else set()
+    others = sorted(present - earlier - {SITE_MARKER})
+    if others:
+        more = f" (and {len(others) - 3} more)" if len(others) > 3 else ""
+        held = (f"besides an earlier site, it holds {', '.join(others[:3])}{more}, which the site builder did not "
+                "write" if earlier else f"it holds {', '.join(others[:3])}{more}, and no site the builder wrote")
+        raise ValueError(f"Refusing to build the site into {out}: {held}. Choose another --out, or empty that folder.")
+    return present
+
+
+def _install_site(built: Path, out: Path) -> None:
+    """Put the site built in ``built`` into ``out`` (checked again by ``_check_site_out``): the earlier site's
+    files there are removed, the new ones copied, and ``SITE_MARKER`` lists them. At every step the marker lists
+    every file the builder put there, so an interrupted install can be built over again."""
+    earlier = _check_site_out(out)
+    files = sorted(_entries(built) - {SITE_MARKER})
+    out.mkdir(parents=True, exist_ok=True)
+
+    def mark(listed) -> None:
+        (out / SITE_MARKER).write_text(json.dumps({"builder": "python -m fer_utils site", "files": sorted(listed)},
+                                                  indent=1) + "\n", encoding="utf-8")
+
+    mark((earlier | set(files)) - {SITE_MARKER})
+    folders = set()
+    for rel in sorted(earlier - {SITE_MARKER}):
+        (out / rel).unlink(missing_ok=True)
+        folders.update(p for p in (out / rel).parents if p != out and p.is_relative_to(out))
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
+    for rel in files:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(built / rel, out / rel, follow_symlinks=False)
+    mark(files)
 
 
 def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
@@ -225,22 +328,30 @@ def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike
     its executed notebooks, with those of the run it extends for the notebooks it did not run
     (``workfolder.run_notebooks``). ``executed``: any folder of executed notebooks. Default: the committed
     notebooks in ``notebooks/``, which carry the outputs of a real run. Nothing is
-    executed: the pages show the stored outputs. ``out``: default ``<work_dir>/site``; an earlier site there
-    is replaced, any other non-empty folder refused. README.md is the landing page, its Results, Data card and
-    Model card sections are pages of their own, and the notebooks follow in number order (previous/next
-    links between them). Pages need no network: every script, style sheet, font and figure is in the site.
+    executed: the pages show the stored outputs, with absolute paths shown relative to the work folder or the
+    repository (``scrub_paths``). ``out``: default ``<work_dir>/site``; the files of a site built there earlier
+    (listed by its ``SITE_MARKER``) are replaced, a folder holding anything else refused (``ValueError``); the
+    build happens in a temporary folder, so nothing is written beside ``out``. README.md is the landing page,
+    its Results, Data card and Model card sections are pages of their own, and the notebooks follow in number
+    order (previous/next links between them). Pages need no network: every script, style sheet, font and figure
+    is in the site.
     ``log``: a text stream for Sphinx's progress (default: quiet); warnings go to stderr.
     """
     try:
         from sphinx.application import Sphinx
     except ImportError as err:
         raise ImportError(f"Building the site needs the 'site' extra: {SITE_INSTALL}") from err
-    if run and executed:
+    if run is not None and executed:
         raise ValueError("Give --run or --executed, not both.")
+    if work_dir and not out and not get_work_dir(work_dir, create=False).is_dir():  # a typo makes no folder
+        raise FileNotFoundError(f"No work folder {get_work_dir(work_dir, create=False)} (--work-dir): name the "
+                                "folder `python -m fer_utils run` wrote, or give --out for the site.")
     source = Path(executed).expanduser() if executed else NOTEBOOKS_DIR
-    if run:
-        source = get_work_dir(work_dir, create=False) / RUNS_DIR
-        notebooks = run_notebooks(source.parent, run)
+    if run is not None:
+        work = get_work_dir(work_dir, create=False)
+        _check_run(work, run)
+        source = work / RUNS_DIR
+        notebooks = run_notebooks(work, run)
     elif not source.is_dir():
         raise FileNotFoundError(f"No folder {source} (--executed: a folder of executed notebooks; for a run of "
                                 "`python -m fer_utils run`, use --run latest or --run <id>).")
@@ -256,15 +367,33 @@ def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike
 
     live = not browser.missing_packages()
     with tempfile.TemporaryDirectory(prefix="fer-site-") as tmp:
-        src = Path(tmp) / "src"
-        site_sources(src, notebooks, live=live)
-        app = Sphinx(str(src), str(src), str(out), str(Path(tmp) / "doctrees"), "html", status=log,
+        # built in the temporary folder, then installed: myst-nb writes jupyter_execute/ beside Sphinx's output
+        # folder, and a failed build leaves an earlier site as it was
+        src, built = Path(tmp) / "src", Path(tmp) / "html"
+        site_sources(src, notebooks, live=live, work_dir=get_work_dir(work_dir, create=False))
+        app = Sphinx(str(src), str(src), str(built), str(Path(tmp) / "doctrees"), "html", status=log,
                      warning=sys.stderr, freshenv=True)
         app.build()
         if app.statuscode:
             raise RuntimeError(f"Sphinx failed (status {app.statuscode}); see the messages above.")
-    add_live_page(out, work_dir, live)
+        add_live_page(built, work_dir, live)
+        _install_site(built, out)
     return out / "index.html"
+
+
+def _check_run(work: Path, run: str) -> None:
+    """Refuse (``ValueError``, one line, naming the runs there) a ``--run`` that is not ``latest`` or the id of a
+    run in ``<work>/runs/`` (a folder name there: no ``/``, ``\\`` or ``..``, nothing outside it)."""
+    if run == "latest":
+        return
+    runs = work / RUNS_DIR
+    existing = sorted(p.name for p in runs.iterdir() if (p / RUN_RECORD).is_file()) if runs.is_dir() else []
+    if run in existing:  # a name listed in runs/: no separator, not '..'
+        return
+    form = (" (a run's id is its folder's name in runs/, without '/', '\\' or '..')"
+            if re.search(r"[/\\]", run) or run in ("", ".", "..") else "")
+    there = ', '.join(existing) + " (or --run latest)" if existing else "none (run `python -m fer_utils run` first)"
+    raise ValueError(f"No run {run!r} in {runs}{form}; the runs there: {there}.")
 
 
 def add_live_page(out: Path, work_dir=None, live: bool = True) -> Path | None:
@@ -276,7 +405,7 @@ def add_live_page(out: Path, work_dir=None, live: bool = True) -> Path | None:
         print(f"note: the site has no live page: its JavaScript is not installed (run `{browser.NPM_INSTALL}`, then "
               "build the site again)")
         return None
-    model = get_work_dir(work_dir) / "model.keras"
+    model = get_work_dir(work_dir, create=False) / "model.keras"
     if not model.is_file():
         print(f"note: the live page has no model: no {display_path(model)} (train one with notebook 05, then build "
               "the site again)")
@@ -292,9 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder: 'latest' or its id under runs/ (a partial run with those of the run it extends)")
     parser.add_argument("--executed", metavar="DIR", help="any folder of executed notebooks (default, without --run: "
                         "the committed notebooks in notebooks/)")
-    parser.add_argument("--out", metavar="DIR", help="the site's folder (default: <work_dir>/site); an earlier site "
-                        "there is replaced, any other non-empty folder refused")
-    parser.add_argument("--work-dir", help="the work folder, for the default --out ($FER_WORK_DIR, else work/)")
+    parser.add_argument("--out", metavar="DIR", help="the site's folder (default: <work_dir>/site); a site built there "
+                        "earlier is replaced, a folder holding anything else refused")
+    parser.add_argument("--work-dir", help="the work folder, for --run and the default --out; the pages show its "
+                        "paths as <work_dir>/... ($FER_WORK_DIR, else work/)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Sphinx's progress")
     return parser
 

@@ -164,15 +164,68 @@ def _two_executed(tmp_path: Path) -> Path:
 
 def test_executed_notebooks_into_the_work_folder_and_rebuilt(tmp_path, capsys):
     executed, work = _two_executed(tmp_path), tmp_path / "work"
+    work.mkdir()
     assert fer_site.main(["--executed", str(executed), "--work-dir", str(work)]) == 0
     out = capsys.readouterr().out
     built = work / fer_site.SITE_DIR
     assert f"Open {built / 'index.html'}" in out and f"http.server --bind 127.0.0.1 -d {built}" in out
     assert sorted(p.name for p in (built / "notebooks").glob("*.html")) == [f"{s}.html" for s in STEPS[:2]]
     assert "max_per_class = 200" in _text((built / "notebooks" / f"{STEPS[1]}.html").read_text(encoding="utf-8"))
-    (built / "stale.html").write_text("from an earlier build")
+    (executed / NOTEBOOKS["prepare"]).unlink()
     assert fer_site.main(["--executed", str(executed), "--work-dir", str(work)]) == 0  # replaces its own site
-    assert not (built / "stale.html").exists()
+    assert sorted(p.name for p in (built / "notebooks").glob("*.html")) == [f"{STEPS[0]}.html"]
+
+
+def test_a_rebuild_keeps_the_users_files(tmp_path, capsys):
+    """Only the files of the site the builder wrote there earlier (listed by its marker file) are replaced: a file
+    the user put beside them stops the build, in one line that names it, and nothing is touched."""
+    executed, out = _two_executed(tmp_path), tmp_path / "mysite"
+    assert fer_site.main(["--executed", str(executed), "--out", str(out)]) == 0
+    site_files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert out / fer_site.SITE_MARKER in site_files
+    (out / "notes.txt").write_text("mine")
+    (out / "notebooks" / "draft.md").write_text("mine too")
+    capsys.readouterr()
+    assert fer_site.main(["--executed", str(executed), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"Refusing to build the site into {out}: besides an earlier site, it holds notebooks/draft.md, " \
+           "notes.txt, which the site builder did not write. Choose another --out, or empty that folder." in err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "notebooks" / "draft.md").read_text() == "mine too"
+    assert {p: p.read_bytes() for p in site_files} == site_files
+
+
+def test_refuses_an_earlier_sphinx_site_that_is_not_its_own(tmp_path, capsys):
+    """A folder is recognised by the builder's marker file, not by what Sphinx leaves (.buildinfo) or its name."""
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / ".buildinfo").write_text("# Sphinx build info version 1\n")
+    (out / "notes.txt").write_text("mine")
+    (out / fer_site.SITE_MARKER).write_text("not json")
+    assert fer_site.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "it holds .buildinfo, notes.txt, and no site the builder wrote" in err, err
+    assert (out / "notes.txt").read_text() == "mine" and (out / ".buildinfo").is_file()
+
+
+def test_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "site"):
+        assert fer_site.main(["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {tmp_path / 'notes.txt'} is a file, not a folder; choose a folder for the site " \
+                      "(--out).\n", err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_build_leaves_nothing_beside_the_site(tmp_path):
+    """Sphinx and myst-nb work in a temporary folder (myst-nb writes jupyter_execute/ beside Sphinx's output)."""
+    parent = tmp_path / "public"
+    parent.mkdir()
+    assert fer_site.main(["--executed", str(_two_executed(tmp_path)), "--out", str(parent / "site"),
+                          "--work-dir", str(tmp_path / "work")]) == 0
+    assert sorted(p.name for p in parent.iterdir()) == ["site"]
+    assert not (tmp_path / "jupyter_execute").exists() and not (parent / "site" / "jupyter_execute").exists()
 
 
 def test_a_run_and_the_run_it_extends_make_one_site(tmp_path, capsys):
@@ -210,6 +263,101 @@ def test_a_run_and_the_run_it_extends_make_one_site(tmp_path, capsys):
     assert workfolder.unfinished_runs(work) == []
     assert fer_site.main(["--run", "20261231-000000", "--work-dir", str(work)]) == 2
     assert "No run '20261231-000000'" in capsys.readouterr().err
+
+
+def _fake_run(work: Path, run_id: str, executed: Path) -> Path:
+    """``<work>/runs/<run_id>``: a finished run of ``executed``'s notebooks (its record and executed copies)."""
+    folder = work / "runs" / run_id
+    (folder / "executed").mkdir(parents=True)
+    for path in executed.glob("*.ipynb"):
+        (folder / "executed" / path.name).write_bytes(path.read_bytes())
+    workfolder.write_record(folder / "run.json", {"id": run_id, "extends": None, "status": "ok"})
+    return folder
+
+
+def test_a_run_outside_the_runs_folder_is_refused(tmp_path, capsys):
+    """``--run`` is ``latest`` or a run's id in ``<work_dir>/runs/``: a path (``..``, a separator, an absolute
+    path) is refused in one line that names the runs there, before any work, even where it leads to a run."""
+    work, executed = tmp_path / "work", _two_executed(tmp_path)
+    _fake_run(work, "20260101-000000", executed)
+    outside = _fake_run(tmp_path / "elsewhere", "x", executed)  # a run, but not one of this work folder's
+    shutil.copytree(outside, work / "x")
+    capsys.readouterr()
+    for run in ("../x", "../../elsewhere/runs/x", str(outside), "..", "20260101-000000/..", "a\\b"):
+        assert fer_site.main(["--run", run, "--work-dir", str(work)]) == 2, run
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"error: No run {run!r} in {work / 'runs'} (a run's id is its folder's name in runs/, "
+                              "without '/', '\\' or '..'); the runs there: 20260101-000000 (or --run latest).")
+    assert not (work / "site").exists()
+    (tmp_path / "empty").mkdir()
+    assert fer_site.main(["--run", "nope", "--work-dir", str(tmp_path / "empty")]) == 2
+    assert "No run 'nope' in" in capsys.readouterr().err
+
+
+def test_a_work_folder_that_is_not_there_is_refused_not_made(tmp_path, capsys):
+    """``--work-dir`` naming a folder that does not exist (a typo) is one line, and no folder is created."""
+    executed = _two_executed(tmp_path)
+    for args in (["--executed", str(executed)], ["--run", "latest"]):
+        assert fer_site.main([*args, "--work-dir", str(tmp_path / "nowhere")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: No work folder {tmp_path / 'nowhere'} (--work-dir)")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_scrub_paths_shows_machine_paths_relative():
+    work = Path("/srv/w")
+    repo = workfolder.REPO_ROOT
+    assert fer_site.scrub_paths(f"File {repo}/fer_utils/data.py:12, in f", work) == "File ./fer_utils/data.py:12, in f"
+    assert fer_site.scrub_paths(f"\x1b[32m{work}/split/train\x1b[39m", work) == "\x1b[32m<work_dir>/split/train\x1b[39m"
+    assert fer_site.scrub_paths("'/tmp/ipykernel_7/123.py', ~/notes/a.txt", work) == "'123.py', a.txt"
+    assert fer_site.scrub_paths(f"<td>{work}/x.png</td>", work, html=True) == "<td>&lt;work_dir&gt;/x.png</td>"
+    kept = ("see https://example.org/a/b and file.py:3 at 12/05/2026, 3 it/s, <work_dir>/split/train, "
+            "&lt;work_dir&gt;/a/b, ./fer_utils/x.py, split/train/happy, </div>")
+    assert fer_site.scrub_paths(kept, work) == kept
+    assert fer_site.scrub_paths(kept, work, html=True) == kept
+
+
+def test_a_failed_run_shows_no_machine_path(tmp_path, capsys):
+    """The page of a notebook that failed shows its traceback with the work folder's, the repository's and other
+    machine paths relative (as ``workfolder.display_path`` shows them): no absolute path of this machine."""
+    work, executed = tmp_path / "work", _two_executed(tmp_path)
+    second = list(NOTEBOOKS.values())[1]
+    nb = json.loads((executed / second).read_text(encoding="utf-8"))
+    venv = workfolder.REPO_ROOT / ".venv"  # where the virtual environment is here
+    traceback = [  # as papermill leaves it (IPython's colours included), with paths of this machine
+        "\x1b[31m---------------------------------------------------------------------------\x1b[39m",
+        "\x1b[31mValueError\x1b[39m                                Traceback (most recent call last)",
+        "\x1b[36mCell\x1b[39m\x1b[36m \x1b[39m\x1b[32mIn[3]\x1b[39m\x1b[32m, line 1\x1b[39m\n\x1b[32m----> \x1b[39m"
+        "\x1b[32m1\x1b[39m prepare(dataset, work_dir)\n",
+        f"\x1b[36mFile \x1b[39m\x1b[32m{workfolder.REPO_ROOT}/fer_utils/folders.py:431\x1b[39m, in \x1b[36mprepare"
+        "\x1b[39m\x1b[34m(dataset, work_dir)\x1b[39m\n",
+        f"\x1b[36mFile \x1b[39m\x1b[32m{venv}/lib/python3.11/site-packages/pandas/core/frame.py:7\x1b[39m, in f\n",
+        "\x1b[36mFile \x1b[39m\x1b[32m/tmp/ipykernel_4242/1234.py:2\x1b[39m, in g\n",
+        f"\x1b[31mValueError\x1b[39m: no images in {work}/split/train (from {tmp_path}/data/images)"]
+    nb["cells"].append({"cell_type": "code", "execution_count": 3, "id": "failed", "metadata": {},
+                        "source": [f"prepare(dataset, {str(work / 'split')!r})"], "outputs": [
+                            {"name": "stderr", "output_type": "stream", "text": [f"{venv}/lib/x.py:1: Warning\n"]},
+                            {"output_type": "error", "ename": "ValueError", "traceback": traceback,
+                             "evalue": f"no images in {work}/split/train (from {tmp_path}/data/images)"}]})
+    (executed / second).write_text(json.dumps(nb), encoding="utf-8")
+    folder = _fake_run(work, "20260101-000000", executed)
+    workfolder.write_record(folder / "run.json", {"id": folder.name, "extends": None, "status": "failed",
+                                                  "notebooks": {second[:-6]: {"status": "failed"}}})
+    workfolder.write_record(work / "run.json", {"id": folder.name, "extends": None})
+    out = tmp_path / "pub"
+    assert fer_site.main(["--run", "latest", "--work-dir", str(work), "--out", str(out)]) == 0
+    # the traceback's words, as the page shows them (a lexer colours them, so tags split them): spaces left out
+    page = re.sub(r"\s+", "", _text((out / "notebooks" / f"{STEPS[1]}.html").read_text(encoding="utf-8")))
+    assert "ValueError:noimagesin&lt;work_dir&gt;/split/train(fromimages)" in page
+    assert "File./fer_utils/folders.py:431,inprepare" in page
+    assert "File./.venv/lib/python3.11/site-packages/pandas/core/frame.py:7,inf" in page
+    assert "File1234.py:2,ing" in page and "prepare(dataset,'&lt;work_dir&gt;/split')" in page
+    machine = (str(tmp_path), str(workfolder.REPO_ROOT), str(venv), "/tmp/ipykernel_")
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".html", ".js", ".json", ".txt", ""):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            assert not [m for m in machine if m in text], (path, [m for m in machine if m in text])
 
 
 def test_refuses_a_folder_that_is_not_a_site(tmp_path, capsys):
