@@ -71,6 +71,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _checks
 import numpy as np
 import pandas as pd
 
@@ -497,7 +498,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-fraction", type=float, default=1.0,
                         help="train on this share of each fold's training faces, whole people at a time (a point "
                              "of a learning curve; validation and test faces unchanged)")
-    parser.add_argument("--out", default=str(RESULTS), help="where compare.json and compare.md go")
+    _checks.add_out(parser, RESULTS, "where compare.json and compare.md go (--peers-only: where they are)")
     parser.add_argument("--peers-only", action="store_true", help="only the peers (no training), merged into the "
                         "existing compare.json / compare.md of the same --folds")
     args = parser.parse_args(argv)
@@ -509,13 +510,21 @@ def main(argv=None) -> int:
         parser.error("--pair-with stands in for `ours`: name the variants to pair with it in --only, without ours")
     if args.pair_with and not Path(args.pair_with).is_file():
         parser.error(f"--pair-with {args.pair_with}: no such file (an earlier run's *_predictions.csv.gz)")
-    tf, _ = fer_utils.import_tensorflow()
-    dataset = data.get_dataset(args.data_dir)
-    names = [n for n in (args.only or [n for n in ORDER if n not in ON_REQUEST])
-             if n != "seed_cnn_random_split" or args.folds == 1]
-    out = Path(args.out)
+    out = _checks.out_folder(args.out)
     stem = ("compare" if args.folds == 5 else f"compare_folds{args.folds}") + (
         f"_train{round(100 * args.train_fraction)}" if args.train_fraction < 1 else "")
+    if args.peers_only and not (out / f"{stem}.json").is_file():
+        _checks.refuse(f"--peers-only merges into {out / stem}.json, which does not exist: run compare.py with the "
+                       "same --folds first, or name the folder that holds it with --out")
+    if args.work_dir:
+        _checks.out_folder(args.work_dir, "--work-dir", "a scratch folder")
+    dataset = _checks.dataset(args.data_dir)
+    for path, option in ((out, "--out"), (args.work_dir, "--work-dir")):
+        if path:
+            _checks.outside(path, dataset.root, option)
+    tf, _ = fer_utils.import_tensorflow()
+    names = [n for n in (args.only or [n for n in ORDER if n not in ON_REQUEST])
+             if n != "seed_cnn_random_split" or args.folds == 1]
     if args.peers_only:
         names = [n for n in (args.only or PEERS) if n in PEERS]
         previous = json.loads((out / f"{stem}.json").read_text())

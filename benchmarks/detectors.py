@@ -43,6 +43,7 @@ import sys
 import time
 from pathlib import Path
 
+import _checks
 import numpy as np
 from PIL import Image, ImageFilter
 
@@ -242,23 +243,33 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", help="for <work_dir>/model.keras (default $FER_WORK_DIR or work/)")
     parser.add_argument("--latency-runs", type=int, default=40)
-    parser.add_argument("--out", default=str(RESULTS), help="folder for detectors.json and detectors.md")
+    _checks.add_out(parser, RESULTS, "folder for detectors.json and detectors.md")
     parser.add_argument("--save-photos", metavar="DIR", help="also write the generated photos (PNG) here")
     parser.add_argument("--browser", action="store_true", help="only add face-api.js's Tiny Face Detector (in "
                         "Chromium) to the existing detectors.json / .md, on the same photos")
     parser.add_argument("--tfjs-backend", choices=("auto", "wasm"), default="auto", help="with --browser: tfjs's "
                         "backend (auto: the live page's WebGL, else CPU; wasm: WebAssembly)")
     args = parser.parse_args(argv)
+    _checks.out_folder(args.out, what="a folder for detectors.json and detectors.md")
+    if args.browser and not (args.out / "detectors.json").is_file():
+        _checks.refuse(f"--browser adds a row to {args.out / 'detectors.json'}, which does not exist: run "
+                       "detectors.py without --browser first, or name the folder that holds it with --out")
+    if args.save_photos:
+        _checks.out_folder(args.save_photos, "--save-photos", "a folder for the photos")
+    args.dataset = _checks.dataset(args.data_dir, download=False)
+    for path, option in ((args.out, "--out"), (args.save_photos, "--save-photos")):
+        if path:
+            _checks.outside(path, args.dataset.root, option)
     if args.browser:
         return browser_main(args)
 
-    from fer_utils import data, import_tensorflow, models, workfolder
+    from fer_utils import import_tensorflow, models, workfolder
 
     tf, keras = import_tensorflow()
     from fer_utils import prediction as P
     from fer_utils.prediction import detection as D
 
-    data_dir = data.get_dataset(args.data_dir, download=False).root
+    data_dir = args.dataset.root
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     photos = build_set(data_dir, args.faces, args.no_faces, args.seed)
@@ -384,7 +395,7 @@ def browser_main(args) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import faceapi
 
-    from fer_utils import data, workfolder
+    from fer_utils import workfolder
     from fer_utils.prediction import detection as D
 
     out = Path(args.out)
@@ -393,7 +404,7 @@ def browser_main(args) -> int:
     if (p["seed"], p["face_photos"], p["no_face_photos"]) != (args.seed, args.faces, args.no_faces):
         raise SystemExit(f"{out / 'detectors.json'} was measured with seed {p['seed']}, {p['face_photos']} and "
                          f"{p['no_face_photos']} photos: run with the same --seed / --faces / --no-faces")
-    data_dir = data.get_dataset(args.data_dir, download=False).root
+    data_dir = args.dataset.root
     load_before = os.getloadavg()
     photos = build_set(data_dir, args.faces, args.no_faces, args.seed)
     assert sum(len(ph["truth"]) for ph in photos) == p["true_faces"]

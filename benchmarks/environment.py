@@ -1,7 +1,7 @@
 """What installing the project and running its tests costs on this machine: the figures the README's Quick start
 quotes for the install and the suite.
 
-    python benchmarks/environment.py [--install] [--suite] [--output benchmarks/results/environment.json]
+    python benchmarks/environment.py [--install] [--suite] [--out benchmarks/results/environment.json]
 
 Always: the size of this environment (``sys.prefix``) and of its TensorFlow package. ``--install``: the time
 of ``python -m venv`` + ``pip install -e ".[dev]"`` into a temporary folder (with whatever pip cache this
@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _checks
 
 from fer_utils.workfolder import machine_info
 
@@ -88,13 +90,24 @@ def main(argv=None) -> int:
                     "(e.g. 'pytest -m \"not realdata\"')")
     ap.add_argument("--pytest-args", default="", help="arguments for the --suite run, e.g. '-m \"not slow\"'")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds each measured command may take")
-    ap.add_argument("--output", type=Path, default=RESULTS)
+    _checks.add_out(ap, RESULTS, "the JSON file the figures go to (an earlier run's figures in it are kept unless "
+                    "measured again)", metavar="FILE")
     args = ap.parse_args(argv)
+    _checks.out_file(args.out, what="a JSON file for the figures")
+    if args.suite_log and not args.suite_log.is_file():
+        _checks.refuse(f"--suite-log {args.suite_log}: no such file; name the saved output of a pytest run")
+    try:  # the figures of an earlier run, kept unless measured again
+        result = json.loads(args.out.read_text()) if args.out.exists() else {}
+    except (ValueError, OSError) as err:
+        result = err
+    if not isinstance(result, dict):
+        why = result if isinstance(result, Exception) else f"it holds a JSON {type(result).__name__}"
+        _checks.refuse(f"--out {args.out} is not a record of this script, a JSON object ({why}); name another file, "
+                       "or move that one away")
     import fer_utils
 
     fer_utils.import_tensorflow()  # only its location is read
 
-    result = json.loads(args.output.read_text()) if args.output.exists() else {}
     env_mb, tf_mb = folder_mb(Path(sys.prefix)), folder_mb(Path(sys.modules["tensorflow"].__file__).parent)
     result.update({"benchmark": "environment", "environment_mb": env_mb, "environment_gb": round(env_mb / 1000, 1),
                    "tensorflow_mb": tf_mb, "tensorflow_gb": round(tf_mb / 1000, 1),
@@ -110,8 +123,8 @@ def main(argv=None) -> int:
     elif args.suite_log:
         suites[args.suite_name] = {**parse_suite(args.suite_log.read_text(errors="replace")), "note": args.suite_note,
                                    "machine": machine_info()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "suites"}, indent=2))
     for name, suite in suites.items():
         print(f"{name}: {suite['seconds']:.0f} s ({suite['minutes']} min), {suite['counts']}")

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _checks
+
 from fer_utils.workfolder import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "jit_compile.json"
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--head-epochs", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=1, help="whole-model epochs after the head epochs")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds each training may take")
-    ap.add_argument("--output", type=Path, default=RESULTS)
+    _checks.add_out(ap, RESULTS, "the JSON file the figures go to", metavar="FILE")
     ap.add_argument("--one", choices=sorted(MODES), help=argparse.SUPPRESS)  # internal: one training, JSON on stdout
     args = ap.parse_args(argv)
     if args.one:
@@ -66,12 +68,19 @@ def main(argv=None) -> int:
         return 0
     if not args.data_dir:
         ap.error("no dataset: pass --data-dir or set $FER_DATA_DIR")
-    from fer_utils import data, folders
+    _checks.out_file(args.out, what="a JSON file for the figures")
+    if args.work_dir:
+        _checks.out_folder(args.work_dir, "--work-dir", "a folder for the class folders")
+    dataset = _checks.dataset(args.data_dir, download=False)
+    for path, option in ((args.out, "--out"), (args.work_dir, "--work-dir")):
+        if path:
+            _checks.outside(path, dataset.root, option)
+    from fer_utils import folders
 
     with tempfile.TemporaryDirectory(prefix="fer-jit-") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp) / "work"
         if not (work / "manifest.csv").exists():
-            folders.prepare(data.get_dataset(Path(args.data_dir)), work, seed=42)
+            folders.prepare(dataset, work, seed=42)
         runs = {}
         for mode in MODES:
             print(f"training with jit_compile={MODES[mode]} ...", flush=True)
@@ -93,9 +102,9 @@ def main(argv=None) -> int:
     ratio = [round(on["seconds"] / off["seconds"], 2) for off, on in zip(runs["off"]["epochs"], runs["on"]["epochs"])]
     result = {"benchmark": "jit_compile", "runs": runs, "epoch_seconds_on_over_off": ratio,
               "machine": machine_info(), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"epoch seconds with XLA / without: {ratio}; written to {args.output}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"epoch seconds with XLA / without: {ratio}; written to {args.out}")
     return 0
 
 

@@ -28,6 +28,7 @@ import json
 import sys
 from pathlib import Path
 
+import _checks
 import numpy as np
 import pandas as pd
 
@@ -320,8 +321,9 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, default=0.6, help="the F1 the extrapolation aims at")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where learning_curve.json and .md go")
+    _checks.add_out(parser, RESULTS, "where learning_curve.json and .md go")
     args = parser.parse_args(argv)
+    _checks.out_folder(args.out, what="a folder for learning_curve.json and .md")
     missing = [str(p) for p in args.points if not p.is_file()]
     if missing:
         parser.error(f"no such report: {', '.join(missing)} (run benchmarks/compare.py --train-fraction first)")

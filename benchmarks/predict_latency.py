@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import _checks
 import matplotlib.cbook
 import numpy as np
 
@@ -64,11 +65,28 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", help="dataset root (default $FER_DATA_DIR)")
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args(argv)
+    missing = [photo for photo in args.photo or () if not Path(photo).is_file()]
+    if missing:
+        _checks.refuse(f"--photo {missing[0]}: no such file; name a photo to time")
+    if args.folder and not Path(args.folder).is_dir():
+        _checks.refuse(f"--folder {args.folder}: no such folder; name a folder of photos, or leave --folder out for "
+                       "the dataset's test/")
+    folder = Path(args.folder) if args.folder else None
+    if folder is None and (args.data_dir or os.environ.get("FER_DATA_DIR")):  # a dataset named must be there
+        folder = _checks.dataset(args.data_dir, download=False).root / "test"
 
     tf, keras = import_tensorflow()
     from fer_utils import prediction as P
 
-    fer = P.load_model(args.model, work_dir=args.work_dir)
+    try:
+        fer = P.load_model(args.model, work_dir=args.work_dir)
+    except P.ModelLoadError as err:
+        _checks.refuse(f"{'--model' if args.model else '--work-dir'}: {err}")
+    if folder is None:  # none named: the download cache's, if there is one
+        try:
+            folder = data.get_dataset(download=False).root / "test"
+        except data.DatasetError as err:
+            print(f"(no dataset for the throughput run: {err})")
     info = workfolder.machine_info()
     print(f"machine: {info['processor']}, {os.cpu_count()} logical cores, TF {tf.__version__} "
           f"(intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}), "
@@ -78,12 +96,6 @@ def main(argv=None) -> int:
           f"({fer.model.name}, {p.image_size[0]}×{p.image_size[1]} {p.color_mode}, "
           f"{fer.model.count_params():,} parameters)")
 
-    folder = Path(args.folder) if args.folder else None
-    if folder is None:
-        try:
-            folder = data.get_dataset(args.data_dir, download=False).root / "test"
-        except data.DatasetError as err:
-            print(f"(no dataset for the throughput run: {err})")
     photos = args.photo or [matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)]
     if not args.photo and folder is not None and folder.is_dir():
         photos.append(P.collect_inputs([folder])[0])

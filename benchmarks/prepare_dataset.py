@@ -8,22 +8,29 @@ Target: <= 60 s on 2 cores. Prepares into a temporary work folder, removed after
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from fer_utils import data, folders, workfolder
+import _checks
+
+from fer_utils import folders, workfolder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="dataset root (default: $FER_DATA_DIR, else the download cache)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", default=str(RESULTS / "prepare_dataset.json"))
-    args = parser.parse_args()
-    dataset = data.get_dataset(args.data_dir)
+    _checks.add_out(parser, RESULTS / "prepare_dataset.json", "the JSON file the figures go to", metavar="FILE")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    _checks.out_file(args.out, what="a JSON file for the figures")
+    dataset = _checks.dataset(args.data_dir)
+    _checks.outside(args.out, dataset.root)
     info = workfolder.machine_info()
     print(f"machine: {info['processor']}, {info['cpu_count']} cores; {dataset.describe()}")
     times, runs = [], []
@@ -43,7 +50,8 @@ def main() -> None:
                                        "prepare_seconds_median": round(median, 1), "target_seconds": 60,
                                        "runs": runs})
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

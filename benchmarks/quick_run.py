@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _checks
+
 from fer_utils.workfolder import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quick_run.json"
@@ -31,10 +33,17 @@ def main(argv=None) -> int:
     ap.add_argument("--max-per-class", type=int, default=50, help="notebook 02: usable faces kept per emotion")
     ap.add_argument("--faces", type=int, default=2000, help="notebook 08: faces to generate")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds the whole run may take")
-    ap.add_argument("--output", type=Path, default=RESULTS, help="where to write the figures")
+    _checks.add_out(ap, RESULTS, "the JSON file the figures go to", metavar="FILE")
     args = ap.parse_args(argv)
     if not args.data_dir:
         ap.error("no dataset: pass --data-dir or set $FER_DATA_DIR")
+    _checks.out_file(args.out, what="a JSON file for the figures")
+    if args.work_dir:
+        _checks.out_folder(args.work_dir, "--work-dir", "an empty or new folder for the run")
+    root = _checks.dataset(args.data_dir, download=False).root
+    for path, option in ((args.out, "--out"), (args.work_dir, "--work-dir")):
+        if path:
+            _checks.outside(path, root, option)
     with tempfile.TemporaryDirectory(prefix="fer-quick-") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp) / "work"
         parameters = {"max_per_class": args.max_per_class, "faces": args.faces}
@@ -57,12 +66,12 @@ def main(argv=None) -> int:
               "total_seconds": round(sum(seconds.values()), 1), "wall_seconds": round(wall, 1),
               "machine": machine_info(),
               "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     width = max(map(len, seconds))
     for name, s in seconds.items():
         print(f"{name:{width}s} {s:7.1f} s")
-    print(f"{'total':{width}s} {result['total_seconds']:7.1f} s  ({parameters}; written to {args.output.name})")
+    print(f"{'total':{width}s} {result['total_seconds']:7.1f} s  ({parameters}; written to {args.out.name})")
     return 0
 
 

@@ -48,6 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _checks
 import numpy as np
 import pandas as pd
 
@@ -227,7 +228,7 @@ def train_all(args) -> int:
     if (runs["protocol"]["folds"], runs["protocol"]["seed"]) != (args.folds, args.seed):
         raise SystemExit(f"error: {runs_path} holds folds {runs['protocol']['folds']}, seed "
                          f"{runs['protocol']['seed']}; run with those, or write to another --out")
-    dataset = data.get_dataset(args.data_dir)
+    dataset = getattr(args, "dataset", None) or data.get_dataset(args.data_dir)  # main finds it before any work
     if runs.get("dataset") and runs["dataset"]["legend_sha256"] != dataset.legend_sha256:
         raise SystemExit(f"error: {runs_path} was trained on another dataset (legend sha256 "
                          f"{runs['dataset']['legend_sha256'][:12]}, this one {dataset.legend_sha256[:12]}); "
@@ -660,10 +661,18 @@ def main(argv=None) -> int:
                         "ours+cw1+sb+aug, each face's probabilities averaged over the trained recipes (so ours, cw1, "
                         "sb and aug must be stored); no training. Writes recipe_search_ensembles.json/.md and "
                         "leaves compare.json alone (an ensemble is over the 10-min training budget)")
-    parser.add_argument("--out", default=str(RESULTS), help="where the stored trainings and the report are")
+    _checks.add_out(parser, RESULTS, "where the stored trainings and the report are")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2 (outer folds)")
+    _checks.out_folder(args.out, what="a folder for the stored trainings and the report")
+    if args.train:
+        if args.work_dir:
+            _checks.out_folder(args.work_dir, "--work-dir", "a scratch folder")
+        args.dataset = _checks.dataset(args.data_dir)
+        for path, option in ((args.out, "--out"), (args.work_dir, "--work-dir")):
+            if path:
+                _checks.outside(path, args.dataset.root, option)
     return train_all(args) if args.train else search_all(args)
 
 

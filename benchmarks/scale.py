@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+import _checks
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -68,8 +70,11 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64, help="per replica")
     parser.add_argument("--model", default="seed_cnn")
-    parser.add_argument("--out", default=str(RESULTS / "scale.json"))
+    _checks.add_out(parser, RESULTS / "scale.json", "the JSON file the figures go to", metavar="FILE")
     args = parser.parse_args(argv)
+    _checks.out_file(args.out, what="a JSON file for the figures")
+    if args.work_dir:
+        _checks.out_folder(args.work_dir, "--work-dir", "a work folder (its scale-benchmark/ is made and removed)")
 
     from fer_utils import data, training
     from fer_utils.workfolder import SPLIT_DIR, get_work_dir, machine_info, write_record

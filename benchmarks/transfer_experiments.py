@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import _checks
+
 import fer_utils
 from fer_utils import evaluation, training, workfolder
 
@@ -89,15 +91,28 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(EXPERIMENTS), help="run only these experiments")
     parser.add_argument("--config", help="JSON of TrainConfig changes: run this one experiment (named 'custom')")
     parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--out", default=str(RESULTS), help="JSON file the results are appended to")
+    _checks.add_out(parser, RESULTS, "the JSON file the results are appended to", metavar="FILE")
     args = parser.parse_args(argv)
-    fer_utils.import_tensorflow()
+    out = _checks.out_file(args.out, what="a JSON file for the results")
+    try:
+        done = json.loads(out.read_text()) if out.exists() else []
+    except (ValueError, OSError) as err:
+        done = err
+    if not isinstance(done, list):
+        why = done if isinstance(done, Exception) else f"it holds a JSON {type(done).__name__}"
+        _checks.refuse(f"--out {out} is not this script's results, a JSON list ({why}); name another file, or move "
+                       "that one away")
+    try:
+        todo = {"custom": json.loads(args.config)} if args.config else {
+            name: EXPERIMENTS[name] for name in (args.only or EXPERIMENTS)}
+    except ValueError as err:
+        parser.error(f"--config is not JSON ({err}), e.g. --config '{{\"mixup\": 0.2}}'")
     work = workfolder.get_work_dir(args.work_dir, create=False)
-    workfolder.require(work / workfolder.SPLIT_DIR, "prepare", "The class folders (split/)")
-    todo = {"custom": json.loads(args.config)} if args.config else {
-        name: EXPERIMENTS[name] for name in (args.only or EXPERIMENTS)}
-    out = Path(args.out)
-    done = json.loads(out.read_text()) if out.exists() else []
+    try:
+        workfolder.require(work / workfolder.SPLIT_DIR, "prepare", "The class folders (split/)")
+    except FileNotFoundError as err:
+        _checks.refuse(f"--work-dir {work}: {err}")
+    fer_utils.import_tensorflow()
     rows = []
     for name, changes in todo.items():
         row = run(work, name, changes, args.n_boot)

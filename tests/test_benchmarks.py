@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pandas as pd
@@ -11,11 +16,19 @@ import pytest
 
 from fer_utils import EMOTIONS, workfolder
 
+BENCHMARKS = workfolder.REPO_ROOT / "benchmarks"
+
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, workfolder.REPO_ROOT / "benchmarks" / f"{name}.py")
+    """A benchmark script as a module; its folder is on ``sys.path`` while it loads, as when it runs as a script
+    (for ``_checks``, the checks they share)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
     return module
 
 
@@ -501,3 +514,150 @@ def test_the_suite_record_reads_a_parallel_run_and_a_plain_one():
     assert [(t["seconds"], t["phase"]) for t in record["slowest"]] == [(341.86, "call"), (159.81, "setup")]
     assert parse("5 passed in 3.00s\n")["workers"] == 1
     assert parse("bringing up nodes...\n5 passed in 3.00s\n")["workers"] is None  # -q with workers: not said
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: one line, status 2, before any work (and the same option, --out, everywhere)
+# --------------------------------------------------------------------------------------------------
+
+#: script -> (what --out names, the other arguments it needs to get as far as its checks)
+OUTPUTS = {"compare": ("folder", []), "detectors": ("folder", []), "learning_curve": ("folder", []),
+           "recipe_search": ("folder", ["--train"]), "prepare_dataset": ("file", []), "scale": ("file", []),
+           "quick_run": ("file", ["--data-dir", "/nonexistent"]), "environment": ("file", []),
+           "jit_compile": ("file", ["--data-dir", "/nonexistent"]), "transfer_experiments": ("file", ["--work-dir",
+                                                                                                      "/nonexistent"])}
+#: scripts that read the dataset -> the other arguments they need
+READERS = {"compare": [], "recipe_search": ["--train"], "detectors": [], "prepare_dataset": [], "quick_run": [],
+           "jit_compile": [], "predict_latency": []}
+
+
+def _refused(capsys, name: str, argv: list[str]) -> str:
+    """The one line ``name``'s main(argv) says on stderr when it exits with status 2 (no traceback, no output)."""
+    with pytest.raises(SystemExit) as exit_info:
+        _load(name).main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    return err.strip()
+
+
+def _tiny_dataset(root):
+    """A folder that ``data.get_dataset`` takes for a dataset (images/ and data/legend.csv), in no time."""
+    (root / "images").mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "data" / "legend.csv").write_text("user.id,image,emotion\n")
+    return root
+
+
+@pytest.mark.parametrize("name", OUTPUTS)
+def test_every_benchmark_spells_its_output_out_and_still_takes_output(name, capsys, monkeypatch):
+    """``--out`` in every script's help; ``--output`` (the other spelling some scripts had) is a hidden alias."""
+    monkeypatch.setenv("FER_DATA_DIR", "/nonexistent")  # never a download, should a check be passed by mistake
+    with pytest.raises(SystemExit) as exit_info:
+        _load(name).main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--out " in text and "--output" not in text
+    kind, extra = OUTPUTS[name]
+    for option in ("--out", "--output"):  # both spellings reach the same check
+        taken = BENCHMARKS / "results" if kind == "file" else BENCHMARKS / "results" / "compare.json"
+        err = _refused(capsys, name, [*extra, option, str(taken)])
+        assert "--out " in err and ("is a folder" if kind == "file" else "is a file") in err
+
+
+@pytest.mark.parametrize("name", OUTPUTS)
+def test_an_output_in_a_missing_or_read_only_folder_is_refused_before_any_work(name, tmp_path, capsys,
+                                                                              monkeypatch):
+    monkeypatch.setenv("FER_DATA_DIR", "/nonexistent")  # never a download, should a check be passed by mistake
+    kind, extra = OUTPUTS[name]
+    missing = tmp_path / "missing" / ("results" if kind == "folder" else "results.json")
+    assert "does not exist" in _refused(capsys, name, [*extra, "--out", str(missing)])
+    assert not (tmp_path / "missing").exists()
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert f"{blocked} is a file" in _refused(capsys, name, [*extra, "--out", str(blocked / "results")])
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.access(read_only, os.W_OK):  # root writes anywhere: answer as a read-only mount would
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(str(read_only)) else
+                            real_access(p, mode))
+    assert "read-only" in _refused(capsys, name, [*extra, "--out", str(read_only / "results")])
+    assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", READERS)
+def test_a_missing_dataset_is_said_in_one_line_before_any_work(name, tmp_path, capsys, monkeypatch):
+    """``$FER_DATA_DIR`` or ``--data-dir`` naming no folder: ``data.DatasetError``'s own message, status 2."""
+    out = [] if name == "predict_latency" else ["--out", str(tmp_path / (
+        "results" if OUTPUTS[name][0] == "folder" else "results.json"))]
+    monkeypatch.setenv("FER_DATA_DIR", str(tmp_path / "nowhere"))
+    err = _refused(capsys, name, [*READERS[name], *out])
+    assert f"Dataset folder {tmp_path / 'nowhere'} does not exist. Point data_dir or FER_DATA_DIR" in err
+    monkeypatch.delenv("FER_DATA_DIR")
+    err = _refused(capsys, name, [*READERS[name], *out, "--data-dir", str(tmp_path / "elsewhere")])
+    assert f"Dataset folder {tmp_path / 'elsewhere'} does not exist" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("name", ["compare", "recipe_search", "prepare_dataset", "detectors"])
+def test_no_dataset_and_no_network_is_said_in_one_line(name, tmp_path, capsys, monkeypatch):
+    """No ``$FER_DATA_DIR``, nothing in the download cache, no network: what to do, in the data module's words."""
+    monkeypatch.delenv("FER_DATA_DIR", raising=False)
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    kind = OUTPUTS[name][0]
+    err = _refused(capsys, name, [*READERS[name], "--out", str(tmp_path / ("r" if kind == "folder" else "r.json"))])
+    if name == "detectors":  # it never downloads
+        assert "No dataset found" in err and "Pass --data-dir DIR or set FER_DATA_DIR=DIR" in err
+    else:
+        assert "Could not download the dataset" in err and "FER_DATA_DIR=DIR" in err
+
+
+@pytest.mark.parametrize("name", ["compare", "recipe_search", "prepare_dataset", "detectors", "quick_run",
+                                  "jit_compile"])
+def test_an_output_inside_the_dataset_is_refused(name, tmp_path, capsys):
+    """The dataset is only ever read: an ``--out`` in it is refused, and nothing is made there."""
+    root = _tiny_dataset(tmp_path / "facial_expressions")
+    target = root / ("results" if OUTPUTS[name][0] == "folder" else "results.json")
+    err = _refused(capsys, name, [*READERS[name], "--data-dir", str(root), "--out", str(target)])
+    assert f"is inside the dataset {root}" in err and "--out" in err
+    assert sorted(p.name for p in root.iterdir()) == ["data", "images"]
+
+
+def test_the_inputs_that_other_outputs_need_are_checked_first(tmp_path, capsys, monkeypatch):
+    """``--peers-only`` and ``--browser`` add to a report that must exist; transfer_experiments needs a prepared
+    work folder; environment's --out must be its own record; a --work-dir must be a folder."""
+    monkeypatch.setenv("FER_DATA_DIR", "/nonexistent")  # never a download, should a check be passed by mistake
+    err = _refused(capsys, "compare", ["--peers-only", "--out", str(tmp_path)])
+    assert "compare.json, which does not exist" in err
+    err = _refused(capsys, "detectors", ["--browser", "--out", str(tmp_path)])
+    assert "detectors.json, which does not exist" in err
+    err = _refused(capsys, "transfer_experiments", ["--work-dir", str(tmp_path), "--out", str(tmp_path / "t.json")])
+    assert err.startswith(f"error: --work-dir {tmp_path}") and "notebooks/02" in err
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert "it holds a JSON list" in _refused(capsys, "environment", ["--out", str(tmp_path / "list.json")])
+    (tmp_path / "w").write_text("")
+    assert "--work-dir" in _refused(capsys, "scale", ["--work-dir", str(tmp_path / "w"), "--out",
+                                                      str(tmp_path / "s.json")])
+    assert "--photo" in _refused(capsys, "predict_latency", ["--photo", str(tmp_path / "none.jpg")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.json", "w"]
+
+
+def test_a_script_run_as_a_script_says_one_line_and_exits_2(tmp_path):
+    """``python benchmarks/<name>.py`` finds the shared checks beside it; the user sees no traceback."""
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    env = {**os.environ, "FER_DATA_DIR": str(tmp_path / "nowhere")}
+    for argv in (["learning_curve.py", "--output", str(blocked)], ["prepare_dataset.py", "--out",
+                                                                   str(tmp_path / "p.json")]):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]], capture_output=True,
+                              text=True, env=env, timeout=120)
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
+    assert not (tmp_path / "p.json").exists()
