@@ -36,20 +36,38 @@ def quiet_fd2():
         os.close(devnull)
 
 
-#: What ``import_tensorflow`` set up before TensorFlow's runtime started (see ``_start_devices``).
-STARTUP = {"started": False, "logical_cpus": None, "multi_worker_wanted": False, "multi_worker": None, "error": None}
+#: What ``import_tensorflow`` set up before TensorFlow's runtime started (see ``_start_devices``): ``error`` is why
+#: the cluster could not be joined, ``logical_cpus_error`` why ``$FER_LOGICAL_CPUS`` was not applied.
+STARTUP = {"started": False, "logical_cpus": None, "logical_cpus_error": None, "multi_worker_wanted": False,
+           "multi_worker": None, "error": None}
+
+
+def logical_cpus(text: str) -> int:
+    """``$FER_LOGICAL_CPUS`` as a number of logical CPU devices (at least 1), or a ``ValueError`` that says what
+    was wrong and what to do."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"FER_LOGICAL_CPUS={text!r} is not a whole number of logical CPU devices of at least 1: "
+                         "set it to 2 to try strategy 'mirrored' on a machine without GPUs, or unset it.")
+    return n
 
 
 def _start_devices(tf) -> None:
     """Device set-up that TensorFlow only allows before its runtime starts (once per process).
 
     - ``$FER_LOGICAL_CPUS=n``: split the CPU into ``n`` logical devices, so ``MirroredStrategy`` can be
-      tried on a machine without GPUs (``training.get_strategy("mirrored")``).
+      tried on a machine without GPUs (``training.get_strategy("mirrored")``). A value that is not a whole
+      number of at least 1 is not applied (TensorFlow would start with no CPU at all): it is recorded in
+      ``STARTUP["logical_cpus_error"]``, which ``get_strategy("mirrored")`` raises.
     - ``$TF_CONFIG`` (a cluster, as every ``tf.distribute`` launcher sets it), when multi-worker training was
       asked for (``training.get_strategy("multi_worker")`` before TensorFlow started, as ``python -m fer_utils
       train -p strategy multi_worker`` does): create the process's ``MultiWorkerMirroredStrategy`` now,
       because it configures collective ops, which TensorFlow refuses once the runtime runs. Not otherwise:
-      joining a cluster waits for every worker.
+      joining a cluster waits for every worker. A failure is recorded in ``STARTUP["error"]``, which
+      ``get_strategy("multi_worker")`` reports.
     """
     if STARTUP["started"]:
         return
@@ -57,16 +75,22 @@ def _start_devices(tf) -> None:
     n = os.environ.get("FER_LOGICAL_CPUS", "").strip()
     if n:
         try:
+            count = logical_cpus(n)
             cpu = tf.config.list_physical_devices("CPU")[0]
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(n))
-            STARTUP["logical_cpus"] = int(n)
-        except (ValueError, RuntimeError) as err:
-            STARTUP["error"] = f"FER_LOGICAL_CPUS={n!r}: {type(err).__name__}: {err}"
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+            STARTUP["logical_cpus"] = count
+        except ValueError as err:
+            STARTUP["logical_cpus_error"] = str(err)
+        except RuntimeError as err:
+            STARTUP["logical_cpus_error"] = f"FER_LOGICAL_CPUS={n!r}: {type(err).__name__}: {err}"
     if os.environ.get("TF_CONFIG") and STARTUP["multi_worker_wanted"]:
+        from fer_utils.cluster import check_tf_config
+
         try:
+            check_tf_config()  # TensorFlow's own errors for a bad TF_CONFIG are tracebacks from deep inside
             STARTUP["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy()
-        except (ValueError, RuntimeError) as err:  # reported by get_strategy("multi_worker"), if asked for
-            STARTUP["error"] = f"{type(err).__name__}: {err}"
+        except (ValueError, RuntimeError, tf.errors.OpError) as err:  # reported by get_strategy("multi_worker")
+            STARTUP["error"] = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
 
 
 def import_tensorflow():
@@ -82,6 +106,7 @@ def import_tensorflow():
 
         if not STARTUP["started"]:
             _start_devices(tf)
-            tf.constant(0)  # initialise the runtime here, where its log lines are silenced
+            if STARTUP["error"] is None:  # a cluster that failed to join left the runtime unable to start
+                tf.constant(0)  # initialise the runtime here, where its log lines are silenced
     tf.get_logger().setLevel("ERROR")
     return tf, keras

@@ -46,6 +46,58 @@ def start_local_workers(train_args: list[str], workers: int = 2, log_dir: str | 
     return procs
 
 
+#: What a ``TF_CONFIG`` looks like (worker 0 of two), for the messages of ``check_tf_config``.
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+
+
+def _is_address(address) -> bool:
+    """``host:port``, the port a number from 1 to 65535 (``[::1]:port`` too: the port follows the last colon)."""
+    if not isinstance(address, str):
+        return False
+    host, colon, port = address.rpartition(":")
+    return bool(colon and host.strip() and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)
+
+
+def check_tf_config(text: str | None = None) -> dict:
+    """``$TF_CONFIG`` (or ``text``) read as a cluster and this process's task in it; what is wrong in it is a
+    ``ValueError`` of one line naming TF_CONFIG, the wrong part and what to do, before TensorFlow reads it
+    (TensorFlow's own errors for these come as tracebacks from deep inside its start-up)."""
+    text = os.environ.get("TF_CONFIG", "") if text is None else text
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"TF_CONFIG {what}: set TF_CONFIG on each worker to the cluster's addresses and that "
+                          f"worker's task, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' (README: 'Train on more devices "
+                          "or a cluster').")
+
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise bad(f"is not valid JSON ({err})") from None
+    if not isinstance(spec, dict):
+        raise bad(f"is a JSON {type(spec).__name__}, not an object with \"cluster\" and \"task\"")
+    jobs = spec.get("cluster")
+    if not isinstance(jobs, dict) or not jobs:
+        raise bad('has no "cluster" (an object of jobs, each a list of "host:port" addresses)')
+    for job, addresses in jobs.items():
+        if not isinstance(addresses, list) or not addresses:
+            raise bad(f'job "{job}" of its cluster is {json.dumps(addresses)}, not a list of "host:port" addresses')
+        for address in addresses:
+            if not _is_address(address):
+                raise bad(f'address {json.dumps(address)} (job "{job}") is not "host:port" with a port number '
+                          "from 1 to 65535")
+    task = spec.get("task")
+    if not isinstance(task, dict):
+        raise bad('has no "task" (which worker of the cluster this is, e.g. {"type": "worker", "index": 0})')
+    task_type, index = task.get("type"), task.get("index", 0)
+    if task_type not in jobs:
+        raise bad(f'task type {json.dumps(task_type)} is not a job of its cluster ({", ".join(jobs)})')
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(jobs[task_type]):
+        raise bad(f'task index {json.dumps(index)} is not a position in job "{task_type}" (0 to '
+                  f"{len(jobs[task_type]) - 1})")
+    return spec
+
+
 #: Seconds ``wait_for_workers`` waits by default for a local cluster to finish.
 WORKERS_TIMEOUT = 1800
 

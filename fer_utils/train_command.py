@@ -1,8 +1,15 @@
-"""``python -m fer_utils train``: notebook 05's training as one command (for GPUs, clusters and scripts)."""
+"""``python -m fer_utils train``: notebook 05's training as one command (for GPUs, clusters and scripts).
+
+Exit status (``EXIT_STATUS``): 0 trained; 1 training could not go on (it diverged, or the cluster did not form
+and take its first step within ``$FER_CLUSTER_TIMEOUT``); 2 a bad input, found before any work starts (a setting,
+the work folder, ``$TF_CONFIG``, ``$FER_CLUSTER_TIMEOUT``, ``$FER_LOGICAL_CPUS``), or a cluster that could not be
+joined; 130 interrupted. Each error is one line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -15,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train as notebook 05 does, in a work folder that notebooks 02–04 prepared (the class folders "
                     "and, if present, notebook 04's untrained.keras), with any TrainConfig setting changed by -p. "
                     "On a cluster, start the same command on every worker, each with its own TF_CONFIG and "
-                    "-p strategy multi_worker; the chief (worker 0) writes the model.")
+                    "-p strategy multi_worker; the chief (worker 0) writes the model.",
+        epilog="exit status: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_STATUS.items()) + ".")
     parser.add_argument("--work-dir", help="the prepared work folder (default: $FER_WORK_DIR, else work/)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a TrainConfig field, e.g. -p epochs 3 -p strategy mirrored (repeatable)")
@@ -24,20 +32,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What each exit status of ``python -m fer_utils train`` means (``--help`` lists them).
+EXIT_STATUS = {0: "trained",
+               1: "training could not go on: it diverged, or the cluster did not form and take its first step "
+                  "within $FER_CLUSTER_TIMEOUT",
+               2: "a bad input found before any work started, or a cluster that could not be joined",
+               130: "interrupted"}
+
 #: Seconds a worker waits for its cluster to form and take the first training step (``$FER_CLUSTER_TIMEOUT``).
 CLUSTER_TIMEOUT = 300
 
+#: The exit status of a worker whose cluster did not form in time (``faulthandler``'s, see ``cluster_deadline``).
+CLUSTER_TIMEOUT_EXIT = 1
 
-#: The watchdog process of ``cluster_deadline``: it reads the message, then waits ``seconds`` for its stdin to
-#: close (the wait is over, or the worker ended); if it does not, it prints the message and stops the worker.
+#: Seconds past the deadline the watchdog process gives the worker to stop itself, before it kills it.
+WATCHDOG_GRACE = 20
+
+
+def cluster_timeout() -> float:
+    """``$FER_CLUSTER_TIMEOUT`` in seconds (``CLUSTER_TIMEOUT`` when unset or empty), or a ``ValueError`` that says
+    what was wrong and what to do."""
+    text = os.environ.get("FER_CLUSTER_TIMEOUT", "").strip()
+    if not text:
+        return float(CLUSTER_TIMEOUT)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"FER_CLUSTER_TIMEOUT={text!r} is not a number of seconds above 0: set it to how long a "
+                         "worker may wait for its cluster to form and take its first step, e.g. "
+                         f"FER_CLUSTER_TIMEOUT=600, or unset it for the default {CLUSTER_TIMEOUT} s.")
+    return seconds
+
+
+#: The watchdog process of ``cluster_deadline``. It reads the message line from its stdin, then waits ``seconds``
+#: for more: the end of its stdin (the wait is over, or the worker ended) sends it away quietly; faulthandler's
+#: dump (the worker's deadline passed: it is stopping itself) makes it print the message. Nothing at all in that
+#: time (the backstop): it prints the message and stops the worker.
 WATCHDOG = """
 import os, select, signal, sys, time
 pid, seconds = int(sys.argv[1]), float(sys.argv[2])
-message = sys.stdin.readline()
-if select.select([sys.stdin], [], [], seconds)[0]:
+data = b""
+while b"\\n" not in data:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        sys.exit(0)
+    data += chunk
+message, more = data.split(b"\\n", 1)
+if not more and select.select([0], [], [], seconds)[0]:
+    more = os.read(0, 65536)
+    if not more:
+        sys.exit(0)
+os.write(2, message + b"\\n")
+if more:
     sys.exit(0)
-sys.stderr.write(message)
-sys.stderr.flush()
 for sig in (signal.SIGTERM, signal.SIGKILL):
     try:
         os.kill(pid, sig)
@@ -49,29 +98,45 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
 
 class cluster_deadline:  # noqa: N801 - used like a function
     """Stop this worker, with one line saying what it waited for, when the cluster in ``$TF_CONFIG`` has not
-    formed and taken its first training step within ``seconds``. A separate watchdog process keeps the time:
-    while TensorFlow waits for the other workers it holds the interpreter, so no thread of this one could.
-    ``callback()`` is the Keras callback that ends the wait after the first step."""
+    formed and taken its first training step within ``seconds``: it exits with status ``CLUSTER_TIMEOUT_EXIT``.
+
+    While TensorFlow waits for the other workers it holds the interpreter, so no Python code of this process runs
+    then, a thread's or a signal handler's. ``faulthandler``'s timer does not need it: at the deadline it writes
+    its stack dump into the watchdog process's stdin and ends the process (status 1); the watchdog, seeing the
+    dump, prints the one line. Should this process still run ``WATCHDOG_GRACE`` seconds later, the watchdog prints
+    the line and kills it (TensorFlow catches SIGTERM, so SIGKILL follows). ``callback()`` is the Keras callback
+    that ends the wait after the first step."""
 
     def __init__(self, seconds: float):
+        import faulthandler
         import json
         import subprocess
 
-        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
-        workers = ", ".join(spec.get("cluster", {}).get("worker", [])) or "none named"
-        task = spec.get("task", {})
+        try:
+            spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        except ValueError:
+            spec = {}
+        spec = spec if isinstance(spec, dict) else {}
+        jobs = spec.get("cluster") if isinstance(spec.get("cluster"), dict) else {}
+        workers = jobs.get("worker") if isinstance(jobs.get("worker"), list) else []
+        workers = ", ".join(map(str, workers)) or "none named"
+        task = spec.get("task") if isinstance(spec.get("task"), dict) else {}
         message = (f"error: the cluster in TF_CONFIG (workers {workers}; this is {task.get('type', '?')} "
                    f"{task.get('index', '?')}) did not form and take its first training step within {seconds:.0f} "
                    "s, so this worker was stopped. Start the same command on every worker, each with its own "
                    "TF_CONFIG, and check that each can reach the others' addresses ($FER_CLUSTER_TIMEOUT sets "
                    "the wait).")
-        self.watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds)],
-                                         stdin=subprocess.PIPE, text=True)
+        self.watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()),
+                                          str(seconds + WATCHDOG_GRACE)], stdin=subprocess.PIPE, text=True)
         self.watchdog.stdin.write(message + "\n")
         self.watchdog.stdin.flush()
+        faulthandler.dump_traceback_later(seconds, exit=True, file=self.watchdog.stdin)
 
     def cancel(self) -> None:
+        import faulthandler
+
         if not self.watchdog.stdin.closed:
+            faulthandler.cancel_dump_traceback_later()
             self.watchdog.stdin.close()
             self.watchdog.wait(timeout=10)
 
@@ -83,7 +148,7 @@ class cluster_deadline:  # noqa: N801 - used like a function
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fer_utils import models, training
+    from fer_utils import cluster, models, training
     from fer_utils.workfolder import SPLIT_DIR, UNTRAINED_MODEL, get_work_dir, require
 
     args = build_parser().parse_args(argv)
@@ -103,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config = training.TrainConfig(**changes)
         if config.strategy == "multi_worker":  # joining a cluster waits for every worker: not for ever
-            deadline = cluster_deadline(float(os.environ.get("FER_CLUSTER_TIMEOUT", CLUSTER_TIMEOUT)))
+            seconds = cluster_timeout()
+            if os.environ.get("TF_CONFIG"):
+                cluster.check_tf_config()  # before TensorFlow reads it (without it, get_strategy says what to do)
+            deadline = cluster_deadline(seconds)
         training.get_strategy(config.strategy)  # a missing or unreachable cluster fails here, plainly
         training.check_run_name(work, args.run_name or None)  # before training, not after it
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:

@@ -256,16 +256,24 @@ def get_strategy(name: str = "default"):
     - ``"mirrored"``: ``MirroredStrategy`` over this machine's GPUs, or, without GPUs, its logical CPU
       devices (``$FER_LOGICAL_CPUS=2`` splits the CPU in two before TensorFlow starts).
     - ``"multi_worker"``: ``MultiWorkerMirroredStrategy`` over the cluster in ``$TF_CONFIG``; it is created
-      when TensorFlow starts (``fer_utils.import_tensorflow``), because collective ops cannot be set up later.
+      when TensorFlow starts (``fer_utils.import_tensorflow``), because collective ops cannot be set up later. A
+      ``$TF_CONFIG`` that names no usable cluster is a ``ValueError`` saying what is wrong in it
+      (``cluster.check_tf_config``), before TensorFlow reads it.
     """
     import fer_utils
 
     if name == "multi_worker":  # asked for before TensorFlow starts: import_tensorflow joins the cluster
+        if os.environ.get("TF_CONFIG") and not fer_utils.STARTUP["started"]:
+            from fer_utils import cluster
+
+            cluster.check_tf_config()  # a ValueError naming what is wrong in it, before TensorFlow reads it
         fer_utils.STARTUP["multi_worker_wanted"] = True
     tf, _ = fer_utils.import_tensorflow()
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
+        if fer_utils.STARTUP["logical_cpus_error"]:
+            raise ValueError(f"strategy='mirrored': {fer_utils.STARTUP['logical_cpus_error']}")
         if "mirrored" not in _MIRRORED:
             _MIRRORED["mirrored"] = mirrored_strategy()  # notebook 08 shows it
         return _MIRRORED["mirrored"]
@@ -332,18 +340,23 @@ def _into_scope(model, strategy):
     return copy
 
 
-#: The Keras versions the multi-worker workarounds below were written for and checked with.
+#: The Keras versions the tf.distribute workarounds below were written for and checked with.
 KERAS_MULTI_WORKER_FIXED_FOR = "3.15."
 
 
-def _multi_worker_fixes(net, strategy):
-    """Work around Keras 3.15 with ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585), for this model and
-    while a run lasts; returns the function that undoes them (``finish`` calls it).
+def _distributed_fixes(net, strategy, multi_worker: bool):
+    """Work around Keras 3.15 with more than one replica (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``:
+    keras-team/keras#20585), for this model and while a run lasts; returns the function that undoes them
+    (``finish`` calls it).
 
-    1. Before its first step, ``fit`` averages the first distributed batch with ``strategy.reduce`` only to learn
-       its shapes, and that reduce fails between workers: build from this worker's own first batch instead.
-    2. Each step's loss and metrics (scalars) are averaged over workers with ``axis=0``, which a scalar does
-       not have: average them with ``axis=None`` (what that reduce means for a scalar).
+    1. Before its first step, ``fit`` (and ``evaluate``, for the validation data) averages the first distributed
+       batch with ``strategy.reduce`` only to learn its shapes. That reduce adds the replicas' batches element by
+       element, so it fails whenever they differ in size: a split smaller than one global batch whose faces do
+       not divide evenly over the replicas (33 validation faces over two replicas: 17 and 16, "AddN ... must have
+       the same size and shape"), and between workers always. Build from this process's first replica's batch
+       instead: the shapes are all the build needs, and every replica, however many faces it got, then trains.
+    2. Multi-worker only: each step's loss and metrics (scalars) are averaged over workers with ``axis=0``,
+       which a scalar does not have: average them with ``axis=None`` (what that reduce means for a scalar).
 
     Both reach into Keras' private API, so they are checked against the running Keras first: another version,
     or a missing name, is a clear error rather than a silent change of how training reduces.
@@ -354,22 +367,26 @@ def _multi_worker_fixes(net, strategy):
     from keras.src.backend.tensorflow import trainer
 
     needed = {"model._symbolic_build": hasattr(net, "_symbolic_build"),
-              "trainer.reduce_per_replica": hasattr(trainer, "reduce_per_replica"),
-              "trainer._collective_all_reduce_multi_worker": hasattr(trainer, "_collective_all_reduce_multi_worker"),
-              "trainer._is_per_replica_instance": hasattr(trainer, "_is_per_replica_instance")}
+              "model._maybe_symbolic_build": hasattr(net, "_maybe_symbolic_build")}
+    if multi_worker:
+        needed.update({
+            "trainer.reduce_per_replica": hasattr(trainer, "reduce_per_replica"),
+            "trainer._collective_all_reduce_multi_worker": hasattr(trainer, "_collective_all_reduce_multi_worker"),
+            "trainer._is_per_replica_instance": hasattr(trainer, "_is_per_replica_instance")})
     missing = [name for name, present in needed.items() if not present]
     if missing or not keras.__version__.startswith(KERAS_MULTI_WORKER_FIXED_FOR):
+        name = "multi_worker" if multi_worker else "mirrored"
         raise RuntimeError(
-            "strategy='multi_worker' works around keras-team/keras#20585 through the private API of Keras "
+            f"strategy={name!r} works around keras-team/keras#20585 through the private API of Keras "
             f"{KERAS_MULTI_WORKER_FIXED_FOR}x, and this is Keras {keras.__version__}"
             + (f", which lacks {', '.join(missing)}" if missing else "")
             + ": install the pinned keras (pyproject.toml), or check whether that issue is fixed in this version "
-            "and update fer_utils.training._multi_worker_fixes.")
+            "and update fer_utils.training._distributed_fixes.")
     build = net._symbolic_build
 
     def local(value):
         if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
+            return strategy.experimental_local_results(value)[0]  # the first replica's share is never the smallest
         return value
 
     def maybe_symbolic_build(iterator=None, data_batch=None):
@@ -380,16 +397,17 @@ def _multi_worker_fixes(net, strategy):
         with strategy.scope():
             build(data_batch=data_batch)
 
-    original = trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            return keras.tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None) if trainer._is_per_replica_instance(v) else v, values)
-        return original(values, strategy, reduction)
-
     net._maybe_symbolic_build = maybe_symbolic_build
-    trainer.reduce_per_replica = reduce_per_replica
+    original = trainer.reduce_per_replica
+    if multi_worker:
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+                return keras.tree.map_structure(
+                    lambda v: strategy.reduce("MEAN", v, axis=None) if trainer._is_per_replica_instance(v) else v,
+                    values)
+            return original(values, strategy, reduction)
+
+        trainer.reduce_per_replica = reduce_per_replica
 
     def undo() -> None:
         trainer.reduce_per_replica = original
@@ -812,7 +830,8 @@ def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
     else:
         models.check_contract(model, config.input_shape)
         net = model if config.strategy == "default" else _into_scope(model, strategy)
-    undo = _multi_worker_fixes(net, strategy) if worker["workers"] > 1 else None
+    # more than one replica: build from one replica's batch (a split need not divide evenly over them)
+    undo = _distributed_fixes(net, strategy, worker["workers"] > 1) if worker["replicas"] > 1 else None
     policy = net.dtype_policy.name if hasattr(net, "dtype_policy") else "float32"
     backup = _backup_dir(work, config, net, worker)
     progress = work / TRAIN_PROGRESS if write else None

@@ -97,6 +97,24 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, small_split
     assert abs(one["history"]["val_accuracy"][-1] - two["history"]["val_accuracy"][-1]) <= 0.15
 
 
+def test_mirrored_trains_on_splits_that_do_not_divide_over_the_replicas(tmp_path):
+    """17 training faces and 5 validation faces over two replicas of global batch 16: the validation batch splits
+    3 + 2 and the last training batch 1 + 0. Keras built the model from the replicas' first batches added element
+    by element ("AddN ... must have the same size and shape"); every face must train and be scored."""
+    work = make_split(tmp_path, {"train": 17, "val": 5, "test": 1}, seed=3)
+    result = subprocess.run([sys.executable, "-m", "fer_utils", "train", "--work-dir", str(work), *SETTINGS,
+                             "-p", "epochs", "1", "-p", "batch_size", "8", "-p", "strategy", "mirrored", "--quiet"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "FER_LOGICAL_CPUS": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((work / TRAIN_RECORD).read_text())
+    assert record["distribution"]["replicas"] == 2 and record["counts"]["train"] == 17
+    row = history(work).iloc[0]
+    assert row.loss == row.loss and row.val_loss == row.val_loss  # finite: an empty replica adds no NaN
+    # accuracies are whole numbers of faces out of all 17 and all 5: none was dropped
+    assert abs(row.accuracy * 17 - round(row.accuracy * 17)) < 1e-3, row.accuracy
+    assert abs(row.val_accuracy * 5 - round(row.val_accuracy * 5)) < 1e-3, row.val_accuracy
+
+
 def test_two_workers_on_localhost_match_one_worker(tmp_path, small_split):
     """Two ``python -m fer_utils train`` processes with TF_CONFIG (MultiWorkerMirroredStrategy) train one model:
     both report the same figures, only the chief writes files, and they match one worker's run."""
@@ -180,6 +198,56 @@ def test_tf_config_without_multi_worker_trains_here_and_says_so(tmp_path, small_
     assert json.loads((work / TRAIN_RECORD).read_text())["distribution"]["workers"] == 1
 
 
+#: (environment, what the one line must say) for settings of a cluster that cannot work, each refused before any
+#: work starts; the last one starts TensorFlow (a $FER_LOGICAL_CPUS of 0 left it without a CPU).
+BAD_CLUSTER_SETTINGS = [
+    ({"TF_CONFIG": '{"cluster": {"worker": ["localhost:notaport"]}, "task": {"type": "worker", "index": 0}}'},
+     'TF_CONFIG address "localhost:notaport" (job "worker") is not "host:port"'),
+    ({"TF_CONFIG": '{"cluster": {"worker": ['}, "TF_CONFIG is not valid JSON"),
+    ({"TF_CONFIG": "[]"}, "TF_CONFIG is a JSON list"),
+    ({"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}'},
+     'TF_CONFIG task index 1 is not a position in job "worker" (0 to 0)'),
+    ({"FER_CLUSTER_TIMEOUT": "abc"}, "FER_CLUSTER_TIMEOUT='abc' is not a number of seconds above 0"),
+    ({"FER_CLUSTER_TIMEOUT": "0"}, "FER_CLUSTER_TIMEOUT='0' is not a number of seconds above 0"),
+    ({"FER_CLUSTER_TIMEOUT": "-5"}, "FER_CLUSTER_TIMEOUT='-5' is not a number of seconds above 0"),
+    ({"FER_LOGICAL_CPUS": "0", "strategy": "mirrored"}, "FER_LOGICAL_CPUS='0' is not a whole number"),
+]
+
+
+def test_bad_cluster_settings_are_one_line_errors_before_any_work(tmp_path):
+    """A TF_CONFIG TensorFlow cannot read, or a $FER_CLUSTER_TIMEOUT that is no wait, gave a traceback, a watchdog
+    with no time left (the worker killed at once) or none at all (a wait for ever): one line naming the variable,
+    status 2. Run in a fresh process: without the checks, TensorFlow would try to join these clusters."""
+    work = make_split(tmp_path, {"train": 8, "val": 8, "test": 8})
+    script = (
+        "import contextlib, io, json, os, sys\n"
+        "from fer_utils import train_command\n"
+        "out = []\n"
+        "for env in json.loads(sys.argv[2]):\n"
+        "    strategy = env.pop('strategy', 'multi_worker')\n"
+        "    os.environ.update(env)\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        rc = train_command.main(['--work-dir', sys.argv[1], '-p', 'model', 'seed_cnn',\n"
+        "                                 '-p', 'strategy', strategy, '--quiet'])\n"
+        "    out.append([rc, err.getvalue()])\n"
+        "    for name in env:\n"
+        "        os.environ.pop(name)\n"
+        "print(json.dumps(out))\n")
+    valid = {"TF_CONFIG": json.dumps(cluster.tf_configs(["127.0.0.1:1", "127.0.0.1:2"])[1])}
+    cases = [{**valid, **env} if "strategy" not in env else env for env, _ in BAD_CLUSTER_SETTINGS]
+    clean = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "FER_CLUSTER_TIMEOUT", "FER_LOGICAL_CPUS")}
+    result = subprocess.run([sys.executable, "-c", script, str(work), json.dumps(cases)], capture_output=True,
+                            text=True, timeout=120, env=clean)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for (rc, err), (env, expected) in zip(json.loads(result.stdout.strip().splitlines()[-1]), BAD_CLUSTER_SETTINGS,
+                                          strict=True):
+        assert rc == 2 and expected in err, (env, rc, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        assert "set " in err.split(expected)[-1], err  # and what to do
+    assert not (work / TRAIN_RECORD).exists()
+
+
 def test_waiting_for_workers_has_a_timeout_that_says_what_it_waited_for(tmp_path):
     import sys as _sys
 
@@ -191,7 +259,9 @@ def test_waiting_for_workers_has_a_timeout_that_says_what_it_waited_for(tmp_path
 
 
 def test_a_cluster_that_cannot_form_gives_up_in_one_line(tmp_path, small_split):
-    """Worker 1 of two, whose peer never starts: no endless wait; one line naming the cluster, and it stops."""
+    """Worker 1 of two, whose peer never starts: no endless wait; one line naming the cluster, and it stops itself
+    with the documented status 1 (training could not go on), not killed by its watchdog (137: TensorFlow holds the
+    interpreter while it waits and catches SIGTERM)."""
     work = copy_of(small_split, tmp_path)
     ports = cluster.free_ports(2)
     tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": 1}}
@@ -200,7 +270,8 @@ def test_a_cluster_that_cannot_form_gives_up_in_one_line(tmp_path, small_split):
                              "-p", "epochs", "1", "-p", "strategy", "multi_worker", "--quiet"], capture_output=True,
                             text=True, timeout=240, env={**os.environ, "TF_CONFIG": json.dumps(tf_config),
                                                          "FER_CLUSTER_TIMEOUT": "10"})
-    assert result.returncode != 0, result.stderr[-2000:]
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])  # train_command.EXIT_STATUS[1]
+    assert train_command.CLUSTER_TIMEOUT_EXIT == 1
     assert time.monotonic() - started < 200
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: the cluster in TF_CONFIG (workers 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}; this is worker 1) "
