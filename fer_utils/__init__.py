@@ -110,3 +110,10 @@ def import_tensorflow():
                 tf.constant(0)  # initialise the runtime here, where its log lines are silenced
     tf.get_logger().setLevel("ERROR")
     return tf, keras
+
+
+# A notebook starts TensorFlow itself (its Setup cell) after `import fer_utils`: a CPU split asked for in the
+# environment is made here, at import, or it could not be made at all (a cluster waits for
+# `training.get_strategy("multi_worker")`, which must come first).
+if os.environ.get("FER_LOGICAL_CPUS", "").strip() and not os.environ.get("TF_CONFIG"):
+    import_tensorflow()

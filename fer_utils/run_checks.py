@@ -15,11 +15,24 @@ def check_config(params: dict) -> list[str]:
     from fer_utils import training
 
     fields = set(training.TrainConfig().to_dict())
+    if params.get("strategy") == "multi_worker":  # a notebook's kernel starts TensorFlow before it could join
+        return ["-p strategy multi_worker: the notebooks train on this machine (strategy 'default' or 'mirrored'); "
+                "on a cluster, start `python -m fer_utils train -p strategy multi_worker` on every worker (README: "
+                "'Train on more devices or a cluster'), and notebook 08 shows two workers on this machine"]
     try:
         training.TrainConfig(**{k: v for k, v in params.items() if k in fields})
     except ValueError as err:
         return [str(err)]
     return []
+
+
+def kind_checked(params: dict) -> dict:
+    """The ``-p`` values whose kind the notebooks' declared defaults decide (``parameters.check_values``): all
+    but the ``TrainConfig`` fields that several kinds fit (``class_weight``: None, "sqrt" or 0.5), which
+    ``check_config`` checks by value."""
+    from fer_utils import training
+
+    return {k: v for k, v in params.items() if k not in training.TrainConfig.CHECKED_BY_VALUE}
 
 
 #: Largest image_size accepted: the decoded faces are cached in memory, (size² × channels) bytes each.

@@ -34,6 +34,7 @@ from fer_utils.run_checks import (
     check_folders,
     check_inputs,
     dataset_identity,
+    kind_checked,
     recorded_data_dir,
 )
 from fer_utils.workfolder import (
@@ -181,8 +182,12 @@ def _run(argv: list[str] | None) -> int:
     unknown = set(params) - {name for d in declared.values() for name in d}
     if unknown:
         known = sorted({name for d in declared.values() for name in d} - {"work_dir", "data_dir"})
-        print(f"Unknown parameter(s) {sorted(unknown)}: no notebook to run declares them. Known: {', '.join(known)}.",
-              file=sys.stderr)
+        elsewhere = {name: [p.stem for p in numbered_notebooks(Path(args.notebooks_dir))
+                            if p not in declared and name in declared_parameters(p)] for name in sorted(unknown)}
+        hints = [f"{name} is a parameter of {', '.join(where)}: start there with --from {where[0][:2]}"
+                 for name, where in elsewhere.items() if where]
+        print(f"Unknown parameter(s) {sorted(unknown)}: no notebook to run declares them"
+              + (f" ({'; '.join(hints)})" if hints else "") + f". Known: {', '.join(known)}.", file=sys.stderr)
         return 2
     if args.publish and params:
         print("--publish copies outputs over the committed notebooks, whose parameter cells keep their defaults: "
@@ -198,7 +203,8 @@ def _run(argv: list[str] | None) -> int:
         # a partial run on the data the work folder's results come from, not on the default download
         data_dir, problem = recorded_data_dir(get_work_dir(args.work_dir, create=False))
         origin, problems = "work folder", [problem] if problem else []
-    problems += check_values(params, declared) or check_ranges(params) + check_choices(params) + check_config(params)
+    problems += (check_values(kind_checked(params), declared)
+                 or check_ranges(params) + check_choices(params) + check_config(params))
     problems += check_folders(data_dir, args.work_dir, notebooks, origin=origin)
     if not problems:
         problems += check_inputs(args.work_dir, notebooks)

@@ -147,8 +147,18 @@ class TrainConfig:
         elif self.strategy != "default" and self.pipeline != "tf.data":
             problems.append(f"strategy={self.strategy!r} needs pipeline='tf.data' (tf.distribute shards tf.data "
                             "datasets, not the generator)")
+        if self.pipeline == "generator":  # what the seed's ImageDataGenerator cannot do, said before any work
+            if self.mixup:
+                problems.append("mixup needs pipeline='tf.data' (the legacy generator cannot mix batches)")
+            try:
+                pipelines.check_legacy_options(self.color_mode, self.augment, self.interpolation)
+            except ValueError as err:
+                problems.append(str(err).rstrip("."))
         if problems:
             raise ValueError("Bad training configuration: " + "; ".join(problems) + ".")
+
+    #: Fields that several kinds of value fit (``class_weight``: None, a name or a power): checked by value only.
+    CHECKED_BY_VALUE = ("augment", "class_weight", "image_size")
 
     @classmethod
     def _kinds(cls) -> dict[str, str]:
@@ -156,7 +166,7 @@ class TrainConfig:
         kinds = {}
         for f in dataclasses.fields(cls):
             default = f.default
-            if f.name in ("augment", "class_weight", "image_size") or isinstance(default, bool):
+            if f.name in cls.CHECKED_BY_VALUE or isinstance(default, bool):
                 continue  # checked by value
             if isinstance(default, int):
                 kinds[f.name] = "an integer"

@@ -97,6 +97,19 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, small_split
     assert abs(one["history"]["val_accuracy"][-1] - two["history"]["val_accuracy"][-1]) <= 0.15
 
 
+def test_a_notebook_that_starts_tensorflow_itself_still_gets_the_cpu_split():
+    """Notebook 05's Setup cell imports fer_utils, then starts TensorFlow itself (``tf.constant(0)``): the split
+    that ``$FER_LOGICAL_CPUS`` asks for is made at ``import fer_utils``, so ``mirrored`` gets two replicas there
+    (it used to train on one device without a word)."""
+    code = ("import fer_utils\nimport tensorflow as tf\ntf.constant(0)\nfrom fer_utils import training\n"
+            "print(training.worker_info(training.get_strategy('mirrored'))['replicas'])")
+    env = {**os.environ, "FER_LOGICAL_CPUS": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_CONFIG", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "2"
+
+
 def test_mirrored_trains_on_splits_that_do_not_divide_over_the_replicas(tmp_path):
     """17 training faces and 5 validation faces over two replicas of global batch 16: the validation batch splits
     3 + 2 and the last training batch 1 + 0. Keras built the model from the replicas' first batches added element

@@ -78,6 +78,24 @@ def test_onnx_export_matches_keras(sharp_model, tmp_path):
     assert (keras_p.max(axis=1) > 0.5).mean() >= 0.5  # the sharp model is confident: the comparison means something
 
 
+def test_onnx_export_keeps_tf2onnx_warnings_out_of_the_output(sharp_model, tmp_path, monkeypatch, caplog):
+    """tf2onnx logs a skipped optimisation as a warning with a traceback (notebook 07 showed it, with the paths of
+    this machine): the export silences it, and logging works again afterwards."""
+    import logging
+
+    import keras
+
+    def export(self, path, **kwargs):
+        logging.getLogger("tf2onnx.optimizer").warning("Failed to apply optimize_transpose")
+        open(path, "wb").close()
+
+    monkeypatch.setattr(keras.Model, "export", export)
+    live.export_onnx(sharp_model, tmp_path / "model.onnx")
+    assert "optimize_transpose" not in caplog.text
+    logging.getLogger("tf2onnx.optimizer").warning("after the export")
+    assert "after the export" in caplog.text
+
+
 def test_live_page_without_npm_packages_says_how_to_get_them(tmp_path):
     with pytest.raises(live.MissingPackagesError, match="npm ci --prefix web"):
         live.live_page(tmp_path / "live", node_modules=tmp_path / "nowhere")

@@ -500,6 +500,12 @@ def test_counts_and_shares_out_of_range_are_named():
                                                   "emotion: 'joy': 'happyness'"),
     (["-p", "learning_rate", "nan"], "error: Bad training configuration: learning_rate=nan (a finite number)"),
     (["--work-dir", ""], "error: --work-dir is empty"),
+    # each failed in notebook 05, after 01-04 had run
+    (["-p", "pipeline", "generator", "-p", "mixup", "0.2"], "error: Bad training configuration: mixup needs "
+                                                            "pipeline='tf.data'"),
+    (["-p", "pipeline", "generator", "-p", "augment", "strong"], "error: Bad training configuration: "
+                                                                 "augment='strong': the legacy generator knows only"),
+    (["-p", "strategy", "multi_worker"], "error: -p strategy multi_worker: the notebooks train on this machine"),
 ])
 def test_values_the_real_notebooks_would_fail_on_are_refused_first(tmp_path, capsys, args, message):
     work = tmp_path / "work"
@@ -508,6 +514,22 @@ def test_values_the_real_notebooks_would_fail_on_are_refused_first(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and len(err.splitlines()) == 1, err
     assert not work.exists()
+
+
+@pytest.mark.parametrize("value", ["None", "0.5", "balanced"])
+def test_class_weight_takes_every_value_its_cell_documents(tmp_path, capsys, value):
+    """Notebook 05 declares class_weight = "sqrt" and documents None, "balanced" or a power: none is refused for
+    not being a string (the run below stops only because notebook 02 has not run)."""
+    assert runner.main(["--work-dir", str(tmp_path / "work"), "--from", "05", "-p", "class_weight", value]) == 2
+    err = capsys.readouterr().err
+    assert "-p class_weight" not in err and "Bad training" not in err and "02_preprocess_into_folders" in err, err
+
+
+def test_a_parameter_of_an_earlier_notebook_says_where_to_start(tmp_path, capsys):
+    assert runner.main(["--work-dir", str(tmp_path / "work"), "--from", "05", "-p", "model", "seed_cnn"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown parameter(s) ['model']" in err
+    assert "model is a parameter of 04_create_model: start there with --from 04" in err
 
 
 def test_a_negative_timeout_is_a_usage_error(capsys):
