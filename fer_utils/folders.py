@@ -197,6 +197,14 @@ def split_by_person(
 # ---- end of generated code (notebooks/02_preprocess_into_folders.ipynb, cell c11c) ----
 
 
+def fold_shares(test_size: float = 0.2, val_size: float = 0.1) -> tuple[float, float]:
+    """The shares ``split_by_person`` holds out: it keeps people whole by taking one of ``k`` folds, so
+    ``test_size`` becomes ``1/k`` (0.3: one fold of 3) and ``val_size`` one of the folds of the rest; shares of
+    the form ``1/k`` (0.2, 0.25, 0.5) are kept as asked (with enough people)."""
+    test = 1 / max(2, round(1 / test_size))
+    return test, (1 - test) / max(2, round((1 - test_size) / val_size))
+
+
 def random_split_overlap(manifest: pd.DataFrame, test_size: float = 0.2, seed: int = 42) -> dict:
     """How many people a plain random (stratified, not grouped) split would put in both train and test."""
     usable = manifest[manifest.split.isin(SPLITS)]

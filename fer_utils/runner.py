@@ -211,6 +211,15 @@ def _run(argv: list[str] | None) -> int:
     if problems:  # before any kernel starts or any folder is made
         print("\n".join(f"error: {line}" for line in problems), file=sys.stderr)
         return 2
+    if "test_size" in params or "val_size" in params:
+        from fer_utils.folders import fold_shares
+
+        asked = (params.get("test_size", 0.2), params.get("val_size", 0.1))
+        got = fold_shares(*asked)
+        if max(abs(a - g) for a, g in zip(asked, got)) > 0.005:
+            print(f"note: test_size {asked[0]}, val_size {asked[1]}: the split holds out whole folds of people, so "
+                  f"the test split will be about {got[0]:.0%} and validation about {got[1]:.0%} of the usable faces "
+                  "(shares of the form 1/k, such as 0.2 or 0.25, are kept as asked).", file=sys.stderr)
 
     if data_dir:
         os.environ["FER_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())

@@ -100,6 +100,16 @@ def test_max_per_class_caps_with_reason(audit):
     assert capped.reason.str.contains("max_per_class=2").any()
 
 
+@pytest.mark.parametrize("test_size, val_size", [(0.2, 0.1), (0.3, 0.3), (0.4, 0.2), (0.1, 0.6)])
+def test_fold_shares_are_the_shares_the_split_takes(test_size, val_size):
+    """``run`` warns with ``fold_shares`` when a share is rounded to whole folds: it must be what the split does."""
+    rows = pd.DataFrame({"image": [f"{i}.jpg" for i in range(2400)], "emotion": np.array(EMOTIONS[:4])[
+        np.arange(2400) % 4], "group": [f"p{i // 2}" for i in range(2400)], "split": "", "reason": ""})
+    split = folders.split_by_person(rows, test_size, val_size, seed=0).split.value_counts(normalize=True)
+    test, val = folders.fold_shares(test_size, val_size)
+    assert split["test"] == pytest.approx(test, abs=0.01) and split["val"] == pytest.approx(val, abs=0.01)
+
+
 def test_random_split_overlap_counts_shared_people():
     manifest = pd.DataFrame({"image": [f"p{i % 5}_{i}.jpg" for i in range(100)],
                              "emotion": np.array(EMOTIONS[:2])[np.arange(100) % 2],
