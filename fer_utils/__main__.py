@@ -21,7 +21,15 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
+    try:
+        return _dispatch(argv[0], argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (run and train say more in their own words)
+        print(f"\ninterrupted: `python -m fer_utils {argv[0]}` stopped; run it again to redo what it was doing.",
+              file=sys.stderr)
+        return 130
+
+
+def _dispatch(command: str, rest: list[str]) -> int:
     if command == "run":
         from fer_utils.runner import main as run
         return run(rest)

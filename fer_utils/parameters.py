@@ -92,7 +92,10 @@ def check_ranges(params: dict) -> list[str]:
     problems = []
     for name, (least, what) in AT_LEAST.items():
         value = params.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+        if name in params and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            # a default that is an expression (08's faces reads $FER_SCALE_FACES) has no kind to check against
+            problems.append(f"-p {name} {value!r}: must be a whole number of {what}, at least {least}")
+        elif isinstance(value, int) and not isinstance(value, bool) and value < least:
             problems.append(f"-p {name} {value}: must be at least {least} ({what})")
     sizes = {k: params[k] for k in ("test_size", "val_size") if isinstance(params.get(k), (int, float))}
     for name, value in sizes.items():

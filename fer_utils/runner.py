@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -167,7 +168,11 @@ def _run(argv: list[str] | None) -> int:
     if args.until:
         notebooks = [p for p in notebooks if p.name[:2] <= args.until.zfill(2)]
     if not notebooks:
-        print(f"No numbered notebooks to run in {args.notebooks_dir} (--from/--until too narrow?).", file=sys.stderr)
+        there = [p.name[:2] for p in numbered_notebooks(Path(args.notebooks_dir))]
+        chosen = " ".join(f"{flag} {value}" for flag, value in (("--from", args.start), ("--until", args.until))
+                          if value)
+        print(f"No notebooks to run: {chosen or 'the range'} selects none of those in {args.notebooks_dir}"
+              + (f" (numbered {', '.join(there)})." if there else " (there are none)."), file=sys.stderr)
         return 2
     root = Path(args.notebooks_dir).resolve().parent
     drift = saved_cells.problems(root) if (root / "fer_utils").is_dir() else []
@@ -184,7 +189,10 @@ def _run(argv: list[str] | None) -> int:
         known = sorted({name for d in declared.values() for name in d} - {"work_dir", "data_dir"})
         elsewhere = {name: [p.stem for p in numbered_notebooks(Path(args.notebooks_dir))
                             if p not in declared and name in declared_parameters(p)] for name in sorted(unknown)}
-        hints = [f"{name} is a parameter of {', '.join(where)}: start there with --from {where[0][:2]}"
+        first, last = notebooks[0].name[:2], notebooks[-1].name[:2]
+        hints = [f"{name} is a parameter of {', '.join(where)}: "
+                 + (f"start there with --from {where[0][:2]}" if where[0][:2] < first else
+                    f"run up to it with --until {where[-1][:2]}" if where[-1][:2] > last else "")
                  for name, where in elsewhere.items() if where]
         print(f"Unknown parameter(s) {sorted(unknown)}: no notebook to run declares them"
               + (f" ({'; '.join(hints)})" if hints else "") + f". Known: {', '.join(known)}.", file=sys.stderr)
@@ -230,78 +238,140 @@ def _run(argv: list[str] | None) -> int:
             os.environ["FER_DATA_DIR"] = str(Path(os.environ["FER_DATA_DIR"]).expanduser().resolve())
     work = get_work_dir(args.work_dir)
     os.environ["FER_WORK_DIR"] = str(work)
-    previous = read_record(work / RUN_RECORD) if (work / RUN_RECORD).exists() else None
-    stamp = run_id = time.strftime("%Y%m%d-%H%M%S")
-    n = 1
-    while (work / RUNS_DIR / run_id).exists():  # two runs in one second
-        n += 1
-        run_id = f"{stamp}-{n}"
-    executed = work / RUNS_DIR / run_id / EXECUTED_DIR
-    executed.mkdir(parents=True)
-    extends = previous.get("id") if previous and notebooks[0] != first else None  # a partial run (--from)
-    print(f"Work folder: {work} · run {run_id}" + (f", extending run {extends}" if extends else ""))
-    if origin == "work folder" and data_dir:
-        print(f"Dataset: {data_dir}, the one this work folder's results come from ({DATASET_RECORD})")
-    elif notebooks[0] != first and os.environ.get("FER_DATA_DIR") and (work / DATASET_RECORD).is_file():
-        # the same dataset (check_folders compared them), named where it is now: later partial runs find it there
-        write_record(work / DATASET_RECORD, dataset_record(os.environ["FER_DATA_DIR"]))
-    record = {"step": "run", "id": run_id, "extends": extends, "parameters": params, "notebooks": {},
-              "status": "running"}
-    t_run = time.perf_counter()
-    status = 0
-    bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stdout, bar_format=BAR_FORMAT)
-    tick = bar.refresh if sys.stdout.isatty() else None  # on a terminal, the clock moves every second
-    for path in bar:
-        bar.set_postfix_str(path.stem)
-        out = executed / path.name
-        mine = {k: v for k, v in params.items() if k in declared[path]}
-        t0 = time.perf_counter()
+    try:
+        lock = hold_work_folder(work)
+    except WorkFolderBusy as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    term = _stop_as_interrupt()
+    try:
+        previous = read_record(work / RUN_RECORD) if (work / RUN_RECORD).exists() else None
+        stamp = run_id = time.strftime("%Y%m%d-%H%M%S")
+        n = 1
+        while (work / RUNS_DIR / run_id).exists():  # two runs in one second
+            n += 1
+            run_id = f"{stamp}-{n}"
+        executed = work / RUNS_DIR / run_id / EXECUTED_DIR
+        executed.mkdir(parents=True)
+        extends = previous.get("id") if previous and notebooks[0] != first else None  # a partial run (--from)
+        print(f"Work folder: {work} · run {run_id}" + (f", extending run {extends}" if extends else ""))
+        if origin == "work folder" and data_dir:
+            print(f"Dataset: {data_dir}, the one this work folder's results come from ({DATASET_RECORD})")
+        elif notebooks[0] != first and os.environ.get("FER_DATA_DIR") and (work / DATASET_RECORD).is_file():
+            # the same dataset (check_folders compared them), named where it is now: later partial runs find it there
+            write_record(work / DATASET_RECORD, dataset_record(os.environ["FER_DATA_DIR"]))
+        record = {"step": "run", "id": run_id, "extends": extends, "parameters": params, "notebooks": {},
+                  "status": "running"}
+        t_run = time.perf_counter()
+        status = 0
+        bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stdout, bar_format=BAR_FORMAT)
+        tick = bar.refresh if sys.stdout.isatty() else None  # on a terminal, the clock moves every second
+        for path in bar:
+            bar.set_postfix_str(path.stem)
+            out = executed / path.name
+            mine = {k: v for k, v in params.items() if k in declared[path]}
+            t0 = time.perf_counter()
+            try:
+                with TrainingProgress(work / TRAIN_PROGRESS, functools.partial(show_epochs, bar, path.stem), tick=tick):
+                    papermill.execute_notebook(str(path), str(out), parameters=mine, cwd=str(path.parent),
+                                               kernel_name="python3", progress_bar=False,
+                                               execution_timeout=args.timeout,
+                                               kernel_manager_class=kernel_manager_class(),
+                                               on_cell_start=CellProgress(path, bar.set_postfix_str))
+            except KeyboardInterrupt:
+                seconds = time.perf_counter() - t0
+                record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "interrupted"}
+                bar.close()
+                print(f"\ninterrupted in {path.name} after {seconds:.0f} s; {RUN_RECORD} records what had finished. "
+                      f"Run again to go on (--from {path.name[:2]}).", file=sys.stderr)
+                status = 130
+                break
+            except (papermill.PapermillExecutionError, TimeoutError, DeadKernelError) as err:
+                seconds = time.perf_counter() - t0
+                if isinstance(err, papermill.PapermillExecutionError):
+                    where, error = f" in cell {err.exec_count}", f"{err.ename}: {err.evalue}"
+                elif isinstance(err, TimeoutError):  # nbclient's CellTimeoutError
+                    where, error = "", f"a cell ran longer than --timeout {args.timeout} s"
+                else:
+                    where, error = "", "the kernel died (killed, or out of memory)"
+                record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "failed", "error": error}
+                bar.close()
+                print(f"\n{path.name} failed{where} after {seconds:.0f} s: {error}\n"
+                      f"The executed copy with the error is {out}", file=sys.stderr)
+                status = 1
+                break
+            seconds = time.perf_counter() - t0
+            record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "ok", "parameters": mine}
+            if path == first:  # its audit is written: the results in this work folder now come from this dataset
+                write_record(work / DATASET_RECORD, dataset_record(os.environ.get("FER_DATA_DIR")))
+            tqdm.write(f"{path.stem}: {seconds:.0f} s", file=sys.stdout)
+        bar.close()
+        record["status"] = {0: "ok", 130: "interrupted"}.get(status, "failed")
+        record["total_seconds"] = round(time.perf_counter() - t_run, 1)
+        write_record(work / RUNS_DIR / run_id / RUN_RECORD, record)
+        history = (previous or {}).get("history", []) + ([{k: previous.get(k) for k in ("id", "extends", "status")}
+                                                            | {"notebooks": list(previous.get("notebooks", {}))}]
+                                                           if previous else [])
+        write_record(work / RUN_RECORD, {**record, "history": history})  # the latest run, and the earlier ones
+        if status == 0:
+            print(f"Done in {record['total_seconds']:.0f} s. Executed notebooks: {executed}; "
+                  f"record: {work / RUN_RECORD}")
+            if args.publish:
+                publish(work, notebooks, executed)
+        return status
+    finally:
+        lock.unlink(missing_ok=True)
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
+
+
+#: The file that marks a work folder in use by a run (its process id and start time).
+LOCK_FILE = ".run.lock"
+
+
+class WorkFolderBusy(RuntimeError):
+    """Another run, still alive, is using the work folder."""
+
+
+def hold_work_folder(work: Path) -> Path:
+    """Mark ``work`` as used by this run (``LOCK_FILE``, made only if absent); returns the mark, which the caller
+    removes. A mark left by a run that no longer exists (killed) is taken over; one of a live run raises
+    ``WorkFolderBusy``: two runs at once in one folder would write over each other's files and records."""
+    lock = work / LOCK_FILE
+    for _ in range(2):
         try:
-            with TrainingProgress(work / TRAIN_PROGRESS, functools.partial(show_epochs, bar, path.stem), tick=tick):
-                papermill.execute_notebook(str(path), str(out), parameters=mine, cwd=str(path.parent),
-                                           kernel_name="python3", progress_bar=False,
-                                           execution_timeout=args.timeout, kernel_manager_class=kernel_manager_class(),
-                                           on_cell_start=CellProgress(path, bar.set_postfix_str))
-        except KeyboardInterrupt:
-            seconds = time.perf_counter() - t0
-            record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "interrupted"}
-            bar.close()
-            print(f"\ninterrupted in {path.name} after {seconds:.0f} s; {RUN_RECORD} records what had finished. "
-                  f"Run again to go on (--from {path.name[:2]}).", file=sys.stderr)
-            status = 130
-            break
-        except (papermill.PapermillExecutionError, TimeoutError, DeadKernelError) as err:
-            seconds = time.perf_counter() - t0
-            if isinstance(err, papermill.PapermillExecutionError):
-                where, error = f" in cell {err.exec_count}", f"{err.ename}: {err.evalue}"
-            elif isinstance(err, TimeoutError):  # nbclient's CellTimeoutError
-                where, error = "", f"a cell ran longer than --timeout {args.timeout} s"
-            else:
-                where, error = "", "the kernel died (killed, or out of memory)"
-            record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "failed", "error": error}
-            bar.close()
-            print(f"\n{path.name} failed{where} after {seconds:.0f} s: {error}\n"
-                  f"The executed copy with the error is {out}", file=sys.stderr)
-            status = 1
-            break
-        seconds = time.perf_counter() - t0
-        record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "ok", "parameters": mine}
-        if path == first:  # its audit is written: the results in this work folder now come from this dataset
-            write_record(work / DATASET_RECORD, dataset_record(os.environ.get("FER_DATA_DIR")))
-        tqdm.write(f"{path.stem}: {seconds:.0f} s", file=sys.stdout)
-    bar.close()
-    record["status"] = {0: "ok", 130: "interrupted"}.get(status, "failed")
-    record["total_seconds"] = round(time.perf_counter() - t_run, 1)
-    write_record(work / RUNS_DIR / run_id / RUN_RECORD, record)
-    history = (previous or {}).get("history", []) + ([{k: previous.get(k) for k in ("id", "extends", "status")}
-                                                        | {"notebooks": list(previous.get("notebooks", {}))}]
-                                                       if previous else [])
-    write_record(work / RUN_RECORD, {**record, "history": history})  # the latest run, and the earlier ones
-    if status == 0:
-        print(f"Done in {record['total_seconds']:.0f} s. Executed notebooks: {executed}; record: {work / RUN_RECORD}")
-        if args.publish:
-            publish(work, notebooks, executed)
-    return status
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text(encoding="utf-8"))
+                pid = int(held["pid"])
+                os.kill(pid, 0)  # raises if no such process
+            except ProcessLookupError:
+                lock.unlink(missing_ok=True)  # left by a run that was killed
+                continue
+            except (OSError, ValueError, KeyError, TypeError):  # unreadable, or a process of another user: in use
+                held = {"pid": "?", "started": "?"}
+            raise WorkFolderBusy(
+                f"another run (process {held.get('pid')}, started {held.get('started')}) is using the work folder "
+                f"{work}: wait for it to finish, or give this one another --work-dir. If no run is going on, "
+                f"delete {lock}.") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        return lock
+    raise WorkFolderBusy(f"could not mark the work folder {work} as in use ({lock}): try again.")
+
+
+def _stop_as_interrupt():
+    """Make SIGTERM (``kill``, ``timeout``, a scheduler) end the run as Ctrl-C does: the notebook that was running
+    is recorded as interrupted and ``run.json`` written. Returns the handler it replaced (None off the main
+    thread, where signals cannot be handled)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        return None
 
 
 def dataset_record(data_dir: str | None) -> dict:
@@ -319,7 +389,7 @@ def published_record(work: Path) -> dict:
             path.stat().st_size
 
     record = read_record(work / RUN_RECORD)
-    disk = {p.name: round(size(p) / 1e6, 1) for p in sorted(work.iterdir())}
+    disk = {p.name: round(size(p) / 1e6, 1) for p in sorted(work.iterdir()) if p.name != LOCK_FILE}
     return {**record, "disk_mb": disk, "disk_mb_total": round(sum(disk.values()), 1)}
 
 

@@ -277,7 +277,8 @@ def problems(root: str | Path = REPO_ROOT, notebooks: list[Path] | None = None) 
             which = [c.where for c in cells if c.module == module and c.region() not in (current or "")]
             found.append(f"{module} differs from what the notebooks generate"
                          + (f" (the region of {', '.join(which)})" if which else "")
-                         + f": edit the cell, not the module, then run `{EXPORT_COMMAND}`")
+                         + f": run `{EXPORT_COMMAND}` to write the cell into it (a change made in the module "
+                         "itself is lost: make it in the cell)")
     for path in sorted((root / "fer_utils").rglob("*.py")):
         module = path.relative_to(root).as_posix()
         text = path.read_text(encoding="utf-8")

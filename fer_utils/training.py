@@ -122,8 +122,9 @@ class TrainConfig:
             problems.append(f"model={self.model!r} (registered: {', '.join(models.available())})")
         if self.epochs < 0 or self.head_epochs < 0 or self.epochs + self.head_epochs < 1:
             problems.append(f"epochs={self.epochs}, head_epochs={self.head_epochs} (at least one epoch in all)")
-        if self.batch_size < 1 or self.learning_rate <= 0 or self.whole_model_lr_factor <= 0:
-            problems.append("batch_size, learning_rate and whole_model_lr_factor must be positive")
+        for name in ("batch_size", "learning_rate", "whole_model_lr_factor"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}={getattr(self, name)!r} (must be positive)")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule={self.lr_schedule!r} (one of {LR_SCHEDULES})")
         if not (self.class_weight is None or self.class_weight in CLASS_WEIGHTS

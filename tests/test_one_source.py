@@ -68,8 +68,8 @@ def test_one_byte_changed_inside_a_region_fails_and_export_restores_it(copy_of_t
     pipelines.write_text(original.replace("ds = ds.cache()", "ds = ds.cache() "), encoding="utf-8")
     found = saved_cells.problems(copy_of_the_repo)
     assert found == ["fer_utils/pipelines.py differs from what the notebooks generate (the region of "
-                     "notebooks/03_build_input_pipelines.ipynb cell 03-n07): edit the cell, not the module, then run "
-                     "`python -m fer_utils export`"]
+                     "notebooks/03_build_input_pipelines.ipynb cell 03-n07): run `python -m fer_utils export` to "
+                     "write the cell into it (a change made in the module itself is lost: make it in the cell)"]
     assert saved_cells.export(copy_of_the_repo) == ["fer_utils/pipelines.py"]
     assert pipelines.read_text(encoding="utf-8") == original and saved_cells.problems(copy_of_the_repo) == []
 
@@ -79,7 +79,8 @@ def test_an_edited_cell_is_exported_into_its_region_only(copy_of_the_repo):
     _edit_cell(notebook, "05-n06", lambda s: s.replace("else one phase.", "else one phase (edited)."))
     assert saved_cells.problems(copy_of_the_repo) == [
         "fer_utils/training.py differs from what the notebooks generate (the region of notebooks/05_train_model.ipynb "
-        "cell 05-n06): edit the cell, not the module, then run `python -m fer_utils export`"]
+        "cell 05-n06): run `python -m fer_utils export` to write the cell into it (a change made in the module "
+        "itself is lost: make it in the cell)"]
     before = (copy_of_the_repo / "fer_utils" / "training.py").read_text(encoding="utf-8")
     assert saved_cells.export(copy_of_the_repo) == ["fer_utils/training.py"]
     after = (copy_of_the_repo / "fer_utils" / "training.py").read_text(encoding="utf-8")
@@ -215,8 +216,9 @@ def test_comments_that_merely_mention_saving_are_not_markers(tmp_path):
     markdown = "A cell whose first line is `# @save fer_utils/<module>.py`:\n\n#@save fer_utils/trainig.py\n"
     root = _tiny_project(tmp_path, ("saved", saved), ("plain", plain), ("md", markdown, "markdown"))
     assert saved_cells.problems(root) == ["fer_utils/training.py differs from what the notebooks generate (the "
-                                          "region of notebooks/01_tiny.ipynb cell saved): edit the cell, not the "
-                                          "module, then run `python -m fer_utils export`"]
+                                          "region of notebooks/01_tiny.ipynb cell saved): run `python -m "
+                                          "fer_utils export` to write the cell into it (a change made in the module "
+                                          "itself is lost: make it in the cell)"]
     assert saved_cells.export(root) == ["fer_utils/training.py"]
     assert "def save_model(model, path):" in (root / "fer_utils" / "training.py").read_text(encoding="utf-8")
     assert saved_cells.problems(root) == []

@@ -707,3 +707,14 @@ def test_real_faces_are_detected_and_test_folder_all_predicted(real_data_dir, fe
     test = sorted((real_data_dir / "test").iterdir())[:30]
     results = P.predict(fer, test)  # auto: every readable photo gets a prediction
     assert results.drop_duplicates("file").status.isin(P.PREDICTED).all()
+
+
+def test_cli_takes_the_work_folder_as_run_does(model_dir, photos, tmp_path, monkeypatch, capsys):
+    """``run --work-dir X`` then ``predict --work-dir X``: the model of that work folder, whatever FER_WORK_DIR says."""
+    monkeypatch.setenv("FER_WORK_DIR", str(tmp_path / "another"))
+    assert P.main([str(photos["blank"]), "--detection", "whole", "--work-dir", str(model_dir)]) == 0
+    assert MODEL_LINE.search(capsys.readouterr().err)["path"] == str((model_dir / "model.keras").resolve())
+    assert P.main([str(photos["blank"]), "--work-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert f"No trained model at {tmp_path / 'nowhere' / 'model.keras'}" in err and "--work-dir DIR" in err
+    assert not (tmp_path / "nowhere").exists()

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import nbformat
@@ -331,12 +333,11 @@ def test_an_empty_legend_is_refused_before_notebook_01(chain, tmp_path, capsys, 
     assert message in err and len(err.splitlines()) == 1 and not work.exists()
 
 
-def test_ctrl_c_ends_with_one_line_and_a_consistent_record(tmp_path):
-    """SIGINT while notebook 02 runs: exit 130, one line (no traceback), run.json says what finished."""
-    import os
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_ends_with_one_line_and_a_consistent_record(tmp_path, capsys, stop):
+    """SIGINT (Ctrl-C) or SIGTERM (kill, timeout) while notebook 02 runs: exit 130, one line (no traceback),
+    run.json says what finished. While it runs, a second run in the same work folder is refused."""
     import signal
-    import subprocess
-    import sys
 
     folder = tmp_path / "notebooks"
     folder.mkdir()
@@ -353,7 +354,10 @@ def test_ctrl_c_ends_with_one_line_and_a_consistent_record(tmp_path):
     while not started.exists():
         assert time.monotonic() < deadline and proc.poll() is None, "notebook 02 never started"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(work)]) == 2
+    busy = capsys.readouterr().err
+    assert busy.startswith(f"error: another run (process {proc.pid}, started ") and "is using the work folder" in busy
+    proc.send_signal(getattr(signal, stop))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines() == [
@@ -364,6 +368,16 @@ def test_ctrl_c_ends_with_one_line_and_a_consistent_record(tmp_path):
     assert record["notebooks"]["01_quick_step"]["status"] == "ok"
     assert record["notebooks"]["02_slow_step"]["status"] == "interrupted"
     assert os.environ.get("FER_WORK_DIR") != str(work)
+    assert not (work / runner.LOCK_FILE).exists() and len(record["history"]) == 0  # the refused run left no trace
+
+
+def test_a_mark_left_by_a_killed_run_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / runner.LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "started": "earlier"}))
+    lock = runner.hold_work_folder(tmp_path)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    with pytest.raises(runner.WorkFolderBusy, match=f"another run \\(process {os.getpid()}, started"):
+        runner.hold_work_folder(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -483,6 +497,9 @@ def test_counts_and_shares_out_of_range_are_named():
     assert parameters.check_ranges({"faces": 0, "scale_epochs": 1, "n_gradcam": 0}) == [
         "-p faces 0: must be at least 1 (generated faces)",
         "-p scale_epochs 1: must be at least 2 (epochs per strategy: the first fills the cache, the others are timed)"]
+    assert parameters.check_ranges({"faces": "abc", "n_boot": 10.5}) == [  # 08's faces default is an expression
+        "-p n_boot 10.5: must be a whole number of bootstrap resamples, at least 1",
+        "-p faces 'abc': must be a whole number of generated faces, at least 1"]
     assert parameters.check_ranges({"test_size": 1.5}) == [
         "-p test_size 1.5: must be a share between 0 and 1 (of the usable images)"]
     assert parameters.check_ranges({"test_size": 0.6, "val_size": 0.4}) == [

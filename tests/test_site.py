@@ -438,3 +438,16 @@ def test_site_out_of_the_repository_by_default(tmp_path, monkeypatch):
     index = fer_site.build_site(executed)
     assert index == tmp_path / "w" / "site" / "index.html" and index.is_file()
     shutil.rmtree(tmp_path / "w")
+
+
+def test_ctrl_c_during_a_command_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in site (or predict, demo, export) ends with one line and status 130, not a traceback."""
+    from fer_utils.__main__ import main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fer_site, "main", interrupted)
+    assert main(["site", "--out", "x"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted: `python -m fer_utils site` stopped; run it again to redo what it was doing."

@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Statuses: " + ", ".join(STATUSES) + ". Exit code 0 when it ran (per-file problems are in "
                "the output), 1 when no input got a prediction, 2 for usage errors or a missing model.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="photos or folders (walked for image files)")
-    parser.add_argument("--model", help="a .keras file (default: <work_dir>/model.keras; "
-                                        "work_dir = $FER_WORK_DIR or work/)")
+    parser.add_argument("--model", help="a .keras file (default: <work_dir>/model.keras)")
+    parser.add_argument("--work-dir", help="the work folder whose model.keras is used, as for `run` (default: "
+                                           "$FER_WORK_DIR, else work/)")
     parser.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
     parser.add_argument("--output", "-o", help="write the results to this file instead of stdout")
     parser.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels into DIR (a folder "
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    loaded = load_and_announce(args.model)
+    loaded = load_and_announce(args.model, work_dir=args.work_dir)
     if loaded is None:
         return 2
     start = time.perf_counter()

@@ -43,7 +43,8 @@ NO_FACE_HINT = "try detection='auto' or 'whole'"
 #: in the message of a face whose probabilities are not finite numbers (``not_finite_message``)
 BROKEN_MODEL = "the model is likely broken"
 HOW_TO_TRAIN = ("Train one with notebooks/05_train_model.ipynb (or `python -m fer_utils run`), which writes "
-                "model.keras and model.json into the work folder, or pass --model PATH.")
+                "model.keras and model.json into the work folder, or pass --model PATH (or --work-dir DIR, or set "
+                "FER_WORK_DIR, for a work folder of your own).")
 
 
 class ModelLoadError(RuntimeError):
