@@ -23,6 +23,7 @@ from fer_utils.workfolder import (
     get_work_dir,
     numbered_notebooks,
     run_notebooks,
+    stale_notebooks,
     unfinished_runs,
 )
 
@@ -449,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in unfinished_runs(get_work_dir(args.work_dir, create=False), args.run):
             print(f"Warning: {line}: the site shows the notebooks only as far as that run got; run it again "
                   "(python -m fer_utils run) for a complete site.", file=sys.stderr)
+        for line in stale_notebooks(get_work_dir(args.work_dir, create=False), args.run):
+            print(f"Warning: {line}.", file=sys.stderr)
     out = index.parent
     pages = sum(1 for p in out.rglob("*.html") if "_static" not in p.relative_to(out).parts)
     print(f"Built the site in {time.perf_counter() - start:.0f} s: {pages} pages in {out}\n"

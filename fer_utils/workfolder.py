@@ -274,6 +274,25 @@ def unfinished_runs(work_dir: str | os.PathLike, run_id: str = "latest") -> list
     return lines
 
 
+
+def stale_notebooks(work_dir: str | os.PathLike, run_id: str = "latest") -> list[str]:
+    """One line per earlier run of ``run_chain`` whose executed notebooks ``run_notebooks`` still takes although a
+    newer run of the chain ran an earlier step again (``--from 04 --until 06`` after a full run: 07 and 08 still
+    show the model before it), naming them and the ``--from`` that brings them up to date."""
+    lines, newer_first = [], None  # the lowest notebook number a newer run executed
+    taken = {path.name[:2]: path for path in run_notebooks(work_dir, run_id)}
+    for folder, _ in run_chain(work_dir, run_id):  # newest first
+        own = [p.name[:2] for p in numbered_notebooks(folder / EXECUTED_DIR)]
+        stale = [taken[n].stem for n in sorted(taken) if taken[n].parent.parent == folder
+                 and newer_first is not None and n > newer_first]
+        if stale:
+            lines.append(f"{', '.join(stale)} of run {folder.name} were made before a newer run ran notebook "
+                         f"{newer_first} again: run `python -m fer_utils run --from {stale[0][:2]}` to bring them up "
+                         "to date")
+        if own:
+            newer_first = min(own) if newer_first is None else min(newer_first, min(own))
+    return lines
+
 # --------------------------------------------------------------------------------------------------
 # CSV files safe to open in a spreadsheet (every CSV the project writes goes through write_csv)
 # --------------------------------------------------------------------------------------------------

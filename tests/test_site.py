@@ -451,3 +451,23 @@ def test_ctrl_c_during_a_command_is_one_line(monkeypatch, capsys):
     assert main(["site", "--out", "x"]) == 130
     err = capsys.readouterr().err.strip()
     assert err == "interrupted: `python -m fer_utils site` stopped; run it again to redo what it was doing."
+
+
+def test_pages_made_before_a_newer_run_redid_an_earlier_step_are_named(tmp_path, capsys):
+    """A full run, then ``--from 01 --until 01`` again: notebook 02's page still comes from the full run, made
+    before step 01 changed; the site says which pages and the --from that updates them."""
+    work, executed = tmp_path / "work", _two_executed(tmp_path)
+    first, second = list(NOTEBOOKS.values())[:2]
+    _fake_run(work, "20260101-000000", executed)
+    partial = work / "runs" / "20260102-000000"
+    (partial / "executed").mkdir(parents=True)
+    (partial / "executed" / first).write_bytes((executed / first).read_bytes())
+    workfolder.write_record(partial / "run.json", {"id": partial.name, "extends": "20260101-000000", "status": "ok"})
+    workfolder.write_record(work / "run.json", {"id": partial.name, "extends": "20260101-000000"})
+    assert workfolder.stale_notebooks(work) == [
+        f"{second[:-6]} of run 20260101-000000 were made before a newer run ran notebook {first[:2]} again: run "
+        f"`python -m fer_utils run --from {second[:2]}` to bring them up to date"]
+    assert workfolder.stale_notebooks(work, "20260101-000000") == []  # the full run alone is consistent
+    capsys.readouterr()
+    assert fer_site.main(["--run", "latest", "--work-dir", str(work), "--out", str(tmp_path / "site")]) == 0
+    assert f"Warning: {second[:-6]} of run 20260101-000000 were made before" in capsys.readouterr().err
