@@ -84,13 +84,19 @@ def check_inputs(work_dir: str | None, notebooks: list[Path]) -> list[str]:
     work = get_work_dir(work_dir, create=False)
     step_of = {name: step for step, name in NOTEBOOKS.items()}
     running = {step_of.get(p.name) for p in notebooks}
+    def start(maker: str) -> str:  # the notebook to start from: ``maker``, or earlier if its own inputs are missing
+        earlier = [start(m) for name, m in NEEDS.get(maker, ()) if m not in running and not (work / name).exists()]
+        return min([NOTEBOOKS[maker][:2], *earlier])
+
     problems = []
     for path in notebooks:
         for name, maker in NEEDS.get(step_of.get(path.name), ()):
             if maker not in running and not (work / name).exists() and not any(name in p for p in problems):
+                first = start(maker)
                 problems.append(f"{path.name} reads {name}, which notebooks/{NOTEBOOKS[maker]} writes, and the work "
-                                f"folder {work} has none: run from that notebook (--from {NOTEBOOKS[maker][:2]}), or "
-                                "without --from")
+                                f"folder {work} has none: run from that notebook (--from {first}"
+                                + ("" if first == NOTEBOOKS[maker][:2] else ": it needs what the ones before it write")
+                                + "), or without --from")
     return problems
 
 

@@ -562,7 +562,8 @@ def test_a_run_from_a_later_notebook_names_what_is_missing_first(tmp_path, capsy
     assert runner.main(["--work-dir", str(work), "--from", "05"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert [line.split(" reads ")[1].split(",")[0] for line in err] == ["split", "untrained.keras"]
-    assert "notebooks/02_preprocess_into_folders.ipynb writes" in err[0] and "(--from 02)" in err[0]
+    assert "notebooks/02_preprocess_into_folders.ipynb writes" in err[0]
+    assert "(--from 01: it needs what the ones before it write)" in err[0]  # 02 reads 01's audit, missing too
     assert not work.exists()
     assert runner.main(["--work-dir", str(work), "--from", "03", "--until", "05"]) == 2
     assert [line.split(" reads ")[1].split(",")[0] for line in capsys.readouterr().err.splitlines()] == ["split"]
