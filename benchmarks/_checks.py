@@ -10,6 +10,7 @@ when they run as ``python benchmarks/<name>.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -83,3 +84,16 @@ def outside(path: str | os.PathLike, root: str | os.PathLike, option: str = "--o
     path, root = Path(path).expanduser().resolve(), Path(root).expanduser().resolve()
     if path == root or path.is_relative_to(root):
         refuse(f"{option} {path} is inside the dataset {root}, which is only ever read: choose a place outside it")
+
+
+def earlier_results(out: Path, kind: type, what: str):
+    """What an earlier run left in ``out`` (``kind()`` when there is no file), so that figures not measured again
+    are kept; a file that is not JSON of that ``kind`` is refused: it is not this script's, and is left alone."""
+    try:
+        found = json.loads(out.read_text()) if out.exists() else kind()
+    except (ValueError, OSError) as err:
+        found = err
+    if not isinstance(found, kind):
+        why = found if isinstance(found, Exception) else f"it holds a JSON {type(found).__name__}"
+        refuse(f"--out {out} is not {what} ({why}); name another file, or move that one away")
+    return found

@@ -96,14 +96,8 @@ def main(argv=None) -> int:
     _checks.out_file(args.out, what="a JSON file for the figures")
     if args.suite_log and not args.suite_log.is_file():
         _checks.refuse(f"--suite-log {args.suite_log}: no such file; name the saved output of a pytest run")
-    try:  # the figures of an earlier run, kept unless measured again
-        result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    except (ValueError, OSError) as err:
-        result = err
-    if not isinstance(result, dict):
-        why = result if isinstance(result, Exception) else f"it holds a JSON {type(result).__name__}"
-        _checks.refuse(f"--out {args.out} is not a record of this script, a JSON object ({why}); name another file, "
-                       "or move that one away")
+    # the figures of an earlier run, kept unless measured again
+    result = _checks.earlier_results(args.out, dict, "a record of this script, a JSON object")
     import fer_utils
 
     fer_utils.import_tensorflow()  # only its location is read

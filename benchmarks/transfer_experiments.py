@@ -94,14 +94,7 @@ def main(argv=None) -> int:
     _checks.add_out(parser, RESULTS, "the JSON file the results are appended to", metavar="FILE")
     args = parser.parse_args(argv)
     out = _checks.out_file(args.out, what="a JSON file for the results")
-    try:
-        done = json.loads(out.read_text()) if out.exists() else []
-    except (ValueError, OSError) as err:
-        done = err
-    if not isinstance(done, list):
-        why = done if isinstance(done, Exception) else f"it holds a JSON {type(done).__name__}"
-        _checks.refuse(f"--out {out} is not this script's results, a JSON list ({why}); name another file, or move "
-                       "that one away")
+    done = _checks.earlier_results(out, list, "this script's results, a JSON list")
     try:
         todo = {"custom": json.loads(args.config)} if args.config else {
             name: EXPERIMENTS[name] for name in (args.only or EXPERIMENTS)}
