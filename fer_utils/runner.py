@@ -222,7 +222,9 @@ def _run(argv: list[str] | None) -> int:
     if "test_size" in params or "val_size" in params:
         from fer_utils.folders import fold_shares
 
-        asked = (params.get("test_size", 0.2), params.get("val_size", 0.1))
+        # the value asked for, else the default notebook 02's parameters cell declares (02 runs: it declares them)
+        default = {k: parse_value(info["default"]) for d in declared.values() for k, info in d.items()}
+        asked = (params.get("test_size", default.get("test_size")), params.get("val_size", default.get("val_size")))
         got = fold_shares(*asked)
         if max(abs(a - g) for a, g in zip(asked, got)) > 0.005:
             print(f"note: test_size {asked[0]}, val_size {asked[1]}: the split holds out whole folds of people, so "
