@@ -238,9 +238,8 @@ def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | Non
     transparency flattened onto white; upright by EXIF orientation). ``name``: the file name to give it
     (default: ``src``'s).
     """
-    suffix = src.suffix.lower()
     name = name or src.name
-    if fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and suffix in TF_FORMATS[fmt] and upright(src):
+    if kept_as_is(src, fmt, mode):
         dest = dest_dir / name
         shutil.copyfile(src, dest)
         return dest
@@ -250,6 +249,14 @@ def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | Non
     return dest
 
 
+
+
+def kept_as_is(src: Path, fmt: str | None, mode: str | None) -> bool:
+    """Whether ``copy_or_reencode`` copies ``src`` (of Pillow format ``fmt`` and mode ``mode``) byte for byte:
+    a JPEG or PNG in L or RGB, named by its format, stored upright. Training then decodes the file itself with
+    ``tf.io.decode_image``; prediction decodes such a JPEG the same way (``prediction.as_trained``)."""
+    return (fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and Path(src).suffix.lower() in TF_FORMATS[fmt]
+            and upright(Path(src)))
 
 
 def upright(path: Path) -> bool:

@@ -611,6 +611,15 @@ def _callbacks(keras):
         def on_epoch_begin(self, epoch, logs=None):
             self._t0, self._train_end = time.perf_counter(), None
 
+        def learning_rate(self) -> float | None:
+            """The optimizer's step size now, at the end of an epoch (it falls within a phase under
+            ``lr_schedule="cosine"``), to 6 significant digits; None if the optimizer does not say."""
+            try:
+                value = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            except Exception:  # noqa: BLE001 - a custom optimizer without a readable rate
+                return None
+            return float(f"{value:.6g}")
+
         def on_test_begin(self, logs=None):  # fit's validation pass starts: training batches are done
             if getattr(self, "_t0", None) is not None and self._train_end is None:
                 self._train_end = time.perf_counter()
@@ -619,7 +628,7 @@ def _callbacks(keras):
             end = time.perf_counter()
             seconds, train_seconds = end - self._t0, (self._train_end or end) - self._t0
             row = {"epoch": epoch + 1, "phase": self.phase, **{k: float(v) for k, v in (logs or {}).items()},
-                   "seconds": seconds, "train_seconds": train_seconds}
+                   "learning_rate": self.learning_rate(), "seconds": seconds, "train_seconds": train_seconds}
             self.rows = [r for r in self.rows if r["epoch"] != epoch + 1] + [row]
             if self.backup is not None:
                 self.backup.parent.mkdir(parents=True, exist_ok=True)
@@ -805,11 +814,13 @@ class Run:
 
     def add_history(self, phase: Phase) -> pd.DataFrame:
         """Record one finished phase: one row per epoch (those of an interrupted run it resumed included),
-        with what ``fit`` logged, the learning rate and the seconds."""
+        with what ``fit`` logged, the learning rate at the epoch's end (the phase's own rate where a row
+        lacks it) and the seconds."""
         rows = [r for r in self.log.rows if r["phase"] == phase.name]
         frame = pd.DataFrame(rows).sort_values("epoch", ignore_index=True)
         timing = frame.pop("seconds"), frame.pop("train_seconds")
-        frame["learning_rate"] = phase.learning_rate
+        rate = frame.pop("learning_rate") if "learning_rate" in frame else pd.Series(index=frame.index, dtype=float)
+        frame["learning_rate"] = rate.astype(float).fillna(phase.learning_rate)
         frame["seconds"], frame["train_seconds"] = timing
         self.histories.append(frame)
         self.epochs_done += phase.epochs
@@ -1130,8 +1141,10 @@ def plot_history(history: pd.DataFrame, best_epoch: int | None = None):
 
 
 def summary_table(record: dict) -> pd.DataFrame:
-    """The run at a glance: model, precision, epochs, time per epoch, images per second, best epoch."""
+    """The run at a glance: model, precision, epochs, time per epoch, images per second, and the epoch kept
+    (the best by ``config.monitor``) with its validation figures."""
     p = record["config"]
+    monitor = p.get("monitor", "val_accuracy")
     rows = {"run": record.get("run", ""), "model": p["model"], "pipeline": p["pipeline"],
             "precision": record["precision"],
             "image size": "×".join(map(str, p["image_size"])) + f" {p['color_mode']}",
@@ -1140,8 +1153,9 @@ def summary_table(record: dict) -> pd.DataFrame:
             "training images": record["counts"]["train"],
             "first epoch (s)": record["first_epoch_seconds"], "seconds per epoch": record["seconds_per_epoch"],
             "training images per second": record["images_per_second"], "total training (s)": record["train_seconds"],
-            "best epoch": record["best_epoch"],
-            "best val accuracy": round(record["best"].get("val_accuracy", float("nan")), 4)}
+            "kept epoch": f"{record['best_epoch']} (best {monitor})"}
+    for name in dict.fromkeys((monitor, "val_accuracy")):  # the figure that chose it, then accuracy
+        rows[f"{name.replace('_', ' ')} at the kept epoch"] = round(record["best"].get(name, float("nan")), 4)
     return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name=""))
 
 

@@ -147,6 +147,50 @@ def test_read_image_applies_exif_orientation(tmp_path):
     assert P.read_image(tmp_path / "rotated.jpg").size == (20, 40)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_prediction_sees_the_pixels_training_decodes(tmp_path, channels):
+    """For every kind of file, the face ``predict`` classifies has the pixels training decodes from the file's
+    copy in the class folders (``copy_or_reencode``, then ``tf.io.decode_image``), to the level: TensorFlow's
+    JPEG decoder is not Pillow's, and its gray is not Pillow's ``convert("L")``."""
+    from fer_utils.folders import copy_or_reencode
+
+    tf, _ = import_tensorflow()
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:48, 0:64]
+    colour = np.stack([x * 4, y * 5, (x + y) * 2], -1) + rng.integers(0, 40, (48, 64, 3))
+    colour = np.clip(colour, 0, 255).astype(np.uint8)
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir(), dest.mkdir()
+    Image.fromarray(colour).save(src / "colour.jpg", quality=90)
+    Image.fromarray(colour).convert("L").save(src / "gray.jpg", quality=90)
+    Image.fromarray(colour).save(src / "colour.png")
+    Image.fromarray(colour).convert("L").save(src / "gray.png")
+    Image.fromarray(colour).convert("RGBA").save(src / "alpha.png")
+    Image.fromarray(colour).convert("CMYK").save(src / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(colour).save(src / "rotated.jpg", exif=exif)
+    for f in sorted(src.iterdir()):
+        with Image.open(f) as im:
+            fmt, mode = im.format, im.mode
+        copy = copy_or_reencode(f, dest, fmt, mode)
+        trained = tf.io.decode_image(copy.read_bytes(), channels=channels, expand_animations=False).numpy()
+        served = P.face_pixels(P.as_trained(f, channels), channels)
+        np.testing.assert_array_equal(served, trained, err_msg=f.name)
+    # the case that made it matter: Pillow decodes the colour JPEG to other pixels than TensorFlow
+    pillow = np.asarray(P.read_image(src / "colour.jpg"))
+    tensorflow = tf.io.decode_image((src / "colour.jpg").read_bytes(), channels=3).numpy()
+    assert np.abs(pillow.astype(int) - tensorflow).max() > 0
+
+
+def test_gray_as_trained_is_tensorflows_gray():
+    tf, _ = import_tensorflow()
+    rgb = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    expected = tf.io.decode_png(tf.io.encode_png(rgb), channels=1).numpy()[..., 0]
+    np.testing.assert_array_equal(P.gray_as_trained(rgb), expected)
+    assert not np.array_equal(np.asarray(Image.fromarray(rgb).convert("L")), expected)  # Pillow rounds
+
+
 # -------------------------------------------------------------------------------------- model loading
 
 

@@ -49,6 +49,7 @@ def test_train_writes_the_contract_files(trained):
     assert history.epoch.tolist() == [1, 2] and set(history.phase) == {"train"}
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(history.columns)
     assert history[["loss", "val_loss"]].notna().all().all()
+    assert history.learning_rate.tolist() == pytest.approx([1e-3, 1e-3])  # no schedule: the rate stays as set
 
 
 def test_train_record_holds_the_config_verbatim(trained):
@@ -139,6 +140,12 @@ def test_experiment_options_run(work):
     assert {"val_macro_f1", "val_balanced_accuracy"} <= set(result.history.columns)
     assert result.record["best"]["val_macro_f1"] == pytest.approx(result.history.val_macro_f1.max())
     assert models.ModelRecord.read(work / "model.json").tta == "flip"
+    rates = pd.read_csv(work / "history.csv").learning_rate  # the rate each epoch ended at: cosine decays it
+    assert config.learning_rate > rates[0] > rates[1] >= 0, rates.tolist()
+    table = training.summary_table(result.record)["value"]  # names the figure that chose the kept epoch
+    assert table["kept epoch"] == f"{result.record['best_epoch']} (best val_macro_f1)"
+    assert float(table["val macro f1 at the kept epoch"]) == round(result.history.val_macro_f1.max(), 4)
+    assert "val accuracy at the kept epoch" in table
 
 
 def test_seeded_runs_repeat(work):

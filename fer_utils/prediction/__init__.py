@@ -120,7 +120,14 @@ from fer_utils.prediction.export import (
     tflite_predict,
 )
 from fer_utils.prediction.gradcam import grad_cam, overlay_heatmap
-from fer_utils.prediction.images import ImageProblem, collect_inputs, read_image
+from fer_utils.prediction.images import (
+    ImageProblem,
+    as_trained,
+    collect_inputs,
+    face_pixels,
+    gray_as_trained,
+    read_image,
+)
 from fer_utils.prediction.inference import (
     COLUMNS,
     HOW_TO_TRAIN,
@@ -145,7 +152,7 @@ __all__ = [
     "LoadedModel", "ModelLoadError", "load_model", "as_loaded", "default_model_path", "model_provenance",
     "describe_model", "HOW_TO_TRAIN",
     # reading inputs
-    "ImageProblem", "read_image", "collect_inputs",
+    "ImageProblem", "read_image", "collect_inputs", "as_trained", "face_pixels", "gray_as_trained",
     # faces
     "DETECTION_MODES", "DETECTORS", "DEFAULT_DETECTOR", "HAAR_CASCADE", "DEFAULT_MIN_FACE", "DEFAULT_MARGIN",
     "DEFAULT_MIN_CONFIDENCE", "DETECT_MIN_FACE_PX", "MTCNN_MIN_FACE_PX", "DETECT_MAX_SIDE", "check_detector",

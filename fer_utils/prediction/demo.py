@@ -53,7 +53,7 @@ from PIL import Image
 from fer_utils.prediction.annotation import annotate
 from fer_utils.prediction.detection import DEFAULT_MARGIN, DEFAULT_MIN_FACE, DETECTION_MODES, crop_box
 from fer_utils.prediction.gradcam import grad_cam, overlay_heatmap
-from fer_utils.prediction.images import ImageProblem, read_image
+from fer_utils.prediction.images import ImageProblem, as_trained, read_image
 from fer_utils.prediction.inference import (
     PREDICTED,
     LoadedModel,
@@ -171,9 +171,10 @@ def analyse(loaded: LoadedModel, path: str | os.PathLike, detection: str = "auto
                                             Image.LANCZOS if scale < 1 else Image.BICUBIC)
     annotated = annotate(shown, _scaled_rows(rows, scale))
     crops = [_face_crop(im, r, margin) for r in predicted]
+    pixels = as_trained(str(path), loaded.record.channels, im)  # what predict classified
     faces, gradcam_error = [Face(r) for r in predicted], None
     try:
-        heatmaps = grad_cam(loaded, preprocess_faces(crops, loaded))
+        heatmaps = grad_cam(loaded, preprocess_faces([_face_crop(pixels, r, margin) for r in predicted], loaded))
     except Exception as err:  # noqa: BLE001 - the predictions are still worth showing
         log.warning("Grad-CAM failed", exc_info=True)
         gradcam_error = f"Grad-CAM maps could not be made for this model: {type(err).__name__}: {err}"

@@ -136,6 +136,67 @@ def read_image(source) -> Image.Image:
     return _converted(im)
 
 
+def gray_as_trained(rgb: np.ndarray) -> np.ndarray:
+    """RGB ``uint8`` pixels ``(H, W, 3)`` → gray ``(H, W)`` exactly as training turns them gray: a colour PNG of
+    the class folders decoded with ``tf.io.decode_image(channels=1)`` goes through libpng's fixed-point
+    ITU-R 601 weights, truncated. Pillow's ``convert("L")`` rounds, and differs by one level on some pixels."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    return ((9797 * r + 19234 * g + 3737 * b) >> 15).astype(np.uint8)
+
+
+def face_pixels(face, channels: int) -> np.ndarray:
+    """A face (Pillow image or ``uint8`` array) as ``uint8`` pixels ``(H, W, channels)``, the way the training
+    pipeline gives them: gray from colour by ``gray_as_trained``, colour from gray by repeating the channel,
+    any other mode (``RGBA``, ``I;16``…) through ``fer_utils.data.to_8bit`` first, as the class folders do."""
+    if not isinstance(face, Image.Image):
+        face = Image.fromarray(np.asarray(face, dtype=np.uint8).squeeze())
+    if face.mode not in ("L", "RGB"):
+        face = _converted(face)
+    arr = np.asarray(face, dtype=np.uint8)
+    if channels == 1:
+        return (arr if arr.ndim == 2 else gray_as_trained(arr))[..., None]
+    return np.repeat(arr[..., None], 3, axis=-1) if arr.ndim == 2 else arr
+
+
+def as_trained(source, channels: int, image: Image.Image | None = None) -> Image.Image:
+    """``source`` (a path, Pillow image or array) as an ``L`` (``channels`` 1) or ``RGB`` (3) image holding the
+    pixels training would have decoded from it, the same size as ``read_image(source)``.
+
+    A JPEG that notebook 02 copies into the class folders as it is (``fer_utils.folders.kept_as_is``) is
+    decoded by ``tf.io.decode_image``, as ``keras.utils.image_dataset_from_directory`` decodes it:
+    TensorFlow's JPEG decoder is not Pillow's (it differs by up to 5 levels per pixel on this dataset's
+    colour JPEGs, and it takes gray straight from the file's luma). Anything else is re-encoded as PNG
+    in the class folders, so its pixels are ``read_image``'s, made gray or colour by ``face_pixels``.
+    ``image``: ``read_image(source)`` when the caller has it already (saves reading it twice).
+    """
+    im = read_image(source) if image is None else image
+    if isinstance(source, (str, os.PathLike)):
+        decoded = _tf_decoded(Path(source), channels, im.size)
+        if decoded is not None:
+            return decoded
+    return Image.fromarray(face_pixels(im, channels).squeeze(-1) if channels == 1 else face_pixels(im, channels))
+
+
+def _tf_decoded(path: Path, channels: int, size: tuple[int, int]) -> Image.Image | None:
+    """``path`` decoded by TensorFlow as training decodes it, or None when training saw it re-encoded (not a
+    JPEG kept as it is) or TensorFlow cannot decode it."""
+    from fer_utils import import_tensorflow
+    from fer_utils.folders import kept_as_is
+
+    try:
+        with _pillow_notes_ignored(), open_image(path) as header:
+            fmt, mode = header.format, header.mode
+        if fmt != "JPEG" or not kept_as_is(path, fmt, mode):
+            return None
+        tf, _ = import_tensorflow()
+        arr = tf.io.decode_image(path.read_bytes(), channels=channels, expand_animations=False).numpy()
+    except Exception:  # noqa: BLE001 - read_image has read it; Pillow's pixels are the best left
+        return None
+    if arr.shape[:2] != (size[1], size[0]):
+        return None
+    return Image.fromarray(arr.squeeze(-1) if channels == 1 else arr)
+
+
 def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = (), repeats: list | None = None) -> list:
     """Expand folders (walked recursively, image files by suffix, hidden files skipped, sorted).
 

@@ -32,7 +32,7 @@ from fer_utils.prediction.detection import (
     crop_box,
     detect_faces,
 )
-from fer_utils.prediction.images import ImageProblem, collect_inputs, read_image
+from fer_utils.prediction.images import ImageProblem, as_trained, collect_inputs, face_pixels, read_image
 from fer_utils.workfolder import METRICS, MODEL_FILE, NOTEBOOKS, display_path, get_work_dir, sha256_of
 
 STATUSES = ("ok", "whole_image_fallback", "no_face", "not_an_image", "unreadable", "not_found", "error")
@@ -230,22 +230,20 @@ def describe_model(provenance: dict) -> str:
 def preprocess_faces(faces: Sequence, record: ModelRecord | LoadedModel) -> np.ndarray:
     """Face crops (Pillow images or uint8 arrays) → the model's input batch ``(N, H, W, C)`` float32.
 
-    Same steps as the training pipeline: the record's colour mode (Pillow's ITU-R 601 luma for
-    grayscale), ``tf.image.resize`` with the record's ``interpolation`` (no antialias, like
+    Same steps as the training pipeline: the record's colour mode (``face_pixels``: TensorFlow's gray for
+    colour pixels), ``tf.image.resize`` with the record's ``interpolation`` (no antialias, like
     ``keras.utils.image_dataset_from_directory``), pixels scaled to ``input_range`` (the contract's
-    [0, 255] leaves them as they are). ``record``: a ``ModelRecord`` or a ``LoadedModel``.
+    [0, 255] leaves them as they are). ``record``: a ``ModelRecord`` or a ``LoadedModel``. Crop the faces
+    from ``as_trained(path, record.channels)`` to get the pixels training decodes from a JPEG.
     """
     from fer_utils import import_tensorflow
 
     record = record.record if isinstance(record, LoadedModel) else record
     tf, _ = import_tensorflow()
     h, w = record.image_size
-    mode = "L" if record.color_mode == "grayscale" else "RGB"
     batch = np.zeros((len(faces), h, w, record.channels), np.float32)
     for i, face in enumerate(faces):
-        if not isinstance(face, Image.Image):
-            face = Image.fromarray(np.asarray(face, dtype=np.uint8).squeeze())
-        arr = np.asarray(face.convert(mode), dtype=np.float32).reshape(face.height, face.width, -1)
+        arr = face_pixels(face, record.channels).astype(np.float32)
         batch[i] = tf.image.resize(arr, (h, w), method=record.interpolation, antialias=False).numpy()
     lo, hi = record.input_range
     if (lo, hi) != (0.0, 255.0):
@@ -273,19 +271,20 @@ def _faces_of(item, record: ModelRecord, detection: str, min_face: float, margin
         im = read_image(item)
     except ImageProblem as problem:
         return [{"status": problem.status, "message": str(problem)}], None
+    pixels = as_trained(item, record.channels, im)  # faces are found on ``im``, classified on ``pixels``
     if detection == "whole":
-        rows, crops = [{"status": "ok", "detection": "whole", "box": [0, 0, im.width, im.height]}], [im]
+        rows, crops = [{"status": "ok", "detection": "whole", "box": [0, 0, im.width, im.height]}], [pixels]
     else:
         boxes = detect_faces(im, min_face=min_face, detector=detector)
         if boxes:
             rows = [{"status": "ok", "detection": detector, "box": b} for b in boxes]
-            crops = [im.crop(crop_box(b, im.size, margin)) for b in boxes]
+            crops = [pixels.crop(crop_box(b, im.size, margin)) for b in boxes]
         elif detection == "detect":
             return [{"status": "no_face", "message": f"no face found ({no_face_hint})"}], None
         else:
             rows = [{"status": "whole_image_fallback", "detection": "whole", "box": [0, 0, im.width, im.height],
                      "message": "no face found: the whole image was used as the face"}]
-            crops = [im]
+            crops = [pixels]
     return rows, preprocess_faces(crops, record)
 
 
