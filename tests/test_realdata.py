@@ -8,6 +8,7 @@ and ``benchmarks/compare.py``.
 """
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -59,3 +60,10 @@ def test_real_chain_beats_majority_baseline(real_work, real_data_dir):
     assert sum(map(sum, metrics["confusion_matrix"])) == n_test
     for score in ("accuracy", "macro_f1", "balanced_accuracy"):
         assert metrics[score] > metrics["baseline"][score], (score, metrics)
+    # notebook 07's predict agrees with notebook 06's test pipeline on the real files (colour JPEGs included)
+    executed = next(p for p in workfolder.run_notebooks(real_work) if p.stem == "07_predict_new_photos")
+    text = "".join("".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"]
+                   for o in c.get("outputs", []))
+    agree = re.search(r"the same emotion for (\d+) of (\d+) faces, probabilities within (\S+)", text)
+    assert agree, "notebook 07 printed no comparison with notebook 06"
+    assert agree[1] == agree[2] and int(agree[2]) > 0 and float(agree[3]) < 1e-4, agree[0]
