@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +22,18 @@ def refuse(message: str) -> NoReturn:
     """``error: message`` on stderr, exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def stop_as_interrupt() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a scheduler) stop the script as Ctrl-C does, so that its temporary
+    folders are removed on the way out. Only SIGKILL, which no program can catch, leaves them behind."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: signals cannot be handled there
+        pass
 
 
 def add_out(parser: argparse.ArgumentParser, default: Path, help: str, metavar: str = "DIR") -> None:

@@ -502,6 +502,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peers-only", action="store_true", help="only the peers (no training), merged into the "
                         "existing compare.json / compare.md of the same --folds")
     args = parser.parse_args(argv)
+    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     if args.folds < 1:
         parser.error("--folds must be at least 1")
     if not 0 < args.train_fraction <= 1 or (args.train_fraction < 1 and args.folds == 1):

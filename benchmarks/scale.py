@@ -72,14 +72,24 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="seed_cnn")
     _checks.add_out(parser, RESULTS / "scale.json", "the JSON file the figures go to", metavar="FILE")
     args = parser.parse_args(argv)
+    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     _checks.out_file(args.out, what="a JSON file for the figures")
     if args.work_dir:
         _checks.out_folder(args.work_dir, "--work-dir", "a work folder (its scale-benchmark/ is made and removed)")
 
-    from fer_utils import data, training
-    from fer_utils.workfolder import SPLIT_DIR, get_work_dir, machine_info, write_record
+    from fer_utils.workfolder import get_work_dir
 
     work = get_work_dir(args.work_dir) / "scale-benchmark"
+    try:
+        return _measure(args, argv, work)
+    finally:  # also on Ctrl-C, kill or timeout: the generated faces are the script's own
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(args, argv, work: Path) -> int:
+    from fer_utils import data, training
+    from fer_utils.workfolder import SPLIT_DIR, machine_info, write_record
+
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     for i, (split, n) in enumerate({"train": args.images, "val": max(64, args.images // 10), "test": 16}.items()):
@@ -116,7 +126,6 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_record(args.out, result)
     print(f"wrote {args.out}")
-    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

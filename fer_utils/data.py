@@ -1104,9 +1104,12 @@ def write_synthetic_dataset(root: str | os.PathLike, layout: str = "folders", n_
         draw_face(emotion_of[i], rng, size).save(root / relative[i], fmt, **options)
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1) * 2) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1) * 2)
+    try:
         for _ in pool.map(write, range(n_images), chunksize=256):
             pass
+    finally:  # on Ctrl-C (or an error) the faces not yet drawn are dropped, not all drawn first
+        pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - t0
     csv = None
     if layout == "csv":

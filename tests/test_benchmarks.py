@@ -661,3 +661,25 @@ def test_a_script_run_as_a_script_says_one_line_and_exits_2(tmp_path):
         assert done.returncode == 2 and done.stdout == "", done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_killed_benchmark_removes_its_generated_faces(tmp_path):
+    """``kill`` (SIGTERM, as ``timeout`` sends) stops a benchmark as Ctrl-C does: the folder it made is removed."""
+    import signal
+    import time
+
+    made = tmp_path / "w" / "scale-benchmark"
+    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "scale.py"), "--work-dir", str(tmp_path / "w"),
+                             "--images", "200000", "--out", str(tmp_path / "scale.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(made.rglob("*.png")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None and any(made.rglob("*.png")), "the benchmark made no faces to remove"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and not made.exists(), err[-2000:]
+    assert not (tmp_path / "scale.json").exists()

@@ -162,8 +162,8 @@ def as_trained(source, channels: int, image: Image.Image | None = None) -> Image
     """``source`` (a path, Pillow image or array) as an ``L`` (``channels`` 1) or ``RGB`` (3) image holding the
     pixels training would have decoded from it, the same size as ``read_image(source)``.
 
-    A JPEG that notebook 02 copies into the class folders as it is (``fer_utils.folders.kept_as_is``) is
-    decoded by ``tf.io.decode_image``, as ``keras.utils.image_dataset_from_directory`` decodes it:
+    A JPEG or PNG that notebook 02 copies into the class folders as it is (``fer_utils.folders.kept_as_is``)
+    is decoded by ``tf.io.decode_image``, as ``keras.utils.image_dataset_from_directory`` decodes it:
     TensorFlow's JPEG decoder is not Pillow's (it differs by up to 5 levels per pixel on this dataset's
     colour JPEGs, and it takes gray straight from the file's luma). Anything else is re-encoded as PNG
     in the class folders, so its pixels are ``read_image``'s, made gray or colour by ``face_pixels``.
@@ -174,19 +174,20 @@ def as_trained(source, channels: int, image: Image.Image | None = None) -> Image
         decoded = _tf_decoded(Path(source), channels, im.size)
         if decoded is not None:
             return decoded
-    return Image.fromarray(face_pixels(im, channels).squeeze(-1) if channels == 1 else face_pixels(im, channels))
+    pixels = face_pixels(im, channels)
+    return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels)
 
 
 def _tf_decoded(path: Path, channels: int, size: tuple[int, int]) -> Image.Image | None:
     """``path`` decoded by TensorFlow as training decodes it, or None when training saw it re-encoded (not a
-    JPEG kept as it is) or TensorFlow cannot decode it."""
+    file kept as it is) or TensorFlow cannot decode it."""
     from fer_utils import import_tensorflow
     from fer_utils.folders import kept_as_is
 
     try:
         with _pillow_notes_ignored(), open_image(path) as header:
             fmt, mode = header.format, header.mode
-        if fmt != "JPEG" or not kept_as_is(path, fmt, mode):
+        if not kept_as_is(path, fmt, mode):
             return None
         tf, _ = import_tensorflow()
         arr = tf.io.decode_image(path.read_bytes(), channels=channels, expand_animations=False).numpy()
