@@ -26,7 +26,9 @@ def refuse(message: str) -> NoReturn:
 
 def stop_as_interrupt() -> None:
     """Make SIGTERM (``kill``, ``timeout``, a scheduler) stop the script as Ctrl-C does, so that its temporary
-    folders are removed on the way out. Only SIGKILL, which no program can catch, leaves them behind."""
+    folders are removed and its worker processes stopped on the way out (SIGKILL, which no program can catch,
+    still leaves them). Called when a script runs as a script, never on import or from ``main()``, so that a
+    process that imports a benchmark (the tests) keeps its own SIGTERM handling."""
     def stop(signum, frame):
         raise KeyboardInterrupt
 

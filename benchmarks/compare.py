@@ -502,7 +502,6 @@ def main(argv=None) -> int:
     parser.add_argument("--peers-only", action="store_true", help="only the peers (no training), merged into the "
                         "existing compare.json / compare.md of the same --folds")
     args = parser.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     if args.folds < 1:
         parser.error("--folds must be at least 1")
     if not 0 < args.train_fraction <= 1 or (args.train_fraction < 1 and args.folds == 1):
@@ -647,4 +646,5 @@ def merge_peers(report: dict, configs: dict, names: list[str], out: Path, stem: 
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

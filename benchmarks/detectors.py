@@ -250,7 +250,6 @@ def main(argv=None) -> int:
     parser.add_argument("--tfjs-backend", choices=("auto", "wasm"), default="auto", help="with --browser: tfjs's "
                         "backend (auto: the live page's WebGL, else CPU; wasm: WebAssembly)")
     args = parser.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     _checks.out_folder(args.out, what="a folder for detectors.json and detectors.md")
     if args.browser and not (args.out / "detectors.json").is_file():
         _checks.refuse(f"--browser adds a row to {args.out / 'detectors.json'}, which does not exist: run "
@@ -504,4 +503,5 @@ def markdown(record: dict) -> str:
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

@@ -93,7 +93,6 @@ def main(argv=None) -> int:
     _checks.add_out(ap, RESULTS, "the JSON file the figures go to (an earlier run's figures in it are kept unless "
                     "measured again)", metavar="FILE")
     args = ap.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     _checks.out_file(args.out, what="a JSON file for the figures")
     if args.suite_log and not args.suite_log.is_file():
         _checks.refuse(f"--suite-log {args.suite_log}: no such file; name the saved output of a pytest run")
@@ -129,4 +128,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

@@ -63,7 +63,6 @@ def main(argv=None) -> int:
     _checks.add_out(ap, RESULTS, "the JSON file the figures go to", metavar="FILE")
     ap.add_argument("--one", choices=sorted(MODES), help=argparse.SUPPRESS)  # internal: one training, JSON on stdout
     args = ap.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     if args.one:
         print(json.dumps(one_training(Path(args.work_dir), args.one, args.head_epochs, args.epochs)))
         return 0
@@ -110,4 +109,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

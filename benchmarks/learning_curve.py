@@ -323,7 +323,6 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     _checks.add_out(parser, RESULTS, "where learning_curve.json and .md go")
     args = parser.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     _checks.out_folder(args.out, what="a folder for learning_curve.json and .md")
     missing = [str(p) for p in args.points if not p.is_file()]
     if missing:
@@ -340,4 +339,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

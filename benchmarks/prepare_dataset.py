@@ -26,7 +26,6 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     _checks.add_out(parser, RESULTS / "prepare_dataset.json", "the JSON file the figures go to", metavar="FILE")
     args = parser.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     _checks.out_file(args.out, what="a JSON file for the figures")
@@ -55,4 +54,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

@@ -35,7 +35,6 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=1800, help="seconds the whole run may take")
     _checks.add_out(ap, RESULTS, "the JSON file the figures go to", metavar="FILE")
     args = ap.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     if not args.data_dir:
         ap.error("no dataset: pass --data-dir or set $FER_DATA_DIR")
     _checks.out_file(args.out, what="a JSON file for the figures")
@@ -77,4 +76,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

@@ -663,7 +663,6 @@ def main(argv=None) -> int:
                         "leaves compare.json alone (an ensemble is over the 10-min training budget)")
     _checks.add_out(parser, RESULTS, "where the stored trainings and the report are")
     args = parser.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     if args.folds < 2:
         parser.error("--folds must be at least 2 (outer folds)")
     _checks.out_folder(args.out, what="a folder for the stored trainings and the report")
@@ -678,4 +677,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

@@ -72,7 +72,6 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="seed_cnn")
     _checks.add_out(parser, RESULTS / "scale.json", "the JSON file the figures go to", metavar="FILE")
     args = parser.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     _checks.out_file(args.out, what="a JSON file for the figures")
     if args.work_dir:
         _checks.out_folder(args.work_dir, "--work-dir", "a work folder (its scale-benchmark/ is made and removed)")
@@ -81,9 +80,12 @@ def main(argv=None) -> int:
 
     work = get_work_dir(args.work_dir) / "scale-benchmark"
     try:
-        return _measure(args, argv, work)
-    finally:  # also on Ctrl-C, kill or timeout: the generated faces are the script's own
+        code = _measure(args, argv, work)
+    except KeyboardInterrupt:  # Ctrl-C, kill or timeout: the generated faces are the script's own
         shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # kept after an error: the workers' logs there say what went wrong
+    return code
 
 
 def _measure(args, argv, work: Path) -> int:
@@ -130,4 +132,5 @@ def _measure(args, argv, work: Path) -> int:
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

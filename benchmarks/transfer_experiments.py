@@ -93,7 +93,6 @@ def main(argv=None) -> int:
     parser.add_argument("--n-boot", type=int, default=1000)
     _checks.add_out(parser, RESULTS, "the JSON file the results are appended to", metavar="FILE")
     args = parser.parse_args(argv)
-    _checks.stop_as_interrupt()  # kill/timeout: temporary folders are removed as on Ctrl-C
     out = _checks.out_file(args.out, what="a JSON file for the results")
     done = _checks.earlier_results(out, list, "this script's results, a JSON list")
     try:
@@ -123,4 +122,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    _checks.stop_as_interrupt()  # kill, timeout: temporary folders are removed as on Ctrl-C
     sys.exit(main())

@@ -249,12 +249,10 @@ def copy_or_reencode(src: Path, dest_dir: Path, fmt: str | None, mode: str | Non
     return dest
 
 
-
-
 def kept_as_is(src: Path, fmt: str | None, mode: str | None) -> bool:
     """Whether ``copy_or_reencode`` copies ``src`` (of Pillow format ``fmt`` and mode ``mode``) byte for byte:
     a JPEG or PNG in L or RGB, named by its format, stored upright. Training then decodes the file itself with
-    ``tf.io.decode_image``; prediction decodes such a JPEG the same way (``prediction.as_trained``)."""
+    ``tf.io.decode_image``; prediction decodes such a file the same way (``prediction.as_trained``)."""
     return (fmt in ("JPEG", "PNG") and mode in ("L", "RGB") and Path(src).suffix.lower() in TF_FORMATS[fmt]
             and upright(Path(src)))
 
@@ -265,8 +263,8 @@ def upright(path: Path) -> bool:
     try:
         with warnings.catch_warnings(), open_image(path) as im:  # the audit has reported corrupt EXIF already
             warnings.simplefilter("ignore")
-            if "exif" not in im.info:  # read from the header; getexif() would decode a PNG's pixels to look further
-                return True
+            if "exif" not in im.info and im.format != "PNG":  # a JPEG's EXIF is in its header
+                return True  # a PNG's eXIf chunk may follow the pixels: getexif() reads on to find it
             return im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None)
     except (OSError, ValueError, SyntaxError, ImageRefused):
         return True

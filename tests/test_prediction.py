@@ -170,6 +170,11 @@ def test_prediction_sees_the_pixels_training_decodes(tmp_path, channels):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(colour).save(src / "rotated.jpg", exif=exif)
+    Image.fromarray(colour).convert("P").save(src / "palette.png")
+    Image.fromarray(colour).convert("LA").save(src / "gray_alpha.png")
+    Image.fromarray(colour[..., 0].astype(np.uint16) * 257).save(src / "gray16.png")
+    Image.fromarray(colour).save(src / "colour_key.png", transparency=tuple(int(v) for v in colour[0, 0]))
+    (src / "rotated_after_pixels.png").write_bytes(_png_with_exif_at_the_end(colour, exif))
     for f in sorted(src.iterdir()):
         with Image.open(f) as im:
             fmt, mode = im.format, im.mode
@@ -181,6 +186,37 @@ def test_prediction_sees_the_pixels_training_decodes(tmp_path, channels):
     pillow = np.asarray(P.read_image(src / "colour.jpg"))
     tensorflow = tf.io.decode_image((src / "colour.jpg").read_bytes(), channels=3).numpy()
     assert np.abs(pillow.astype(int) - tensorflow).max() > 0
+
+
+def _png_with_exif_at_the_end(pixels: np.ndarray, exif: Image.Exif) -> bytes:
+    """A PNG whose eXIf chunk follows the pixels (allowed; Pillow finds it only after reading them)."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    png, data = buffer.getvalue(), exif.tobytes().removeprefix(b"Exif\x00\x00")
+    chunk = struct.pack(">I", len(data)) + b"eXIf" + data + struct.pack(">I", zlib.crc32(b"eXIf" + data))
+    end = png.rindex(b"IEND") - 4
+    return png[:end] + chunk + png[end:]
+
+
+def test_predict_classifies_the_pixels_training_decodes(fer, tmp_path):
+    """``predict`` crops its faces from ``as_trained``'s pixels: on a colour JPEG its probabilities are the
+    model's on TensorFlow's decoding of the file, not on Pillow's."""
+    tf, _ = import_tensorflow()
+    y, x = np.mgrid[0:60, 0:60]
+    colour = np.stack([x * 4, y * 4, 255 - (x + y) * 2], -1) + np.random.default_rng(2).integers(0, 60, (60, 60, 3))
+    path = tmp_path / "face.jpg"
+    Image.fromarray(np.clip(colour, 0, 255).astype(np.uint8)).save(path, quality=85)
+    got = P.predict(fer, path, detection="whole").probabilities[0]
+    got = np.array([got[e] for e in fer.record.class_names])
+    trained = tf.io.decode_image(path.read_bytes(), channels=fer.record.channels).numpy()
+    expected = fer(P.preprocess_faces([trained], fer))[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    pillow = fer(P.preprocess_faces([P.read_image(path)], fer))[0]
+    assert np.abs(pillow - expected).max() > 1e-6  # Pillow's pixels give other probabilities
 
 
 def test_gray_as_trained_is_tensorflows_gray():

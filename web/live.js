@@ -1,6 +1,6 @@
 // The live page: face-api.js's Tiny Face Detector finds faces, onnxruntime-web runs this series' model (ONNX) on
 // each face, prepared as fer_utils.prediction.preprocess_faces prepares it (crop grown by the record's margin,
-// Pillow's ITU-R 601 luma for grayscale, tf.image.resize's bilinear without antialias), all in this page.
+// TensorFlow's gray for grayscale (gray_as_trained), tf.image.resize's bilinear without antialias), all in this page.
 // Nothing is uploaded: the only requests are for this site's own files. State for tests: window.ferLive.
 "use strict";
 
@@ -60,7 +60,7 @@ function faceInput(image, crop, out, offset) {  // image: ImageData of the whole
   const C = meta.color_mode === "grayscale" ? 1 : 3, px = new Float32Array(w * h * C), d = image.data;
   for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
     const i = ((t + y) * image.width + (l + x)) * 4, o = (y * w + x) * C;
-    if (C === 1) px[o] = (d[i] * 19595 + d[i + 1] * 38470 + d[i + 2] * 7471 + 0x8000) >> 16;  // Pillow's "L"
+    if (C === 1) px[o] = (d[i] * 9797 + d[i + 1] * 19234 + d[i + 2] * 3737) >> 15;  // libpng's gray, as training
     else { px[o] = d[i]; px[o + 1] = d[i + 1]; px[o + 2] = d[i + 2]; }
   }
   const sy = h / H, sx = w / W;  // tf.image.resize, bilinear, half-pixel centres, no antialias

@@ -38,8 +38,10 @@ How a photo becomes rows:
    ``data.MAX_PIXELS`` = 50 megapixels; the first frame of an animation or of a multi-page file) and made
    an 8-bit gray or RGB image by ``fer_utils.data.to_8bit`` — the rule the class folders were written with:
    turned upright by its EXIF orientation, transparency flattened onto white, 16-bit and float images
-   scaled to 8 bits (not clipped), CMYK, LAB… converted to RGB. The same face gives the same prediction
-   whatever the file's format, bit depth or colour mode.
+   scaled to 8 bits (not clipped), CMYK, LAB… converted to RGB: what the class folders hold of it. The
+   faces are found on that image; the pixels the model gets are ``as_trained``'s: a JPEG or PNG that the
+   class folders keep as it is is decoded by TensorFlow, as training decodes it (TensorFlow's JPEG decoder
+   gives other pixels than Pillow's).
 2. **Find faces** with ``detection``:
 
    - ``"detect"``: the ``detector``'s faces; faces smaller than ``min_face`` × the shorter side are
@@ -58,7 +60,7 @@ How a photo becomes rows:
    training images the cascade's box covers about 83 % of the face crop, so 0.1 reproduces the framing
    the model learned; MTCNN's boxes are made the same squares), clipped to the image.
 4. **Preprocess exactly as training did** (``fer_utils.pipelines.directory_dataset``): convert to the
-   model's colour mode (Pillow's ITU-R 601 luma for grayscale), resize with ``tf.image.resize``
+   model's colour mode (TensorFlow's gray for grayscale, ``gray_as_trained``), resize with ``tf.image.resize``
    (``interpolation`` from ``model.json``, default bilinear, no antialiasing — what
    ``image_dataset_from_directory`` does), float32 in [0, 255]. The model rescales inside itself.
    ``"tta": "flip"`` in ``model.json`` averages each face with its mirror image.

@@ -167,7 +167,9 @@ def as_trained(source, channels: int, image: Image.Image | None = None) -> Image
     TensorFlow's JPEG decoder is not Pillow's (it differs by up to 5 levels per pixel on this dataset's
     colour JPEGs, and it takes gray straight from the file's luma). Anything else is re-encoded as PNG
     in the class folders, so its pixels are ``read_image``'s, made gray or colour by ``face_pixels``.
-    ``image``: ``read_image(source)`` when the caller has it already (saves reading it twice).
+    ``image``: ``read_image(source)`` when the caller has it already (saves reading it twice). "Training"
+    is the tf.data pipeline (``pipelines.directory_dataset``); the seed's ``pipeline="generator"`` decodes
+    and resizes with Pillow, so a model trained that way gets close pixels, not the same ones.
     """
     im = read_image(source) if image is None else image
     if isinstance(source, (str, os.PathLike)):
