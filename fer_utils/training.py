@@ -827,6 +827,38 @@ class Run:
         return frame
 
 
+def random_layers(model) -> list:
+    """The random number generators (``keras.random.SeedGenerator``) of ``model``'s layers, nested models'
+    included, in layer order: Dropout's, the augmentation layers'…"""
+    found, seen = [], set()
+
+    def walk(layer):
+        for generator in getattr(layer, "_seed_generators", None) or []:
+            if id(generator) not in seen:
+                seen.add(id(generator))
+                found.append(generator)
+        for inner in getattr(layer, "layers", None) or []:
+            walk(inner)
+
+    walk(model)
+    return found
+
+
+def seed_random_layers(model, seed: int) -> int:
+    """Give each random layer of ``model`` a state drawn from ``seed``; returns how many there are.
+
+    A layer built without a seed (``Dropout(0.3)``) draws one from Python's random state when it is made, and
+    loading a ``.keras`` file makes the layers again: notebook 04's ``untrained.keras``, loaded in notebook 05
+    before ``keras.utils.set_random_seed``, drew other dropout masks in every run, so two runs with the same
+    seed trained different models. Seeding them here makes a run repeat."""
+    rng = np.random.default_rng([seed, 20585])
+    generators = random_layers(model)
+    for generator in generators:
+        state = generator.state
+        state.assign(np.array([rng.integers(1, 10**9), 0], dtype=np.dtype(state.dtype)))
+    return len(generators)
+
+
 def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callbacks=(), show_progress: bool = True,
           write: bool = True) -> Run:
     """Seed everything, build the input pipelines (``pipelines.make_pipelines``) and the callbacks, and take the
@@ -852,6 +884,7 @@ def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
     else:
         models.check_contract(model, config.input_shape)
         net = model if config.strategy == "default" else _into_scope(model, strategy)
+        seed_random_layers(net, config.seed)  # a loaded model drew its dropout seeds when it was loaded
     # more than one replica: build from one replica's batch (a split need not divide evenly over them)
     undo = _distributed_fixes(net, strategy, worker["workers"] > 1) if worker["replicas"] > 1 else None
     policy = net.dtype_policy.name if hasattr(net, "dtype_policy") else "float32"

@@ -265,3 +265,24 @@ def test_a_run_name_outside_models_or_taken_is_refused_before_training(trained, 
     assert train_command.main(["--work-dir", str(work), "--run-name", name, "-p", "epochs", "1"]) == 2
     assert message in capsys.readouterr().err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_loaded_model_trains_the_same_in_every_run(work, tmp_path):
+    """A model loaded from a file (notebook 04's untrained.keras) drew its dropout seeds when it was loaded, from
+    whatever random state the program had: two runs with the same seed trained different models. ``start``
+    seeds its random layers from ``config.seed``, so they repeat."""
+    import random
+
+    config = training.TrainConfig(**{**TINY, "model": "cnn_bn", "model_kwargs": {"filters": (8, 16)}}, epochs=1,
+                                  seed=5)
+    saved = tmp_path / "untrained.keras"
+    built = training.build_model(config)
+    assert training.random_layers(built), "the test needs a model with dropout"
+    built.save(saved)
+    losses = []
+    for state in (1, 2):
+        random.seed(state)  # another random state when the file is loaded, as in another run of notebook 05
+        net, _ = models.load(saved)
+        result = training.train(config, work, model=net, write=False, show_progress=False)
+        losses.append(result.history.loss.tolist())
+    assert losses[0] == losses[1]
