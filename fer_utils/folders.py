@@ -261,11 +261,12 @@ def upright(path: Path) -> bool:
     """Whether an image's pixels are stored upright: no EXIF orientation, or orientation 1 (an unreadable
     header counts as upright; the audit has said what is wrong with such a file)."""
     try:
-        with warnings.catch_warnings(), open_image(path) as im:  # the audit has reported corrupt EXIF already
+        with warnings.catch_warnings():  # the audit has reported corrupt EXIF already: no note while opening either
             warnings.simplefilter("ignore")
-            if "exif" not in im.info and im.format != "PNG":  # a JPEG's EXIF is in its header
-                return True  # a PNG's eXIf chunk may follow the pixels: getexif() reads on to find it
-            return im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None)
+            with open_image(path) as im:
+                if "exif" not in im.info and im.format != "PNG":  # a JPEG's EXIF is in its header
+                    return True  # a PNG's eXIf chunk may follow the pixels: getexif() reads on to find it
+                return im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None)
     except (OSError, ValueError, SyntaxError, ImageRefused):
         return True
 

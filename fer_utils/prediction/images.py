@@ -187,10 +187,11 @@ def _tf_decoded(path: Path, channels: int, size: tuple[int, int]) -> Image.Image
     from fer_utils.folders import kept_as_is
 
     try:
-        with _pillow_notes_ignored(), open_image(path) as header:
-            fmt, mode = header.format, header.mode
-        if not kept_as_is(path, fmt, mode):
-            return None
+        with _pillow_notes_ignored():  # a broken EXIF block is ignored here, as by read_image
+            with open_image(path) as header:
+                fmt, mode = header.format, header.mode
+            if not kept_as_is(path, fmt, mode):
+                return None
         tf, _ = import_tensorflow()
         arr = tf.io.decode_image(path.read_bytes(), channels=channels, expand_animations=False).numpy()
     except Exception:  # noqa: BLE001 - read_image has read it; Pillow's pixels are the best left
