@@ -851,7 +851,7 @@ def seed_random_layers(model, seed: int) -> int:
     loading a ``.keras`` file makes the layers again: notebook 04's ``untrained.keras``, loaded in notebook 05
     before ``keras.utils.set_random_seed``, drew other dropout masks in every run, so two runs with the same
     seed trained different models. Seeding them here makes a run repeat."""
-    rng = np.random.default_rng([seed, 20585])
+    rng = np.random.default_rng([seed, 20585])  # a stream of its own (20585: any fixed second key), apart from seed's
     generators = random_layers(model)
     for generator in generators:
         state = generator.state
