@@ -164,8 +164,8 @@ def as_trained(source, channels: int, image: Image.Image | None = None) -> Image
 
     A JPEG or PNG that notebook 02 copies into the class folders as it is (``fer_utils.folders.kept_as_is``)
     is decoded by ``tf.io.decode_image``, as ``keras.utils.image_dataset_from_directory`` decodes it:
-    TensorFlow's JPEG decoder is not Pillow's (it differs by up to 5 levels per pixel on this dataset's
-    colour JPEGs, and it takes gray straight from the file's luma). Anything else is re-encoded as PNG
+    TensorFlow's JPEG decoder is not Pillow's (another DCT, so a few levels apart on colour JPEGs, and it
+    takes gray straight from the file's luma). Anything else is re-encoded as PNG
     in the class folders, so its pixels are ``read_image``'s, made gray or colour by ``face_pixels``.
     ``image``: ``read_image(source)`` when the caller has it already (saves reading it twice). "Training"
     is the tf.data pipeline (``pipelines.directory_dataset``); the seed's ``pipeline="generator"`` decodes
@@ -176,8 +176,12 @@ def as_trained(source, channels: int, image: Image.Image | None = None) -> Image
         decoded = _tf_decoded(Path(source), channels, im.size)
         if decoded is not None:
             return decoded
-    pixels = face_pixels(im, channels)
-    return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels)
+    return _as_image(face_pixels(im, channels))
+
+
+def _as_image(pixels: np.ndarray) -> Image.Image:
+    """``uint8`` pixels ``(H, W, 1)`` or ``(H, W, 3)`` as an ``L`` or ``RGB`` Pillow image."""
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
 def _tf_decoded(path: Path, channels: int, size: tuple[int, int]) -> Image.Image | None:
@@ -198,7 +202,7 @@ def _tf_decoded(path: Path, channels: int, size: tuple[int, int]) -> Image.Image
         return None
     if arr.shape[:2] != (size[1], size[0]):
         return None
-    return Image.fromarray(arr.squeeze(-1) if channels == 1 else arr)
+    return _as_image(arr)
 
 
 def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = (), repeats: list | None = None) -> list:
