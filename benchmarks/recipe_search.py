@@ -66,7 +66,10 @@ RECIPES = {"ours": {},  # today's default: class weights (N / (K n_c)) ** 0.5
            # (emotion no longer tells the source), times today's class weights (source_weights)
            "sb": {"source_balance": 1.0},
            # stronger augmentation (pipelines.AUGMENT_LEVELS): wider geometry, brightness and contrast changes
-           "aug": {"augment": "strong"}}
+           "aug": {"augment": "strong"},
+           # focal loss (Lin et al., 2017) with the usual gamma 2: each face's loss × (1 - p_true)^2, so the faces
+           # already classified well (mostly happiness and neutral) count less; today's class weights kept
+           "focal": {"focal_gamma": 2.0}}
 #: Recipe keys that are not ``TrainConfig`` fields: how ``train_recipe`` weighs the training faces.
 NOT_CONFIG = ("source_balance",)
 #: Sources that source balancing evens out (a face of another source keeps weight 1).
@@ -206,7 +209,8 @@ def train_recipe(work: Path, fold: int, recipe: str, seed: int) -> tuple[pd.Data
     rec = result.record
     return pd.concat(frames, ignore_index=True), {
         "train_seconds": rec["train_seconds"], "best_epoch": rec["best_epoch"],
-        "train_counts": {e: int(counts[e]) for e in EMOTIONS}, "config": config.to_dict(), **extra}
+        "train_counts": {e: int(counts[e]) for e in EMOTIONS}, "config": config.to_dict(),
+        "processor": workfolder.machine_info()["processor"], **extra}
 
 
 def read_probabilities(out: Path) -> pd.DataFrame | None:
@@ -233,6 +237,9 @@ def train_all(args) -> int:
         raise SystemExit(f"error: {runs_path} was trained on another dataset (legend sha256 "
                          f"{runs['dataset']['legend_sha256'][:12]}, this one {dataset.legend_sha256[:12]}); "
                          "write to another --out")
+    for trained in runs["trainings"].values():  # trained before each training named its machine: the file's stamp
+        for info in trained.values():
+            info.setdefault("processor", runs.get("machine", {}).get("processor", "unknown"))
     on_disk = set() if stored is None else set(zip(stored.recipe, stored.fold))
     # stored: recorded in the trainings file and its faces in the recipe's probabilities file (either may be lost)
     todo = [(r, i) for r in args.recipes for i in range(1, args.folds + 1)
@@ -647,7 +654,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", action="store_true", help="train the recipes on the folds (stores their "
                         "validation and test probabilities); without it, only the search (no training)")
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["ours", "cw1", "sb", "aug"],
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["ours", "cw1", "sb", "aug", "focal"],
                         help="training recipes to train (with --train)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)

@@ -92,6 +92,7 @@ class TrainConfig:
     augment: str = "standard"  # "none", "standard" or "strong" (pipelines.AUGMENT_LEVELS)
     mixup: float = 0.0  # > 0: mixup with Beta(mixup, mixup) per batch (tf.data only)
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    focal_gamma: float = 0.0  # > 0: focal loss with this gamma instead of cross-entropy (0: cross-entropy)
     tta: str = "none"  # "none" or "flip": test-time augmentation that validation, evaluation and prediction use
     monitor: str = "val_accuracy"  # which validation figure picks the kept epoch (MONITORS)
     pipeline: str = "tf.data"  # "tf.data" or "generator" (the seed's ImageDataGenerator)
@@ -137,6 +138,9 @@ class TrainConfig:
             problems.append(str(err))
         if self.mixup < 0 or not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
             problems.append("mixup and weight_decay must be >= 0, label_smoothing in [0, 1)")
+        if not (math.isfinite(self.focal_gamma) and 0 <= self.focal_gamma <= 10):
+            problems.append(f"focal_gamma={self.focal_gamma!r} (0 for cross-entropy, or a focal loss's gamma "
+                            "up to 10; 2 is usual)")
         if self.tta not in models.TTA_MODES:
             problems.append(f"tta={self.tta!r} (one of {models.TTA_MODES})")
         if self.monitor not in MONITORS:
@@ -723,7 +727,7 @@ def compile_model(
     model, config, learning_rate: float, steps: int | None = None
 ) -> None:
     """``model.compile`` with Adam (AdamW with ``weight_decay``; a cosine schedule over
-    ``steps``), cross-entropy (with label smoothing) and accuracy."""
+    ``steps``), cross-entropy or focal loss (with label smoothing) and accuracy."""
     import keras
 
     rate = learning_rate
@@ -733,11 +737,16 @@ def compile_model(
         optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
     else:
         optimizer = keras.optimizers.Adam(learning_rate=rate)
+    smoothing = config.label_smoothing
+    if config.focal_gamma:  # (1 - p)^gamma: the faces classified well count less
+        loss = keras.losses.CategoricalFocalCrossentropy(
+            alpha=1.0, gamma=config.focal_gamma, label_smoothing=smoothing
+        )
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(
-            label_smoothing=config.label_smoothing
-        ),
+        loss=loss,
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
 # ---- end of generated code (notebooks/05_train_model.ipynb, cell 05-n09) ----

@@ -148,6 +148,18 @@ def test_experiment_options_run(work):
     assert "val accuracy at the kept epoch" in table
 
 
+def test_focal_gamma_compiles_the_focal_loss():
+    """``focal_gamma`` > 0: each face's cross-entropy times ``(1 - p_true) ** gamma`` (Lin et al.); 0: plain
+    cross-entropy, as before the option existed."""
+    truth, probs = np.eye(3, dtype="float32")[[0, 2]], np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "float32")
+    ce = -np.log([0.7, 0.8])
+    for gamma, expected in ((0.0, ce.mean()), (2.0, (ce * np.array([0.3, 0.2]) ** 2).mean())):
+        net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        training.compile_model(net, training.TrainConfig(**TINY, epochs=1, focal_gamma=gamma), 1e-3)
+        assert float(net.loss(truth, probs)) == pytest.approx(expected, rel=1e-5)
+    assert type(net.loss).__name__ == "CategoricalFocalCrossentropy"
+
+
 def test_seeded_runs_repeat(work):
     config = training.TrainConfig(**TINY, epochs=1, seed=3)
     a = training.train(config, work, write=False, show_progress=False)
@@ -164,6 +176,7 @@ def test_seeded_runs_repeat(work):
     ({"class_weight": float("inf")}, "class_weight=inf"),
     ({"augment": "wild"}, "augment"), ({"class_weight": "most"}, "class_weight"), ({"monitor": "val_f2"}, "monitor"),
     ({"epochs": 0}, "at least one epoch"), ({"interpolation": "cubic"}, "interpolation"),
+    ({"focal_gamma": -1.0}, "focal_gamma=-1.0"), ({"focal_gamma": 50.0}, "focal_gamma=50.0"),
 ])
 def test_bad_configs_say_what_is_wrong(changes, message):
     """Wrong values and wrong types are refused with what is wrong (never a TypeError from a comparison)."""
