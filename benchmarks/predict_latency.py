@@ -1,12 +1,14 @@
 """Warm latency of predicting one photo (read + face detection + preprocessing + model) and throughput on a folder.
 
     python benchmarks/predict_latency.py [--work-dir W] [--model M] [--photo P ...] [--folder F] [--runs 50]
+                                         [--out benchmarks/results/predict_latency.json]
 
 Uses the trained model of the work folder (``<work_dir>/model.keras``, work_dir = ``$FER_WORK_DIR`` or
 ``work/``). Photos default to the Grace Hopper portrait matplotlib ships (600×512, one detectable face)
 and the first image of the dataset's unlabelled ``test/`` folder (a tight crop: detection runs, finds
 nothing, the whole image is used); the folder defaults to that ``test/`` folder ($FER_DATA_DIR). Target:
-median ≤ 50 ms per photo on a CPU.
+median ≤ 50 ms per photo on a CPU. Prints the figures and writes them, with the machine, its load average
+before and after, the model and the photos, to ``--out`` (``benchmarks/results/predict_latency.json``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import _checks
 import matplotlib.cbook
 import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _percentile(values, q):
@@ -65,7 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--folder", help="folder for throughput (default: the dataset's test/)")
     parser.add_argument("--data-dir", help="dataset root (default $FER_DATA_DIR)")
     parser.add_argument("--runs", type=int, default=50)
+    _checks.add_out(parser, RESULTS / "predict_latency.json", "where the figures are written (JSON)", "FILE")
     args = parser.parse_args(argv)
+    _checks.out_file(args.out)
     missing = [photo for photo in args.photo or () if not Path(photo).is_file()]
     if missing:
         _checks.refuse(f"--photo {missing[0]}: no such file; name a photo to time")
@@ -88,7 +94,7 @@ def main(argv=None) -> int:
             folder = data.get_dataset(download=False).root / "test"
         except data.DatasetError as err:
             print(f"(no dataset for the throughput run: {err})")
-    info = workfolder.machine_info()
+    info, load_before = workfolder.machine_info(), os.getloadavg()
     print(f"machine: {info['processor']}, {os.cpu_count()} logical cores, TF {tf.__version__} "
           f"(intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}), "
           f"Keras {keras.__version__}")
@@ -103,8 +109,13 @@ def main(argv=None) -> int:
 
     print(f"\nwarm latency of one photo, {args.runs} runs (detection auto, batch of the photo's faces):")
     print(f"{'photo':<22}{'status':<22}{'faces':>5}{'median':>9}{'p90':>8}   read / detect / preprocess / model")
+    record = {"benchmark": "predict_latency", "runs": args.runs, "target_ms": 50,
+              "model": {"name": fer.model.name, "image_size": list(p.image_size), "color_mode": p.color_mode,
+                        "parameters": int(fer.model.count_params()), "sha256": fer.record.model_sha256},
+              "photos": []}
     for photo in photos:
         r = time_photo(fer, photo, args.runs)
+        record["photos"].append({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()})
         print(f"{r['photo']:<22}{r['status']:<22}{r['faces']:>5}{r['median_ms']:>7.1f}ms{r['p90_ms']:>6.1f}ms   "
               f"{r['read_ms']:.1f} / {r['detect_ms']:.1f} / {r['preprocess_ms']:.1f} / {r['model_ms']:.1f} ms")
 
@@ -115,9 +126,16 @@ def main(argv=None) -> int:
         results = P.predict(fer, items)
         elapsed = time.perf_counter() - start
         counts = ", ".join(f"{n} {s}" for s, n in P.summary(results)["files"].items())
+        faces = int(results.status.isin(P.PREDICTED).sum())
         print(f"\nthroughput on {workfolder.display_path(folder)} ({len(items)} photos: {counts}):\n"
-              f"  {len(items) / elapsed:.1f} photos/s, {results.status.isin(P.PREDICTED).sum() / elapsed:.1f} "
+              f"  {len(items) / elapsed:.1f} photos/s, {faces / elapsed:.1f} "
               f"faces/s ({elapsed:.1f} s, batches of 64 faces)")
+        record["throughput"] = {"folder": workfolder.display_path(folder), "photos": len(items), "faces": faces,
+                                "seconds": round(elapsed, 2), "photos_per_s": round(len(items) / elapsed, 1),
+                                "faces_per_s": round(faces / elapsed, 1)}
+    record["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    workfolder.write_record(args.out, record)  # adds the machine and the time
+    print(f"\nwritten: {workfolder.display_path(args.out)}")
     return 0
 
 

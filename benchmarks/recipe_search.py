@@ -461,6 +461,7 @@ def markdown(report: dict, table: pd.DataFrame) -> str:
     info, res = report["trained_on"], report["result"]
     lines = [f"Trained on: {info['processor']}, {info['cpu_count']} cores; TensorFlow {info.get('tensorflow')}, "
              f"Keras {info.get('keras')} ({report['trainings_written_at']}).",
+             *machine_lines(report),
              f"Protocol: {report['protocol']['folds']} person-disjoint outer folds (compare.py's, seed "
              f"{report['protocol']['seed']}); each chooses on its own validation people only. Rule: "
              f"{report['rule']['criterion']}, among candidates with inner accuracy ≥ the default's − "
@@ -512,6 +513,17 @@ def markdown(report: dict, table: pd.DataFrame) -> str:
                  + (" ✓" if r.chosen else "" if r.eligible else " –") for r in rows.itertuples()]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def machine_lines(report: dict) -> list[str]:
+    """Which machine trained which recipe, when they were not all trained on one: training seconds compare only
+    within one machine."""
+    by_machine = {}
+    for recipe, processors in report.get("processors", {}).items():
+        by_machine.setdefault(" and ".join(processors), []).append(f"`{recipe}`")
+    if len(by_machine) < 2:
+        return []
+    return ["Recipes by machine: " + "; ".join(f"{', '.join(r)} on {m}" for m, r in by_machine.items()) + "."]
 
 
 def source_lines(report: dict) -> list[str]:
@@ -622,6 +634,9 @@ def search_all(args) -> int:
                            "interval": "person bootstrap, 95 %", "n_boot": args.n_boot,
                            "ci_method": evaluation.CI_METHOD},
               "dataset": runs.get("dataset"), "trained_on": runs["machine"],
+              # each recipe's machine(s): a recipe added later may have trained on another machine than the first
+              "processors": {r: sorted({f.get("processor", runs["machine"]["processor"]) for f in folds.values()})
+                             for r, folds in runs["trainings"].items()},
               "trainings_written_at": runs["written_at"],
               "rule": {"criterion": choice["criterion"], "accuracy_slack": args.accuracy_slack,
                        "ties": "the earlier candidate"},

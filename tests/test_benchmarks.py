@@ -244,6 +244,7 @@ def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_dat
     runs = json.loads((out / search.TRAININGS).read_text())
     assert set(runs["trainings"]["cw1"]) == {"1", "2"} and runs["trainings"]["cw1"]["1"]["config"][
         "class_weight"] == 1.0
+    assert runs["trainings"]["cw1"]["2"]["processor"] == workfolder.machine_info()["processor"]  # its machine
     balanced = runs["trainings"]["sb"]["1"]  # weighted by source: the weights it trained with are recorded
     assert balanced["source_balance"] == 1.0
     totals = {tuple(k.split("/")): v["faces"] * v["weight"] for k, v in balanced["face_weights"].items()}
@@ -286,6 +287,16 @@ def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_dat
         assert d["value"] == pytest.approx(result["pooled"]["chosen"][m]["value"]
                                            - result["pooled"]["default"][m]["value"], abs=2e-4)
     assert "The recipe table" in (out / "recipe_search.md").read_text()
+
+
+def test_the_recipe_search_says_which_machine_trained_which_recipe():
+    """A recipe trained later on another machine is named with it (training seconds compare within a machine);
+    one machine for all: no line."""
+    search = _load("recipe_search")
+    one = {"processors": {"ours": ["Intel"], "cw1": ["Intel"]}}
+    assert search.machine_lines(one) == []
+    two = {"processors": {"ours": ["Intel"], "cw1": ["Intel"], "focal": ["AMD EPYC"]}}
+    assert search.machine_lines(two) == ["Recipes by machine: `ours`, `cw1` on Intel; `focal` on AMD EPYC."]
 
 
 def test_source_balancing_makes_the_emotion_independent_of_the_source():
@@ -525,7 +536,8 @@ OUTPUTS = {"compare": ("folder", []), "detectors": ("folder", []), "learning_cur
            "recipe_search": ("folder", ["--train"]), "prepare_dataset": ("file", []), "scale": ("file", []),
            "quick_run": ("file", ["--data-dir", "/nonexistent"]), "environment": ("file", []),
            "jit_compile": ("file", ["--data-dir", "/nonexistent"]), "transfer_experiments": ("file", ["--work-dir",
-                                                                                                      "/nonexistent"])}
+                                                                                                      "/nonexistent"]),
+           "predict_latency": ("file", [])}
 #: scripts that read the dataset -> the other arguments they need
 READERS = {"compare": [], "recipe_search": ["--train"], "detectors": [], "prepare_dataset": [], "quick_run": [],
            "jit_compile": [], "predict_latency": []}
@@ -590,8 +602,7 @@ def test_an_output_in_a_missing_or_read_only_folder_is_refused_before_any_work(n
 @pytest.mark.parametrize("name", READERS)
 def test_a_missing_dataset_is_said_in_one_line_before_any_work(name, tmp_path, capsys, monkeypatch):
     """``$FER_DATA_DIR`` or ``--data-dir`` naming no folder: ``data.DatasetError``'s own message, status 2."""
-    out = [] if name == "predict_latency" else ["--out", str(tmp_path / (
-        "results" if OUTPUTS[name][0] == "folder" else "results.json"))]
+    out = ["--out", str(tmp_path / ("results" if OUTPUTS[name][0] == "folder" else "results.json"))]
     monkeypatch.setenv("FER_DATA_DIR", str(tmp_path / "nowhere"))
     err = _refused(capsys, name, [*READERS[name], *out])
     assert f"Dataset folder {tmp_path / 'nowhere'} does not exist. Point data_dir or FER_DATA_DIR" in err
@@ -683,3 +694,32 @@ def test_a_killed_benchmark_removes_its_generated_faces(tmp_path):
         proc.kill()
     assert proc.returncode != 0 and not made.exists(), err[-2000:]
     assert not (tmp_path / "scale.json").exists()
+
+
+def test_the_latency_benchmark_writes_what_it_printed(tmp_path, capsys):
+    """``predict_latency.py`` times a photo through ``predict`` and a folder's throughput, and writes the figures
+    it prints, with the model and the machine, to ``--out`` (the README's latency row quotes that record)."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    from fer_utils import import_tensorflow, models
+
+    _, keras = import_tensorflow()
+    net = keras.Sequential([keras.Input((24, 24, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                            keras.layers.Dense(len(EMOTIONS), activation="softmax")], name="tiny_latency")
+    model = tmp_path / "model.keras"
+    models.save(net, model, models.ModelRecord("tiny_latency", (24, 24), "grayscale"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    for i in range(3):
+        hopper.resize((60 + 20 * i, 60 + 20 * i)).save(folder / f"p{i}.jpg")
+    out = tmp_path / "latency.json"
+    assert _load("predict_latency").main(["--model", str(model), "--photo", str(folder / "p2.jpg"), "--folder",
+                                          str(folder), "--runs", "3", "--out", str(out)]) == 0
+    printed, record = capsys.readouterr().out, json.loads(out.read_text())
+    (photo,) = record["photos"]
+    assert photo["photo"] == "p2.jpg" and photo["median_ms"] > 0 and f"{photo['median_ms']:>7.1f}ms" in printed
+    assert record["throughput"]["photos"] == 3 and f"{record['throughput']['photos_per_s']:.1f} photos/s" in printed
+    assert record["model"]["name"] == "tiny_latency" and record["model"]["sha256"] == workfolder.sha256_of(model)
+    assert record["machine"]["processor"] and len(record["load_average_before_after"]) == 2
