@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     folder = Path(args.folder) if args.folder else None
     if folder is None and (args.data_dir or os.environ.get("FER_DATA_DIR")):  # a dataset named must be there
         folder = _checks.dataset(args.data_dir, download=False).root / "test"
+        _checks.outside(args.out, folder.parent)
 
     tf, keras = import_tensorflow()
     from fer_utils import prediction as P
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
     if folder is None:  # none named: the download cache's, if there is one
         try:
             folder = data.get_dataset(download=False).root / "test"
+            _checks.outside(args.out, folder.parent)
         except data.DatasetError as err:
             print(f"(no dataset for the throughput run: {err})")
     info, load_before = workfolder.machine_info(), os.getloadavg()

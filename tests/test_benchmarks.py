@@ -631,7 +631,7 @@ def test_no_dataset_and_no_network_is_said_in_one_line(name, tmp_path, capsys, m
 
 
 @pytest.mark.parametrize("name", ["compare", "recipe_search", "prepare_dataset", "detectors", "quick_run",
-                                  "jit_compile"])
+                                  "jit_compile", "predict_latency"])
 def test_an_output_inside_the_dataset_is_refused(name, tmp_path, capsys):
     """The dataset is only ever read: an ``--out`` in it is refused, and nothing is made there."""
     root = _tiny_dataset(tmp_path / "facial_expressions")
