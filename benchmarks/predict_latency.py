@@ -8,7 +8,8 @@ Uses the trained model of the work folder (``<work_dir>/model.keras``, work_dir 
 and the first image of the dataset's unlabelled ``test/`` folder (a tight crop: detection runs, finds
 nothing, the whole image is used); the folder defaults to that ``test/`` folder ($FER_DATA_DIR). Target:
 median ≤ 50 ms per photo on a CPU. Prints the figures and writes them, with the machine, its load average
-before and after, the model and the photos, to ``--out`` (``benchmarks/results/predict_latency.json``).
+before and after, the model and the photos, to ``--out`` (by default ``benchmarks/results/predict_latency.json``,
+the record the README quotes, which each run replaces: give ``--out`` elsewhere for a trial of your own).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ import matplotlib.cbook
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the system has none, e.g. Windows): others' work on a shared
+    machine shows in it."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def _percentile(values, q):
@@ -69,7 +76,8 @@ def main(argv=None) -> int:
     parser.add_argument("--folder", help="folder for throughput (default: the dataset's test/)")
     parser.add_argument("--data-dir", help="dataset root (default $FER_DATA_DIR)")
     parser.add_argument("--runs", type=int, default=50)
-    _checks.add_out(parser, RESULTS / "predict_latency.json", "where the figures are written (JSON)", "FILE")
+    _checks.add_out(parser, RESULTS / "predict_latency.json", "where the figures are written (JSON; default: "
+                    "the committed record, replaced)", "FILE")
     args = parser.parse_args(argv)
     _checks.out_file(args.out)
     missing = [photo for photo in args.photo or () if not Path(photo).is_file()]
@@ -78,10 +86,18 @@ def main(argv=None) -> int:
     if args.folder and not Path(args.folder).is_dir():
         _checks.refuse(f"--folder {args.folder}: no such folder; name a folder of photos, or leave --folder out for "
                        "the dataset's test/")
+    if args.folder and args.data_dir:
+        _checks.refuse("--folder and --data-dir both name the photos for the throughput run: give one")
     folder = Path(args.folder) if args.folder else None
     if folder is None and (args.data_dir or os.environ.get("FER_DATA_DIR")):  # a dataset named must be there
         folder = _checks.dataset(args.data_dir, download=False).root / "test"
         _checks.outside(args.out, folder.parent)
+    elif folder is None:  # none named: the download cache's, if there is one
+        try:
+            folder = data.get_dataset(download=False).root / "test"
+            _checks.outside(args.out, folder.parent)
+        except data.DatasetError as err:
+            print(f"(no dataset for the throughput run: {err})")
 
     tf, keras = import_tensorflow()
     from fer_utils import prediction as P
@@ -90,13 +106,7 @@ def main(argv=None) -> int:
         fer = P.load_model(args.model, work_dir=args.work_dir)
     except P.ModelLoadError as err:
         _checks.refuse(f"{'--model' if args.model else '--work-dir'}: {err}")
-    if folder is None:  # none named: the download cache's, if there is one
-        try:
-            folder = data.get_dataset(download=False).root / "test"
-            _checks.outside(args.out, folder.parent)
-        except data.DatasetError as err:
-            print(f"(no dataset for the throughput run: {err})")
-    info, load_before = workfolder.machine_info(), os.getloadavg()
+    info, load_before = workfolder.machine_info(), _load_average()
     print(f"machine: {info['processor']}, {os.cpu_count()} logical cores, TF {tf.__version__} "
           f"(intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}), "
           f"Keras {keras.__version__}")
@@ -113,11 +123,12 @@ def main(argv=None) -> int:
     print(f"{'photo':<22}{'status':<22}{'faces':>5}{'median':>9}{'p90':>8}   read / detect / preprocess / model")
     record = {"benchmark": "predict_latency", "runs": args.runs, "target_ms": 50,
               "model": {"name": fer.model.name, "image_size": list(p.image_size), "color_mode": p.color_mode,
-                        "parameters": int(fer.model.count_params()), "sha256": fer.record.model_sha256},
+                        "parameters": int(fer.model.count_params()), "sha256": workfolder.sha256_of(fer.path),
+                        "path": workfolder.display_path(fer.path, args.work_dir or os.environ.get("FER_WORK_DIR"))},
               "photos": []}
     for photo in photos:
-        r = time_photo(fer, photo, args.runs)
-        record["photos"].append({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()})
+        r = {k: round(v, 2) if isinstance(v, float) else v for k, v in time_photo(fer, photo, args.runs).items()}
+        record["photos"].append(r)  # printed as recorded
         print(f"{r['photo']:<22}{r['status']:<22}{r['faces']:>5}{r['median_ms']:>7.1f}ms{r['p90_ms']:>6.1f}ms   "
               f"{r['read_ms']:.1f} / {r['detect_ms']:.1f} / {r['preprocess_ms']:.1f} / {r['model_ms']:.1f} ms")
 
@@ -129,13 +140,14 @@ def main(argv=None) -> int:
         elapsed = time.perf_counter() - start
         counts = ", ".join(f"{n} {s}" for s, n in P.summary(results)["files"].items())
         faces = int(results.status.isin(P.PREDICTED).sum())
-        print(f"\nthroughput on {workfolder.display_path(folder)} ({len(items)} photos: {counts}):\n"
-              f"  {len(items) / elapsed:.1f} photos/s, {faces / elapsed:.1f} "
-              f"faces/s ({elapsed:.1f} s, batches of 64 faces)")
-        record["throughput"] = {"folder": workfolder.display_path(folder), "photos": len(items), "faces": faces,
-                                "seconds": round(elapsed, 2), "photos_per_s": round(len(items) / elapsed, 1),
-                                "faces_per_s": round(faces / elapsed, 1)}
-    record["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+        t = {"folder": workfolder.display_path(folder), "photos": len(items), "faces": faces,
+             "seconds": round(elapsed, 2), "photos_per_s": round(len(items) / elapsed, 1),
+             "faces_per_s": round(faces / elapsed, 1)}
+        record["throughput"] = t
+        print(f"\nthroughput on {t['folder']} ({len(items)} photos: {counts}):\n"
+              f"  {t['photos_per_s']:.1f} photos/s, {t['faces_per_s']:.1f} faces/s ({t['seconds']:.1f} s, batches of "
+              "64 faces)")
+    record["load_average_before_after"] = [load_before, _load_average()]
     workfolder.write_record(args.out, record)  # adds the machine and the time
     print(f"\nwritten: {workfolder.display_path(args.out)}")
     return 0

@@ -22,17 +22,18 @@ The rule (the criterion and the accuracy floor), fixed before any run: the candi
 inner macro-F1 and inner balanced accuracy, among those whose inner accuracy is at least today's default's minus
 ``--accuracy-slack`` (0.01); a tie goes to the earlier candidate (the simpler one: fewer changes to the default).
 The candidates were not all fixed in advance: the ``tau`` grid was widened after fold 1's validation scores
-(``TAUS``), and the recipes ``sb`` and ``aug`` were trained after a first search with ``ours`` and ``cw1`` had
-kept the default. The search also measures the source shortcut (``by_source``): each recipe's test accuracy per
-image source, as trained, paired with the default (a measurement; no choice reads it).
+(``TAUS``), the recipes ``sb`` and ``aug`` were trained after a first search with ``ours`` and ``cw1`` had
+kept the default, and ``focal`` after the search with those four had kept it too. The search also measures the
+source shortcut (``by_source``): each recipe's test accuracy per image source, as trained, paired with the
+default (a measurement; no choice reads it).
 
 ``--train`` writes ``recipe_search_probabilities_<recipe>.csv.gz`` (every validation and test face of every fold:
 person, source, true emotion, log-probabilities of both views) and ``recipe_search_trainings.json`` (training
-seconds, kept epoch and training faces per emotion of each fold and recipe); a later ``--train`` adds the pairs
-(recipe, fold) not yet stored. The search reads them and writes ``recipe_search.json`` / ``.md``: every candidate's
-inner scores per fold (the recipe table), the choice per fold, the chosen recipes' pooled test figures beside
-today's default's, and their paired difference on the same faces, per metric and per emotion's F1, with
-person-bootstrap intervals. ``--ensembles`` runs the same search with ``ENSEMBLES`` among the candidates (each
+seconds, kept epoch, training faces per emotion and the machine of each fold and recipe); a later ``--train``
+adds the pairs (recipe, fold) not yet stored. The search reads them and writes ``recipe_search.json`` / ``.md``:
+every candidate's inner scores per fold (the recipe table), the choice per fold, the chosen recipes' pooled test
+figures beside today's default's, and their paired difference on the same faces, per metric and per emotion's F1,
+with person-bootstrap intervals. ``--ensembles`` runs the same search with ``ENSEMBLES`` among the candidates (each
 face's probabilities averaged over trained recipes, no training) and writes ``recipe_search_ensembles.json`` /
 ``.md``; it leaves ``compare.json`` alone, because an ensemble trains all its members and so exceeds the
 training budget.
@@ -210,7 +211,7 @@ def train_recipe(work: Path, fold: int, recipe: str, seed: int) -> tuple[pd.Data
     return pd.concat(frames, ignore_index=True), {
         "train_seconds": rec["train_seconds"], "best_epoch": rec["best_epoch"],
         "train_counts": {e: int(counts[e]) for e in EMOTIONS}, "config": config.to_dict(),
-        "processor": workfolder.machine_info()["processor"], **extra}
+        "machine": machine_name(workfolder.machine_info()), **extra}
 
 
 def read_probabilities(out: Path) -> pd.DataFrame | None:
@@ -239,7 +240,7 @@ def train_all(args) -> int:
                          "write to another --out")
     for trained in runs["trainings"].values():  # trained before each training named its machine: the file's stamp
         for info in trained.values():
-            info.setdefault("processor", runs.get("machine", {}).get("processor", "unknown"))
+            info.setdefault("machine", machine_name(runs["machine"]) if "machine" in runs else "unknown")
     on_disk = set() if stored is None else set(zip(stored.recipe, stored.fold))
     # stored: recorded in the trainings file and its faces in the recipe's probabilities file (either may be lost)
     todo = [(r, i) for r in args.recipes for i in range(1, args.folds + 1)
@@ -459,8 +460,10 @@ def as_trained_paired(frames: pd.DataFrame, recipes, n_boot: int, seed: int) -> 
 
 def markdown(report: dict, table: pd.DataFrame) -> str:
     info, res = report["trained_on"], report["result"]
-    lines = [f"Trained on: {info['processor']}, {info['cpu_count']} cores; TensorFlow {info.get('tensorflow')}, "
-             f"Keras {info.get('keras')} ({report['trainings_written_at']}).",
+    several = len(machines_trained(report)) > 1  # the file's stamp is then only the last training's machine
+    lines = [(f"Trained on several machines (the next line); the last training on {machine_name(info)}"
+              if several else f"Trained on: {machine_name(info)}")
+             + f"; TensorFlow {info.get('tensorflow')}, Keras {info.get('keras')} ({report['trainings_written_at']}).",
              *machine_lines(report),
              f"Protocol: {report['protocol']['folds']} person-disjoint outer folds (compare.py's, seed "
              f"{report['protocol']['seed']}); each chooses on its own validation people only. Rule: "
@@ -515,12 +518,23 @@ def markdown(report: dict, table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_name(info: dict) -> str:
+    """A machine as training seconds tell it apart: its processor and its number of cores."""
+    return f"{info.get('processor', 'unknown')}, {info.get('cpu_count', '?')} cores"
+
+
+def machines_trained(report: dict) -> dict[str, list[str]]:
+    """Each machine (or machines) → the recipes trained on it, in the recipes' order."""
+    by_machine = {}
+    for recipe, machines in report.get("machines", {}).items():
+        by_machine.setdefault(" and ".join(machines), []).append(f"`{recipe}`")
+    return by_machine
+
+
 def machine_lines(report: dict) -> list[str]:
     """Which machine trained which recipe, when they were not all trained on one: training seconds compare only
     within one machine."""
-    by_machine = {}
-    for recipe, processors in report.get("processors", {}).items():
-        by_machine.setdefault(" and ".join(processors), []).append(f"`{recipe}`")
+    by_machine = machines_trained(report)
     if len(by_machine) < 2:
         return []
     return ["Recipes by machine: " + "; ".join(f"{', '.join(r)} on {m}" for m, r in by_machine.items()) + "."]
@@ -635,8 +649,8 @@ def search_all(args) -> int:
                            "ci_method": evaluation.CI_METHOD},
               "dataset": runs.get("dataset"), "trained_on": runs["machine"],
               # each recipe's machine(s): a recipe added later may have trained on another machine than the first
-              "processors": {r: sorted({f.get("processor", runs["machine"]["processor"]) for f in folds.values()})
-                             for r, folds in runs["trainings"].items()},
+              "machines": {r: sorted({f.get("machine", machine_name(runs["machine"])) for f in folds.values()})
+                           for r, folds in runs["trainings"].items()},
               "trainings_written_at": runs["written_at"],
               "rule": {"criterion": choice["criterion"], "accuracy_slack": args.accuracy_slack,
                        "ties": "the earlier candidate"},

@@ -91,7 +91,7 @@ class TrainConfig:
     class_weight: str | float | None = "sqrt"  # None, "sqrt", "balanced", or the power p of (N / (K n_c)) ** p
     augment: str = "standard"  # "none", "standard" or "strong" (pipelines.AUGMENT_LEVELS)
     mixup: float = 0.0  # > 0: mixup with Beta(mixup, mixup) per batch (tf.data only)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    label_smoothing: float = 0.0  # label smoothing of the loss
     focal_gamma: float = 0.0  # > 0: focal loss with this gamma instead of cross-entropy (0: cross-entropy)
     tta: str = "none"  # "none" or "flip": test-time augmentation that validation, evaluation and prediction use
     monitor: str = "val_accuracy"  # which validation figure picks the kept epoch (MONITORS)
@@ -105,6 +105,9 @@ class TrainConfig:
                  if not _is_kind(getattr(self, name), kind)]
         if wrong:  # before any comparison: -p epochs abc must not end in a TypeError
             raise ValueError("Bad training configuration: " + "; ".join(wrong) + ".")
+        for name, kind in self._kinds().items():  # one spelling per value: -p mixup 1 is recorded as 1.0
+            if kind != "a string":
+                setattr(self, name, (int if kind == "an integer" else float)(getattr(self, name)))
         size = self.image_size
         if not (_is_kind(size, "an integer") or (isinstance(size, (tuple, list)) and len(size) == 2
                                                   and all(_is_kind(s, "an integer") for s in size))) \

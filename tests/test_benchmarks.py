@@ -244,7 +244,7 @@ def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_dat
     runs = json.loads((out / search.TRAININGS).read_text())
     assert set(runs["trainings"]["cw1"]) == {"1", "2"} and runs["trainings"]["cw1"]["1"]["config"][
         "class_weight"] == 1.0
-    assert runs["trainings"]["cw1"]["2"]["processor"] == workfolder.machine_info()["processor"]  # its machine
+    assert runs["trainings"]["cw1"]["2"]["machine"] == search.machine_name(workfolder.machine_info())  # its machine
     balanced = runs["trainings"]["sb"]["1"]  # weighted by source: the weights it trained with are recorded
     assert balanced["source_balance"] == 1.0
     totals = {tuple(k.split("/")): v["faces"] * v["weight"] for k, v in balanced["face_weights"].items()}
@@ -293,10 +293,12 @@ def test_the_recipe_search_says_which_machine_trained_which_recipe():
     """A recipe trained later on another machine is named with it (training seconds compare within a machine);
     one machine for all: no line."""
     search = _load("recipe_search")
-    one = {"processors": {"ours": ["Intel"], "cw1": ["Intel"]}}
+    assert search.machine_name({"processor": "AMD EPYC", "cpu_count": 2}) == "AMD EPYC, 2 cores"
+    one = {"machines": {"ours": ["Intel, 2 cores"], "cw1": ["Intel, 2 cores"]}}
     assert search.machine_lines(one) == []
-    two = {"processors": {"ours": ["Intel"], "cw1": ["Intel"], "focal": ["AMD EPYC"]}}
-    assert search.machine_lines(two) == ["Recipes by machine: `ours`, `cw1` on Intel; `focal` on AMD EPYC."]
+    two = {"machines": {"ours": ["Intel, 2 cores"], "cw1": ["Intel, 2 cores"], "focal": ["AMD EPYC, 2 cores"]}}
+    assert search.machine_lines(two) == [
+        "Recipes by machine: `ours`, `cw1` on Intel, 2 cores; `focal` on AMD EPYC, 2 cores."]
 
 
 def test_source_balancing_makes_the_emotion_independent_of_the_source():

@@ -133,7 +133,7 @@ def test_a_built_model_is_trained_as_given(work):
 
 
 def test_experiment_options_run(work):
-    config = training.TrainConfig(**TINY, epochs=2, mixup=0.2, label_smoothing=0.1, class_weight=0.3,
+    config = training.TrainConfig(**TINY, epochs=2, mixup=0.2, label_smoothing=0.1, focal_gamma=2.0, class_weight=0.3,
                                   lr_schedule="cosine", weight_decay=1e-4, augment="strong", tta="flip",
                                   monitor="val_macro_f1")
     result = training.train(config, work, show_progress=False)
@@ -157,7 +157,10 @@ def test_focal_gamma_compiles_the_focal_loss():
         net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
         training.compile_model(net, training.TrainConfig(**TINY, epochs=1, focal_gamma=gamma), 1e-3)
         assert float(net.loss(truth, probs)) == pytest.approx(expected, rel=1e-5)
-    assert type(net.loss).__name__ == "CategoricalFocalCrossentropy"
+        assert type(net.loss).__name__ == ("CategoricalFocalCrossentropy" if gamma else "CategoricalCrossentropy")
+    assert training.TrainConfig(**TINY, epochs=1, focal_gamma=2).focal_gamma == 2.0  # `-p focal_gamma 2`: a float
+    with pytest.raises(ValueError, match="focal_gamma=True"):
+        training.TrainConfig(**TINY, epochs=1, focal_gamma=True)
 
 
 def test_seeded_runs_repeat(work):
