@@ -4,6 +4,7 @@ recipe (beside today's default) is scored on that fold's test people.
     python benchmarks/recipe_search.py --train [--recipes ours cw1] [--work-dir DIR]   # trains; stores probabilities
     python benchmarks/recipe_search.py                                                 # the search (no training)
     python benchmarks/recipe_search.py --ensembles          # the same, with ensembles of the recipes as candidates
+    python benchmarks/recipe_search.py --recipes ours cw1 sb aug --name NAME   # among some recipes: NAME.json/.md
 
 Protocol. ``compare.py``'s five person-disjoint outer folds (the same ``--seed``, so the same faces). Inside each,
 the validation people (about 1/8 of the fold's other people, carved by person) are the inner split: every
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -615,6 +617,13 @@ def search_all(args) -> int:
         raise SystemExit(f"error: no stored trainings in {out} ({PROBABILITIES.format(recipe='*')}, {TRAININGS}); "
                          f"run `{train}` first")
     runs = json.loads(runs_path.read_text())
+    if args.recipes:  # the search among these recipes only (the others stay stored)
+        unknown = [r for r in args.recipes if r not in runs["trainings"]]
+        if unknown:
+            raise SystemExit(f"error: --recipes {' '.join(unknown)}: not stored in {out}; train first: "
+                             f"`{train} --recipes {' '.join(unknown)}`")
+        runs["trainings"] = {r: v for r, v in runs["trainings"].items() if r in args.recipes}
+        frames = frames[frames.recipe.isin(args.recipes)]
     on_disk = set(zip(frames.recipe, frames.fold.astype(int)))
     lost = {r: sorted(int(f) for f in folds if (r, int(f)) not in on_disk) for r, folds in runs["trainings"].items()}
     lost = {r: folds for r, folds in lost.items() if folds}
@@ -632,9 +641,9 @@ def search_all(args) -> int:
     if frames.duplicated(["recipe", "fold", "split", "path"]).any():
         raise SystemExit(f"error: {PROBABILITIES.format(recipe='*')} hold a face twice for one recipe and fold; "
                          "train that (recipe, fold) again with --train, or remove the file's duplicate rows")
-    trainings, stem = dict(runs["trainings"]), "recipe_search"
+    trainings, stem = dict(runs["trainings"]), args.name or "recipe_search"
     if args.ensembles:  # candidates beside the trained recipes; a report of its own (over the training budget)
-        stem = "recipe_search_ensembles"
+        stem = args.name or "recipe_search_ensembles"
         for name, members in ENSEMBLES.items():
             frame, trainings[name] = ensemble(frames, runs["trainings"], name, members)
             frames = pd.concat([frames, frame], ignore_index=True)
@@ -671,7 +680,7 @@ def search_all(args) -> int:
     report["verdict"] = verdict(report)
     workfolder.write_record(out / f"{stem}.json", report)
     report = json.loads((out / f"{stem}.json").read_text())
-    if (out / "compare.json").exists() and not args.ensembles:
+    if (out / "compare.json").exists() and stem == "recipe_search":  # the main search's result, not a variant's
         into_compare(out, report)
     text = markdown(report, table)
     (out / f"{stem}.md").write_text(text)
@@ -683,8 +692,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", action="store_true", help="train the recipes on the folds (stores their "
                         "validation and test probabilities); without it, only the search (no training)")
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["ours", "cw1", "sb", "aug", "focal"],
-                        help="training recipes to train (with --train)")
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES),
+                        help="with --train: the recipes to train (default: ours cw1 sb aug focal); without: the "
+                        "trained recipes the search chooses among (default: every stored one; ours is needed)")
+    parser.add_argument("--name", help="the report's file name, without .json/.md (default recipe_search, or "
+                        "recipe_search_ensembles with --ensembles); only the default writes into compare.json")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data-dir", help="dataset root (default: $FER_DATA_DIR, else the download cache)")
@@ -701,6 +713,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2 (outer folds)")
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
+        _checks.refuse(f"--name {args.name}: letters, digits, _ and - only (a file name without its extension)")
+    if args.train:
+        args.recipes = args.recipes or ["ours", "cw1", "sb", "aug", "focal"]
     _checks.out_folder(args.out, what="a folder for the stored trainings and the report")
     if args.train:
         if args.work_dir:

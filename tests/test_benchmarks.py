@@ -264,6 +264,14 @@ def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_dat
     committed["protocol"] |= {"folds": 2, "seed": 42}  # as if compare.py had run these folds
     (out / "compare.json").write_text(json.dumps(committed))
     assert search.main(common) == 0
+    merged_before = (out / "compare.json").read_text()
+    assert search.main([*common, "--recipes", "ours", "cw1", "--name", "recipe_search_two"]) == 0  # among some
+    two = json.loads((out / "recipe_search_two.json").read_text())
+    assert set(two["recipes"]) == {"ours", "cw1"} and (out / "recipe_search_two.md").exists()
+    assert {c.split(",")[0] for c in pd.DataFrame(two["recipe_table"]).candidate} == {"ours", "cw1"}
+    assert (out / "compare.json").read_text() == merged_before  # a variant's search leaves compare.json alone
+    with pytest.raises(SystemExit, match="--recipes focal: not stored"):
+        search.main([*common, "--recipes", "ours", "focal"])
     report = json.loads((out / "recipe_search.json").read_text())
     merged = json.loads((out / "compare.json").read_text())["recipe_search"]  # the paired result, in compare.json
     assert merged["chosen_minus_ours"] == report["result"]["paired"] and merged["verdict"] == report["verdict"]
