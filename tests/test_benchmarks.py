@@ -521,6 +521,49 @@ def test_ensembles_average_their_members_and_report_apart(tmp_path, monkeypatch)
     assert "Ensembles: `ours+aug` = ours + aug" in (out / "recipe_search_ensembles.md").read_text()
 
 
+def test_a_recipe_trained_later_is_searched_only_when_named(tmp_path, monkeypatch, capsys):
+    """A stored recipe outside ``SEARCHED`` (``focal``, trained later on another machine) leaves the default search
+    as it was, which says so; ``--recipes ... --name`` searches with it into a report of its own, names each
+    recipe's machine, and leaves ``compare.json`` alone."""
+    search = _load("recipe_search")
+    monkeypatch.syspath_prepend(str(workfolder.REPO_ROOT / "benchmarks"))
+    rng = np.random.default_rng(3)
+    ours = _search_frames(search, rng, faces=200)
+    focal = ours.assign(recipe="focal")
+    for view in search.TTAS:
+        z = focal[search.log_columns(view)].to_numpy() + rng.normal(0, 1.0, (len(focal), len(EMOTIONS)))
+        focal[search.log_columns(view)] = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    counts = {e: 10 for e in EMOTIONS} | {"neutral": 900, "fear": 100}
+    trainings = {"ours": {f: {"train_counts": counts, "train_seconds": 400.0} for f in ("1", "2")},
+                 "focal": {f: {"train_counts": counts, "train_seconds": 700.0, "machine": "AMD EPYC, 2 cores"}
+                           for f in ("1", "2")}}
+    out = tmp_path / "results"
+    out.mkdir()
+    for recipe, g in pd.concat([ours, focal], ignore_index=True).groupby("recipe"):
+        g.to_csv(out / search.PROBABILITIES.format(recipe=recipe), index=False)
+    (out / search.TRAININGS).write_text(json.dumps({"protocol": {"folds": 2, "seed": 42}, "trainings": trainings,
+                                                    "written_at": "then",
+                                                    "machine": {"processor": "Intel", "cpu_count": 2}}))
+    (out / "compare.json").write_text("{}")
+    common = ["--out", str(out), "--n-boot", "30"]
+    assert search.main([*common, "--name", "plain"]) == 0
+    assert "the search among ours; stored too, not searched (name them with --recipes): focal" in \
+        capsys.readouterr().out
+    assert set(json.loads((out / "plain.json").read_text())["recipes"]) == {"ours"}
+    assert search.main([*common, "--recipes", "ours", "focal", "--name", "recipe_search_focal"]) == 0
+    report = json.loads((out / "recipe_search_focal.json").read_text())
+    assert set(report["recipes"]) == {"ours", "focal"} and report["machines"] == {
+        "ours": ["Intel, 2 cores"], "focal": ["AMD EPYC, 2 cores"]}
+    assert {c.split(",")[0] for c in pd.DataFrame(report["recipe_table"]).candidate} == {"ours", "focal"}
+    text = (out / "recipe_search_focal.md").read_text()
+    assert text.startswith("Trained on several machines") and \
+        "Recipes by machine: `ours` on Intel, 2 cores; `focal` on AMD EPYC, 2 cores." in text
+    assert (out / "compare.json").read_text() == "{}"
+    with pytest.raises(SystemExit) as refused:
+        search.main([*common, "--name", "../elsewhere"])
+    assert refused.value.code == 2 and "--name ../elsewhere" in capsys.readouterr().err
+
+
 def test_the_suite_record_reads_a_parallel_run_and_a_plain_one():
     """``environment.py --suite-log`` reads pytest's output with two workers (pytest-xdist) and without."""
     parse = _load("environment").parse_suite
