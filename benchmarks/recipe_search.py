@@ -465,9 +465,9 @@ def as_trained_paired(frames: pd.DataFrame, recipes, n_boot: int, seed: int) -> 
 
 def markdown(report: dict, table: pd.DataFrame) -> str:
     info, res = report["trained_on"], report["result"]
-    several = len(machines_trained(report)) > 1  # the file's stamp is then only the last training's machine
+    machines = list(machines_trained(report)) or [machine_name(info)]  # the stamp: the last training's machine
     lines = [(f"Trained on several machines (the next line); the last training on {machine_name(info)}"
-              if several else f"Trained on: {machine_name(info)}")
+              if len(machines) > 1 else f"Trained on: {machines[0]}")
              + f"; TensorFlow {info.get('tensorflow')}, Keras {info.get('keras')} ({report['trainings_written_at']}).",
              *machine_lines(report),
              f"Protocol: {report['protocol']['folds']} person-disjoint outer folds (compare.py's, seed "
