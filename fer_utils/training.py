@@ -141,7 +141,7 @@ class TrainConfig:
             problems.append(str(err))
         if self.mixup < 0 or not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
             problems.append("mixup and weight_decay must be >= 0, label_smoothing in [0, 1)")
-        if not (math.isfinite(self.focal_gamma) and 0 <= self.focal_gamma <= 10):
+        if not 0 <= self.focal_gamma <= 10:  # a finite number already (_kinds)
             problems.append(f"focal_gamma={self.focal_gamma!r} (0 for cross-entropy, or a focal loss's gamma "
                             "up to 10; 2 is usual)")
         if self.tta not in models.TTA_MODES:
