@@ -5,8 +5,8 @@
 
 Uses the trained model of the work folder (``<work_dir>/model.keras``, work_dir = ``$FER_WORK_DIR`` or
 ``work/``). Photos default to the Grace Hopper portrait matplotlib ships (600×512, one detectable face)
-and the first image of the dataset's unlabelled ``test/`` folder (a tight crop: detection runs, finds
-nothing, the whole image is used); the folder defaults to that ``test/`` folder ($FER_DATA_DIR). Target:
+and the first image of the dataset's unlabelled ``test/`` folder (a tight crop: MTCNN finds its face, where
+a detector finds none the whole image is used); the folder defaults to that ``test/`` folder ($FER_DATA_DIR). Target:
 median ≤ 50 ms per photo on a CPU. Prints the figures and writes them, with the machine, its load average
 before and after, the model and the photos, to ``--out`` (by default ``benchmarks/results/predict_latency.json``,
 the record the README quotes, which each run replaces: give ``--out`` elsewhere for a trial of your own).
