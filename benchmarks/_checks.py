@@ -28,14 +28,26 @@ def stop_as_interrupt() -> None:
     """Make SIGTERM (``kill``, ``timeout``, a scheduler) stop the script as Ctrl-C does, so that its temporary
     folders are removed and its worker processes stopped on the way out (SIGKILL, which no program can catch,
     still leaves them). Called when a script runs as a script, never on import or from ``main()``, so that a
-    process that imports a benchmark (the tests) keeps its own SIGTERM handling."""
+    process that imports a benchmark (the tests) keeps its own SIGTERM handling. Ctrl-C goes the same way, and
+    ``stop_asked`` tells afterwards that a stop was asked: an interrupt raised inside a lock's code (a thread
+    pool's) can surface as another error (``RuntimeError: release unlocked lock``)."""
     def stop(signum, frame):
+        _STOP_ASKED.append(signum)
         raise KeyboardInterrupt
 
     try:
         signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
     except ValueError:  # not the main thread: signals cannot be handled there
         pass
+
+
+_STOP_ASKED: list[int] = []
+
+
+def stop_asked() -> bool:
+    """Whether Ctrl-C or SIGTERM reached a script that called ``stop_as_interrupt``."""
+    return bool(_STOP_ASKED)
 
 
 def add_out(parser: argparse.ArgumentParser, default: Path, help: str, metavar: str = "DIR") -> None:

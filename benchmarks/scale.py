@@ -81,8 +81,9 @@ def main(argv=None) -> int:
     work = get_work_dir(args.work_dir) / "scale-benchmark"
     try:
         code = _measure(args, argv, work)
-    except KeyboardInterrupt:  # Ctrl-C, kill or timeout: the generated faces are the script's own
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException as err:  # Ctrl-C, kill or timeout: the generated faces are the script's own
+        if isinstance(err, KeyboardInterrupt) or _checks.stop_asked():  # (an interrupt may surface as another error)
+            shutil.rmtree(work, ignore_errors=True)
         raise
     shutil.rmtree(work, ignore_errors=True)  # kept after an error: the workers' logs there say what went wrong
     return code

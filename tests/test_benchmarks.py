@@ -776,3 +776,25 @@ def test_the_latency_benchmark_writes_what_it_printed(tmp_path, capsys):
     assert record["throughput"]["photos"] == 3 and f"{record['throughput']['photos_per_s']:.1f} photos/s" in printed
     assert record["model"]["name"] == "tiny_latency" and record["model"]["sha256"] == workfolder.sha256_of(model)
     assert record["machine"]["processor"] and len(record["load_average_before_after"]) == 2
+
+
+def test_an_interrupt_that_surfaces_as_another_error_still_removes_the_faces(tmp_path, monkeypatch):
+    """SIGTERM or Ctrl-C raised inside a thread pool's lock can reach ``scale.py`` as ``RuntimeError: release
+    unlocked lock`` (seen once in CI): once a stop was asked, any error removes the generated faces; an error with
+    no stop asked keeps them (the workers' logs are there)."""
+    scale = _load("scale")
+    made = tmp_path / "scale-benchmark"
+
+    def fails(args, argv, work):
+        (work / "split").mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("release unlocked lock")
+
+    monkeypatch.setattr(scale, "_measure", fails)
+    argv = ["--work-dir", str(tmp_path), "--out", str(tmp_path / "scale.json")]
+    with pytest.raises(RuntimeError):
+        scale.main(argv)
+    assert made.exists()  # no stop asked: kept
+    monkeypatch.setattr(scale._checks, "_STOP_ASKED", [15])
+    with pytest.raises(RuntimeError):
+        scale.main(argv)
+    assert not made.exists()
