@@ -243,9 +243,9 @@ def train_all(args) -> int:
         raise SystemExit(f"error: {runs_path} was trained on another dataset (legend sha256 "
                          f"{runs['dataset']['legend_sha256'][:12]}, this one {dataset.legend_sha256[:12]}); "
                          "write to another --out")
-    for trained in runs["trainings"].values():  # trained before each training named its machine: the file's stamp
+    for trained in runs["trainings"].values():
         for info in trained.values():
-            info.setdefault("machine", machine_name(runs["machine"]) if "machine" in runs else "unknown")
+            info["machine"] = machine_of(info, runs)
     on_disk = set() if stored is None else set(zip(stored.recipe, stored.fold))
     # stored: recorded in the trainings file and its faces in the recipe's probabilities file (either may be lost)
     todo = [(r, i) for r in args.recipes for i in range(1, args.folds + 1)
@@ -528,6 +528,11 @@ def machine_name(info: dict) -> str:
     return f"{info.get('processor', 'unknown')}, {info.get('cpu_count', '?')} cores"
 
 
+def machine_of(training: dict, runs: dict) -> str:
+    """The machine a stored training ran on; trained before trainings named theirs: the trainings file's stamp."""
+    return training.get("machine") or (machine_name(runs["machine"]) if "machine" in runs else "unknown")
+
+
 def machines_trained(report: dict) -> dict[str, list[str]]:
     """Each machine (or machines) → the recipes trained on it, in the recipes' order."""
     by_machine = {}
@@ -665,7 +670,7 @@ def search_all(args) -> int:
                            "ci_method": evaluation.CI_METHOD},
               "dataset": runs.get("dataset"), "trained_on": runs["machine"],
               # each recipe's machine(s): a recipe added later may have trained on another machine than the first
-              "machines": {r: sorted({f.get("machine", machine_name(runs["machine"])) for f in folds.values()})
+              "machines": {r: sorted({machine_of(f, runs) for f in folds.values()})
                            for r, folds in runs["trainings"].items()},
               "trainings_written_at": runs["written_at"],
               "rule": {"criterion": choice["criterion"], "accuracy_slack": args.accuracy_slack,
