@@ -154,6 +154,24 @@ def test_app_says_what_is_wrong_with_a_bad_file(app, files):
     assert "Traceback" not in app.status.value
 
 
+def test_the_last_files_faces_go_before_the_next_file_is_analysed(app, files, monkeypatch):
+    """While a new file is analysed (seconds on a busy machine), its name stands in the status line: the last
+    file's photo and faces must already be gone, never shown under the new name or its message."""
+    app.show_bytes("face.jpg", files["face"].read_bytes())
+    assert len(app.faces.children) == 1
+    seen = []
+    analyse = demo.analyse
+
+    def watching(*args, **kwargs):
+        seen.append((app.status.value, app.photo.layout.display, app.faces.children, app.analysis))
+        return analyse(*args, **kwargs)
+
+    monkeypatch.setattr(demo, "analyse", watching)
+    app.show_bytes("notes.jpg", files["text"].read_bytes())
+    ((status, display, faces, analysis),) = seen
+    assert "Analysing notes.jpg" in status and display == "none" and faces == () and analysis is None
+
+
 def test_app_sample_button_and_detection_modes(app):
     app.sample.click()
     assert app.analysis.name == demo.SAMPLE_NAME and app.analysis.faces[0].row["detection"] != "whole"
@@ -294,6 +312,8 @@ def test_demo_page_in_a_browser(model_path, files, tmp_path):
         url = server.wait(timeout=180)
         assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/\?token=[\w-]{{32}}", url), url
         with chromium() as browser:
+            from playwright.sync_api import expect  # importable: chromium() skips the test without Playwright
+
             page = browser.new_page(viewport={"width": 1280, "height": 1200})
             watch = PageWatch(page)
             page.goto(url)
@@ -317,7 +337,7 @@ def test_demo_page_in_a_browser(model_path, files, tmp_path):
             problem = page.locator(".fer-problem")
             problem.wait_for(timeout=60_000)
             assert "notes.jpg" in problem.inner_text() and "not_an_image" in problem.inner_text()
-            assert page.locator(".fer-face-title").count() == 0
+            expect(page.locator(".fer-face-title")).to_have_count(0, timeout=5_000)  # the last photo's face is gone
             body = page.inner_text("body")
             assert "Traceback" not in body and "Error" not in body
             page.screenshot(path=tmp_path / "demo_bad_file.png", full_page=True)

@@ -345,6 +345,7 @@ class DemoApp:
         """Analyse a file and show the result; any failure is shown as a message on the page."""
         name = name or Path(path).name
         self.status.value = f'<p class="fer-status" style="color:#555">Analysing {html.escape(name)}…</p>'
+        self._clear()  # the last file's faces never stand under this file's name or message
         try:
             analysis = analyse(self.loaded, path, self.detection.value, name=name)
         except Exception as err:  # noqa: BLE001 - the page says what went wrong, the server log has the traceback
@@ -355,20 +356,23 @@ class DemoApp:
         return analysis
 
     def _fail(self, name: str, why: str) -> None:
-        self.analysis = None
+        self._clear()
         self.status.value = (f'<p class="fer-problem" style="color:#b71c1c"><b>{html.escape(name)}</b> — '
                              f'something went wrong: {html.escape(why)}</p>')
+
+    def _clear(self) -> None:
+        """Remove the shown results (the photo and the faces), before a message or another file's results."""
+        self.analysis = None
         self.photo.layout.display = "none"
         self.faces.children = ()
 
     def render(self, analysis: Analysis) -> None:
         import ipywidgets as w
 
+        self._clear()
         self.analysis = analysis
         self.status.value = messages_html(analysis)
         if analysis.annotated is None:
-            self.photo.layout.display = "none"
-            self.faces.children = ()
             return
         self.photo.value = jpeg_bytes(analysis.annotated)
         self.photo.layout.display = None
