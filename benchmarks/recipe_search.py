@@ -625,6 +625,7 @@ def search_all(args) -> int:
         raise SystemExit(f"error: no stored trainings in {out} ({PROBABILITIES.format(recipe='*')}, {TRAININGS}); "
                          f"run `{train}` first")
     runs = json.loads(runs_path.read_text())
+    stored = set(runs["trainings"])
     if args.recipes or set(runs["trainings"]) - set(SEARCHED):  # the search among these recipes only
         if not args.recipes:
             args.recipes = [r for r in SEARCHED if r in runs["trainings"]]
@@ -644,9 +645,13 @@ def search_all(args) -> int:
             f"{r} fold(s) {', '.join(map(str, folds))} ({PROBABILITIES.format(recipe=r)})" for r, folds in lost.items())
             + f". Put the file(s) back, or train them again: `{train} --recipes {' '.join(lost)}`")
     wanted = sorted({m for members in ENSEMBLES.values() for m in members} - set(runs["trainings"]))
-    if args.ensembles and wanted:
-        raise SystemExit(f"error: --ensembles needs the recipe(s) {', '.join(wanted)}, which are not stored in "
-                         f"{out}; train them first: `{train} --recipes {' '.join(wanted)}`")
+    if args.ensembles and set(wanted) - stored:
+        missing = sorted(set(wanted) - stored)
+        raise SystemExit(f"error: --ensembles needs the recipe(s) {', '.join(missing)}, which are not stored in "
+                         f"{out}; train them first: `{train} --recipes {' '.join(missing)}`")
+    if args.ensembles and wanted:  # stored, but left out by --recipes
+        raise SystemExit(f"error: --ensembles averages the recipe(s) {', '.join(wanted)}, which --recipes leaves "
+                         f"out; name them too: --recipes {' '.join(args.recipes)} {' '.join(wanted)}")
     if DEFAULT[0] not in runs["trainings"]:
         raise SystemExit(f"error: {runs_path.name} has no `{DEFAULT[0]}` (today's default) to compare with; "
                          f"run --train --recipes {DEFAULT[0]}")

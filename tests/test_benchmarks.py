@@ -506,6 +506,9 @@ def test_ensembles_average_their_members_and_report_apart(tmp_path, monkeypatch)
     (out / search.TRAININGS).write_text(json.dumps({
         "protocol": {"folds": 2, "seed": 42}, "trainings": trainings, "written_at": "then",
         "machine": {"processor": "test", "cpu_count": 2}}))
+    with pytest.raises(SystemExit, match=r"averages the recipe\(s\) aug, cw1, sb, which --recipes leaves out; "
+                                         r"name them too: --recipes ours aug cw1 sb"):
+        search.main(["--out", str(out), "--recipes", "ours", "--ensembles"])  # stored, only not named
     assert search.main(["--out", str(out), "--n-boot", "30", "--ensembles"]) == 0
     assert (out / "compare.json").read_text() == "{}" and not (out / "recipe_search.json").exists()
     report = json.loads((out / "recipe_search_ensembles.json").read_text())
