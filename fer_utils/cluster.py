@@ -106,7 +106,8 @@ def wait_for_workers(procs: list, timeout: float = WORKERS_TIMEOUT, log_dir: str
                      ) -> list[int]:
     """Wait for every worker process to end, at most ``timeout`` seconds in all, and return their exit codes.
     When the time is up, stop the ones still running and raise ``TimeoutError`` saying what was waited for; on
-    Ctrl-C (or SIGTERM made an interrupt) stop them too, so that no worker trains on alone."""
+    Ctrl-C (or SIGTERM made an interrupt), or any other error while waiting, stop them too, so that no worker
+    trains on alone (an interrupt that lands inside a lock can surface as another error)."""
     deadline = time.monotonic() + timeout
     codes = []
 
@@ -119,15 +120,15 @@ def wait_for_workers(procs: list, timeout: float = WORKERS_TIMEOUT, log_dir: str
     for index, proc in enumerate(procs):
         try:
             codes.append(proc.wait(timeout=max(0.0, deadline - time.monotonic())))
-        except KeyboardInterrupt:
-            stop_all()
-            raise
         except subprocess.TimeoutExpired:
             running = [i for i, p in enumerate(procs) if p.poll() is None]
             stop_all()
             raise TimeoutError(f"the local cluster's worker(s) {running} were still training after {timeout:.0f} s "
                                f"(waiting from worker {index} on); all stopped"
                                + (f"; their logs are in {log_dir}" if log_dir else "")) from None
+        except BaseException:
+            stop_all()
+            raise
     return codes
 
 

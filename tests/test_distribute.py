@@ -271,6 +271,26 @@ def test_waiting_for_workers_has_a_timeout_that_says_what_it_waited_for(tmp_path
     assert time.monotonic() - started < 30 and all(p.poll() is not None for p in procs)
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_wait_stops_every_worker(error):
+    """Ctrl-C while waiting, or an interrupt that surfaced as another error ('release unlocked lock'): no worker
+    is left training alone."""
+    import sys as _sys
+
+    procs = [subprocess.Popen([_sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
+
+    class Interrupted:  # the first worker's wait is interrupted
+        def wait(self, timeout=None):
+            raise error("release unlocked lock")
+
+        def poll(self):
+            return 0
+
+    with pytest.raises(error):
+        cluster.wait_for_workers([Interrupted(), *procs], timeout=60)
+    assert all(p.poll() is not None for p in procs)
+
+
 def test_a_cluster_that_cannot_form_gives_up_in_one_line(tmp_path, small_split):
     """Worker 1 of two, whose peer never starts: no endless wait; one line naming the cluster, and it stops itself
     with the documented status 1 (training could not go on), not killed by its watchdog (137: TensorFlow holds the
