@@ -1057,6 +1057,44 @@ SYNTHETIC_CSV = "labels.csv"
 SYNTHETIC_FORMATS = {"png": ("PNG", ".png", {"compress_level": 1}), "jpeg": ("JPEG", ".jpg", {"quality": 90})}
 
 
+def _in_threads(work, n: int, workers: int, poll: float = 0.2) -> None:
+    """``work(i)`` for every ``i < n``, spread over ``workers`` threads; the first error raised, after all stop.
+
+    Interrupt-safe, unlike waiting on a thread pool's futures: the main thread holds no lock the workers need,
+    only joins them with a timeout, so Ctrl-C (or SIGTERM made an interrupt) landing anywhere cannot leave a
+    future's lock held and the pool's threads waiting on it for ever (seen: a killed benchmark that never ended).
+    On an interrupt or an error the work not yet started is dropped, not all done first."""
+    import threading
+
+    stop, errors, lock, cursor = threading.Event(), [], threading.Lock(), iter(range(n))
+
+    def run() -> None:
+        while not stop.is_set():
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                return
+            try:
+                work(i)
+            except BaseException as err:  # noqa: BLE001 - handed to the main thread, which raises it
+                errors.append(err)
+                stop.set()
+
+    threads = [threading.Thread(target=run, daemon=True, name=f"synthetic-{k}") for k in range(max(1, workers))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(poll)
+    finally:
+        stop.set()  # an interrupt or an error: the others finish the image in hand, then stop
+        for t in threads:
+            t.join(30)
+    if errors:
+        raise errors[0]
+
+
 def write_synthetic_dataset(root: str | os.PathLike, layout: str = "folders", n_images: int = 800,
                             size: int = 48, emotions=EMOTIONS, n_people: int | None = None, seed: int = 0,
                             workers: int | None = None, image_format: str = "png") -> dict:
@@ -1104,12 +1142,7 @@ def write_synthetic_dataset(root: str | os.PathLike, layout: str = "folders", n_
         draw_face(emotion_of[i], rng, size).save(root / relative[i], fmt, **options)
 
     t0 = time.perf_counter()
-    pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1) * 2)
-    try:
-        for _ in pool.map(write, range(n_images), chunksize=256):
-            pass
-    finally:  # on Ctrl-C (or an error) the faces not yet drawn are dropped, not all drawn first
-        pool.shutdown(wait=True, cancel_futures=True)
+    _in_threads(write, n_images, workers or (os.cpu_count() or 1) * 2)
     seconds = time.perf_counter() - t0
     csv = None
     if layout == "csv":

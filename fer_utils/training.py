@@ -445,6 +445,29 @@ def _shard_by_data(batches: dict) -> dict:
     return {k: b.with_options(options) for k, b in batches.items()}
 
 
+def _no_empty_replica(batches: dict, counts: dict, global_batch: int, replicas: int) -> dict:
+    """Mirrored replicas on one machine split each global batch between them, so a last batch with fewer faces
+    than replicas (17 faces, global batch 16: 1 + 0) leaves a replica an empty batch, and TensorFlow 2.21's
+    oneDNN convolution (seen on Intel Xeon) returns the wrong shape for an empty batch ("input depth must be
+    evenly divisible by filter depth: 1 vs 32"). Such a remainder joins the batch before it (``rebatch``): every
+    face is still seen once per epoch, in the same order. A split with fewer faces than replicas is left as it
+    is (nothing can fill both); so is a pipeline whose batches are not what the split's face count implies."""
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    out = dict(batches)
+    for split, ds in batches.items():
+        faces, last = counts.get(split, 0), counts.get(split, 0) % global_batch
+        if faces <= global_batch or last == 0 or last >= replicas:
+            continue
+        if int(ds.cardinality()) != -(-faces // global_batch):  # not the batches this count implies: leave it
+            continue
+        sizes = [global_batch] * (faces // global_batch - 1) + [global_batch + last]
+        out[split] = ds.rebatch(tf.constant(sizes, tf.int64)).apply(
+            tf.data.experimental.assert_cardinality(len(sizes))).prefetch(tf.data.AUTOTUNE)
+    return out
+
+
 def _backup_dir(work: Path, config: TrainConfig, net, worker: dict) -> Path:
     """``<work>/.backup/<key>/<task>/``: the key changes with the config, the model and the cluster, so an
     interrupted run resumes only into the same run; every worker keeps its own files."""
@@ -886,9 +909,11 @@ def start(config: TrainConfig, work_dir: str | os.PathLike, model=None, *, callb
     t_data = time.perf_counter()
     global_batch = config.batch_size * worker["replicas"]  # each replica takes batch_size faces per step
     batches = pipelines.make_pipelines(config.replace(batch_size=global_batch), work, splits=("train", "val"))
+    counts = _counts(work)
     if worker["workers"] > 1:
         batches = _shard_by_data(batches)
-    counts = _counts(work)
+    elif worker["replicas"] > 1:
+        batches = _no_empty_replica(batches, counts, global_batch, worker["replicas"])
     data_seconds = time.perf_counter() - t_data
     if model is None:
         with strategy.scope():  # variables are created on every device the strategy uses

@@ -161,3 +161,21 @@ def test_write_synthetic_dataset_layouts_and_determinism(tmp_path):
         assert (im.format, im.size) == ("JPEG", (48, 48))
     with pytest.raises(FileExistsError):
         write_synthetic_dataset(tmp_path / "c", "csv", n_images=3)
+
+
+def test_a_failing_synthetic_face_stops_the_writers_and_is_raised(tmp_path, monkeypatch):
+    """An error in one writer thread reaches the caller, and the faces not yet started are not drawn."""
+    from fer_utils import data
+
+    drawn, draw = [], data.draw_face
+
+    def failing(emotion, rng, size, *args, **kwargs):
+        drawn.append(emotion)
+        if len(drawn) == 25:
+            raise OSError("no space left on device")
+        return draw(emotion, rng, size, *args, **kwargs)
+
+    monkeypatch.setattr(data, "draw_face", failing)
+    with pytest.raises(OSError, match="no space left"):
+        data.write_synthetic_dataset(tmp_path / "d", "folders", n_images=2000, workers=3)
+    assert 25 <= len(drawn) < 100 and len(list((tmp_path / "d").rglob("*.png"))) < 100

@@ -112,8 +112,10 @@ def test_a_notebook_that_starts_tensorflow_itself_still_gets_the_cpu_split():
 
 def test_mirrored_trains_on_splits_that_do_not_divide_over_the_replicas(tmp_path):
     """17 training faces and 5 validation faces over two replicas of global batch 16: the validation batch splits
-    3 + 2 and the last training batch 1 + 0. Keras built the model from the replicas' first batches added element
-    by element ("AddN ... must have the same size and shape"); every face must train and be scored."""
+    3 + 2. Keras built the model from the replicas' first batches added element by element ("AddN ... must have
+    the same size and shape"); every face must train and be scored. The last training batch would split 1 + 0,
+    and an empty batch crashed TensorFlow's oneDNN convolution on Intel Xeon ("input depth must be evenly
+    divisible by filter depth: 1 vs 32"): that one face joins the batch before it, one step of 17 faces."""
     work = make_split(tmp_path, {"train": 17, "val": 5, "test": 1}, seed=3)
     result = subprocess.run([sys.executable, "-m", "fer_utils", "train", "--work-dir", str(work), *SETTINGS,
                              "-p", "epochs", "1", "-p", "batch_size", "8", "-p", "strategy", "mirrored", "--quiet"],
@@ -121,6 +123,7 @@ def test_mirrored_trains_on_splits_that_do_not_divide_over_the_replicas(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((work / TRAIN_RECORD).read_text())
     assert record["distribution"]["replicas"] == 2 and record["counts"]["train"] == 17
+    assert record["steps_per_epoch"] == 1  # 16 + 1 faces as one batch: no replica is left an empty one
     row = history(work).iloc[0]
     assert row.loss == row.loss and row.val_loss == row.val_loss  # finite: an empty replica adds no NaN
     # accuracies are whole numbers of faces out of all 17 and all 5: none was dropped
