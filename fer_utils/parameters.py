@@ -86,9 +86,10 @@ AT_LEAST = {"samples_per_emotion": (1, "faces shown per emotion"), "max_per_clas
             "per_replica_batch": (1, "faces per replica per step"), "logical_cpus": (1, "logical CPU devices")}
 
 
-def check_ranges(params: dict) -> list[str]:
+def check_ranges(params: dict, defaults: dict | None = None) -> list[str]:
     """One line per ``-p`` value out of range (``AT_LEAST``; ``test_size`` and ``val_size`` between 0 and 1,
-    with room left for training), checked before any notebook starts; ``[]`` when all are in range."""
+    with room left for training, the one not given taken from ``defaults``: the notebooks' declared values),
+    checked before any notebook starts; ``[]`` when all are in range."""
     problems = []
     for name, (least, what) in AT_LEAST.items():
         value = params.get(name)
@@ -101,7 +102,13 @@ def check_ranges(params: dict) -> list[str]:
     for name, value in sizes.items():
         if not 0 < value < 1:
             problems.append(f"-p {name} {value}: must be a share between 0 and 1 (of the usable images)")
+    given = [k for k in ("test_size", "val_size") if k in sizes]
+    for k in ("test_size", "val_size"):  # the one not given: its declared default
+        value = (defaults or {}).get(k)
+        if given and k not in sizes and isinstance(value, (int, float)) and not isinstance(value, bool):
+            sizes[k] = value
     if len(sizes) == 2 and all(0 < v < 1 for v in sizes.values()) and sum(sizes.values()) >= 1:
-        problems.append(f"-p test_size {sizes['test_size']} -p val_size {sizes['val_size']}: together they must "
-                        "leave images to train on (their sum below 1)")
+        said = " ".join(f"-p {k} {sizes[k]}" if k in given else f"with {k} {sizes[k]} (the default)"
+                        for k in ("test_size", "val_size"))
+        problems.append(f"{said}: together they must leave images to train on (their sum below 1)")
     return problems

@@ -7,7 +7,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fer_utils.workfolder import DATASET_RECORD, NEEDS, NOTEBOOKS, REPO_ROOT, get_work_dir, read_record
+from fer_utils.workfolder import (
+    DATASET_RECORD,
+    NEEDS,
+    NOTEBOOKS,
+    REPO_ROOT,
+    WORK_ENTRIES,
+    get_work_dir,
+    read_record,
+)
 
 
 def check_config(params: dict) -> list[str]:
@@ -140,6 +148,11 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
                 data.load_legend(data.open_dataset(root, origin))
             except (data.DatasetError, OSError) as err:
                 problems.append(str(err))
+    foreign = foreign_entries(work)
+    if foreign and not any(str(work) in line for line in problems):  # (one line for one mistaken folder)
+        problems.append(f"the work folder {work} holds files that no notebook of this series made ("
+                        f"{', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}) and none that one did: the "
+                        "notebooks write and replace files there, so choose a new or empty folder (--work-dir)")
     mine, theirs = dataset_identity(data_path), work / DATASET_RECORD
     if mine and theirs.exists() and (data_path or any(p.name.startswith("01_") for p in notebooks)):
         recorded = read_record(theirs)
@@ -150,6 +163,19 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
                             "removed is another one): give this dataset a work folder of its own (--work-dir), which "
                             "keeps the earlier results as they are, or delete that one to start over")
     return problems
+
+
+def foreign_entries(work: Path) -> list[str]:
+    """The names in an existing, non-empty folder none of whose entries is a work folder's (``WORK_ENTRIES``):
+    someone's own folder, given as ``--work-dir`` by mistake; ``[]`` for a new, empty or work folder. Hidden
+    entries (``.DS_Store``, ``.ipynb_checkpoints``) count for neither."""
+    if not work.is_dir():
+        return []
+    try:
+        names = sorted(p.name for p in work.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return []  # unreadable: the write check says so
+    return [] if not names or set(names) & set(WORK_ENTRIES) else names
 
 
 def recorded_data_dir(work: Path) -> tuple[str | None, str | None]:

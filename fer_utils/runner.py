@@ -201,6 +201,15 @@ def _run(argv: list[str] | None) -> int:
         print("--publish copies outputs over the committed notebooks, whose parameter cells keep their defaults: "
               "publish only a run with default parameters (no -p).", file=sys.stderr)
         return 2
+    if args.publish and (args.start or args.until):
+        print("--publish replaces every committed notebook and the published run's record, which the README "
+              "quotes: publish only the whole chain (no --from, no --until).", file=sys.stderr)
+        return 2
+    if args.publish and dataset_identity(args.data_dir or os.environ.get("FER_DATA_DIR")) != dataset_identity(None):
+        print("--publish: the committed notebooks show the muxspace dataset at the pinned commit, and this run's "
+              "data (--data-dir or $FER_DATA_DIR) is another dataset: publish only a run on that one.",
+              file=sys.stderr)
+        return 2
     for name in ("work_dir", "data_dir"):
         if name in params:
             print(f"Use --{name.replace('_', '-')} instead of -p {name}.", file=sys.stderr)
@@ -211,8 +220,9 @@ def _run(argv: list[str] | None) -> int:
         # a partial run on the data the work folder's results come from, not on the default download
         data_dir, problem = recorded_data_dir(get_work_dir(args.work_dir, create=False))
         origin, problems = "work folder", [problem] if problem else []
+    defaults = {k: parse_value(info["default"]) for d in declared.values() for k, info in d.items()}
     problems += (check_values(kind_checked(params), declared)
-                 or check_ranges(params) + check_choices(params) + check_config(params))
+                 or check_ranges(params, defaults) + check_choices(params) + check_config(params))
     problems += check_folders(data_dir, args.work_dir, notebooks, origin=origin)
     if not problems:
         problems += check_inputs(args.work_dir, notebooks)

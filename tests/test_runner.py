@@ -91,6 +91,40 @@ def test_publish_refuses_non_default_parameters(chain, tmp_path, capsys):
     assert "publish only a run with default parameters" in capsys.readouterr().err
 
 
+def test_publish_refuses_a_partial_run_or_other_data(chain, tmp_path, capsys):
+    """--publish replaces every committed notebook and the published record: only the whole chain, only on the
+    pinned dataset (a run on other data once overwrote notebook 01 and its figure with synthetic faces)."""
+    work = tmp_path / "work"
+    for extra in (["--until", "02"], ["--from", "02"]):
+        assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--publish", *extra]) == 2
+        assert "publish only the whole chain" in capsys.readouterr().err
+    other = _dataset(tmp_path / "other", ["a.jpg"])
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--publish", "--data-dir",
+                        str(other)]) == 2
+    assert "is another dataset: publish only a run on that one" in capsys.readouterr().err
+    assert not work.exists()
+
+
+def test_someones_own_folder_is_refused_as_work_folder(chain, tmp_path, capsys):
+    """A non-empty folder none of whose entries a notebook makes is someone's own (a typo, or the home folder):
+    refused before anything is written; a folder that is a work folder, also holding other things, is used."""
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    for name in ("chapter1.docx", "figures.key", "data.xlsx", "notes.txt"):
+        (mine / name).write_text("precious")
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(mine), "--until", "01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: the work folder {mine} holds files that no notebook of this series made (chapter1.docx, "
+                   "data.xlsx, figures.key, …) and none that one did: the notebooks write and replace files there, "
+                   "so choose a new or empty folder (--work-dir)")
+    assert sorted(p.name for p in mine.iterdir()) == ["chapter1.docx", "data.xlsx", "figures.key", "notes.txt"]
+    hidden = tmp_path / "fresh"
+    (hidden / ".ipynb_checkpoints").mkdir(parents=True)  # hidden entries count for neither
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(hidden), "--until", "01"]) == 0
+    (hidden / "my_photos").mkdir()  # a work folder with the user's own things beside: still a work folder
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(hidden), "--until", "01"]) == 0
+
+
 def test_cli_help_lists_commands(capsys):
     from fer_utils.__main__ import main
 
@@ -504,6 +538,12 @@ def test_counts_and_shares_out_of_range_are_named():
         "-p test_size 1.5: must be a share between 0 and 1 (of the usable images)"]
     assert parameters.check_ranges({"test_size": 0.6, "val_size": 0.4}) == [
         "-p test_size 0.6 -p val_size 0.4: together they must leave images to train on (their sum below 1)"]
+    defaults = {"test_size": 0.2, "val_size": 0.1}  # notebook 02's declared values: the one not given
+    assert parameters.check_ranges({"test_size": 0.95}, defaults) == [
+        "-p test_size 0.95 with val_size 0.1 (the default): together they must leave images to train on (their sum "
+        "below 1)"]
+    assert parameters.check_ranges({"val_size": 0.5}, defaults) == []
+    assert parameters.check_ranges({}, {"test_size": 0.9, "val_size": 0.9}) == []  # defaults alone are not checked
 
 
 @pytest.mark.parametrize("args, message", [
