@@ -101,6 +101,20 @@ def test_output_file_that_is_an_input_is_refused(capsys, model_path, photos, tmp
     assert snapshot(photos) == before and link.read_bytes() == victim.read_bytes()
 
 
+def test_output_file_that_is_the_model_or_its_record_is_refused(capsys, model_path, photos, tmp_path):
+    """``-o model.keras`` once replaced the model it read with the JSON results; the record (``model.json``), a
+    link to either, and the default model of ``--work-dir`` are refused too."""
+    record = model_path.with_suffix(".json")
+    before = {p: p.read_bytes() for p in (model_path, record)}
+    refused(*predict(capsys, model_path, photos, "-o", model_path), "--output", "the model's file")
+    refused(*predict(capsys, model_path, photos, "-o", record), "--output", "the model's file")
+    os.symlink(model_path, tmp_path / "results.json")
+    refused(*predict(capsys, model_path, photos, "-o", tmp_path / "results.json"), "--output", "the model's file")
+    code = P.main([str(photos), "--work-dir", str(model_path.parent), "--detection", "whole", "-o", str(model_path)])
+    refused(code, capsys.readouterr().err, "--output", "the model's file")
+    assert {p: p.read_bytes() for p in (model_path, record)} == before
+
+
 def test_unusable_output_is_refused_before_any_work(capsys, model_path, photos, tmp_path):
     refused(*predict(capsys, model_path, photos, "-o", tmp_path), "--output", "folder")
     refused(*predict(capsys, model_path, photos, "-o", tmp_path / "no" / "such" / "r.json"), "--output")

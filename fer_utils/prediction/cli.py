@@ -5,10 +5,10 @@ The results (JSON or CSV) go to stdout or ``--output``; everything else — whic
 records that describe another model, what was annotated, counts and time — goes to stderr.
 
 It never replaces a file it was not told to write: before any work it refuses (status 2, one line saying
-what to do) an ``--output`` that is an input photo (by identity: a hard or symbolic link to one too) or lies
-inside an input folder, an ``--annotate`` folder that is, holds or lies inside an input, leads out through a
-symbolic link, or already holds the copies (``--overwrite`` replaces those), and an output that cannot be
-written (a folder, a file for a folder, no write permission).
+what to do) an ``--output`` that is an input photo or the model's file or record (by identity: a hard or
+symbolic link to one too) or lies inside an input folder, an ``--annotate`` folder that is, holds or lies inside
+an input, leads out through a symbolic link, or already holds the copies (``--overwrite`` replaces those), and an
+output that cannot be written (a folder, a file for a folder, no write permission).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from fer_utils.prediction.inference import (
     BROKEN_MODEL,
     PREDICTED,
     STATUSES,
+    default_model_path,
     load_and_announce,
     predict,
     summary,
@@ -123,9 +124,9 @@ def _report_annotated(written, out_dir: str) -> None:
             print(f"  … and {len(written.skipped) - MAX_LISTED} more", file=sys.stderr)
 
 
-def check_output(output: str, inputs: Sequence, files: Sequence) -> None:
-    """Refuse (``ValueError``) an ``--output`` that cannot be written, is an input (compared by identity) or
-    lies inside an input folder."""
+def check_output(output: str, inputs: Sequence, files: Sequence, model: Sequence = ()) -> None:
+    """Refuse (``ValueError``) an ``--output`` that cannot be written, is an input or one of the ``model``'s
+    files (compared by identity) or lies inside an input folder."""
     path = Path(output)
     if path.is_dir():
         raise ValueError(f"--output {output} is a folder; name a file for the results.")
@@ -136,6 +137,10 @@ def check_output(output: str, inputs: Sequence, files: Sequence) -> None:
         raise ValueError(f"--output {output}: cannot write into {real.parent}; name a file in a folder you can "
                          "write to.")
     same = file_id(path)
+    for item in model:  # the model and its record, which this command reads
+        if same is not None and file_id(item) == same:
+            raise ValueError(f"Refusing --output {output}: it is the model's file {item}, which this command reads; "
+                             "name another file for the results.")
     for item in [*inputs, *files]:
         if not isinstance(item, (str, os.PathLike)):
             continue
@@ -151,7 +156,8 @@ def check_output(output: str, inputs: Sequence, files: Sequence) -> None:
 def check_outputs(args, items: list) -> None:
     """Every refusal of ``--output`` and ``--annotate``, before any work (``ValueError``, one line)."""
     if args.output:
-        check_output(args.output, args.paths, items)
+        model = Path(args.model).expanduser() if args.model else default_model_path(args.work_dir)
+        check_output(args.output, args.paths, items, model=[model, model.with_suffix(".json")])
     if args.annotate:
         check_annotate_dir(args.annotate, args.paths, items)
         import pandas as pd
