@@ -391,6 +391,41 @@ def test_folders_are_walked(fer, photos):
     assert all(f.startswith(str(photos["face"].parent)) for f in files)
 
 
+def test_a_folders_other_files_links_and_loops_are_said_not_dropped(model_dir, photos, tmp_path, capsys):
+    """In a named folder: JPEG's rarer names (.jfif, .jpe) are read; a link to another folder is followed (and a
+    link back up walked once); every other file, and a folder that cannot be read, is listed on stderr. A hidden
+    file is left out without a word."""
+    top, elsewhere = tmp_path / "mine", tmp_path / "elsewhere"
+    top.mkdir()
+    elsewhere.mkdir()
+    face = photos["face"].read_bytes()
+    (top / "a.jfif").write_bytes(face)
+    (top / "b.jpe").write_bytes(face)
+    (top / "notes.txt").write_text("shopping list")
+    (top / "IMG_0001.HEIC").write_bytes(b"not read here")
+    (top / ".DS_Store").write_bytes(b"")
+    (elsewhere / "c.png").write_bytes(photos["blank"].read_bytes())
+    os.symlink(elsewhere, top / "more")
+    os.symlink(top, top / "loop")  # a link back up: walked once, no endless walk
+    items = P.collect_inputs([top], skipped=(said := []))
+    assert sorted(Path(i).name for i in items) == ["a.jfif", "b.jpe", "c.png"]
+    assert sorted(Path(name).name for name, _ in said) == ["IMG_0001.HEIC", "loop", "notes.txt"]
+    code = P.main([str(top), "--model", str(model_dir / "model.keras"), "--detection", "whole"])
+    out, err = capsys.readouterr()
+    assert code == 0 and {o["status"] for o in json.loads(out)} <= set(P.PREDICTED) and len(json.loads(out)) == 3
+    assert "3 entries in the folders were not read" in err
+    assert f"{top / 'notes.txt'}: not a photo by its name (.txt;" in err and "IMG_0001.HEIC: not a photo" in err
+    assert f"{top / 'loop'}: the same folder as {top}, walked once" in err and ".DS_Store" not in err
+    if os.geteuid() != 0:  # root reads every folder
+        locked = top / "locked"
+        locked.mkdir(mode=0o000)
+        try:
+            P.collect_inputs([top], skipped=(said := []))
+            assert (str(locked), "a folder that cannot be read (Permission denied)") in said
+        finally:
+            locked.chmod(0o755)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 

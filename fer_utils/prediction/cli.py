@@ -188,6 +188,19 @@ def _report_repeats(repeats: list) -> None:
         print(f"  … and {len(repeats) - MAX_LISTED} more", file=sys.stderr)
 
 
+def _report_skipped(skipped: list) -> None:
+    """What the named folders hold besides photos (files by name, unreadable folders): said, never dropped
+    without a word. A file named on the command line gets a row whatever its name."""
+    if not skipped:
+        return
+    print(f"{len(skipped)} entries in the folders were not read (name a file itself to have it read):",
+          file=sys.stderr)
+    for name, why in skipped[:MAX_LISTED]:
+        print(f"  {name}: {why}", file=sys.stderr)
+    if len(skipped) > MAX_LISTED:
+        print(f"  … and {len(skipped) - MAX_LISTED} more", file=sys.stderr)
+
+
 def encoded(text: str) -> bytes:
     """The results as UTF-8 bytes, the same on stdout and in ``--output``: a file name that is not valid UTF-8
     (its bytes decoded by Python as lone surrogates) is written with the escape the JSON output uses, ``\\udcff``
@@ -220,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.min_face <= 1 or args.margin < 0 or args.batch_size < 1:
         parser.error("--min-face must be in (0, 1], --margin >= 0 and --batch-size >= 1")
     repeats: list[tuple[str, str]] = []
-    items = collect_inputs(args.paths, exclude=[args.annotate] if args.annotate else (), repeats=repeats)
+    skipped: list[tuple[str, str]] = []
+    items = collect_inputs(args.paths, exclude=[args.annotate] if args.annotate else (), repeats=repeats,
+                           skipped=skipped)
     try:
         check_outputs(args, items)
         if args.detection != "whole":
@@ -262,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(broken):  # a broken model: said once, not only in every row
         print(f"error: {len(broken)} faces: {broken.iloc[0]}", file=sys.stderr)
     _report_repeats(repeats)
+    _report_skipped(skipped)
     counts = ", ".join(f"{n} {s}" for s, n in summary(results)["files"].items())
     distinct = results.file.nunique()
     inputs = f"{distinct + len(repeats)} inputs named, {distinct} distinct" if repeats else f"{distinct} inputs"

@@ -62,7 +62,7 @@ def _check_path(path: Path) -> None:
                 raise ImageProblem("not_found", "a symbolic link that leads nowhere (broken, or a loop)")
             raise ImageProblem("not_found", "no such file")
         if path.is_dir():
-            has_images = any(Path(f).suffix.lower() in IMAGE_SUFFIXES for _, _, files in os.walk(path) for f in files)
+            has_images = any(Path(f).suffix.lower() in PHOTO_SUFFIXES for _, _, files in os.walk(path) for f in files)
             raise ImageProblem("not_an_image", "a folder" if has_images else "a folder with no image files in it")
         if not path.is_file():  # a FIFO would block Pillow forever; devices and sockets are no images
             raise ImageProblem("not_an_image", "not a regular file")
@@ -205,8 +205,46 @@ def _tf_decoded(path: Path, channels: int, size: tuple[int, int]) -> Image.Image
     return _as_image(arr)
 
 
-def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = (), repeats: list | None = None) -> list:
-    """Expand folders (walked recursively, image files by suffix, hidden files skipped, sorted).
+#: The suffixes a folder's photos are taken by: the dataset's (``IMAGE_SUFFIXES``) and JPEG's rarer spellings.
+PHOTO_SUFFIXES = frozenset(IMAGE_SUFFIXES | {".jfif", ".jpe"})
+
+
+def walk_photos(folder, excluded: Sequence[Path] = (), skipped: list | None = None) -> list[str]:
+    """The photos in ``folder`` and its sub-folders (sorted; links to folders followed, each real folder walked
+    once; hidden entries and ``excluded`` folders left out). ``skipped`` receives ``(path, why)`` for every other
+    file and every folder that could not be read, so that nothing is left out without a word."""
+    found, walked = [], {}
+
+    def unreadable(err: OSError) -> None:
+        if skipped is not None:
+            skipped.append((str(err.filename), f"a folder that cannot be read ({err.strerror or err})"))
+
+    for root, dirs, files in os.walk(Path(folder), onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:  # a link back up (a loop) or to a folder walked already
+            if skipped is not None:
+                skipped.append((root, f"the same folder as {walked[real]}, walked once"))
+            dirs[:] = []
+            continue
+        walked[real] = root
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not any(resolved(Path(root) / d) == e for e in excluded))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            if Path(name).suffix.lower() in PHOTO_SUFFIXES:
+                found.append(path)
+            elif skipped is not None:
+                skipped.append((path, f"not a photo by its name ({Path(name).suffix or 'no suffix'}; "
+                                      f"{FORMATS_READ} are read)"))
+    return found
+
+
+def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = (), repeats: list | None = None,
+                   skipped: list | None = None) -> list:
+    """Expand folders (``walk_photos``: recursively, links to folders followed, photos by suffix, hidden entries
+    left out, sorted); ``skipped`` receives ``(path, why)`` for the other files and unreadable folders in them.
 
     Files named explicitly are kept whatever their suffix (a non-image then gets its status), and so are
     Pillow images, arrays and anything else (which gets an ``error`` row). A folder with no image file
@@ -234,12 +272,6 @@ def collect_inputs(paths: Iterable, exclude: Sequence[os.PathLike] = (), repeats
             if not isinstance(item, (str, os.PathLike)) or first_time(item):
                 out.append(str(item) if isinstance(item, os.PathLike) else item)
             continue
-        found = []
-        for root, dirs, files in os.walk(Path(item)):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                             and not any(resolved(Path(root) / d) == e for e in excluded))
-            for name in sorted(files):
-                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    found.append(os.path.join(root, name))
+        found = walk_photos(item, excluded, skipped)
         out.extend([f for f in found if first_time(f)] or ([] if found else [str(item)]))
     return out
