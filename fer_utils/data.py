@@ -161,6 +161,27 @@ def _class_folders(root: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
+def _tree_files(folder: Path, unreadable: list | None = None) -> list[Path]:
+    """Every file under ``folder`` (sorted), as class folders are read: folders that are symbolic links followed
+    (each real folder once), links that lead nowhere kept (the audit says they cannot be read), hidden entries
+    kept (callers skip and list them). ``unreadable`` receives each folder that cannot be listed."""
+    out, seen = [], set()
+
+    def cannot_list(err: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append((Path(err.filename), err.strerror or str(err)))
+
+    for here, dirs, names in os.walk(folder, onerror=cannot_list, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # a link back up, or to a folder walked already
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        out += [f for f in (Path(here) / n for n in names) if f.is_file() or f.is_symlink()]
+    return sorted(out)
+
+
 def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
     """``(layout, root, labels_csv)`` of a dataset path (``LAYOUTS``), or a ``DatasetError`` saying what is there.
 
@@ -189,7 +210,7 @@ def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
     csvs = sorted(p for p in path.glob("*.csv") if p.is_file())
     if (path / LABELS_CSV).is_file():
         return "csv", path, path / LABELS_CSV
-    folders = any(any(f.is_file() for f in folder.rglob("*")) for folder, _ in _class_folders(path))
+    folders = any(any(f.is_file() for f in _tree_files(folder)) for folder, _ in _class_folders(path))
     if folders:  # a table of pixels (FER2013's fer2013.csv) beside the image folders does not label them
         csvs = [csv for csv in csvs if not _pixel_table(csv)]
     if len(csvs) == 1:
@@ -218,7 +239,7 @@ def _folders_digest(root: Path) -> str:
     """sha256 of a class-folder dataset's file list (relative paths and sizes): what identifies it."""
     digest = hashlib.sha256()
     for folder, _ in _class_folders(root):
-        for f in sorted(folder.rglob("*")):
+        for f in _tree_files(folder):
             if f.is_file():
                 digest.update(f"{f.relative_to(root).as_posix()}\t{f.stat().st_size}\n".encode())
     return digest.hexdigest()
@@ -511,7 +532,7 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
     if dataset.layout == "folders":
         rows = [(f.relative_to(dataset.root).as_posix(), folder.name, source)
                 for folder, source in _class_folders(dataset.root)
-                for f in sorted(folder.rglob("*")) if f.is_file() and _visible(f, folder)]
+                for f in _tree_files(folder) if _visible(f, folder)]
         legend = pd.DataFrame(rows, columns=["image", "label", "source"])
         legend["user_id"] = ""
     else:
@@ -732,14 +753,25 @@ def dataset_files(dataset: Dataset) -> list[str]:
     if dataset.layout == "muxspace":
         return sorted(p.name for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
     if dataset.layout == "folders":
-        found = {p.relative_to(base).as_posix() for p in base.rglob("*")
-                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, base)}
-        found |= {p.relative_to(base).as_posix() for folder, _ in _class_folders(base) for p in folder.rglob("*")
-                  if p.is_file() and _visible(p, base)}
+        found = {p.relative_to(base).as_posix() for p in _tree_files(base)
+                 if p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, base)}
+        found |= {p.relative_to(base).as_posix() for folder, _ in _class_folders(base) for p in _tree_files(folder)
+                  if _visible(p, base)}
     else:
         found = _walk_images(base)
         found |= {n for n, where in _csv_images(base, _read_labels_csv(dataset.labels_csv)["image"]) if where == "file"}
     return sorted(found)
+
+
+def _unreadable_folders(dataset: Dataset) -> list[tuple[str, str]]:
+    """Folders in class folders that cannot be listed (``(relative path, why)``): their images go unused, and the
+    audit lists them."""
+    if dataset.layout != "folders":
+        return []
+    found: list = []
+    for folder, _ in _class_folders(dataset.root):
+        _tree_files(folder, found)
+    return [(p.relative_to(dataset.root).as_posix(), why) for p, why in found]
 
 
 def _hidden_files(dataset: Dataset) -> list[str]:
@@ -747,7 +779,7 @@ def _hidden_files(dataset: Dataset) -> list[str]:
     if dataset.layout != "folders":
         return []
     return sorted(p.relative_to(dataset.root).as_posix() for folder, _ in _class_folders(dataset.root)
-                  for p in folder.rglob("*") if p.is_file() and not _visible(p, folder))
+                  for p in _tree_files(folder) if not _visible(p, folder))
 
 
 def scan_images(root, workers: int | None = None) -> pd.DataFrame:
@@ -814,6 +846,8 @@ OWN_DATA_FINDING_KINDS = {
     "no person": "a labels CSV's row with an empty person cell (others have one): split as a single image, so "
                  "the person-disjoint split does not cover it",
     "hidden file": "a hidden file in a class folder (.name, or in a .folder): skipped",
+    "unreadable folder": "a folder in a class folder that cannot be listed (its permissions): its images are not "
+                         "used",
 }
 #: Where each layout's labels are, in the findings' words.
 _LABELS_WHERE = {"muxspace": ("legend row", "not in images/", "no legend row"),
@@ -935,6 +969,8 @@ def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | Non
             add("same content", name, None, "identical to " + ", ".join(n for n in names if n != name))
     for name in _hidden_files(dataset):
         add("hidden file", name, None, "hidden file (its name, or a folder's, starts with '.'): skipped")
+    for name, why in _unreadable_folders(dataset):
+        add("unreadable folder", name, None, f"a folder that cannot be listed ({why}): its images are not used")
 
     has_person = dataset.layout == "muxspace" or ("person" in legend and legend["person"].ne("").any())
     if csv and has_person:  # a row without a person is split as a face of its own: outside the guarantee

@@ -154,3 +154,29 @@ def test_small_wordings_and_hidden_files(tmp_path):
     at = sum(map(len, raw[:3])) + raw[3].index(b"\xe9") + 1
     with pytest.raises(data.DatasetError, match=rf"invalid continuation byte at line 4 \(byte {at} of the file\)"):
         data.audit_dataset(csv)
+
+
+def test_class_folders_follow_linked_sub_folders_and_say_what_they_cannot_read(tmp_path):
+    """A sub-folder of a class folder that is a symbolic link is followed (as a CSV's folders are), a link back
+    up is walked once, a link that leads nowhere is an unreadable file, and a folder that cannot be listed is a
+    finding of its own: every file is used or reported."""
+    root, elsewhere = tmp_path / "f", tmp_path / "elsewhere"
+    data.write_synthetic_dataset(root, "folders", n_images=16, size=16, workers=2)
+    data.write_synthetic_dataset(elsewhere, "folders", n_images=4, size=16, emotions=["neutral"], seed=9, workers=2)
+    (root / "neutral" / "more").symlink_to(elsewhere / "neutral")
+    (root / "neutral" / "loop").symlink_to(root / "neutral")
+    (root / "anger" / "broken.png").symlink_to(tmp_path / "not_there.png")
+    legend = data.load_legend(root)
+    linked = sorted(legend.image[legend.image.str.startswith("neutral/more/")])
+    assert len(linked) == 4 and set(legend.label[legend.image.isin(linked)]) == {"neutral"}
+    assert not legend.image.str.startswith("neutral/loop/").any()  # the same folder: walked once
+    audit = data.audit_dataset(root)
+    assert [i for i, _, _ in findings_of(audit, "unreadable file")] == ["anger/broken.png"]
+    if os.geteuid() != 0:  # root lists every folder
+        locked = root / "fear" / "locked"
+        locked.mkdir(mode=0o000)
+        try:
+            assert findings_of(data.audit_dataset(root), "unreadable folder") == [
+                ("fear/locked", None, "a folder that cannot be listed (Permission denied): its images are not used")]
+        finally:
+            locked.chmod(0o755)
