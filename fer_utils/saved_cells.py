@@ -196,10 +196,17 @@ def saved_cells(root: str | Path = REPO_ROOT, notebooks: list[Path] | None = Non
     modules = package_modules(root)
     found, errors = [], []
     for path in notebooks if notebooks is not None else numbered_notebooks(root / "notebooks"):
-        nb = json.loads(Path(path).read_text(encoding="utf-8"))
         notebook = Path(path).resolve().relative_to(root.resolve()).as_posix()
-        for cell in nb["cells"]:
-            if cell["cell_type"] != "code":
+        try:
+            nb = json.loads(Path(path).read_text(encoding="utf-8"))
+            cells = nb["cells"]
+        except (ValueError, KeyError, TypeError) as error:  # a merge conflict left in it, a cut-off file...
+            errors.append(f"{notebook}: not a readable notebook ({type(error).__name__}: {error}); repair it "
+                          "(`git diff` shows what changed), then run `" + EXPORT_COMMAND + "`")
+            continue
+        ids = [cell.get("id") for cell in cells]
+        for cell in cells:
+            if cell.get("cell_type") != "code":
                 continue
             source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
             where = f"{notebook} cell {cell.get('id')}"
@@ -208,6 +215,12 @@ def saved_cells(root: str | Path = REPO_ROOT, notebooks: list[Path] | None = Non
             first, _, rest = source.partition("\n")
             match = SAVE_MARKER.match(first)
             if not match or cell_errors:
+                continue
+            if not cell.get("id") or ids.count(cell["id"]) > 1:  # the regions are named by notebook and cell id
+                errors.append(f"{where}: a saved cell needs an id of its own (the package's region of it is named by "
+                              "it), and this one has " + ("none (a tool that saved the notebook as nbformat 4.4 drops "
+                              "them)" if not cell.get("id") else "the id of another cell") + "; give it back its id "
+                              f"(`git diff {notebook}` shows it), then run `{EXPORT_COMMAND}`")
                 continue
             body = rest.strip("\n") + "\n"
             offset = 1 + len(rest) - len(rest.lstrip("\n"))  # the cell's lines above the body's first
@@ -284,7 +297,14 @@ def problems(root: str | Path = REPO_ROOT, notebooks: list[Path] | None = None) 
         text = path.read_text(encoding="utf-8")
         inside = [range(text.count("\n", 0, m.start()) + 1, text.count("\n", 0, m.end()) + 1)
                   for m in REGION.finditer(text)]
-        for node in ast.parse(text).body:
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError) as error:
+            found.append(f"{module} line {getattr(error, 'lineno', '?')}: not valid Python "
+                         f"({getattr(error, 'msg', error)}); fix it (an edit inside a generated region belongs "
+                         "in its notebook cell)")
+            continue
+        for node in tree.body:
             outside = not any(node.lineno in lines for lines in inside)
             for name in defined_names(ast.Module(body=[node], type_ignores=[])):
                 if name in owner and outside:

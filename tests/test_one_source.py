@@ -240,3 +240,42 @@ def test_a_saved_cell_that_is_not_python_is_one_error_and_nothing_is_written(tmp
     err = capsys.readouterr().err
     assert "cell broken line 4" in err and "Traceback" not in err
     assert _package(root) == before  # the good cell's region is not written either
+
+
+def test_saved_cells_without_ids_are_refused_not_merged(tmp_path, capsys):
+    """A notebook saved as nbformat 4.4 (a Colab round trip) loses its cell ids, by which the regions are named:
+    the saved cells once collapsed into one region, the others' code deleted, and `export --check` then passed."""
+    root = _tiny_project(tmp_path, ("good", GOOD_CELL),
+                         ("other", "# @save fer_utils/training.py\ndef thrice(x):\n    return 3 * x\n"))
+    assert saved_cells.export(root) == ["fer_utils/training.py"]
+    exported = _package(root)
+    notebook = root / "notebooks" / "01_tiny.ipynb"
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        del cell["id"]
+    nb["nbformat_minor"] = 4
+    notebook.write_text(json.dumps(nb), encoding="utf-8")
+    assert saved_cells.main([], root=root) == 1
+    err = capsys.readouterr().err
+    assert err.count("a saved cell needs an id of its own") == 2 and "Nothing was exported" in err
+    assert _package(root) == exported  # both regions kept
+    assert saved_cells.main(["--check"], root=root) == 1
+    nb["cells"][1]["id"] = nb["cells"][0]["id"] = "good"  # two cells, one id
+    notebook.write_text(json.dumps(nb), encoding="utf-8")
+    assert any("the id of another cell" in line for line in saved_cells.problems(root))
+
+
+def test_an_unreadable_notebook_or_module_is_one_line_not_a_traceback(tmp_path, capsys):
+    root = _tiny_project(tmp_path, ("good", GOOD_CELL))
+    notebook = root / "notebooks" / "01_tiny.ipynb"
+    notebook.write_text(notebook.read_text(encoding="utf-8") + "\n<<<<<<< HEAD\n", encoding="utf-8")
+    assert saved_cells.main(["--check"], root=root) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("notebooks/01_tiny.ipynb: not a readable notebook (JSONDecodeError")
+    assert "Traceback" not in err
+    root = _tiny_project(tmp_path / "again", ("good", GOOD_CELL))
+    module = root / "fer_utils" / "training.py"
+    module.write_text(module.read_text(encoding="utf-8") + "def broken(:\n", encoding="utf-8")
+    assert saved_cells.main(["--check"], root=root) == 1
+    err = capsys.readouterr().err
+    assert "fer_utils/training.py line 4: not valid Python (invalid syntax)" in err and "Traceback" not in err
