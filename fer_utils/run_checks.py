@@ -11,6 +11,7 @@ from fer_utils.workfolder import (
     DATASET_RECORD,
     NEEDS,
     NOTEBOOKS,
+    PROJECT_FOLDERS,
     REPO_ROOT,
     WORK_ENTRIES,
     get_work_dir,
@@ -132,6 +133,12 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
         problems.append(f"the work folder {work} is the repository itself: the notebooks' figures, records and class "
                         "folders would land among (and over) its files; choose a folder of its own (--work-dir; the "
                         "default is work/ in the repository)")
+    elif (REPO_ROOT / "notebooks").is_dir() and any(
+            work.resolve().is_relative_to((REPO_ROOT / name).resolve()) for name in PROJECT_FOLDERS):
+        inside = next(n for n in PROJECT_FOLDERS if work.resolve().is_relative_to((REPO_ROOT / n).resolve()))
+        problems.append(f"the work folder {work} is inside the repository's {inside}/, whose files are the project's "
+                        "own: the notebooks' figures, records and class folders would land among them; choose a folder "
+                        "of its own (--work-dir; the default is work/ in the repository)")
     if data_path:
         root = Path(data_path).expanduser().resolve()
         if not root.exists():

@@ -25,6 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"  # the numbered notebooks of the series
 PUBLISHED_FIGURES = REPO_ROOT / "figures"  # the figures of the committed run (README, site)
 PUBLISHED_RUN = NOTEBOOKS_DIR / "published_run.json"  # the record of the run the committed notebooks carry
+#: The repository's own folders: a work folder is never one of them, nor inside one (``run_checks``).
+PROJECT_FOLDERS = ("notebooks", "fer_utils", "tests", "figures", "benchmarks", "web", ".ci", ".git")
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 
 # --------------------------------------------------------------------------------------------------

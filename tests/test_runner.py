@@ -516,6 +516,13 @@ def test_the_repository_or_a_folder_holding_the_dataset_is_refused_as_work_folde
     assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(workfolder.REPO_ROOT), "--until", "01"]) == 2
     assert "is the repository itself" in capsys.readouterr().err
     assert sorted(p.name for p in workfolder.REPO_ROOT.iterdir()) == before  # nothing written there
+    listed = sorted(p.name for p in workfolder.NOTEBOOKS_DIR.iterdir())
+    for inside, folder in ((workfolder.NOTEBOOKS_DIR, "notebooks"),
+                           (workfolder.REPO_ROOT / "figures" / "x", "figures")):
+        assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(inside), "--until", "01"]) == 2
+        assert f"is inside the repository's {folder}/" in capsys.readouterr().err
+    assert sorted(p.name for p in workfolder.NOTEBOOKS_DIR.iterdir()) == listed  # nothing written there
+    assert not (workfolder.REPO_ROOT / "figures" / "x").exists()
     work = tmp_path / "work"
     dataset = _dataset(work / "data", ["a.jpg"])
     assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--data-dir", str(dataset)]) == 2
