@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from fer_utils.workfolder import (
+    DATASET_RECORD,
     NOTEBOOKS_DIR,
     PUBLISHED_FIGURES,
     REPO_ROOT,
@@ -22,6 +23,7 @@ from fer_utils.workfolder import (
     display_path,
     get_work_dir,
     numbered_notebooks,
+    read_record,
     run_notebooks,
     stale_notebooks,
     unfinished_runs,
@@ -295,6 +297,19 @@ def _check_site_out(out: Path) -> set[str]:
     return present
 
 
+def _check_not_in_a_dataset(out: Path, work: Path) -> None:
+    """Refuse (``ValueError``) a site folder inside a dataset: the one the work folder's results come from
+    (``dataset.json``) or ``$FER_DATA_DIR``. A data folder is only ever read, and a new folder in it would make it
+    another dataset (class folders: an unknown class)."""
+    record = work / DATASET_RECORD
+    named = [(read_record(record).get("path") if record.is_file() else None, f"the dataset of {work}"),
+             (os.environ.get("FER_DATA_DIR"), "$FER_DATA_DIR")]
+    for folder, what in named:
+        if folder and out.is_relative_to(Path(folder).expanduser().resolve()):
+            raise ValueError(f"Refusing to build the site into {out}: it is inside {what} ({folder}), which is only "
+                             "ever read. Choose a folder outside it (--out).")
+
+
 def _install_site(built: Path, out: Path) -> None:
     """Put the site built in ``built`` into ``out`` (checked again by ``_check_site_out``): the earlier site's
     files there are removed, the new ones copied, and ``SITE_MARKER`` lists them. At every step the marker lists
@@ -361,6 +376,7 @@ def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike
     if not notebooks:
         raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) in {source}.")
     out = Path(out).expanduser().resolve() if out else get_work_dir(work_dir) / SITE_DIR
+    _check_not_in_a_dataset(out, get_work_dir(work_dir, create=False))
     _check_site_out(out)
     import tempfile
 

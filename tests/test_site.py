@@ -218,6 +218,22 @@ def test_refuses_an_out_that_is_a_file(tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_refuses_an_out_inside_a_dataset(tmp_path, capsys, monkeypatch):
+    """A site built inside the work folder's dataset made it another dataset (and a class 'site'): refused, for
+    the dataset that ``dataset.json`` names and for ``$FER_DATA_DIR``, before anything is made."""
+    data, work, other = tmp_path / "my_faces", tmp_path / "work", tmp_path / "shared"
+    for folder in (data / "happiness", work, other):
+        folder.mkdir(parents=True)
+    (work / "dataset.json").write_text(json.dumps({"layout": "folders", "sha256": "0" * 64, "path": str(data)}))
+    monkeypatch.setenv("FER_DATA_DIR", str(other))
+    for out, what in ((data / "site", "the dataset of"), (other / "site", "$FER_DATA_DIR")):
+        assert fer_site.main(["--work-dir", str(work), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: Refusing to build the site into {out}: it is inside {what}") and "Choose a " \
+            "folder outside it (--out)." in err, err
+    assert sorted(p.name for p in data.iterdir()) == ["happiness"] and not list(other.iterdir())
+
+
 def test_the_build_leaves_nothing_beside_the_site(tmp_path):
     """Sphinx and myst-nb work in a temporary folder (myst-nb writes jupyter_execute/ beside Sphinx's output)."""
     parent = tmp_path / "public"
