@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     deadline = None
     try:
         require(work / SPLIT_DIR, "prepare", f"The class folders (split/) of {work}")
+        if not os.access(work, os.W_OK | os.X_OK):  # the model, its records and the backup go there
+            raise ValueError(f"the work folder {work} cannot be written (read-only): training writes the model, its "
+                             "records and a backup there; make it writable, or copy it and train the copy "
+                             "(--work-dir)")
         built = None
         if (work / UNTRAINED_MODEL).exists():  # notebook 04's model and its input: -p model X is refused too
             built = models.ModelRecord.read(work / UNTRAINED_MODEL)

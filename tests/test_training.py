@@ -283,6 +283,27 @@ def test_a_run_name_outside_models_or_taken_is_refused_before_training(trained, 
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
+def test_a_read_only_work_folder_is_refused_before_training(trained, tmp_path, capsys, monkeypatch):
+    """It gave a PermissionError traceback after loading TensorFlow and the data. (As root every folder can be
+    written, so the folder's permission is what ``os.access`` is asked, and answered, here.)"""
+    import os
+
+    from fer_utils import train_command
+
+    work = tmp_path / "w"
+    shutil.copytree(trained[0], work)
+    access = os.access
+    monkeypatch.setattr(train_command.os, "access", lambda path, mode: False if Path(path) == work.resolve()
+                        else access(path, mode))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert train_command.main(["--work-dir", str(work), "-p", "epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"error: the work folder {work.resolve()} cannot be written (read-only): "
+                                        "training writes the model, its records and a backup there; make it "
+                                        "writable, or copy it and train the copy (--work-dir)"]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_a_loaded_model_trains_the_same_in_every_run(work, tmp_path):
     """A model loaded from a file (notebook 04's untrained.keras) drew its dropout seeds when it was loaded, from
     whatever random state the program had: two runs with the same seed trained different models. ``start``
