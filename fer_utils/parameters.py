@@ -7,6 +7,19 @@ import ast
 from pathlib import Path
 
 
+def repeated_parameters(pairs) -> str | None:
+    """One line naming each ``-p NAME`` given more than once with different values (the last one would win
+    without a word), or None."""
+    seen: dict[str, list[str]] = {}
+    for name, value in pairs:
+        seen.setdefault(name, []).append(value)
+    twice = {n: v for n, v in seen.items() if len(set(v)) > 1}
+    if not twice:
+        return None
+    return ("; ".join(f"-p {n} is given {len(v)} times ({', '.join(v)})" for n, v in twice.items())
+            + ": give each parameter once")
+
+
 def parse_value(text: str):
     """papermill's ``-p`` typing: int, float, True/False/None, a Python literal, else the string."""
     if text in ("True", "False", "None"):

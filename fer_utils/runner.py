@@ -27,7 +27,13 @@ from pathlib import Path
 
 from fer_utils import saved_cells
 from fer_utils.notebook_format import normalised_json, stamp_header_time
-from fer_utils.parameters import check_ranges, check_values, declared_parameters, parse_value
+from fer_utils.parameters import (
+    check_ranges,
+    check_values,
+    declared_parameters,
+    parse_value,
+    repeated_parameters,
+)
 from fer_utils.progress import CellProgress, TrainingProgress, show_epochs
 from fer_utils.run_checks import (
     check_choices,
@@ -181,6 +187,10 @@ def _run(argv: list[str] | None) -> int:
               + "\nDo what each line says (a cell edited since the last export: run "
               f"`{saved_cells.EXPORT_COMMAND}`, or undo the edit), so that every step runs the cells as they are; "
               "then run again.", file=sys.stderr)
+        return 2
+    repeated = repeated_parameters(args.parameter)
+    if repeated:
+        print(f"error: {repeated}", file=sys.stderr)
         return 2
     params = {name: parse_value(value) for name, value in args.parameter}
     declared = {p: declared_parameters(p) for p in notebooks}

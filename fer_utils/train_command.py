@@ -13,7 +13,7 @@ import math
 import os
 import sys
 
-from fer_utils.parameters import parse_value
+from fer_utils.parameters import parse_value, repeated_parameters
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     from fer_utils.workfolder import SPLIT_DIR, UNTRAINED_MODEL, get_work_dir, require
 
     args = build_parser().parse_args(argv)
+    repeated = repeated_parameters(args.parameter)
+    if repeated:
+        print(f"error: {repeated}", file=sys.stderr)
+        return 2
     changes = {name: parse_value(value) for name, value in args.parameter}
     work = get_work_dir(args.work_dir, create=False)
     strategy = changes.get("strategy", "default")

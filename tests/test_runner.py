@@ -85,6 +85,19 @@ def test_unknown_parameter_is_refused(chain, tmp_path, capsys):
     assert "Unknown parameter(s) ['epoch']" in capsys.readouterr().err
 
 
+def test_a_parameter_given_twice_is_refused(chain, tmp_path, capsys):
+    """-p epochs 1 -p epochs 3 trained 3 epochs without a word; the same value twice is harmless."""
+    from fer_utils import train_command
+
+    args = ["--notebooks-dir", str(chain), "--work-dir", str(tmp_path / "w"), "-p", "epochs", "1", "-p", "epochs", "3"]
+    assert runner.main(args) == 2
+    assert capsys.readouterr().err == "error: -p epochs is given 2 times (1, 3): give each parameter once\n"
+    assert not (tmp_path / "w").exists()
+    assert train_command.main(["--work-dir", str(tmp_path / "w"), "-p", "seed", "1", "-p", "seed", "2"]) == 2
+    assert "-p seed is given 2 times (1, 2)" in capsys.readouterr().err
+    assert runner.main([*args[:4], "-p", "epochs", "1", "-p", "epochs", "1", "--until", "01"]) == 0
+
+
 def test_publish_refuses_non_default_parameters(chain, tmp_path, capsys):
     args = ["--notebooks-dir", str(chain), "--work-dir", str(tmp_path), "--publish", "-p", "epochs", "2"]
     assert runner.main(args) == 2

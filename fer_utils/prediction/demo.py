@@ -450,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="end a kernel no page is connected to after this many idle seconds "
                              f"(default {CULL_AFTER})")
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
-                        help=f"largest photo the page accepts, in MB (default {MAX_UPLOAD_MB}; at most "
-                             f"{WEBSOCKET_MB - 1})")
+                        help=f"largest photo the page accepts, in MB (default {MAX_UPLOAD_MB}; above 0 and "
+                             f"below {WEBSOCKET_MB}, the websocket's limit)")
     return parser
 
 
@@ -639,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
     if args.max_pages < 1 or args.cull_after < 1 or not 0 < args.max_upload_mb < WEBSOCKET_MB:
-        parser.error(f"--max-pages and --cull-after must be >= 1, --max-upload-mb in (0, {WEBSOCKET_MB})")
+        parser.error(f"--max-pages and --cull-after must be >= 1, --max-upload-mb above 0 and below {WEBSOCKET_MB}")
     why = _missing_extra()
     if why:
         print(f"error: {why}", file=sys.stderr)
