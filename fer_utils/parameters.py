@@ -9,11 +9,11 @@ from pathlib import Path
 
 def repeated_parameters(pairs) -> str | None:
     """One line naming each ``-p NAME`` given more than once with different values (the last one would win
-    without a word), or None."""
+    without a word; ``3`` and ``03`` are one value), or None."""
     seen: dict[str, list[str]] = {}
     for name, value in pairs:
         seen.setdefault(name, []).append(value)
-    twice = {n: v for n, v in seen.items() if len(set(v)) > 1}
+    twice = {n: v for n, v in seen.items() if len({repr(parse_value(x)) for x in v}) > 1}  # 3 and 3.0: one value
     if not twice:
         return None
     return ("; ".join(f"-p {n} is given {len(v)} times ({', '.join(v)})" for n, v in twice.items())

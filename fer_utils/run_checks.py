@@ -5,14 +5,17 @@ and exits with status 2)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from fer_utils.workfolder import (
     DATASET_RECORD,
+    FIGURES_DIR,
     NEEDS,
     NOTEBOOKS,
     PROJECT_FOLDERS,
     REPO_ROOT,
+    SYSTEM_ENTRIES,
     WORK_ENTRIES,
     get_work_dir,
     read_record,
@@ -172,17 +175,25 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
     return problems
 
 
+#: A figure a notebook saves: ``figures/NN_name.png``.
+NOTEBOOK_FIGURE = re.compile(r"^\d\d_[A-Za-z0-9_\-]+\.png$")
+
+
 def foreign_entries(work: Path) -> list[str]:
-    """The names in an existing, non-empty folder none of whose entries is a work folder's (``WORK_ENTRIES``):
-    someone's own folder, given as ``--work-dir`` by mistake; ``[]`` for a new, empty or work folder. Hidden
-    entries (``.DS_Store``, ``.ipynb_checkpoints``) count for neither."""
+    """The names in an existing, non-empty folder none of whose entries is a work folder's (``WORK_ENTRIES``, or a
+    ``figures/`` holding only the notebooks' ``NN_*.png``): someone's own folder, given as ``--work-dir`` by
+    mistake; ``[]`` for a new, empty or work folder. Hidden entries (``.DS_Store``, ``.ipynb_checkpoints``) and
+    those a file system makes (``SYSTEM_ENTRIES``: ``lost+found``…) count for neither."""
     if not work.is_dir():
         return []
     try:
-        names = sorted(p.name for p in work.iterdir() if not p.name.startswith("."))
+        names = sorted(p.name for p in work.iterdir() if not p.name.startswith(".") and p.name not in SYSTEM_ENTRIES)
+        figures = work / FIGURES_DIR
+        ours = figures.is_dir() and all(NOTEBOOK_FIGURE.match(p.name) for p in figures.iterdir()
+                                        if not p.name.startswith("."))
     except OSError:
         return []  # unreadable: the write check says so
-    return [] if not names or set(names) & set(WORK_ENTRIES) else names
+    return [] if not names or set(names) & set(WORK_ENTRIES) or ours else names
 
 
 def recorded_data_dir(work: Path) -> tuple[str | None, str | None]:

@@ -211,11 +211,12 @@ def _run(argv: list[str] | None) -> int:
         print("--publish copies outputs over the committed notebooks, whose parameter cells keep their defaults: "
               "publish only a run with default parameters (no -p).", file=sys.stderr)
         return 2
-    if args.publish and (args.start or args.until):
+    if args.publish and notebooks != numbered_notebooks(Path(args.notebooks_dir)):
         print("--publish replaces every committed notebook and the published run's record, which the README "
               "quotes: publish only the whole chain (no --from, no --until).", file=sys.stderr)
         return 2
-    if args.publish and dataset_identity(args.data_dir or os.environ.get("FER_DATA_DIR")) != dataset_identity(None):
+    identity = dataset_identity(args.data_dir or os.environ.get("FER_DATA_DIR"))  # None: check_folders says why
+    if args.publish and identity is not None and identity != dataset_identity(None):
         print("--publish: the committed notebooks show the muxspace dataset at the pinned commit, and this run's "
               "data (--data-dir or $FER_DATA_DIR) is another dataset: publish only a run on that one.",
               file=sys.stderr)

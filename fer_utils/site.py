@@ -302,7 +302,11 @@ def _check_not_in_a_dataset(out: Path, work: Path) -> None:
     (``dataset.json``) or ``$FER_DATA_DIR``. A data folder is only ever read, and a new folder in it would make it
     another dataset (class folders: an unknown class)."""
     record = work / DATASET_RECORD
-    named = [(read_record(record).get("path") if record.is_file() else None, f"the dataset of {work}"),
+    try:
+        recorded = read_record(record).get("path") if record.is_file() else None
+    except (OSError, ValueError, AttributeError):  # unreadable: the site reads no data; run says what is wrong
+        recorded = None
+    named = [(recorded, f"the dataset of {work}"),
              (os.environ.get("FER_DATA_DIR"), "$FER_DATA_DIR")]
     for folder, what in named:
         if folder and out.is_relative_to(Path(folder).expanduser().resolve()):

@@ -148,7 +148,7 @@ class cluster_deadline:  # noqa: N801 - used like a function
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fer_utils import cluster, models, training
+    from fer_utils import cluster, models, pipelines, training
     from fer_utils.workfolder import SPLIT_DIR, UNTRAINED_MODEL, get_work_dir, require
 
     args = build_parser().parse_args(argv)
@@ -180,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("TF_CONFIG"):
                 cluster.check_tf_config()  # before TensorFlow reads it (without it, get_strategy says what to do)
             deadline = cluster_deadline(seconds)
-        training.get_strategy(config.strategy)  # a missing or unreachable cluster fails here, plainly
+        strategy_info = training.worker_info(training.get_strategy(config.strategy))  # a missing cluster fails here
+        if strategy_info["workers"] == 1:  # mirrored replicas: every step gives each some faces (before any work)
+            counts = pipelines.split_counts(work)
+            for split in ("train", "val"):
+                training.replica_batches(int(counts[split].sum()), config.batch_size * strategy_info["replicas"],
+                                         strategy_info["replicas"], split)
         training.check_run_name(work, args.run_name or None)  # before training, not after it
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         if deadline:

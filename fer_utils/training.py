@@ -445,24 +445,40 @@ def _shard_by_data(batches: dict) -> dict:
     return {k: b.with_options(options) for k, b in batches.items()}
 
 
+def replica_batches(faces: int, global_batch: int, replicas: int, split: str = "train") -> list[int] | None:
+    """The batch sizes that give each of ``replicas`` mirrored replicas faces in every step, or None when plain
+    batching does (``_no_empty_replica``); ``ValueError`` when no batching can, saying what to use.
+
+    Replicas on one machine split each global batch between them, so a last batch with fewer faces than replicas
+    (17 faces, global batch 16: 1 + 0) leaves a replica an empty batch, and TensorFlow 2.21's oneDNN convolution
+    (seen on Intel Xeon) returns the wrong shape for an empty batch ("input depth must be evenly divisible by
+    filter depth: 1 vs 32"). Such a remainder joins the batch before it. After that ``rebatch`` TensorFlow no
+    longer knows the batch size and cuts every batch into pieces of ``ceil(n / replicas)`` faces: a per-replica
+    batch so small that the merged batch still leaves a replica none (4 replicas of 2 faces, 9 faces: 3 + 3 + 3
+    + 0) is refused. A split with fewer faces than one global batch is left as it is."""
+    last = faces % global_batch
+    if replicas < 2 or faces <= global_batch or last == 0 or last >= replicas:
+        return None
+    sizes = [global_batch] * (faces // global_batch - 1) + [global_batch + last]
+    if (replicas - 1) * -(-sizes[-1] // replicas) >= sizes[-1]:
+        raise ValueError(f"batch_size {global_batch // replicas} over {replicas} replicas: the last {split} batch "
+                         f"({sizes[-1]} faces) would leave a replica no face, which TensorFlow's oneDNN convolution "
+                         f"cannot take; use -p batch_size {replicas} or more")
+    return sizes
+
+
 def _no_empty_replica(batches: dict, counts: dict, global_batch: int, replicas: int) -> dict:
-    """Mirrored replicas on one machine split each global batch between them, so a last batch with fewer faces
-    than replicas (17 faces, global batch 16: 1 + 0) leaves a replica an empty batch, and TensorFlow 2.21's
-    oneDNN convolution (seen on Intel Xeon) returns the wrong shape for an empty batch ("input depth must be
-    evenly divisible by filter depth: 1 vs 32"). Such a remainder joins the batch before it (``rebatch``): every
-    face is still seen once per epoch, in the same order. A split with fewer faces than replicas is left as it
-    is (nothing can fill both); so is a pipeline whose batches are not what the split's face count implies."""
+    """``batches`` rebatched as ``replica_batches`` says (every face still seen once per epoch, in the same
+    order); a pipeline whose batches are not what the split's face count implies is left as it is."""
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
     out = dict(batches)
     for split, ds in batches.items():
-        faces, last = counts.get(split, 0), counts.get(split, 0) % global_batch
-        if faces <= global_batch or last == 0 or last >= replicas:
+        faces = counts.get(split, 0)
+        sizes = replica_batches(faces, global_batch, replicas, split)
+        if sizes is None or int(ds.cardinality()) != -(-faces // global_batch):
             continue
-        if int(ds.cardinality()) != -(-faces // global_batch):  # not the batches this count implies: leave it
-            continue
-        sizes = [global_batch] * (faces // global_batch - 1) + [global_batch + last]
         out[split] = ds.rebatch(tf.constant(sizes, tf.int64)).apply(
             tf.data.experimental.assert_cardinality(len(sizes))).prefetch(tf.data.AUTOTUNE)
     return out

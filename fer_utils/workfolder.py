@@ -87,12 +87,15 @@ SCALE_DIR = "scale"  # 08: its own work folder (class folders, models, scale.jso
 SCALE_RECORD = "scale.json"  # 08: what each strategy's run measured
 SCALE_DATA_DIR = "scale_data"  # 08: the dataset it generates (beside scale/: a dataset is never inside a work folder)
 RUN_RECORD = "run.json"  # the runner: runs/<id>/run.json per run; <work>/run.json the latest, with the history
-#: The top-level entries a work folder of this series can hold (``run_checks.foreign_entries``: a folder holding
-#: only other names is someone's own, refused as a work folder).
+#: The top-level entries that make a folder a work folder of this series (``run_checks.foreign_entries``): what the
+#: notebooks, the runner and the commands write there, but not generic names (``figures/``, ``models/``, ``photos/``)
+#: that someone's own folder may hold too; ``figures/`` counts when it holds only the notebooks' ``NN_*.png``.
 WORK_ENTRIES = (AUDIT_RECORD, AUDIT_FINDINGS, AUDIT_FILES, MANIFEST, SPLIT_DIR, PREPARE_RECORD, PIPELINES_RECORD,
                 UNTRAINED_MODEL, UNTRAINED_RECORD, MODEL_FILE, MODEL_RECORD, HISTORY, TRAIN_RECORD, TRAIN_PROGRESS,
-                MODELS_DIR, METRICS, PREDICTIONS, FIGURES_DIR, RUNS_DIR, DATASET_RECORD, SCALE_DIR, SCALE_DATA_DIR,
-                RUN_RECORD, "photos", "annotated", "export")  # the last three: notebook 07's photos and exports
+                METRICS, PREDICTIONS, RUNS_DIR, DATASET_RECORD, SCALE_DIR, SCALE_DATA_DIR, RUN_RECORD,
+                "site", "scale-benchmark")  # the last two: `fer_utils site`'s default folder, benchmarks/scale.py's
+#: Entries a file system or a desktop makes by itself: they make a folder neither someone's own nor a work folder.
+SYSTEM_ENTRIES = ("lost+found", "desktop.ini", "Thumbs.db")
 #: What each step reads from the work folder, and the step that writes it (the notebooks' ``require`` calls; a
 #: test keeps the two in step): ``run --from`` checks them before any kernel starts.
 NEEDS = {"prepare": ((AUDIT_RECORD, "load"),), "pipelines": ((SPLIT_DIR, "prepare"),),

@@ -131,6 +131,24 @@ def test_mirrored_trains_on_splits_that_do_not_divide_over_the_replicas(tmp_path
     assert abs(row.val_accuracy * 5 - round(row.val_accuracy * 5)) < 1e-3, row.val_accuracy
 
 
+def test_a_per_replica_batch_too_small_to_feed_every_replica_is_refused_before_training(tmp_path):
+    """4 replicas of 2 faces and 9 training faces: the last face joins the batch before it (9 faces), which
+    TensorFlow then cuts 3 + 3 + 3 + 0; refused in one line, with the batch size to use, before any work."""
+    with pytest.raises(ValueError, match=r"batch_size 2 over 4 replicas: the last train batch \(9 faces\)"):
+        training.replica_batches(9, 8, 4)
+    assert training.replica_batches(17, 16, 2) == [17] and training.replica_batches(19, 16, 2) is None
+    assert training.replica_batches(33, 16, 2) == [16, 17] and training.replica_batches(4, 16, 2) is None
+    work = make_split(tmp_path, {"train": 9, "val": 8, "test": 1}, seed=4)
+    result = subprocess.run([sys.executable, "-m", "fer_utils", "train", "--work-dir", str(work), *SETTINGS,
+                             "-p", "epochs", "1", "-p", "batch_size", "2", "-p", "strategy", "mirrored", "--quiet"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "FER_LOGICAL_CPUS": "4"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: batch_size 2 over 4 replicas: the last train batch (9 faces) would leave a replica no face, which "
+        "TensorFlow's oneDNN convolution cannot take; use -p batch_size 4 or more")
+    assert not (work / TRAIN_RECORD).exists()
+
+
 def test_two_workers_on_localhost_match_one_worker(tmp_path, small_split):
     """Two ``python -m fer_utils train`` processes with TF_CONFIG (MultiWorkerMirroredStrategy) train one model:
     both report the same figures, only the chief writes files, and they match one worker's run."""

@@ -111,6 +111,10 @@ def test_publish_refuses_a_partial_run_or_other_data(chain, tmp_path, capsys):
     for extra in (["--until", "02"], ["--from", "02"]):
         assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--publish", *extra]) == 2
         assert "publish only the whole chain" in capsys.readouterr().err
+    gone = tmp_path / "gone"  # not there: said as such (check_folders), not as another dataset
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--publish", "--from", "01",
+                        "--until", "03", "--data-dir", str(gone)]) == 2  # --from 01 --until 03: the whole chain
+    assert capsys.readouterr().err.strip() == f"error: --data-dir {gone} does not exist"
     other = _dataset(tmp_path / "other", ["a.jpg"])
     assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--publish", "--data-dir",
                         str(other)]) == 2
@@ -136,6 +140,16 @@ def test_someones_own_folder_is_refused_as_work_folder(chain, tmp_path, capsys):
     assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(hidden), "--until", "01"]) == 0
     (hidden / "my_photos").mkdir()  # a work folder with the user's own things beside: still a work folder
     assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(hidden), "--until", "01"]) == 0
+    thesis = tmp_path / "thesis2"  # a generic name of ours (figures/) holding someone's files: not a work folder
+    (thesis / "figures").mkdir(parents=True)
+    (thesis / "figures" / "final_plot.pdf").write_text("precious")
+    assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(thesis), "--until", "01"]) == 2
+    assert "holds files that no notebook of this series made (figures)" in capsys.readouterr().err
+    for made in ("site/index.html", "figures/01_class_distribution.png", "lost+found/x"):
+        work = tmp_path / made.replace("/", "_")  # after `fer_utils site`, a notebook's Setup cell, a new volume
+        (work / made).parent.mkdir(parents=True)
+        (work / made).write_text("")
+        assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--until", "01"]) == 0, made
 
 
 def test_cli_help_lists_commands(capsys):

@@ -112,6 +112,11 @@ def test_output_file_that_is_the_model_or_its_record_is_refused(capsys, model_pa
     refused(*predict(capsys, model_path, photos, "-o", tmp_path / "results.json"), "--output", "the model's file")
     code = P.main([str(photos), "--work-dir", str(model_path.parent), "--detection", "whole", "-o", str(model_path)])
     refused(code, capsys.readouterr().err, "--output", "the model's file")
+    metrics = model_path.with_name("metrics.json")  # read beside the model, for its provenance line
+    metrics.write_text("{}")
+    refused(*predict(capsys, model_path, photos, "-o", metrics), "--output", "the model's file")
+    assert metrics.read_text() == "{}"
+    metrics.unlink()
     assert {p: p.read_bytes() for p in (model_path, record)} == before
 
 

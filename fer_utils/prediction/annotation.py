@@ -129,7 +129,7 @@ def plan_copies(results: pd.DataFrame, out_dir: str | os.PathLike, inputs: Itera
         if str(file).startswith("<"):
             continue
         rel = _output_name(file, roots)
-        suffix = ".jpg" if rel.suffix.lower() in (".jpg", ".jpeg") else ".png"
+        suffix = ".jpg" if rel.suffix.lower() in (".jpg", ".jpeg", ".jfif", ".jpe") else ".png"
         target = out / rel.with_suffix(suffix)
         n = 1
         while target in used:

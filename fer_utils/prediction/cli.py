@@ -53,7 +53,7 @@ from fer_utils.prediction.inference import (
     to_flat,
     to_records,
 )
-from fer_utils.workfolder import write_csv
+from fer_utils.workfolder import METRICS, write_csv
 
 MAX_LISTED = 20  # inputs without an annotated copy (and copies, repeated names) listed one per line on stderr
 NO_FACE_HINT = "try --detection auto or --detection whole"  # the no_face message names the options
@@ -157,7 +157,8 @@ def check_outputs(args, items: list) -> None:
     """Every refusal of ``--output`` and ``--annotate``, before any work (``ValueError``, one line)."""
     if args.output:
         model = Path(args.model).expanduser() if args.model else default_model_path(args.work_dir)
-        check_output(args.output, args.paths, items, model=[model, model.with_suffix(".json")])
+        check_output(args.output, args.paths, items,
+                     model=[model, model.with_suffix(".json"), model.with_name(METRICS)])  # all three are read
     if args.annotate:
         check_annotate_dir(args.annotate, args.paths, items)
         import pandas as pd
@@ -189,12 +190,12 @@ def _report_repeats(repeats: list) -> None:
 
 
 def _report_skipped(skipped: list) -> None:
-    """What the named folders hold besides photos (files by name, unreadable folders): said, never dropped
-    without a word. A file named on the command line gets a row whatever its name."""
+    """What the named folders hold besides photos (other files, unreadable folders, a folder reached twice):
+    said, never dropped without a word."""
     if not skipped:
         return
-    print(f"{len(skipped)} entries in the folders were not read (name a file itself to have it read):",
-          file=sys.stderr)
+    print(f"{len(skipped)} entries in the folders were not read (a file named itself on the command line is "
+          "read whatever its name):", file=sys.stderr)
     for name, why in skipped[:MAX_LISTED]:
         print(f"  {name}: {why}", file=sys.stderr)
     if len(skipped) > MAX_LISTED:
