@@ -249,3 +249,25 @@ def synthetic_chain(synthetic_data_dir, fake_fer_weights, tmp_path_factory) -> P
     rc = run_chain(synthetic_data_dir, work, fake_fer_weights)
     assert rc == 0, f"the chain failed on synthetic data; see {work}/runs"
     return work
+
+
+@pytest.fixture
+def unlistable(monkeypatch):
+    """``unlistable(folder)``: makes ``folder`` (made if missing) refuse to be listed, as a folder without read
+    permission does, for the rest of the test (``os.scandir`` raises ``PermissionError``; as root, which CI runs
+    as, every real folder can be listed, so permissions alone would test nothing)."""
+    scandir, locked = os.scandir, set()
+
+    def refusing(path="."):
+        if Path(path) in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+
+    def lock(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        locked.add(Path(folder))
+        return folder
+
+    return lock

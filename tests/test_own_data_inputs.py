@@ -156,7 +156,7 @@ def test_small_wordings_and_hidden_files(tmp_path):
         data.audit_dataset(csv)
 
 
-def test_class_folders_follow_linked_sub_folders_and_say_what_they_cannot_read(tmp_path, monkeypatch):
+def test_class_folders_follow_linked_sub_folders_and_say_what_they_cannot_read(tmp_path, unlistable):
     """A sub-folder of a class folder that is a symbolic link is followed (as a CSV's folders are), a link back
     up is walked once, a link that leads nowhere is an unreadable file, and a folder that cannot be listed is a
     finding of its own: every file is used or reported."""
@@ -172,15 +172,6 @@ def test_class_folders_follow_linked_sub_folders_and_say_what_they_cannot_read(t
     assert not legend.image.str.startswith("neutral/loop/").any()  # the same folder: walked once
     audit = data.audit_dataset(root)
     assert [i for i, _, _ in findings_of(audit, "unreadable file")] == ["anger/broken.png"]
-    locked = root / "fear" / "locked"  # a folder that cannot be listed (as root every folder can: os.scandir says no)
-    locked.mkdir()
-    scandir = os.scandir
-
-    def refusing(path="."):
-        if Path(path) == locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", refusing)
+    unlistable(root / "fear" / "locked")  # a folder that cannot be listed
     assert findings_of(data.audit_dataset(root), "unreadable folder") == [
         ("fear/locked", None, "a folder that cannot be listed (Permission denied): its images are not used")]

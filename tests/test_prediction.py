@@ -392,7 +392,7 @@ def test_folders_are_walked(fer, photos):
 
 
 def test_a_folders_other_files_links_and_loops_are_said_not_dropped(model_dir, photos, tmp_path, capsys,
-                                                                  monkeypatch):
+                                                                  unlistable):
     """In a named folder: JPEG's rarer names (.jfif, .jpe) are read; a link to another folder is followed (and a
     link back up walked once); every other file, and a folder that cannot be read, is listed on stderr. A hidden
     file is left out without a word."""
@@ -417,16 +417,7 @@ def test_a_folders_other_files_links_and_loops_are_said_not_dropped(model_dir, p
     assert "3 entries in the folders were not read (a file named itself on the command line is read" in err
     assert f"{top / 'notes.txt'}: not a photo by its name (.txt;" in err and "IMG_0001.HEIC: not a photo" in err
     assert f"{top / 'loop'}: the same folder as {top}, walked once" in err and ".DS_Store" not in err
-    locked = top / "locked"  # a folder that cannot be listed (as root every folder can: os.scandir says no)
-    locked.mkdir()
-    scandir = os.scandir
-
-    def refusing(path="."):
-        if Path(path) == locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", refusing)
+    locked = unlistable(top / "locked")  # a folder that cannot be listed
     P.collect_inputs([top], skipped=(said := []))
     assert (str(locked), "a folder that cannot be read (Permission denied)") in said
 
