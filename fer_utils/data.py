@@ -500,19 +500,9 @@ def _csv_images(base: Path, cells) -> list[tuple[str, str]]:
 
 def _walk_images(base: Path) -> set[str]:
     """Image files (by their ending) under ``base``, relative POSIX paths; hidden files and folders skipped,
-    folders that are symbolic links followed (each real folder once)."""
-    found, seen = set(), set()
-    for folder, dirs, names in os.walk(base, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = Path(folder).relative_to(base)
-        found |= {(rel / n).as_posix() for n in names if not n.startswith(".")
-                  and Path(n).suffix.lower() in IMAGE_SUFFIXES and (Path(folder) / n).is_file()}
-    return found
+    folders that are symbolic links followed (each real folder once: ``_tree_files``)."""
+    return {p.relative_to(base).as_posix() for p in _tree_files(base)
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, base)}
 
 
 def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:

@@ -136,9 +136,8 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
         problems.append(f"the work folder {work} is the repository itself: the notebooks' figures, records and class "
                         "folders would land among (and over) its files; choose a folder of its own (--work-dir; the "
                         "default is work/ in the repository)")
-    elif (REPO_ROOT / "notebooks").is_dir() and any(
-            work.resolve().is_relative_to((REPO_ROOT / name).resolve()) for name in PROJECT_FOLDERS):
-        inside = next(n for n in PROJECT_FOLDERS if work.resolve().is_relative_to((REPO_ROOT / n).resolve()))
+    elif (REPO_ROOT / "notebooks").is_dir() and (inside := next(
+            (n for n in PROJECT_FOLDERS if work.resolve().is_relative_to((REPO_ROOT / n).resolve())), None)):
         problems.append(f"the work folder {work} is inside the repository's {inside}/, whose files are the project's "
                         "own: the notebooks' figures, records and class folders would land among them; choose a folder "
                         "of its own (--work-dir; the default is work/ in the repository)")
