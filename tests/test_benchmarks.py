@@ -591,12 +591,12 @@ def test_the_suite_record_reads_a_parallel_run_and_a_plain_one():
 OUTPUTS = {"compare": ("folder", []), "detectors": ("folder", []), "learning_curve": ("folder", []),
            "recipe_search": ("folder", ["--train"]), "prepare_dataset": ("file", []), "scale": ("file", []),
            "quick_run": ("file", ["--data-dir", "/nonexistent"]), "environment": ("file", []),
-           "jit_compile": ("file", ["--data-dir", "/nonexistent"]), "transfer_experiments": ("file", ["--work-dir",
+           "training_speed": ("file", ["--data-dir", "/nonexistent"]), "transfer_experiments": ("file", ["--work-dir",
                                                                                                       "/nonexistent"]),
            "predict_latency": ("file", [])}
 #: scripts that read the dataset -> the other arguments they need
 READERS = {"compare": [], "recipe_search": ["--train"], "detectors": [], "prepare_dataset": [], "quick_run": [],
-           "jit_compile": [], "predict_latency": []}
+           "training_speed": [], "predict_latency": []}
 
 
 def _refused(capsys, name: str, argv: list[str]) -> str:
@@ -687,7 +687,7 @@ def test_no_dataset_and_no_network_is_said_in_one_line(name, tmp_path, capsys, m
 
 
 @pytest.mark.parametrize("name", ["compare", "recipe_search", "prepare_dataset", "detectors", "quick_run",
-                                  "jit_compile", "predict_latency"])
+                                  "training_speed", "predict_latency"])
 def test_an_output_inside_the_dataset_is_refused(name, tmp_path, capsys):
     """The dataset is only ever read: an ``--out`` in it is refused, and nothing is made there."""
     root = _tiny_dataset(tmp_path / "facial_expressions")
@@ -801,3 +801,17 @@ def test_an_interrupt_that_surfaces_as_another_error_still_removes_the_faces(tmp
     with pytest.raises(RuntimeError):
         scale.main(argv)
     assert not made.exists()
+
+
+def test_training_speed_measures_one_setting_at_a_time(tmp_path, capsys):
+    """``--setting`` picks what the two trainings differ in, and where the figures go by default; a value that
+    setting lacks, or no repeat, is refused before any training."""
+    speed = _load("training_speed")
+    assert speed.SETTINGS["precision"] == {"float32": "float32", "bf16": "bf16"}
+    assert list(speed.SETTINGS["jit_compile"]) == ["off", "on"]  # the chain's own value first
+    for argv, message in ((["--setting", "precision", "--one", "on"], "--one must be one of ['bf16', 'float32']"),
+                          (["--repeats", "0"], "--repeats must be at least 1")):
+        with pytest.raises(SystemExit) as exit_info:
+            speed.main([*argv, "--work-dir", str(tmp_path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
