@@ -46,6 +46,12 @@ AUGMENTATIONS = {
 #: Augmentation strengths (``TrainConfig.augment``): ``"standard"`` is ``AUGMENTATIONS`` above (both
 #: pipelines); ``"strong"`` (tf.data only) widens the geometry and adds brightness and contrast changes.
 AUGMENT_LEVELS = ("none", "standard", "strong")
+#: tf.data's autotuner (``tf.data.Options().autotune.enabled``) for ``tf_datasets``: off. On 2-vCPU machines it
+#: sometimes held training to one face per 4 ms (about 240 faces a second, against about 400 with it off, the same
+#: batches in the same order); which epochs it slowed changed from run to run
+#: (``python benchmarks/training_speed.py --setting autotune``). Off, ``tf.data.AUTOTUNE`` still sets the parallel
+#: maps' calls (one per core) and the prefetch buffer.
+TF_DATA_AUTOTUNE = False
 #: ``tf.image.resize`` methods -> the nearest Pillow filter the legacy generator knows.
 LEGACY_INTERPOLATION = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "box",
                         "lanczos3": "lanczos", "lanczos5": "lanczos"}
@@ -221,12 +227,13 @@ def tf_datasets(
     """The tf.data equivalent of ``legacy_generators``: ``{split: batches}``."""
     tf, _ = fer_utils.import_tensorflow()
     level, out = augment_level(augment), {}
+    options = tf.data.Options()  # the autotuner off: TF_DATA_AUTOTUNE says why
+    options.autotune.enabled = TF_DATA_AUTOTUNE
     for split in splits:
         ds, files = directory_dataset(
             work_dir, split, image_size, color_mode, interpolation
         )
-        # cache uint8 (4× smaller than float32): decoded and resized once
-        ds = ds.map(
+        ds = ds.map(  # to uint8 (4× smaller than float32) for the cache
             lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
@@ -243,7 +250,7 @@ def tf_datasets(
             ds = ds.map(augmenter(augmentation_layers(seed, level)))
         if split == "train" and mixup > 0:  # blend each batch with a shuffled copy
             ds = ds.map(mixer(mixup, seed))
-        out[split] = ds.prefetch(tf.data.AUTOTUNE)
+        out[split] = ds.prefetch(tf.data.AUTOTUNE).with_options(options)
     return out
 # ---- end of generated code (notebooks/03_build_input_pipelines.ipynb, cell 03-n07) ----
 

@@ -71,6 +71,19 @@ def test_tf_data_train_reshuffles_every_epoch(prepared_work_dir):
     assert any(not np.array_equal(epochs[0], e) for e in epochs[1:])  # ...in a new order
 
 
+def test_the_autotuner_is_off_and_the_batches_are_the_same_with_it(prepared_work_dir, monkeypatch):
+    """tf.data's autotuner is off in every split (``TF_DATA_AUTOTUNE``): it slowed training on 2 cores. With it on,
+    the same seed still gives the same augmented batches in the same order, so it changes speed, not the model."""
+    def batches(autotune: bool):
+        monkeypatch.setattr(pipelines, "TF_DATA_AUTOTUNE", autotune)
+        ds = pipelines.tf_datasets(prepared_work_dir, SIZE, "grayscale", batch_size=4, augment=True, seed=7)
+        assert all(d.options().autotune.enabled is autotune for d in ds.values())
+        return np.concatenate([x.numpy() for x, _ in ds["train"]])
+
+    assert pipelines.TF_DATA_AUTOTUNE is False  # the chain's setting
+    np.testing.assert_array_equal(batches(False), batches(True))
+
+
 def test_augmentation_changes_training_faces(prepared_work_dir):
     plain = pipelines.tf_datasets(prepared_work_dir, SIZE, "grayscale", 256, augment=False, seed=5,
                                   splits=("train",))["train"]
