@@ -24,9 +24,9 @@ inner macro-F1 and inner balanced accuracy, among those whose inner accuracy is 
 ``--accuracy-slack`` (0.01); a tie goes to the earlier candidate (the simpler one: fewer changes to the default).
 The candidates were not all fixed in advance: the ``tau`` grid was widened after fold 1's validation scores
 (``TAUS``), the recipes ``sb`` and ``aug`` were trained after a first search with ``ours`` and ``cw1`` had
-kept the default, and ``focal`` and ``px80`` after the search with those four had kept it too. The search also
-measures the source shortcut (``by_source``): each recipe's test accuracy per image source, as trained, paired
-with the default (a measurement; no choice reads it).
+kept the default, and ``focal``, ``px80`` and ``cw0`` after the search with those four had kept it too. The
+search also measures the source shortcut (``by_source``): each recipe's test accuracy per image source, as
+trained, paired with the default (a measurement; no choice reads it).
 
 ``--train`` writes ``recipe_search_probabilities_<recipe>.csv.gz`` (every validation and test face of every fold:
 person, source, true emotion, log-probabilities of both views) and ``recipe_search_trainings.json`` (training
@@ -77,8 +77,9 @@ RECIPES = {"ours": {},  # today's default: class weights (N / (K n_c)) ** 0.5
            # 16 fits); about 1.6× the pixels, so about 1.6× the training time
            "px80": {"image_size": 80}}
 #: The recipes the search chooses among by default: the search notebook 06 shows and ``compare.json`` holds.
-#: ``focal`` and ``px80`` were trained later; their searches are ``--recipes ours cw1 sb aug focal --name
-#: recipe_search_focal`` and ``--recipes ours cw1 sb aug px80 --name recipe_search_px80``.
+#: ``focal``, ``px80`` and ``cw0`` were trained later; their searches are ``--recipes ours cw1 sb aug focal --name
+#: recipe_search_focal``, ``--recipes ours cw1 sb aug px80 --name recipe_search_px80`` and ``--recipes ours cw1 sb
+#: aug cw0 --name recipe_search_cw0``.
 SEARCHED = ("ours", "cw1", "sb", "aug")
 #: Recipe keys that are not ``TrainConfig`` fields: how ``train_recipe`` weighs the training faces.
 NOT_CONFIG = ("source_balance",)
