@@ -42,13 +42,15 @@ def main(argv=None) -> int:
     ap.add_argument("--faces", type=int, help="notebook 08: faces to generate (default 2000)")
     ap.add_argument("--main-job", action="store_true", help="the README's main job (every default) instead of the "
                     "quick setting; writes main_job.json")
-    ap.add_argument("--timeout", type=int, default=1800, help="seconds the whole run may take")
+    ap.add_argument("--timeout", type=int, help="seconds the whole run may take (default 1800, or 3600 with "
+                    "--main-job)")
     _checks.add_out(ap, RESULTS / "<quick_run or main_job>.json", "the JSON file the figures go to (default: "
                     "benchmarks/results/quick_run.json, or main_job.json with --main-job)", metavar="FILE")
     args = ap.parse_args(argv)
     if args.main_job and (args.max_per_class is not None or args.faces is not None):
         ap.error("--main-job runs every default: leave out --max-per-class and --faces")
     name = "main_job" if args.main_job else "quick_run"
+    args.timeout = args.timeout or (3600 if args.main_job else 1800)
     if args.out == RESULTS / "<quick_run or main_job>.json":
         args.out = RESULTS / f"{name}.json"
     if not args.data_dir:
@@ -65,8 +67,8 @@ def main(argv=None) -> int:
         parameters = {} if args.main_job else {key: QUICK[key] if value is None else value for key, value in
                                                (("max_per_class", args.max_per_class), ("faces", args.faces))}
         command = [sys.executable, "-m", "fer_utils", "run", "--data-dir", args.data_dir, "--work-dir", str(work)]
-        for name, value in parameters.items():
-            command += ["-p", name, str(value)]
+        for key, value in parameters.items():
+            command += ["-p", key, str(value)]
         t0 = time.perf_counter()
         try:
             done = subprocess.run(command, timeout=args.timeout)

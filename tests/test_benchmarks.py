@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -804,8 +805,8 @@ def test_an_interrupt_that_surfaces_as_another_error_still_removes_the_faces(tmp
 
 
 def test_training_speed_measures_one_setting_at_a_time(tmp_path, capsys):
-    """``--setting`` picks what the two trainings differ in, and where the figures go by default; a value that
-    setting lacks, or no repeat, is refused before any training."""
+    """``--setting`` picks what the two trainings differ in; a value that setting lacks, or no repeat, is refused
+    before any training."""
     speed = _load("training_speed")
     assert speed.SETTINGS["precision"] == {"float32": "float32", "bf16": "bf16"}
     assert list(speed.SETTINGS["jit_compile"]) == ["off", "on"]  # the chain's own value first
@@ -815,3 +816,43 @@ def test_training_speed_measures_one_setting_at_a_time(tmp_path, capsys):
             speed.main([*argv, "--work-dir", str(tmp_path)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_quick_run_and_main_job_record_what_the_run_wrote(tmp_path, monkeypatch, capsys):
+    """``quick_run.py`` runs the chain with the quick parameters, ``--main-job`` with none; each writes the run's
+    seconds per notebook, the work folder's size and the test metrics under its own name. (The chain itself is
+    replaced here by a stand-in that writes what a run writes.)"""
+    quick = _load("quick_run")
+    root = _tiny_dataset(tmp_path / "facial_expressions")
+    commands = []
+
+    real_run = subprocess.run
+
+    def fake_run(command, *args, timeout=None, **kwargs):
+        if command[1:4] != ["-m", "fer_utils", "run"]:  # anything else (the machine's description) runs
+            return real_run(command, *args, timeout=timeout, **kwargs)
+        commands.append((command, timeout))
+        work = Path(command[command.index("--work-dir") + 1])
+        work.mkdir(parents=True)
+        (work / "run.json").write_text(json.dumps({"id": "20261201-000000", "notebooks": {
+            "01_load_dataset": {"seconds": 1.5}, "05_train_model": {"seconds": 3.0}}}))
+        (work / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "macro_f1": 0.25, "balanced_accuracy": 1 / 3}))
+        (work / "split").mkdir()
+        (work / "split" / "face.png").write_bytes(b"x" * 2_000_000)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(quick.subprocess, "run", fake_run)
+    for argv, name in (([], "quick_run"), (["--main-job"], "main_job")):
+        out = tmp_path / f"{name}.json"
+        assert quick.main([*argv, "--data-dir", str(root), "--out", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["benchmark"] == name and result["run"] == "20261201-000000"
+        assert result["notebook_seconds"] == {"01_load_dataset": 1.5, "05_train_model": 3.0}
+        assert result["total_seconds"] == 4.5 and result["disk_mb"]["split"] == 2.0
+        assert result["test_metrics"] == {"accuracy": 0.5, "macro_f1": 0.25, "balanced_accuracy": 0.3333}
+    (quick_command, quick_timeout), (main_command, main_timeout) = commands
+    assert quick_command[quick_command.index("-p"):] == ["-p", "max_per_class", "50", "-p", "faces", "2000"]
+    assert "-p" not in main_command and (quick_timeout, main_timeout) == (1800, 3600)
+    with pytest.raises(SystemExit):  # the main job is every default
+        quick.main(["--main-job", "--faces", "10", "--data-dir", str(root)])
+    assert "leave out --max-per-class and --faces" in capsys.readouterr().err
