@@ -47,10 +47,10 @@ AUGMENTATIONS = {
 #: pipelines); ``"strong"`` (tf.data only) widens the geometry and adds brightness and contrast changes.
 AUGMENT_LEVELS = ("none", "standard", "strong")
 #: tf.data's autotuner (``tf.data.Options().autotune.enabled``) for ``tf_datasets``: off. On 2-vCPU machines it
-#: sometimes held training to one face per 4 ms (about 240 faces a second, against about 400 with it off, the same
-#: batches in the same order); which epochs it slowed changed from run to run
-#: (``python benchmarks/training_speed.py --setting autotune``). Off, ``tf.data.AUTOTUNE`` still sets the parallel
-#: maps' calls (one per core) and the prefetch buffer.
+#: sometimes held training to one face per 4 ms: whole-model epochs of 40-43 s against 24.5-25.4 s with it off,
+#: the same batches in the same order; which epochs it slowed changed from run to run
+#: (``python benchmarks/training_speed.py --setting autotune`` -> ``benchmarks/results/autotune.json``). Off,
+#: ``tf.data.AUTOTUNE`` still sets the parallel maps' calls (one per core) and the prefetch buffer.
 TF_DATA_AUTOTUNE = False
 #: ``tf.image.resize`` methods -> the nearest Pillow filter the legacy generator knows.
 LEGACY_INTERPOLATION = {"bilinear": "bilinear", "nearest": "nearest", "bicubic": "bicubic", "area": "box",
