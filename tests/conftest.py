@@ -16,7 +16,7 @@ from fer_utils.data import draw_face
 #: leaves them out for a quick loop; CI runs everything.
 SLOW = (
     "tests/test_handover.py",  # edits a copy of the project and runs 04, 05, 06, 08 and `train` on it
-    "tests/test_own_data.py::test_chain_on_",  # the whole chain on class folders / on a labels CSV
+    "tests/test_own_data.py::test_chain_on_class_folders",  # the whole chain 01-07 on class folders
     "tests/test_solutions.py::test_solution_runs[08_train_at_scale]",  # three trainings and a resumed one
     "tests/test_demo.py::test_demo_server_serves_only_this_computer",  # kernels started and culled
     "tests/test_jupyterlab.py",  # JupyterLab in Chromium, running notebooks as a learner
@@ -175,6 +175,27 @@ def tiny_fer_like(input_shape=(64, 64, 1), padding="same", seed=0, filters=(8, 1
             layer.set_weights([g + rng.normal(0, 0.1, g.shape), b + rng.normal(0, 0.1, b.shape),
                                m + rng.normal(0, 0.1, m.shape), v + rng.uniform(0, 0.5, v.shape)])
     return model
+
+
+@pytest.fixture
+def eager_keras():
+    """For one test, TensorFlow functions (Keras' train, test and predict steps) run eagerly
+    (``tf.config.run_functions_eagerly``): a tiny training takes ~3 s instead of ~7 s, most of which is tracing.
+    For tests of what a script does around its trainings (folds, stored probabilities, records, choices); the
+    compiled steps themselves run in the synthetic chain and in tests/test_training.py. (``tf.data`` functions
+    are traced either way.)"""
+    import warnings
+
+    from fer_utils import import_tensorflow
+
+    tf, _ = import_tensorflow()
+    tf.config.run_functions_eagerly(True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Even though the `tf.config.experimental_run_functions_eagerly`")
+        try:
+            yield
+        finally:
+            tf.config.run_functions_eagerly(False)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def _load(name: str):
     return module
 
 
-def test_compare_folds_writes_the_protocol_and_paired_differences(synthetic_data_dir, tmp_path):
+def test_compare_folds_writes_the_protocol_and_paired_differences(synthetic_data_dir, tmp_path, eager_keras):
     compare = _load("compare")
     out = tmp_path / "results"
     assert compare.main(["--folds", "2", "--data-dir", str(synthetic_data_dir), "--work-dir", str(tmp_path / "w"),
@@ -63,7 +63,7 @@ def test_compare_folds_writes_the_protocol_and_paired_differences(synthetic_data
 
 
 def test_compare_pairs_the_short_schedule_with_the_default(synthetic_data_dir, fake_fer_weights, tmp_path,
-                                                           monkeypatch):
+                                                           monkeypatch, eager_keras):
     """``--only ours ours_short``: both recipes on the same folds, paired on the same faces, with the ratio of
     their training times (tiny schedules here: 1 + 2 epochs against 1 + 1)."""
     compare = _load("compare")
@@ -216,7 +216,7 @@ def test_the_learning_curve_fits_each_emotion_and_measures_the_sources(tmp_path)
 
 
 def test_the_recipe_search_chooses_on_validation_and_pairs_on_test(synthetic_data_dir, fake_fer_weights, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, eager_keras):
     """``recipe_search.py --train`` trains each recipe on each outer fold and stores both views' probabilities of
     the validation and test faces (the flip view as ``models.with_tta`` makes it); the search scores every
     candidate on validation only, applies the rule, and pairs the chosen with the default on the same test faces."""

@@ -618,7 +618,7 @@ def voila_config(port: int, token: str = "", max_pages: int = MAX_PAGES, cull_af
     c.VoilaConfiguration.multi_kernel_manager_class = _bounded_kernel_manager()
     c.MappingKernelManager.max_kernels = max_pages
     c.MappingKernelManager.cull_idle_timeout = cull_after
-    c.MappingKernelManager.cull_interval = max(1, min(60, cull_after // 2))
+    c.MappingKernelManager.cull_interval = max(1, min(60, cull_after // 10))  # ended within 10 % of cull_after
     c.MappingKernelManager.cull_connected = False  # a page still open keeps its kernel
     if zmq.has("curve"):  # else every kernel warns that it runs "over TCP without encryption"
         c.KernelManager.transport_encryption = "auto"
