@@ -11,7 +11,7 @@ import pytest
 from fer_utils import EMOTIONS
 from fer_utils.data import draw_face
 
-#: The slow tests (marker ``slow``): each took the better part of a minute or more on 2 cores in the suite's
+#: The slow tests (marker ``slow``): each took half a minute or more on 2 cores in the suite's
 #: ``--durations`` report (``benchmarks/results/environment.json``). ``pytest -m "not realdata and not slow"``
 #: leaves them out for a quick loop; CI runs everything.
 SLOW = (
@@ -189,13 +189,14 @@ def eager_keras():
     from fer_utils import import_tensorflow
 
     tf, _ = import_tensorflow()
+    before = tf.config.functions_run_eagerly()
     tf.config.run_functions_eagerly(True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Even though the `tf.config.experimental_run_functions_eagerly`")
         try:
             yield
         finally:
-            tf.config.run_functions_eagerly(False)
+            tf.config.run_functions_eagerly(before)
 
 
 @pytest.fixture(scope="session")

@@ -406,7 +406,7 @@ def test_demo_server_serves_only_this_computer(model_path):
     from browser import free_port
 
     port = free_port()
-    server = DemoServer(model_path, port, "--max-pages", "2", "--cull-after", "20")  # > two page loads
+    server = DemoServer(model_path, port, "--max-pages", "2", "--cull-after", "30")  # > a page load and the checks
     try:
         url = server.wait(timeout=180)
         base, token = url.split("?token=")
