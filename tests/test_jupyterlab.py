@@ -293,9 +293,16 @@ class Learner:
         return path
 
     def shut_down_kernels(self) -> None:
-        """Stop the kernels of the notebooks run so far (they hold TensorFlow's memory and threads)."""
+        """Stop the kernels of the notebooks run so far (they hold TensorFlow's memory and threads), then load the
+        page afresh with no tab open (``?reset``, JupyterLab's clean workspace): a tab left open with its kernel
+        stopped would be reused, dead, by the next open of its notebook (a busy page once opened 01 with the
+        double-click meant for 02, beside it in the file browser; 01's step then found a dead kernel)."""
         for session in self.lab.api("sessions") or []:
             self.lab.api(f"sessions/{session['id']}", method="DELETE")
+        self.page.goto(f"{self.lab.url}lab?reset&token={self.lab.token}")
+        wait_for(lambda: self.page.locator(".jp-DirListing-item").count() > 0
+                 and self.page.locator("#jp-main-dock-panel .jp-NotebookPanel").count() == 0, READY_S,
+                 "JupyterLab's page to load again, with no notebook open, and list the notebooks")
 
 
 # ------------------------------------------------------------------------------------------ fixtures
