@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import run_chain
 
-from fer_utils import EMOTIONS, data, evaluation, folders, workfolder
+from fer_utils import EMOTIONS, data, evaluation, folders, models, workfolder
 
 #: FER2013's folder names: 7 emotions, no contempt.
 FER2013 = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -310,8 +310,6 @@ def test_chain_on_a_labels_csv(csv_dataset, fake_fer_weights, tmp_path):
     assert counts["manifest_rows"] == planted["rows"] + 1 and counts["excluded"] == 6
     assert "person-grouped stratified split" in _outputs(work, "02_preprocess_into_folders")
     assert "Not in this dataset" not in _outputs(work, "01_load_dataset")
-    from fer_utils import models
-
     metrics = evaluation.evaluate(models.build("seed_cnn", (48, 48, 1)), work, n_boot=20, write=False).metrics
     assert metrics["scored_classes"] == list(EMOTIONS) and metrics["unscored_classes"] == []
     assert metrics["n_people"] == records["prepare"]["people"]["test"] and metrics["n_test"] == counts["test"]
