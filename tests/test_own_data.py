@@ -297,7 +297,7 @@ def test_chain_on_class_folders(folder_dataset, fake_fer_weights, tmp_path):
 def test_chain_on_a_labels_csv(csv_dataset, fake_fer_weights, tmp_path):
     """Notebooks 01-02 on a labels CSV, then what notebook 06 scores on its split (a model built, not trained):
     what differs from class folders is the layout, the person-grouped split and the people the intervals resample.
-    Notebooks 03-07 on your own data: the test above (03-05 read only the class folders 02 writes)."""
+    Notebooks 03-07 on your own data: the test above (of the data, 03-05 read only the class folders 02 writes)."""
     root, planted = csv_dataset
     work = tmp_path / "work"
     assert run_chain(planted["csv"], work, fake_fer_weights, {"label_map": CSV_LABEL_MAP}, until="02") == 0, work
