@@ -20,6 +20,7 @@ import os
 import re
 import tarfile
 import tempfile
+import unicodedata
 import urllib.error
 import urllib.request
 import zlib
@@ -49,6 +50,11 @@ LABEL_ALIASES = {
 }
 #: Formats that both Pillow and ``tf.io.decode_image`` read, with the file endings that name them.
 TF_FORMATS = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "GIF": (".gif",), "BMP": (".bmp",)}
+#: The file endings that name each Pillow format, for the audit's ``format mismatch`` (an MPO, a camera's
+#: multi-picture JPEG, is a JPEG to every reader).
+FORMAT_SUFFIXES = {"JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "MPO": (".jpg", ".jpeg", ".mpo"), "PNG": (".png",),
+                   "GIF": (".gif",), "BMP": (".bmp", ".dib"), "TIFF": (".tif", ".tiff"), "WEBP": (".webp",),
+                   "PPM": (".ppm", ".pgm", ".pbm", ".pnm")}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 #: The only formats ever decoded (Pillow's names; JPEG includes a camera's MPO): those of ``IMAGE_SUFFIXES``.
 #: The dataset is all JPEG; anything else (EPS, which Pillow hands to Ghostscript, PSD, ICO...) is not an image here.
@@ -161,19 +167,31 @@ def _class_folders(root: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
+#: Why ``_tree_files`` does not follow a link to a folder that holds the class folder (``sad/up -> ..``): it
+#: would read every other class's images under this class too.
+LINK_UP = "a link to a folder that holds it"
+
+
 def _tree_files(folder: Path, unreadable: list | None = None) -> list[Path]:
     """Every file under ``folder`` (sorted), as class folders are read: folders that are symbolic links followed
-    (each real folder once), links that lead nowhere kept (the audit says they cannot be read), hidden entries
-    kept (callers skip and list them). ``unreadable`` receives each folder that cannot be listed."""
+    (each real folder once; not one that holds ``folder``: ``LINK_UP``), links that lead nowhere kept (the audit
+    says they cannot be read), hidden entries kept (callers skip and list them). ``unreadable`` receives each
+    folder that cannot be listed, and each link not followed."""
     out, seen = [], set()
 
     def cannot_list(err: OSError) -> None:
         if unreadable is not None:
             unreadable.append((Path(err.filename), err.strerror or str(err)))
 
+    top = Path(os.path.realpath(folder))
     for here, dirs, names in os.walk(folder, onerror=cannot_list, followlinks=True):
         real = os.path.realpath(here)
         if real in seen:  # a link back up, or to a folder walked already
+            dirs[:] = []
+            continue
+        if here != str(folder) and top.is_relative_to(real):  # a link up to a folder that holds this one
+            if unreadable is not None:
+                unreadable.append((Path(here), LINK_UP))
             dirs[:] = []
             continue
         seen.add(real)
@@ -210,7 +228,8 @@ def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
     csvs = sorted(p for p in path.glob("*.csv") if p.is_file())
     if (path / LABELS_CSV).is_file():
         return "csv", path, path / LABELS_CSV
-    folders = any(any(f.is_file() for f in _tree_files(folder)) for folder, _ in _class_folders(path))
+    folders = any(any(f.is_file() and _visible(f, folder) for f in _tree_files(folder))
+                  for folder, _ in _class_folders(path))
     if folders:  # a table of pixels (FER2013's fer2013.csv) beside the image folders does not label them
         csvs = [csv for csv in csvs if not _pixel_table(csv)]
     if len(csvs) == 1:
@@ -220,6 +239,12 @@ def find_layout(path: str | os.PathLike) -> tuple[str, Path, Path | None]:
                            f"{LABELS_CSV}: point data_dir or FER_DATA_DIR at the one that labels the images.")
     if folders:
         return "folders", path, None
+    subfolders = [folder.relative_to(path).as_posix() for folder, _ in _class_folders(path)]
+    if subfolders and not (path / IMAGES).is_dir():
+        shown = ", ".join(subfolders[:6]) + (f"… ({len(subfolders)} folders)" if len(subfolders) > 6 else "")
+        raise DatasetError(f"The folders in {path} ({shown}) hold no files (hidden ones, .name, are skipped), and "
+                           "it holds no labels CSV. Put your images in class folders (<emotion>/*.jpg), or point "
+                           "data_dir or FER_DATA_DIR at a dataset: README, 'Your own data'.")
     check_dataset_root(path)  # raises, saying what a dataset root needs
     raise AssertionError("unreachable")
 
@@ -348,14 +373,14 @@ def download_dataset(cache_dir: Path, url: str = ARCHIVE_URL) -> Path:
 
 
 def normalise_label(raw, label_map: dict | None = None) -> str | None:
-    """Strip and lower-case a label and map common spellings ("sad", "happy") to the 8 emotions.
+    """Strip and lower-case a label (in Unicode's NFC form) and map common spellings ("sad", "happy") to the 8 emotions.
 
     ``label_map`` (``check_label_map``) is looked up first: it maps a label to an emotion, or to None to
     leave it out. A label that ends up none of the 8 gives None.
     """
     if not isinstance(raw, str):
         return None
-    label = raw.strip().lower()
+    label = unicodedata.normalize("NFC", raw).strip().lower()  # "ü" typed or as macOS names folders: the same
     if label_map and label in label_map:
         label = label_map[label]
         if label is None:
@@ -365,8 +390,8 @@ def normalise_label(raw, label_map: dict | None = None) -> str | None:
 
 
 def check_label_map(label_map: dict | None) -> dict[str, str | None]:
-    """``label_map`` with its keys stripped and lower-cased and its values checked: each one of the 8
-    emotions (or a spelling ``LABEL_ALIASES`` knows) or None (leave that label out). {} when None."""
+    """``label_map`` with its keys stripped, lower-cased (and in Unicode's NFC form) and its values checked: each
+    one of the 8 emotions (or a spelling ``LABEL_ALIASES`` knows) or None (leave that label out). {} when None."""
     if not label_map:
         return {}
     if not isinstance(label_map, dict):
@@ -377,7 +402,7 @@ def check_label_map(label_map: dict | None) -> dict[str, str | None]:
         target = None if value is None else LABEL_ALIASES.get(str(value).strip().lower(), str(value).strip().lower())
         if target is not None and target not in EMOTIONS:
             bad.append(f"{key!r}: {value!r}")
-        checked[str(key).strip().lower()] = target
+        checked[unicodedata.normalize("NFC", str(key)).strip().lower()] = target
     if bad:
         raise DatasetError(f"label_map maps to something that is not an emotion: {', '.join(bad)}. Map each label "
                            f"to one of {', '.join(EMOTIONS)}, or to None to leave it out.")
@@ -491,6 +516,9 @@ def _csv_images(base: Path, cells) -> list[tuple[str, str]]:
         else:
             out.append((Path(written).as_posix().removeprefix("./"), "outside"))
             continue
+        if not (base / name).is_file():  # the name in the other Unicode form: macOS writes "é" as "e" + accent
+            name = next((other for other in (unicodedata.normalize(form, name) for form in ("NFC", "NFD"))
+                         if (base / other).is_file()), name)
         if not (base / name).is_file():
             out.append((name, "missing"))
             continue
@@ -690,6 +718,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             Image.init()  # registers the plugins so that formats= can name them (only those are tried)
             im = Image.open(path, formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
+        if os.path.getsize(path) == 0:
+            raise ImageRefused("not_an_image", "an empty file (0 bytes)") from None
         raise ImageRefused("not_an_image", f"not an image format read here ({FORMATS_READ})") from None
     except Image.DecompressionBombError:
         raise ImageRefused("unreadable", f"too large to decode safely: more than {MAX_PIXELS // 10**6} "
@@ -764,6 +794,24 @@ def _unreadable_folders(dataset: Dataset) -> list[tuple[str, str]]:
     return [(p.relative_to(dataset.root).as_posix(), why) for p, why in found]
 
 
+def _skipped_in_images(dataset: Dataset) -> list[tuple[str, str]]:
+    """A muxspace dataset's files in ``images/`` that are not read (``(path relative to images/, kind)``, kinds of
+    ``MUXSPACE_SKIPPED_KINDS``): hidden ones and those in sub-folders."""
+    if dataset.layout != "muxspace":
+        return []
+    base = dataset.images_dir
+    skipped = []
+    for here, dirs, names in os.walk(base):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(here) / name
+            if Path(here) == base and not name.startswith("."):
+                continue  # read: dataset_files
+            skipped.append((path.relative_to(base).as_posix(),
+                            "in a sub-folder" if _visible(path, base) else "hidden file"))
+    return skipped
+
+
 def _hidden_files(dataset: Dataset) -> list[str]:
     """Class folders' hidden files (``.name``, or in a ``.folder``), relative POSIX paths: skipped, and listed."""
     if dataset.layout != "folders":
@@ -785,7 +833,7 @@ def scan_images(root, workers: int | None = None) -> pd.DataFrame:
     files["suffix"] = [Path(f).suffix.lower() for f in files["file"]]
     files["readable"] = files["error"].isna()
     files["format_matches_name"] = [
-        isinstance(fmt, str) and suffix in TF_FORMATS.get(fmt, (f".{fmt.lower()}",))
+        isinstance(fmt, str) and suffix in FORMAT_SUFFIXES.get(fmt, (f".{fmt.lower()}",))
         for fmt, suffix in zip(files["format"], files["suffix"])
     ]
     return files
@@ -804,9 +852,10 @@ class Audit:
 
     def summary(self) -> pd.DataFrame:
         """Findings counted by kind (kinds with none are listed too, with 0; ``OWN_DATA_FINDING_KINDS`` for your
-        own data only)."""
+        own data only; in the muxspace layout, a hidden file or one in a sub-folder of ``images/`` when found)."""
         counts = self.findings["kind"].value_counts()
-        kinds = {**FINDING_KINDS, **(OWN_DATA_FINDING_KINDS if self.layout != "muxspace" else {})}
+        kinds = {**FINDING_KINDS, **(OWN_DATA_FINDING_KINDS if self.layout != "muxspace" else {
+            k: v for k, v in MUXSPACE_SKIPPED_KINDS.items() if counts.get(k, 0)})}
         return pd.DataFrame({"kind": list(kinds), "count": [int(counts.get(k, 0)) for k in kinds],
                              "meaning": list(kinds.values())})
 
@@ -836,8 +885,14 @@ OWN_DATA_FINDING_KINDS = {
     "no person": "a labels CSV's row with an empty person cell (others have one): split as a single image, so "
                  "the person-disjoint split does not cover it",
     "hidden file": "a hidden file in a class folder (.name, or in a .folder): skipped",
-    "unreadable folder": "a folder in a class folder that cannot be listed (its permissions): its images are not "
-                         "used",
+    "unreadable folder": "a folder in a class folder that cannot be listed (its permissions), or a link to a folder "
+                         "that holds it (not followed): its images are not used",
+}
+#: Files in a muxspace ``images/`` folder that the legend cannot name, listed when found (upstream has none).
+MUXSPACE_SKIPPED_KINDS = {
+    "hidden file": "a hidden file in images/ (.name, or in a .folder): skipped",
+    "in a sub-folder": "a file in a sub-folder of images/: the legend names files directly in images/, so it is "
+                       "not read",
 }
 #: Where each layout's labels are, in the findings' words.
 _LABELS_WHERE = {"muxspace": ("legend row", "not in images/", "no legend row"),
@@ -945,7 +1000,9 @@ def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | Non
     by_file = files.set_index("file")
     on_disk = set(by_file.index)
     for r in legend[~legend.image.isin(on_disk)].itertuples():
-        add("missing file", r.image, r.row, _missing_detail(dataset, r.image) if csv else not_found)
+        nested = dataset.layout == "muxspace" and "/" in r.image and (dataset.images_dir / r.image).is_file()
+        add("missing file", r.image, r.row, _missing_detail(dataset, r.image) if csv else (
+            "in a sub-folder of images/: the legend names files directly in images/" if nested else not_found))
     for f in files[~files.readable].itertuples():
         add("unreadable file", f.file, None, f.error)
     for f in files[files.readable & ~files.format_matches_name].itertuples():
@@ -957,10 +1014,13 @@ def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | Non
     for names in dup_hashes:
         for name in names:
             add("same content", name, None, "identical to " + ", ".join(n for n in names if n != name))
+    for name, kind in _skipped_in_images(dataset):
+        add(kind, name, None, MUXSPACE_SKIPPED_KINDS[kind])
     for name in _hidden_files(dataset):
         add("hidden file", name, None, "hidden file (its name, or a folder's, starts with '.'): skipped")
     for name, why in _unreadable_folders(dataset):
-        add("unreadable folder", name, None, f"a folder that cannot be listed ({why}): its images are not used")
+        add("unreadable folder", name, None, f"not followed: {why} (it would read the other classes' images under "
+            "this class)" if why == LINK_UP else f"a folder that cannot be listed ({why}): its images are not used")
 
     has_person = dataset.layout == "muxspace" or ("person" in legend and legend["person"].ne("").any())
     if csv and has_person:  # a row without a person is split as a face of its own: outside the guarantee
@@ -979,6 +1039,8 @@ def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | Non
 
 def contributor_table(legend: pd.DataFrame) -> pd.DataFrame:
     """Rows per contributor (``user.id``) and emotion: where the labels come from."""
+    if legend.empty:  # no labelled row at all (say, class folders holding only hidden files)
+        return pd.DataFrame({"total": pd.Series(dtype=int)}).rename_axis("user_id")
     table = pd.crosstab(legend["user_id"], legend["emotion"].fillna("(unknown)"), margins=True, margins_name="total")
     return table.sort_values("total", ascending=False)
 

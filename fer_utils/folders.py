@@ -31,6 +31,7 @@ from fer_utils.data import (
     TF_FORMATS,
     Audit,
     Dataset,
+    DatasetError,
     ImageRefused,
     audit_dataset,
     check_not_inside,
@@ -63,8 +64,9 @@ LAYOUT_REASONS = {
 }
 
 
-def build_manifest(audit: Audit) -> pd.DataFrame:
+def build_manifest(audit: Audit, check: bool = True) -> pd.DataFrame:
     """One row per legend row and per unlisted file; unusable rows are marked ``excluded`` with a reason.
+    ``check``: refuse data that cannot train a model (``check_trainable``).
 
     ``group`` is who a face belongs to for splitting: the person, merged across byte-identical files so
     that copies of one photo never end up on both sides of a split.
@@ -93,7 +95,39 @@ def build_manifest(audit: Audit) -> pd.DataFrame:
     manifest["reason"] = manifest["reason"].replace(LAYOUT_REASONS.get(audit.layout, {}))
     columns = ["row", "image", "user_id", "label", "emotion", "person", "group", "source", "split", "reason",
                "format", "mode", "width", "height", "sha1"]
+    if check:
+        check_trainable(manifest, audit.split_by)
     return manifest[columns]
+
+
+def check_trainable(manifest: pd.DataFrame, split_by: str = "person") -> None:
+    """Refuse, before any split or copy, a dataset that cannot train and test a classifier: a ``DatasetError``
+    when its usable images (those not excluded) cover fewer than 2 emotions, or fewer than 3 people (``split_by``
+    ``"image"``: images), which a train/val/test split needs; it says why the rest were excluded."""
+    usable = manifest[manifest.split == ""]
+    emotions = [e for e in EMOTIONS if e in set(usable.emotion.dropna())]
+    groups = usable.group.nunique()
+    if len(emotions) >= 2 and groups >= 3:
+        return
+    if usable.empty:
+        problem, wanted = "no image is usable", "labelled images of at least 2 emotions"
+    elif len(emotions) < 2:
+        problem = (f"its usable images ({len(usable):,}) are all of one emotion, {emotions[0]}: a classifier "
+                   "needs at least 2")
+        wanted = "labelled images of another emotion"
+    elif split_by == "person":
+        problem = (f"its usable images show only {groups} {'person' if groups == 1 else 'people'}: a "
+                   "train/val/test split that keeps each person in one split needs at least 3")
+        wanted = "images of more people"
+    else:
+        problem = (f"only {groups} of its images {'is' if groups == 1 else 'are'} usable (the dataset names nobody, "
+                   "so it is split by image): a train/val/test split needs at least 3")
+        wanted = "more labelled images"
+    reasons = manifest.loc[manifest.split == "excluded", "reason"].value_counts()
+    excluded = "; ".join(f"{reason} {n:,}" for reason, n in reasons.items()) or "none"
+    raise DatasetError(f"This dataset cannot train a model: {problem}. Of its {len(manifest):,} rows and files, "
+                       f"excluded: {excluded} (each with its reason in the audit of notebook 01, "
+                       f"audit_findings.csv). Add {wanted}, or fix the ones excluded.")
 
 
 def _groups(manifest: pd.DataFrame) -> pd.Series:

@@ -175,3 +175,123 @@ def test_class_folders_follow_linked_sub_folders_and_say_what_they_cannot_read(t
     unlistable(root / "fear" / "locked")  # a folder that cannot be listed
     assert findings_of(data.audit_dataset(root), "unreadable folder") == [
         ("fear/locked", None, "a folder that cannot be listed (Permission denied): its images are not used")]
+
+
+def test_data_that_cannot_train_a_model_is_refused_saying_why(tmp_path):
+    """Notebook 02 stops at its manifest, before any split or copy, with what is wrong and why the rest went."""
+    root = tmp_path / "one"
+    data.write_synthetic_dataset(root, "folders", n_images=16, size=16, workers=2)
+    for folder in root.iterdir():
+        if folder.name != "happiness":
+            for f in folder.iterdir():
+                f.write_text("not an image")
+    with pytest.raises(data.DatasetError, match=r"all of one emotion, happiness: a classifier needs at least 2\. "
+                       r"Of its 16 rows and files, excluded: file unreadable \(corrupt or not an image\) 14"):
+        folders.build_manifest(data.audit_dataset(root))
+    (root / "happiness").rename(root / "skipped")
+    with pytest.raises(data.DatasetError, match="no image is usable"):
+        folders.build_manifest(data.audit_dataset(root, label_map={"skipped": None}))
+    two = csv_dataset(tmp_path / "two", [])
+    lines = two.read_text().splitlines()
+    two.write_text("\n".join(lines[:2] + lines[10:11]) + "\n")  # anger of person00000, contempt of person00001
+    with pytest.raises(data.DatasetError, match="show only 2 people: a train/val/test split that keeps each"):
+        folders.build_manifest(data.audit_dataset(two))
+    manifest = folders.build_manifest(data.audit_dataset(two), check=False)  # the rows and files, for a look
+    assert len(manifest) == 24 and (manifest.split == "").sum() == 2
+
+
+def test_class_folders_with_no_file_but_hidden_ones_are_named(tmp_path):
+    root = tmp_path / "d"
+    for name in ("happy", "sad", "angry"):
+        (root / name).mkdir(parents=True)
+    (root / "happy" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    with pytest.raises(data.DatasetError, match=r"The folders in .* \(angry, happy, sad\) hold no files \(hidden"):
+        data.open_dataset(root)
+    assert data.contributor_table(pd.DataFrame(columns=["user_id", "emotion"])).columns.tolist() == ["total"]
+
+
+def test_a_link_up_to_a_folder_that_holds_the_class_is_not_followed(tmp_path):
+    root = tmp_path / "f"
+    data.write_synthetic_dataset(root, "folders", n_images=16, size=16, workers=2)
+    (root / "sadness" / "up").symlink_to("..")
+    audit = data.audit_dataset(root)
+    assert findings_of(audit, "unreadable folder") == [("sadness/up", None, "not followed: a link to a folder that "
+                                                        "holds it (it would read the other classes' images under "
+                                                        "this class)")]
+    assert not findings_of(audit, "conflicting labels") and len(audit.legend) == 16
+
+
+def test_each_image_format_is_at_home_in_its_own_endings(tmp_path):
+    """A TIFF named .tif, a PGM named .pgm or a camera's multi-picture JPEG named .jpg is no format mismatch."""
+    from PIL import Image
+
+    root = tmp_path / "f"
+    data.write_synthetic_dataset(root, "folders", n_images=16, size=16, workers=2)
+    face = Image.open(next((root / "anger").iterdir())).convert("L")
+    face.save(root / "anger" / "scan.tif")
+    face.save(root / "anger" / "scan.TIFF", format="TIFF")
+    face.save(root / "anger" / "gray.pgm")
+    face.convert("RGB").save(root / "anger" / "camera.jpg", format="MPO", save_all=True,
+                             append_images=[face.convert("RGB")])
+    face.save(root / "anger" / "webp.jpg", format="WEBP")
+    audit = data.audit_dataset(root)
+    assert audit.files.set_index("file").loc["anger/camera.jpg", "format"] == "MPO"
+    assert findings_of(audit, "format mismatch") == [("anger/webp.jpg", None, "WEBP content in a .jpg file")]
+
+
+def muxspace_dataset(root: Path) -> Path:
+    """A tiny dataset in the upstream layout: images/<Person>_<n>.jpg and data/legend.csv (16 rows)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "data").mkdir()
+    rows = ["user.id,image,emotion"]
+    for n in range(16):
+        name = f"Person_{n % 4}_{n:04d}.jpg"
+        data.draw_face(data.EMOTIONS[n % 8], rng, 16).save(root / "images" / name)
+        rows.append(f"lab,{name},{data.EMOTIONS[n % 8]}")
+    (root / "data" / "legend.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_muxspace_images_folder_says_what_it_does_not_read(tmp_path):
+    root = muxspace_dataset(tmp_path / "m")
+    assert not {"in a sub-folder", "hidden file"} & set(data.audit_dataset(root).summary().kind)  # only when found
+    some = next((root / "images").iterdir())
+    (root / "images" / "sub").mkdir()
+    (root / "images" / "sub" / "nested.jpg").write_bytes(some.read_bytes())
+    (root / "images" / ".DS_Store").write_bytes(b"\0")
+    with open(root / "data" / "legend.csv", "a") as legend:
+        legend.write("lab,sub/nested.jpg,sadness\n")
+    audit = data.audit_dataset(root)
+    assert findings_of(audit, "in a sub-folder") == [("sub/nested.jpg", None, data.MUXSPACE_SKIPPED_KINDS[
+        "in a sub-folder"])]
+    assert findings_of(audit, "hidden file") == [(".DS_Store", None, data.MUXSPACE_SKIPPED_KINDS["hidden file"])]
+    assert findings_of(audit, "missing file") == [("sub/nested.jpg", 18, "in a sub-folder of images/: the legend "
+                                                   "names files directly in images/")]
+    assert {"in a sub-folder", "hidden file"} <= set(audit.summary().kind)
+
+
+def test_names_in_either_unicode_form_are_the_same_name(tmp_path):
+    """macOS writes "ü" as "u" and an accent (NFD); a label_map or a CSV typed elsewhere has one character (NFC)."""
+    import unicodedata
+
+    root = tmp_path / "f"
+    data.write_synthetic_dataset(root, "folders", n_images=16, size=16, workers=2)
+    (root / "happiness").rename(root / unicodedata.normalize("NFD", "glücklich"))
+    audit = data.audit_dataset(root, label_map={unicodedata.normalize("NFC", "Glücklich"): "happiness"})
+    assert audit.legend.emotion.notna().all() and "happiness" not in audit.emotions_absent()
+    csv = csv_dataset(tmp_path / "d", [])
+    first = csv.read_text().splitlines()[1].split(",")[0]
+    nfd = Path(first).with_name(unicodedata.normalize("NFD", "Gesicht_é.png")).as_posix()
+    (csv.parent / first).rename(csv.parent / nfd)
+    csv.write_text(csv.read_text().replace(first + ",", unicodedata.normalize("NFC", nfd) + ","))
+    audit = data.audit_dataset(csv)
+    assert not findings_of(audit, "missing file") and not findings_of(audit, "unlisted file")
+    assert nfd in set(audit.legend.image)
+
+
+def test_an_empty_file_is_said_to_be_empty(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert data.inspect_image(tmp_path / "empty.jpg")["error"] == "an empty file (0 bytes)"
