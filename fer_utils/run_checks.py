@@ -49,6 +49,8 @@ def kind_checked(params: dict) -> dict:
 
 #: Largest image_size accepted: the decoded faces are cached in memory, (size² × channels) bytes each.
 MAX_IMAGE_SIZE = 512
+#: How a JSON word is written in the Python dict ``-p label_map`` takes.
+JSON_TO_PYTHON = {"null": "None", "true": "True", "false": "False"}
 
 
 def check_choices(params: dict) -> list[str]:
@@ -80,8 +82,11 @@ def check_choices(params: dict) -> list[str]:
     if "label_map" in params:
         value = params["label_map"]
         if isinstance(value, str):
-            problems.append(f"-p label_map {value!r}: not readable as a Python dict (check its quotes, colons and "
-                            "braces), e.g. -p label_map \"{'joy': 'happiness', 'other': None}\"")
+            json_words = sorted(set(re.findall(r"\b(null|true|false)\b", value)))
+            hint = (f"it is Python, not JSON: write {', '.join(JSON_TO_PYTHON[w] for w in json_words)} for "
+                    f"{', '.join(json_words)}" if json_words else "check its quotes, colons and braces")
+            problems.append(f"-p label_map {value!r}: not readable as a Python dict ({hint}), e.g. -p label_map "
+                            "\"{'joy': 'happiness', 'other': None}\"")
         elif value is not None:
             try:
                 data.check_label_map(value)

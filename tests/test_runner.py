@@ -586,7 +586,9 @@ def test_counts_and_shares_out_of_range_are_named():
     (["-p", "detection", "faces"], "error: -p detection 'faces': must be one of auto, detect, whole"),
     (["-p", "precision", "foo"], "error: -p precision 'foo': precision must be 'auto', 'bf16', 'fp16' or 'float32'"),
     (["-p", "image_size", "100000"], "error: -p image_size 100000: at most 512 pixels a side"),
-    (["-p", "label_map", "{'joy':"], "error: -p label_map \"{'joy':\": not readable as a Python dict"),
+    (["-p", "label_map", "{'joy':"], "error: -p label_map \"{'joy':\": not readable as a Python dict (check its"),
+    (["-p", "label_map", '{"bored": null}'], "error: -p label_map '{\"bored\": null}': not readable as a Python dict "
+                                             "(it is Python, not JSON: write None for null)"),
     (["-p", "label_map", "{'joy': 'happyness'}"], "error: -p label_map: label_map maps to something that is not an "
                                                   "emotion: 'joy': 'happyness'"),
     (["-p", "learning_rate", "nan"], "error: Bad training configuration: learning_rate=nan (a finite number)"),
