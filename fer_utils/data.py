@@ -461,21 +461,31 @@ def _spreadsheet_rows(path: Path, n_rows: int) -> np.ndarray:
     return np.array(records[1:])
 
 
-def _read_labels_csv(path: Path) -> pd.DataFrame:
-    """A labels CSV as text with canonical column names (``CSV_COLUMNS``): image, emotion, person?, source?, and
-    ``row``, the row number a spreadsheet shows (``_spreadsheet_rows``)."""
+def _read_csv_text(path: Path, header: str) -> pd.DataFrame:
+    """A CSV of labels (a labels CSV, or muxspace's ``data/legend.csv``) as text, its column names stripped and
+    lower-cased; a ``DatasetError`` saying what to do when it is empty, not UTF-8, or not comma-separated."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except UnicodeDecodeError as err:
         raise DatasetError(f"{path.name} is not UTF-8 text ({_decoding_error_at(path)}): save it as UTF-8 "
                            "(a spreadsheet's \"CSV UTF-8\"), then run again.") from err
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    except pd.errors.EmptyDataError as err:
+        raise DatasetError(f"{path} is empty: it should hold a header line ({header}) and one line per labelled "
+                           "image.") from err
+    except pd.errors.ParserError as err:
         raise DatasetError(f"{path.name} is not a readable CSV file: {err}") from err
     table.columns = [str(c).strip().lower() for c in table.columns]
     if len(table.columns) == 1 and any(sep in table.columns[0] for sep in (";", "\t")):
         sep = "semicolons" if ";" in table.columns[0] else "tabs"
         raise DatasetError(f"{path.name} separates its columns with {sep} (header {table.columns[0]!r}): save it "
                            "with commas (a spreadsheet's \"CSV\", comma-separated), then run again.")
+    return table
+
+
+def _read_labels_csv(path: Path) -> pd.DataFrame:
+    """A labels CSV as text with canonical column names (``CSV_COLUMNS``): image, emotion, person?, source?, and
+    ``row``, the row number a spreadsheet shows (``_spreadsheet_rows``)."""
+    table = _read_csv_text(path, "image,emotion[,person]")
     renamed = {}
     for canonical, names in CSV_COLUMNS.items():
         found = [c for c in names if c in table.columns]
@@ -564,14 +574,7 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
                 if col in legend:
                     legend[col] = legend[col].str.strip()
         else:
-            try:
-                legend = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-            except pd.errors.EmptyDataError as err:
-                raise DatasetError(f"{path} is empty: it should hold a header line (user.id,image,emotion) and "
-                                   "one line per labelled image.") from err
-            except (pd.errors.ParserError, UnicodeDecodeError) as err:
-                raise DatasetError(f"{path} is not a readable CSV file: {err}") from err
-            legend.columns = [c.strip().lower() for c in legend.columns]
+            legend = _read_csv_text(path, "user.id,image,emotion")
             missing = {"image", "emotion"} - set(legend.columns)
             if missing:
                 raise DatasetError(f"{path} lacks the column(s) {sorted(missing)}; expected user.id,image,emotion.")
@@ -593,7 +596,7 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
     elif dataset.layout == "folders":
         legend.insert(0, "row", np.arange(1, len(legend) + 1))
     legend["emotion"] = [normalise_label(label, mapping) for label in legend["label"]]
-    keys = legend["label"].str.strip().str.lower()
+    keys = legend["label"].map(lambda label: unicodedata.normalize("NFC", label)).str.strip().str.lower()
     legend["left_out"] = keys.isin([k for k, v in mapping.items() if v is None])
     extra = [c for c in ("person", "source", "written") if c in legend]
     return legend[["row", "user_id", "image", "label", "emotion", "left_out", *extra]]

@@ -295,3 +295,26 @@ def test_names_in_either_unicode_form_are_the_same_name(tmp_path):
 def test_an_empty_file_is_said_to_be_empty(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     assert data.inspect_image(tmp_path / "empty.jpg")["error"] == "an empty file (0 bytes)"
+
+
+def test_a_muxspace_legend_saved_by_a_spreadsheet_says_how_to_save_it(tmp_path):
+    root = muxspace_dataset(tmp_path / "m")
+    legend = root / "data" / "legend.csv"
+    text = legend.read_text()
+    legend.write_text(text.replace(",", ";"))
+    with pytest.raises(data.DatasetError, match="legend.csv separates its columns with semicolons"):
+        data.load_legend(root)
+    legend.write_bytes(text.replace("sadness", "tristesse é").encode("latin-1"))
+    with pytest.raises(data.DatasetError, match=r"legend.csv is not UTF-8 text \(invalid continuation byte at line "
+                       r"8 .* save it as UTF-8"):
+        data.load_legend(root)
+
+
+def test_a_label_left_out_is_left_out_in_either_unicode_form(tmp_path):
+    import unicodedata
+
+    root = tmp_path / "f"
+    data.write_synthetic_dataset(root, "folders", n_images=16, size=16, workers=2)
+    (root / "happiness").rename(root / unicodedata.normalize("NFD", "glücklich"))
+    audit = data.audit_dataset(root, label_map={"glücklich": None})
+    assert len(findings_of(audit, "left out by label_map")) == 2 and not findings_of(audit, "unknown label")
