@@ -898,7 +898,7 @@ MUXSPACE_SKIPPED_KINDS = {
                        "not read",
 }
 #: Where each layout's labels are, in the findings' words.
-_LABELS_WHERE = {"muxspace": ("legend row", "not in images/", "no legend row"),
+LABELS_WHERE = {"muxspace": ("legend row", "not in images/", "no legend row"),
                  "csv": ("CSV row", "not found (relative to the CSV's folder)", "no row of the labels CSV names it"),
                  "folders": ("file", "not found", "not in a class folder, so no label")}
 
@@ -911,7 +911,7 @@ def _missing_detail(dataset: Dataset, image: str) -> str:
         there = (dataset.root / image).is_file()
         return (f"{'a file' if there else 'not found, and'} outside the dataset folder {dataset.root}: not used "
                 "(a labels CSV's images lie in its folder or below)")
-    return _LABELS_WHERE["csv"][1]
+    return LABELS_WHERE["csv"][1]
 
 
 def person_and_source_of(legend: pd.DataFrame, layout: str) -> tuple[list[str], list[str]]:
@@ -940,7 +940,7 @@ def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | Non
     dataset = root if isinstance(root, Dataset) else open_dataset(root)
     mapping = check_label_map(label_map)
     legend = load_legend(dataset, mapping)
-    where_row, not_found, unlisted_detail = _LABELS_WHERE[dataset.layout]
+    where_row, not_found, unlisted_detail = LABELS_WHERE[dataset.layout]
     csv = dataset.layout == "csv"
     # a labels CSV's row with an empty emotion cell has no label: listed (``no label``), not an unknown label
     no_label = legend.emotion.isna() & ~legend.left_out & (legend.label.str.strip().eq("") if csv else False)

@@ -28,6 +28,7 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, Str
 from fer_utils import EMOTIONS
 from fer_utils.data import (
     IMAGES,
+    LABELS_WHERE,
     TF_FORMATS,
     Audit,
     Dataset,
@@ -78,6 +79,12 @@ def build_manifest(audit: Audit, check: bool = True) -> pd.DataFrame:
     for kind, reason in reversed(EXCLUDE_REASONS.items()):  # reversed: the first reason wins
         rows = set(by_row.loc[by_row.kind == kind, "row"].astype(int))
         legend.loc[legend.row.isin(rows), ["split", "reason"]] = ["excluded", reason]
+    # a row whose file is missing for a reason of its own (an empty cell, a path leaving the folder, a file in a
+    # sub-folder of muxspace's images/): that reason, as the audit words it
+    missing = by_row[(by_row.kind == "missing file") & ~by_row.detail.isin([LABELS_WHERE[audit.layout][1]])]
+    why = dict(zip(missing.row.astype(int), missing.detail))
+    own = legend.row.isin(why) & (legend.reason == EXCLUDE_REASONS["missing file"])
+    legend.loc[own, "reason"] = legend.loc[own, "row"].map(why)
     unreadable = set(audit.findings.loc[audit.findings.kind == "unreadable file", "image"])
     legend.loc[legend.image.isin(unreadable), ["split", "reason"]] = ["excluded", EXCLUDE_REASONS["unreadable file"]]
 

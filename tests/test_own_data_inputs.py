@@ -123,6 +123,8 @@ def test_paths_out_of_the_folder_empty_cells_and_linked_folders_say_what_they_ar
                                "lie in its folder or below)"),
         (str(tmp_path / "outside.png"), 29, f"a file outside the dataset folder {root}: not used (a labels CSV's "
                                              "images lie in its folder or below)")]
+    reasons = folders.build_manifest(audit).set_index("row").reason  # the manifest gives each row the same reason
+    assert [reasons[row] for row in (26, 27, 28, 29)] == [detail for _, _, detail in findings_of(audit, "missing file")]
     # a folder of the dataset that is a symbolic link to one elsewhere is followed, as a class folder is
     (root / "images").rename(tmp_path / "elsewhere")
     (root / "images").symlink_to(tmp_path / "elsewhere")
