@@ -492,6 +492,12 @@ def _read_labels_csv(path: Path) -> pd.DataFrame:
         if found:
             renamed[found[0]] = canonical
     missing = [c for c in ("image", "emotion") if c not in renamed.values()]
+    if missing and any(Path(c).suffix in IMAGE_SUFFIXES for c in table.columns):
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline().strip()
+        raise DatasetError(f"{path.name} has no header: its first line, {first!r}, is a row. Add a "
+                           "first line naming the columns, image,emotion (and person, if you know who is in each "
+                           "photo), then run again.")
     if missing:
         raise DatasetError(f"{path.name} lacks the column(s) {missing}: it has {list(table.columns)}. A labels CSV "
                            "needs a header with image (the file, relative to the CSV's folder) and emotion, and may "

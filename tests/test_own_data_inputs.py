@@ -320,3 +320,11 @@ def test_a_label_left_out_is_left_out_in_either_unicode_form(tmp_path):
     (root / "happiness").rename(root / unicodedata.normalize("NFD", "glücklich"))
     audit = data.audit_dataset(root, label_map={"glücklich": None})
     assert len(findings_of(audit, "left out by label_map")) == 2 and not findings_of(audit, "unknown label")
+
+
+def test_a_labels_csv_without_a_header_is_told_to_add_one(tmp_path):
+    csv = csv_dataset(tmp_path / "d", [])
+    csv.write_text("\n".join(csv.read_text().splitlines()[1:]) + "\n")
+    with pytest.raises(data.DatasetError, match=r"labels.csv has no header: its first line, 'images/person00000_"
+                       r"000000.png,anger,person00000', is a row. Add a first line naming the columns, image,emotion"):
+        data.load_legend(csv)
