@@ -48,6 +48,7 @@ from fer_utils.workfolder import (
     DATASET_RECORD,
     EXECUTED_DIR,
     FIGURES_DIR,
+    MODEL_FILE,
     NOTEBOOKS_DIR,
     PUBLISHED_FIGURES,
     PUBLISHED_RUN,
@@ -58,6 +59,7 @@ from fer_utils.workfolder import (
     get_work_dir,
     numbered_notebooks,
     read_record,
+    sha256_of,
     write_record,
 )
 
@@ -278,13 +280,19 @@ def _run(argv: list[str] | None) -> int:
         executed.mkdir(parents=True)
         extends = previous.get("id") if previous and notebooks[0] != first else None  # a partial run (--from)
         print(f"Work folder: {work} · run {run_id}" + (f", extending run {extends}" if extends else ""))
+        changed = model_changed_since(previous, work) if extends and notebooks[0].name[:2] > TRAINS else None
+        if changed:
+            print(f"Note: the current model ({MODEL_FILE}) is not the one run {extends} left: it changed after that "
+                  "run (a notebook or the train command run by hand). This run's notebooks use the current one, so "
+                  f"its pages and those of run {extends} describe different models; `--from {TRAINS}` trains one "
+                  "within the run.")
         if origin == "work folder" and data_dir:
             print(f"Dataset: {data_dir}, the one this work folder's results come from ({DATASET_RECORD})")
         elif notebooks[0] != first and os.environ.get("FER_DATA_DIR") and (work / DATASET_RECORD).is_file():
             # the same dataset (check_folders compared them), named where it is now: later partial runs find it there
             write_record(work / DATASET_RECORD, dataset_record(os.environ["FER_DATA_DIR"]))
         record = {"step": "run", "id": run_id, "extends": extends, "parameters": params, "notebooks": {},
-                  "status": "running"}
+                  "status": "running", **({"model_changed": changed} if changed else {})}
         t_run = time.perf_counter()
         status = 0
         bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stdout, bar_format=BAR_FORMAT)
@@ -331,6 +339,7 @@ def _run(argv: list[str] | None) -> int:
         bar.close()
         record["status"] = {0: "ok", 130: "interrupted"}.get(status, "failed")
         record["total_seconds"] = round(time.perf_counter() - t_run, 1)
+        record["model_sha256"] = current_model_sha(work)  # what a run extending this one should find
         write_record(work / RUNS_DIR / run_id / RUN_RECORD, record)
         history = (previous or {}).get("history", []) + ([{k: previous.get(k) for k in ("id", "extends", "status")}
                                                             | {"notebooks": list(previous.get("notebooks", {}))}]
@@ -346,6 +355,26 @@ def _run(argv: list[str] | None) -> int:
         lock.unlink(missing_ok=True)
         if term is not None:
             signal.signal(signal.SIGTERM, term)
+
+
+#: The notebook that trains the current model (``MODEL_FILE``); the later ones use it.
+TRAINS = "05"
+
+
+def current_model_sha(work: Path) -> str | None:
+    """SHA-256 of the work folder's current model (``MODEL_FILE``), or None when there is none."""
+    return sha256_of(work / MODEL_FILE) if (work / MODEL_FILE).is_file() else None
+
+
+def model_changed_since(previous: dict | None, work: Path) -> dict | None:
+    """``{"left": sha, "found": sha}`` (first 12 hex digits) when the current model is not the one the run
+    ``previous`` left (a notebook or ``train`` run by hand since: a partial run from 06 on would mix models); None
+    when it is, or when that run recorded none."""
+    left = (previous or {}).get("model_sha256")
+    found = current_model_sha(work)
+    if not left or found == left:
+        return None
+    return {"left": left[:12], "found": (found or "none")[:12]}
 
 
 #: The file that marks a work folder in use by a run (its process id and start time).

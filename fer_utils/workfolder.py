@@ -289,19 +289,26 @@ def unfinished_runs(work_dir: str | os.PathLike, run_id: str = "latest") -> list
 def stale_notebooks(work_dir: str | os.PathLike, run_id: str = "latest") -> list[str]:
     """One line per earlier run of ``run_chain`` whose executed notebooks ``run_notebooks`` still takes although a
     newer run of the chain ran an earlier step again (``--from 04 --until 06`` after a full run: 07 and 08 still
-    show the model before it), naming them and the ``--from`` that brings them up to date."""
+    show the model before it), naming them and the ``--from`` that brings them up to date; and one per run of the
+    chain that found the current model changed since the run it extends (the runner's ``model_changed``)."""
     lines, newer_first = [], None  # the lowest notebook number a newer run executed
     taken = {path.name[:2]: path for path in run_notebooks(work_dir, run_id)}
-    for folder, _ in run_chain(work_dir, run_id):  # newest first
+    for folder, record in run_chain(work_dir, run_id):  # newest first
         own = [p.name[:2] for p in numbered_notebooks(folder / EXECUTED_DIR)]
         stale = [taken[n].stem for n in sorted(taken) if taken[n].parent.parent == folder
                  and newer_first is not None and n > newer_first]
         if stale:
-            lines.append(f"{', '.join(stale)} of run {folder.name} were made before a newer run ran notebook "
+            lines.append(f"{', '.join(stale)} of run {folder.name} {'was' if len(stale) == 1 else 'were'} made before "
+                         "a newer run ran notebook "
                          f"{newer_first} again: run `python -m fer_utils run --from {stale[0][:2]}` to bring them up "
                          "to date")
         if own:
             newer_first = min(own) if newer_first is None else min(newer_first, min(own))
+        if record.get("model_changed") and record.get("extends"):
+            lines.append(f"run {folder.name} ({', '.join(p.stem for p in numbered_notebooks(folder / EXECUTED_DIR))}) "
+                         f"used a model that is not the one run {record['extends']} left: {MODEL_FILE} changed "
+                         "between them (a notebook or the train command run by hand); run `python -m fer_utils run "
+                         "--from 05` for pages of one model")
     return lines
 
 # --------------------------------------------------------------------------------------------------

@@ -641,7 +641,15 @@ def test_cli_says_when_names_repeat_a_photo(model_dir, photos, tmp_path, capsys,
     assert "4 inputs named, 1 distinct (1 ok) in " in captured.err
     assert P.main(["a.png", *model]) == 0
     err = capsys.readouterr().err
-    assert "1 inputs (1 ok) in " in err and "already named" not in err
+    assert "1 input (1 ok) in " in err and "already named" not in err
+    hopper = Image.open(HOPPER).convert("RGB")  # a photo of three faces: a row for each, and the line says so
+    group = Image.new("RGB", (hopper.width * 3, hopper.height), "white")
+    for i in range(3):
+        group.paste(hopper, (i * hopper.width, 0))
+    group.save(tmp_path / "group.jpg")
+    assert P.main(["group.jpg", "a.png", "--model", str(model_dir / "model.keras"), "--detection", "detect"]) == 0
+    err = capsys.readouterr().err
+    assert "2 inputs (" in err and "; 4 rows, 3 faces in " in err
 
 
 @pytest.mark.parametrize("option", ["--margin", "--min-face"])

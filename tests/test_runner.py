@@ -372,6 +372,10 @@ def test_a_work_folder_inside_the_dataset_is_refused_before_anything_is_made(cha
     for work in (dataset, dataset / "work"):
         assert runner.main(["--notebooks-dir", str(chain), "--data-dir", str(dataset), "--work-dir", str(work)]) == 2
         assert "is inside the dataset" in capsys.readouterr().err
+    # the same with no dataset named (no --data-dir, no $FER_DATA_DIR): a folder that holds one is still refused
+    for work in (dataset, dataset / "work"):
+        assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--until", "02"]) == 2
+        assert f"is inside {dataset}, which holds a dataset (images/ and data/legend.csv)" in capsys.readouterr().err
     assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == before  # nothing written into it
 
 
@@ -657,3 +661,33 @@ def test_what_the_runner_checks_is_what_the_notebooks_require():
         if needs:
             found[step] = tuple((getattr(workfolder, const), maker) for const, maker in needs)
     assert found == workfolder.NEEDS
+
+
+def test_a_partial_run_after_the_model_was_changed_by_hand_says_so(tmp_path, capsys):
+    """The README's papermill line (or ``train``) makes another model current between two runs: a run from 06 on
+    says its pages and the earlier run's describe different models, and records it for the site."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    train = ("import os, pathlib\nfor name in ('model.keras', 'model.json'):\n"
+             "    pathlib.Path(os.environ['FER_WORK_DIR'], name).write_text('in the run')")
+    _notebook(folder / "05_train_model.ipynb", "epochs = 1", train)
+    _notebook(folder / "06_evaluate_model.ipynb", "n_boot = 1", "x = 1")
+    work = tmp_path / "work"
+    (work / "split").mkdir(parents=True)  # what 05 reads, as 02 and 04 would leave it
+    (work / "untrained.keras").write_text("as 04 leaves it")
+    args = ["--notebooks-dir", str(folder), "--work-dir", str(work)]
+    assert runner.main(args) == 0
+    full = json.loads((work / "run.json").read_text())
+    assert full["model_sha256"] == workfolder.sha256_of(work / "model.keras")
+    time.sleep(1.1)  # run ids are times to the second
+    assert runner.main([*args, "--from", "06"]) == 0  # the model the full run left: nothing to say
+    assert "Note:" not in capsys.readouterr().out and "model_changed" not in json.loads((work / "run.json").read_text())
+    (work / "model.keras").write_text("trained by hand")
+    time.sleep(1.1)
+    assert runner.main([*args, "--from", "06"]) == 0
+    out = capsys.readouterr().out
+    latest = json.loads((work / "run.json").read_text())
+    assert f"Note: the current model (model.keras) is not the one run {latest['extends']} left" in out
+    assert latest["model_changed"] == {"left": full["model_sha256"][:12],
+                                       "found": workfolder.sha256_of(work / "model.keras")[:12]}
+    assert any("used a model that is not the one run" in line for line in workfolder.stale_notebooks(work))

@@ -481,9 +481,16 @@ def test_pages_made_before_a_newer_run_redid_an_earlier_step_are_named(tmp_path,
     workfolder.write_record(partial / "run.json", {"id": partial.name, "extends": "20260101-000000", "status": "ok"})
     workfolder.write_record(work / "run.json", {"id": partial.name, "extends": "20260101-000000"})
     assert workfolder.stale_notebooks(work) == [
-        f"{second[:-6]} of run 20260101-000000 were made before a newer run ran notebook {first[:2]} again: run "
+        f"{second[:-6]} of run 20260101-000000 was made before a newer run ran notebook {first[:2]} again: run "
         f"`python -m fer_utils run --from {second[:2]}` to bring them up to date"]
     assert workfolder.stale_notebooks(work, "20260101-000000") == []  # the full run alone is consistent
     capsys.readouterr()
     assert fer_site.main(["--run", "latest", "--work-dir", str(work), "--out", str(tmp_path / "site")]) == 0
-    assert f"Warning: {second[:-6]} of run 20260101-000000 were made before" in capsys.readouterr().err
+    assert f"Warning: {second[:-6]} of run 20260101-000000 was made before" in capsys.readouterr().err
+    # a partial run that found the current model changed since the run it extends: named too
+    workfolder.write_record(partial / "run.json", {"id": partial.name, "extends": "20260101-000000", "status": "ok",
+                                                   "model_changed": {"left": "0" * 12, "found": "1" * 12}})
+    assert workfolder.stale_notebooks(work)[0] == (
+        f"run 20260102-000000 ({first[:-6]}) used a model that is not the one run 20260101-000000 left: model.keras "
+        "changed between them (a notebook or the train command run by hand); run `python -m fer_utils run --from 05` "
+        "for pages of one model")

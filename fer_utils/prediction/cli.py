@@ -108,16 +108,22 @@ def _shown_copy(copy: Path, out_dir: str) -> str:
         return str(copy)
 
 
+def _count(n: int, one: str, many: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def _report_annotated(written, out_dir: str) -> None:
     """The copies written, each with its input (those not named like their input first), and the inputs not drawn."""
     copies = sorted(written.copies.items(), key=lambda fc: Path(fc[1]).name == Path(fc[0]).name)
-    print(f"{len(written)} annotated copies in {out_dir}{':' if copies else ''}", file=sys.stderr)
+    print(f"{_count(len(written), 'annotated copy', 'annotated copies')} in {out_dir}{':' if copies else ''}",
+          file=sys.stderr)
     for file, copy in copies[:MAX_LISTED]:
         print(f"  {file} → {_shown_copy(copy, out_dir)}", file=sys.stderr)
     if len(copies) > MAX_LISTED:
         print(f"  … and {len(copies) - MAX_LISTED} more, named after their inputs", file=sys.stderr)
     if written.skipped:
-        print(f"{len(written.skipped)} inputs not drawn:", file=sys.stderr)
+        print(f"{_count(len(written.skipped), 'input', 'inputs')} not drawn:", file=sys.stderr)
         for file, why in list(written.skipped.items())[:MAX_LISTED]:
             print(f"  {file}: {why}", file=sys.stderr)
         if len(written.skipped) > MAX_LISTED:
@@ -182,7 +188,8 @@ def _report_repeats(repeats: list) -> None:
     """Names of a photo already named (again, through a link, or inside a folder also named): predicted once."""
     if not repeats:
         return
-    print(f"{len(repeats)} of the names are a photo already named, which gets its rows once:", file=sys.stderr)
+    print(f"{len(repeats)} of the names {'is' if len(repeats) == 1 else 'are'} a photo already named, which gets its "
+          "rows once:", file=sys.stderr)
     for name, kept in repeats[:MAX_LISTED]:
         print(f"  {name}: the same file as {kept}", file=sys.stderr)
     if len(repeats) > MAX_LISTED:
@@ -194,8 +201,8 @@ def _report_skipped(skipped: list) -> None:
     said, never dropped without a word."""
     if not skipped:
         return
-    print(f"{len(skipped)} entries in the folders were not read (a file named itself on the command line is "
-          "read whatever its name):", file=sys.stderr)
+    print(f"{_count(len(skipped), 'entry', 'entries')} in the folders {'was' if len(skipped) == 1 else 'were'} not "
+          "read (a file named itself on the command line is read whatever its name):", file=sys.stderr)
     for name, why in skipped[:MAX_LISTED]:
         print(f"  {name}: {why}", file=sys.stderr)
     if len(skipped) > MAX_LISTED:
@@ -281,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _report_skipped(skipped)
     counts = ", ".join(f"{n} {s}" for s, n in summary(results)["files"].items())
     distinct = results.file.nunique()
-    inputs = f"{distinct + len(repeats)} inputs named, {distinct} distinct" if repeats else f"{distinct} inputs"
-    print(f"{inputs} ({counts}) in {elapsed:.1f} s", file=sys.stderr)
+    inputs = (f"{distinct + len(repeats)} inputs named, {distinct} distinct" if repeats
+              else _count(distinct, "input", "inputs"))
+    faces = int(results.status.isin(PREDICTED).sum())  # a photo of several faces has a row for each
+    rows = (f"; {_count(len(results), 'row', 'rows')}, {_count(faces, 'face', 'faces')}"
+            if len(results) != distinct else "")
+    print(f"{inputs} ({counts}){rows} in {elapsed:.1f} s", file=sys.stderr)
     return 0 if results.status.isin(PREDICTED).any() else 1
