@@ -812,10 +812,9 @@ def _skipped_in_images(dataset: Dataset) -> list[tuple[str, str]]:
     skipped = []
     for here, dirs, names in os.walk(base):
         dirs.sort()
-        for name in sorted(names):
+        top = here == str(base)
+        for name in sorted(n for n in names if not top or n.startswith(".")):  # the others: read (dataset_files)
             path = Path(here) / name
-            if Path(here) == base and not name.startswith("."):
-                continue  # read: dataset_files
             skipped.append((path.relative_to(base).as_posix(),
                             "in a sub-folder" if _visible(path, base) else "hidden file"))
     return skipped

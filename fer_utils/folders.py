@@ -110,7 +110,8 @@ def build_manifest(audit: Audit, check: bool = True) -> pd.DataFrame:
 def check_trainable(manifest: pd.DataFrame, split_by: str = "person") -> None:
     """Refuse, before any split or copy, a dataset that cannot train and test a classifier: a ``DatasetError``
     when its usable images (those not excluded) cover fewer than 2 emotions, or fewer than 3 people (``split_by``
-    ``"image"``: images), which a train/val/test split needs; it says why the rest were excluded."""
+    ``"image"``: distinct images), which no train/val/test split can hold; it says why the rest were excluded.
+    (A few more may still leave validation or test empty: ``write_split_folders`` refuses that, before any copy.)"""
     usable = manifest[manifest.split == ""]
     emotions = [e for e in EMOTIONS if e in set(usable.emotion.dropna())]
     groups = usable.group.nunique()
@@ -119,22 +120,23 @@ def check_trainable(manifest: pd.DataFrame, split_by: str = "person") -> None:
     if usable.empty:
         problem, wanted = "no image is usable", "labelled images of at least 2 emotions"
     elif len(emotions) < 2:
-        problem = (f"its usable images ({len(usable):,}) are all of one emotion, {emotions[0]}: a classifier "
-                   "needs at least 2")
+        problem = (f"its usable images ({len(usable):,}) are all of one emotion, {emotions[0] if emotions else '?'}"
+                   ": a classifier needs at least 2")
         wanted = "labelled images of another emotion"
     elif split_by == "person":
         problem = (f"its usable images show only {groups} {'person' if groups == 1 else 'people'}: a "
                    "train/val/test split that keeps each person in one split needs at least 3")
         wanted = "images of more people"
     else:
-        problem = (f"only {groups} of its images {'is' if groups == 1 else 'are'} usable (the dataset names nobody, "
-                   "so it is split by image): a train/val/test split needs at least 3")
+        problem = (f"only {groups} distinct {'image is' if groups == 1 else 'images are'} usable (byte-identical "
+                   "copies count once; the dataset names nobody, so it is split by image): a train/val/test split "
+                   "needs at least 3")
         wanted = "more labelled images"
     reasons = manifest.loc[manifest.split == "excluded", "reason"].value_counts()
-    excluded = "; ".join(f"{reason} {n:,}" for reason, n in reasons.items()) or "none"
+    excluded = ("excluded: " + "; ".join(f"{reason} {n:,}" for reason, n in reasons.items()) + " (each with its "
+                "reason in the audit of notebook 01, audit_findings.csv)") if len(reasons) else "none excluded"
     raise DatasetError(f"This dataset cannot train a model: {problem}. Of its {len(manifest):,} rows and files, "
-                       f"excluded: {excluded} (each with its reason in the audit of notebook 01, "
-                       f"audit_findings.csv). Add {wanted}, or fix the ones excluded.")
+                       f"{excluded}. Add {wanted}" + (", or fix the ones excluded." if len(reasons) else "."))
 
 
 def _groups(manifest: pd.DataFrame) -> pd.Series:

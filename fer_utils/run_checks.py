@@ -82,7 +82,8 @@ def check_choices(params: dict) -> list[str]:
     if "label_map" in params:
         value = params["label_map"]
         if isinstance(value, str):
-            json_words = sorted(set(re.findall(r"\b(null|true|false)\b", value)))
+            unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "", value)  # a label may well be 'true'
+            json_words = sorted(set(re.findall(r"\b(null|true|false)\b", unquoted)))
             hint = (f"it is Python, not JSON: write {', '.join(JSON_TO_PYTHON[w] for w in json_words)} for "
                     f"{', '.join(json_words)}" if json_words else "check its quotes, colons and braces")
             problems.append(f"-p label_map {value!r}: not readable as a Python dict ({hint}), e.g. -p label_map "

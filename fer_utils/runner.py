@@ -280,12 +280,13 @@ def _run(argv: list[str] | None) -> int:
         executed.mkdir(parents=True)
         extends = previous.get("id") if previous and notebooks[0] != first else None  # a partial run (--from)
         print(f"Work folder: {work} · run {run_id}" + (f", extending run {extends}" if extends else ""))
-        changed = model_changed_since(previous, work) if extends and notebooks[0].name[:2] > TRAINS else None
+        uses_model = extends and notebooks[0].name[:2] > TRAINS and any(p.name[:2] in USE_MODEL for p in notebooks)
+        changed = model_changed_since(previous, work) if uses_model else None
         if changed:
-            print(f"Note: the current model ({MODEL_FILE}) is not the one run {extends} left: it changed after that "
-                  "run (a notebook or the train command run by hand). This run's notebooks use the current one, so "
-                  f"its pages and those of run {extends} describe different models; `--from {TRAINS}` trains one "
-                  "within the run.")
+            print(f"Note: the current model ({MODEL_FILE}) is not the one notebook {TRAINS} of run {extends} left: it "
+                  "changed after that run (a notebook or the train command run by hand). This run's notebooks use "
+                  f"the current one, so its pages and those of run {extends} describe different models; "
+                  f"`--from {TRAINS}` trains one within the run.", file=sys.stderr)
         if origin == "work folder" and data_dir:
             print(f"Dataset: {data_dir}, the one this work folder's results come from ({DATASET_RECORD})")
         elif notebooks[0] != first and os.environ.get("FER_DATA_DIR") and (work / DATASET_RECORD).is_file():
@@ -339,7 +340,10 @@ def _run(argv: list[str] | None) -> int:
         bar.close()
         record["status"] = {0: "ok", 130: "interrupted"}.get(status, "failed")
         record["total_seconds"] = round(time.perf_counter() - t_run, 1)
-        record["model_sha256"] = current_model_sha(work)  # what a run extending this one should find
+        # the model the chain's notebook 05 left, which a run extending this one should find current
+        trained = record["notebooks"].get(next((p.stem for p in notebooks if p.name[:2] == TRAINS), ""), {})
+        record["model_sha256"] = (current_model_sha(work) if trained.get("status") == "ok"
+                                  else (previous or {}).get("model_sha256") if extends else None)
         write_record(work / RUNS_DIR / run_id / RUN_RECORD, record)
         history = (previous or {}).get("history", []) + ([{k: previous.get(k) for k in ("id", "extends", "status")}
                                                             | {"notebooks": list(previous.get("notebooks", {}))}]
@@ -357,8 +361,9 @@ def _run(argv: list[str] | None) -> int:
             signal.signal(signal.SIGTERM, term)
 
 
-#: The notebook that trains the current model (``MODEL_FILE``); the later ones use it.
+#: The notebook that trains the current model (``MODEL_FILE``), and those that use it (08 trains in its own folder).
 TRAINS = "05"
+USE_MODEL = ("06", "07")
 
 
 def current_model_sha(work: Path) -> str | None:
@@ -367,9 +372,9 @@ def current_model_sha(work: Path) -> str | None:
 
 
 def model_changed_since(previous: dict | None, work: Path) -> dict | None:
-    """``{"left": sha, "found": sha}`` (first 12 hex digits) when the current model is not the one the run
-    ``previous`` left (a notebook or ``train`` run by hand since: a partial run from 06 on would mix models); None
-    when it is, or when that run recorded none."""
+    """``{"left": sha, "found": sha}`` (first 12 hex digits) when the current model is not the one notebook 05 of
+    the chain of runs ending with ``previous`` left (its ``model_sha256``; a notebook or ``train`` run by hand since:
+    a partial run from 06 on would mix models); None when it is, or when none was recorded."""
     left = (previous or {}).get("model_sha256")
     found = current_model_sha(work)
     if not left or found == left:

@@ -302,13 +302,13 @@ def stale_notebooks(work_dir: str | os.PathLike, run_id: str = "latest") -> list
                          "a newer run ran notebook "
                          f"{newer_first} again: run `python -m fer_utils run --from {stale[0][:2]}` to bring them up "
                          "to date")
+        still = [taken[n].stem for n in sorted(taken) if taken[n].parent.parent == folder]
+        if record.get("model_changed") and still and (newer_first is None or newer_first > "05"):
+            lines.append(f"{', '.join(still)} of run {folder.name} used a model that is not the one run "
+                         f"{record['extends']} left: {MODEL_FILE} changed between them (a notebook or the train "
+                         "command run by hand); run `python -m fer_utils run --from 05` for pages of one model")
         if own:
             newer_first = min(own) if newer_first is None else min(newer_first, min(own))
-        if record.get("model_changed") and record.get("extends"):
-            lines.append(f"run {folder.name} ({', '.join(p.stem for p in numbered_notebooks(folder / EXECUTED_DIR))}) "
-                         f"used a model that is not the one run {record['extends']} left: {MODEL_FILE} changed "
-                         "between them (a notebook or the train command run by hand); run `python -m fer_utils run "
-                         "--from 05` for pages of one model")
     return lines
 
 # --------------------------------------------------------------------------------------------------

@@ -664,30 +664,38 @@ def test_what_the_runner_checks_is_what_the_notebooks_require():
 
 
 def test_a_partial_run_after_the_model_was_changed_by_hand_says_so(tmp_path, capsys):
-    """The README's papermill line (or ``train``) makes another model current between two runs: a run from 06 on
-    says its pages and the earlier run's describe different models, and records it for the site."""
+    """The README's papermill line (or ``train``) makes another model current between two runs: a run of 06 or 07
+    without 05 says its pages and the earlier run's describe different models, and records it for the site, until
+    a run trains again; a run of 08 alone (it trains in its own folder) neither says it nor hides it."""
     folder = tmp_path / "notebooks"
     folder.mkdir()
     train = ("import os, pathlib\nfor name in ('model.keras', 'model.json'):\n"
              "    pathlib.Path(os.environ['FER_WORK_DIR'], name).write_text('in the run')")
     _notebook(folder / "05_train_model.ipynb", "epochs = 1", train)
     _notebook(folder / "06_evaluate_model.ipynb", "n_boot = 1", "x = 1")
+    _notebook(folder / "08_train_at_scale.ipynb", "faces = 1", "x = 1")
     work = tmp_path / "work"
     (work / "split").mkdir(parents=True)  # what 05 reads, as 02 and 04 would leave it
     (work / "untrained.keras").write_text("as 04 leaves it")
     args = ["--notebooks-dir", str(folder), "--work-dir", str(work)]
-    assert runner.main(args) == 0
-    full = json.loads((work / "run.json").read_text())
+
+    def run(*more):
+        time.sleep(1.1)  # run ids are times to the second
+        assert runner.main([*args, *more]) == 0
+        return json.loads((work / "run.json").read_text()), capsys.readouterr().err
+
+    full, _ = run()
     assert full["model_sha256"] == workfolder.sha256_of(work / "model.keras")
-    time.sleep(1.1)  # run ids are times to the second
-    assert runner.main([*args, "--from", "06"]) == 0  # the model the full run left: nothing to say
-    assert "Note:" not in capsys.readouterr().out and "model_changed" not in json.loads((work / "run.json").read_text())
+    latest, err = run("--from", "06", "--until", "06")  # the model the full run left: nothing to say
+    assert "Note:" not in err and "model_changed" not in latest
     (work / "model.keras").write_text("trained by hand")
-    time.sleep(1.1)
-    assert runner.main([*args, "--from", "06"]) == 0
-    out = capsys.readouterr().out
-    latest = json.loads((work / "run.json").read_text())
-    assert f"Note: the current model (model.keras) is not the one run {latest['extends']} left" in out
+    latest, err = run("--from", "08")  # uses no model: nothing to say, and the full run's model is still the one
+    assert "Note:" not in err and latest["model_sha256"] == full["model_sha256"]
+    latest, err = run("--from", "06", "--until", "06")
+    assert f"Note: the current model (model.keras) is not the one notebook 05 of run {latest['extends']} left" in err
     assert latest["model_changed"] == {"left": full["model_sha256"][:12],
                                        "found": workfolder.sha256_of(work / "model.keras")[:12]}
-    assert any("used a model that is not the one run" in line for line in workfolder.stale_notebooks(work))
+    assert [line.split(" used a model")[0] for line in workfolder.stale_notebooks(work)
+            if "used a model" in line] == [f"06_evaluate_model of run {latest['id']}"]
+    run("--from", "05")  # trained again: one model on every page
+    assert not any("used a model" in line for line in workfolder.stale_notebooks(work))

@@ -491,6 +491,6 @@ def test_pages_made_before_a_newer_run_redid_an_earlier_step_are_named(tmp_path,
     workfolder.write_record(partial / "run.json", {"id": partial.name, "extends": "20260101-000000", "status": "ok",
                                                    "model_changed": {"left": "0" * 12, "found": "1" * 12}})
     assert workfolder.stale_notebooks(work)[0] == (
-        f"run 20260102-000000 ({first[:-6]}) used a model that is not the one run 20260101-000000 left: model.keras "
+        f"{first[:-6]} of run 20260102-000000 used a model that is not the one run 20260101-000000 left: model.keras "
         "changed between them (a notebook or the train command run by hand); run `python -m fer_utils run --from 05` "
         "for pages of one model")
