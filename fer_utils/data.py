@@ -1058,6 +1058,20 @@ def contributor_table(legend: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 
 
+def dataset_holding(path: str | os.PathLike) -> Path | None:
+    """The dataset folder that is or holds ``path`` (which need not exist): ``$FER_DATA_DIR``'s (a CSV: its
+    folder), or any folder above it that holds a dataset in the upstream layout (``images/`` and
+    ``data/legend.csv``); None when none does. Nothing is ever written there."""
+    real = Path(os.path.realpath(Path(path).expanduser()))
+    named = os.environ.get("FER_DATA_DIR")
+    if named:
+        root = Path(named).expanduser().resolve()
+        root = root.parent if root.is_file() else root
+        if real.is_relative_to(root):
+            return root
+    return next((p for p in (real, *real.parents) if (p / LEGEND).is_file() and (p / IMAGES).is_dir()), None)
+
+
 def check_not_inside(work_dir: Path, data_root: Path) -> None:
     """Refuse a work folder inside the dataset (or the dataset inside it): data folders stay untouched."""
     w, d = Path(work_dir).resolve(), Path(data_root).resolve()

@@ -163,11 +163,10 @@ def check_folders(data_dir: str | None, work_dir: str | None, notebooks: list[Pa
                 data.load_legend(data.open_dataset(root, origin))
             except (data.DatasetError, OSError) as err:
                 problems.append(str(err))
-    muxspace = next((p for p in (work, *work.parents) if (p / "data" / "legend.csv").is_file()
-                     and (p / "images").is_dir()), None)
-    if muxspace and not any(str(work) in line for line in problems):  # a dataset not named (or another one)
-        problems.append(f"the work folder {work} is inside {muxspace}, which holds a dataset (images/ and "
-                        "data/legend.csv); a dataset is only ever read: choose a work folder outside it (--work-dir)")
+    held = data.dataset_holding(work)
+    if held and not any(str(work) in line for line in problems):  # a dataset not named (or another one)
+        problems.append(f"the work folder {work} is inside {held}, which holds a dataset; a dataset is only ever "
+                        "read: choose a work folder outside it (--work-dir)")
     foreign = foreign_entries(work)
     if foreign and not any(str(work) in line for line in problems):  # (one line for one mistaken folder)
         problems.append(f"the work folder {work} holds files that no notebook of this series made ("

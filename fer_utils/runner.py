@@ -135,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", help="where everything the run makes goes (default: $FER_WORK_DIR, else work/)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter, e.g. -p epochs 3 -p max_per_class 50 (repeatable)")
-    parser.add_argument("--from", dest="start", metavar="NN", help="start at notebook NN (earlier outputs must exist)")
-    parser.add_argument("--until", metavar="NN", help="stop after notebook NN, e.g. --until 02")
+    parser.add_argument("--from", dest="start", metavar="NN", type=notebook_number,
+                        help="start at notebook NN (earlier outputs must exist)")
+    parser.add_argument("--until", metavar="NN", type=notebook_number, help="stop after notebook NN, e.g. --until 02")
     parser.add_argument("--notebooks-dir", default=str(NOTEBOOKS_DIR), help=argparse.SUPPRESS)
     parser.add_argument("--publish", action="store_true",
                         help="after a successful run, copy the executed notebooks over notebooks/ and the figures "
@@ -162,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def notebook_number(text: str) -> str:
+    """``--from``/``--until``: a notebook's number, ``5`` or ``05`` (an ``argparse`` type: anything else is a usage
+    error, before any work)."""
+    if not text.strip().isdigit() or len(text.strip()) > 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a notebook number: give its two digits, e.g. 05")
+    return text.strip().zfill(2)
 
 
 def _run(argv: list[str] | None) -> int:

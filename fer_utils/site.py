@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from fer_utils.data import dataset_holding
 from fer_utils.workfolder import (
     DATASET_RECORD,
     NOTEBOOKS_DIR,
@@ -312,6 +313,10 @@ def _check_not_in_a_dataset(out: Path, work: Path) -> None:
         if folder and out.is_relative_to(Path(folder).expanduser().resolve()):
             raise ValueError(f"Refusing to build the site into {out}: it is inside {what} ({folder}), which is only "
                              "ever read. Choose a folder outside it (--out).")
+    held = dataset_holding(out)  # a dataset in the upstream layout that nothing names
+    if held is not None:
+        raise ValueError(f"Refusing to build the site into {out}: it is inside the dataset {held}, which is only "
+                         "ever read. Choose a folder outside it (--out).")
 
 
 def _install_site(built: Path, out: Path) -> None:

@@ -9,6 +9,7 @@ joined; 130 interrupted. Each error is one line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -163,6 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: TF_CONFIG is set, but strategy is {strategy!r}: training on this machine only "
               "(-p strategy multi_worker joins the cluster).", file=sys.stderr)
     deadline = None
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(training.TrainConfig)})
+    if unknown:
+        print(f"error: unknown training setting(s) {', '.join(unknown)}: -p takes the fields of TrainConfig "
+              f"({', '.join(f.name for f in dataclasses.fields(training.TrainConfig))})", file=sys.stderr)
+        return 2
+    if work.exists() and not work.is_dir():
+        print(f"error: the work folder {work} is a file: name the folder notebook 02 prepared (--work-dir)",
+              file=sys.stderr)
+        return 2
     try:
         require(work / SPLIT_DIR, "prepare", f"The class folders (split/) of {work}")
         if not os.access(work, os.W_OK | os.X_OK):  # the model, its records and the backup go there

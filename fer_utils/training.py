@@ -63,6 +63,12 @@ LR_SCHEDULES = ("constant", "cosine")
 # --------------------------------------------------------------------------------------------------
 
 
+#: The largest batch and number of epochs a configuration takes: beyond them a value is a typo, and TensorFlow
+#: would stop with a traceback (its counters are 32-bit) after the run had started.
+MAX_BATCH_SIZE = 65_536
+MAX_EPOCHS = 100_000
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Every setting of a training run. ``train.json`` records it verbatim; ``model.json`` keeps a copy.
@@ -129,6 +135,10 @@ class TrainConfig:
         for name in ("batch_size", "learning_rate", "whole_model_lr_factor"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)!r} (must be positive)")
+        if self.batch_size > MAX_BATCH_SIZE:  # TensorFlow takes at most a 32-bit count; no machine holds more faces
+            problems.append(f"batch_size={self.batch_size!r} (at most {MAX_BATCH_SIZE:,} faces a step)")
+        if self.epochs + self.head_epochs > MAX_EPOCHS:
+            problems.append(f"epochs={self.epochs}, head_epochs={self.head_epochs} (at most {MAX_EPOCHS:,} in all)")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule={self.lr_schedule!r} (one of {LR_SCHEDULES})")
         if not (self.class_weight is None or self.class_weight in CLASS_WEIGHTS

@@ -837,3 +837,35 @@ def test_cli_takes_the_work_folder_as_run_does(model_dir, photos, tmp_path, monk
     err = capsys.readouterr().err
     assert f"No trained model at {tmp_path / 'nowhere' / 'model.keras'}" in err and "--work-dir DIR" in err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_cli_writes_into_a_device_or_a_pipe_and_never_into_a_dataset(model_dir, photos, tmp_path, capsys,
+                                                                    monkeypatch):
+    """``-o /dev/null`` or a named pipe is written into, not replaced by a file; ``-o`` and ``--annotate`` inside a
+    dataset (``$FER_DATA_DIR``, or any folder holding images/ and data/legend.csv) are refused before any work."""
+    import threading
+
+    model = ["--model", str(model_dir / "model.keras"), "--detection", "whole", str(photos["face"])]
+    assert P.main([*model, "-o", os.devnull]) == 0 and Path(os.devnull).is_char_device()
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()))
+    reader.start()
+    assert P.main([*model, "-o", str(pipe), "--format", "csv"]) == 0
+    reader.join(timeout=30)
+    assert pipe.is_fifo() and got and got[0].startswith(b"file,")
+    dataset = tmp_path / "dataset"
+    (dataset / "images").mkdir(parents=True)
+    (dataset / "data").mkdir()
+    (dataset / "data" / "legend.csv").write_text("user.id,image,emotion\n")
+    capsys.readouterr()
+    for option in (["-o", str(dataset / "out.json")], ["--annotate", str(dataset / "annotated")]):
+        assert P.main([*model, *option]) == 2
+        assert f"lies inside the dataset {dataset}, which is only ever read" in capsys.readouterr().err
+    mine = tmp_path / "mine"  # your own data, named by $FER_DATA_DIR
+    mine.mkdir()
+    monkeypatch.setenv("FER_DATA_DIR", str(mine))
+    assert P.main([*model, "-o", str(mine / "out.json")]) == 2
+    assert f"lies inside the dataset {mine}" in capsys.readouterr().err
+    assert sorted(p.name for p in dataset.rglob("*")) == ["data", "images", "legend.csv"] and not any(mine.iterdir())

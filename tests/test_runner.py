@@ -375,7 +375,7 @@ def test_a_work_folder_inside_the_dataset_is_refused_before_anything_is_made(cha
     # the same with no dataset named (no --data-dir, no $FER_DATA_DIR): a folder that holds one is still refused
     for work in (dataset, dataset / "work"):
         assert runner.main(["--notebooks-dir", str(chain), "--work-dir", str(work), "--until", "02"]) == 2
-        assert f"is inside {dataset}, which holds a dataset (images/ and data/legend.csv)" in capsys.readouterr().err
+        assert f"is inside {dataset}, which holds a dataset; a dataset is only ever read" in capsys.readouterr().err
     assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == before  # nothing written into it
 
 
@@ -699,3 +699,12 @@ def test_a_partial_run_after_the_model_was_changed_by_hand_says_so(tmp_path, cap
             if "used a model" in line] == [f"06_evaluate_model of run {latest['id']}"]
     run("--from", "05")  # trained again: one model on every page
     assert not any("used a model" in line for line in workfolder.stale_notebooks(work))
+
+
+@pytest.mark.parametrize("flag, value", [("--until", "abc"), ("--from", "5x"), ("--until", "123")])
+def test_from_and_until_take_a_notebook_number(chain, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["--notebooks-dir", str(chain), "--work-dir", str(tmp_path / "w"), flag, value])
+    assert exit_.value.code == 2 and not (tmp_path / "w").exists()
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {value!r} is not a notebook number: give its two digits, e.g. 05" in err

@@ -323,3 +323,21 @@ def test_a_loaded_model_trains_the_same_in_every_run(work, tmp_path):
         result = training.train(config, work, model=net, write=False, show_progress=False)
         losses.append(result.history.loss.tolist())
     assert losses[0] == losses[1]
+
+
+def test_the_train_command_names_what_is_wrong_with_its_settings_and_folder(trained, tmp_path, capsys):
+    from fer_utils import train_command
+
+    work = tmp_path / "w"
+    shutil.copytree(trained[0], work)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for args, line in [
+        (["-p", "bogus", "1"], "error: unknown training setting(s) bogus: -p takes the fields of TrainConfig (image_"),
+        (["-p", "batch_size", "99999999999999999999"], "(at most 65,536 faces a step)"),
+    ]:
+        assert train_command.main(["--work-dir", str(work), *args]) == 2
+        assert line in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert train_command.main(["--work-dir", str(tmp_path / "a-file")]) == 2
+    assert "is a file: name the folder notebook 02 prepared (--work-dir)" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, Path("a-file")])

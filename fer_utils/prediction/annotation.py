@@ -11,6 +11,7 @@ from typing import BinaryIO
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from fer_utils.data import dataset_holding
 from fer_utils.prediction.images import ImageProblem, file_id, is_folder, read_image, resolved
 from fer_utils.prediction.inference import PREDICTED
 
@@ -91,6 +92,10 @@ def check_annotate_dir(out_dir: str | os.PathLike, inputs: Iterable, files: Iter
         raise ValueError(f"--annotate {out_dir} is not a folder (a file is there); choose a folder for the "
                          "annotated copies.")
     out = given.resolve()
+    held = dataset_holding(out)
+    if held is not None:
+        raise ValueError(f"Refusing --annotate {out_dir}: it lies inside the dataset {held}, which is only ever read; "
+                         "choose a folder outside it.")
     ok, probe = writable_folder(out)
     if not ok:
         raise ValueError(f"--annotate {out_dir}: cannot write into {probe} (not a writable folder); choose a "

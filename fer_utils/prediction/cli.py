@@ -19,11 +19,13 @@ import io
 import json
 import math
 import os
+import stat
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fer_utils.data import dataset_holding
 from fer_utils.prediction.annotation import (
     COPY_MODE,
     check_annotate_dir,
@@ -136,6 +138,14 @@ def check_output(output: str, inputs: Sequence, files: Sequence, model: Sequence
     path = Path(output)
     if path.is_dir():
         raise ValueError(f"--output {output} is a folder; name a file for the results.")
+    if special_file(path):  # /dev/null, a named pipe, a process substitution's /dev/fd/63: written into, not replaced
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"--output {output}: cannot write to it; name a file you can write to.")
+        return
+    held = dataset_holding(path)
+    if held is not None:
+        raise ValueError(f"Refusing --output {output}: it lies inside the dataset {held}, which is only ever read; "
+                         "write the results elsewhere.")
     real = resolved(path)
     if real is None or not real.parent.is_dir():
         raise ValueError(f"--output {output}: its folder does not exist; create it or name a file in another.")
@@ -216,9 +226,24 @@ def encoded(text: str) -> bytes:
     return text.encode("utf-8", errors="backslashreplace")
 
 
+def special_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is there and is neither a regular file nor a folder: a device (``/dev/null``), a named
+    pipe, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def write_whole(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all: into a new file beside it, then renamed over it (a file
-    already there keeps its permissions; through a symbolic link, the file it names is replaced)."""
+    already there keeps its permissions; through a symbolic link, the file it names is replaced). A device or a
+    pipe (``special_file``) is written into as it is."""
+    if special_file(path):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     target = resolved(path) or Path(path)
     mode = target.stat().st_mode & 0o777 if target.is_file() else COPY_MODE
     replace_whole(target, lambda f: f.write(data), mode, prefix=f".{target.name}.")
