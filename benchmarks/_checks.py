@@ -18,6 +18,27 @@ from pathlib import Path
 from typing import NoReturn
 
 
+def _whole(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is below {least}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1 (a count of faces, runs, epochs or seconds), refused as a
+    usage error before any work otherwise."""
+    return _whole(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 0."""
+    return _whole(text, 0)
+
+
 def refuse(message: str) -> NoReturn:
     """``error: message`` on stderr, exit status 2."""
     print(f"error: {message}", file=sys.stderr)

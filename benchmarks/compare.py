@@ -489,8 +489,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", help="dataset root (default: $FER_DATA_DIR, else the download cache)")
     parser.add_argument("--work-dir", help="scratch folder (default: a temporary folder, removed afterwards)")
     parser.add_argument("--only", nargs="+", choices=ORDER, help="run only these configurations")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs for reference / seed_cnn (the seed's 10)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=_checks.positive_int, default=10,
+                        help="epochs for reference / seed_cnn (the seed's 10)")
+    parser.add_argument("--batch-size", type=_checks.positive_int, default=64)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--pair-with", metavar="PREDICTIONS", help="an earlier run's *_predictions.csv.gz (same "

@@ -238,11 +238,13 @@ def pct(values, q) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="dataset root (default $FER_DATA_DIR)")
-    parser.add_argument("--faces", type=int, default=150, help="composite photos with faces (default 150)")
-    parser.add_argument("--no-faces", type=int, default=60, help="photos without a face (default 60)")
+    parser.add_argument("--faces", type=_checks.positive_int, default=150,
+                        help="composite photos with faces (default 150)")
+    parser.add_argument("--no-faces", type=_checks.non_negative_int, default=60,
+                        help="photos without a face (default 60)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", help="for <work_dir>/model.keras (default $FER_WORK_DIR or work/)")
-    parser.add_argument("--latency-runs", type=int, default=40)
+    parser.add_argument("--latency-runs", type=_checks.positive_int, default=40)
     _checks.add_out(parser, RESULTS, "folder for detectors.json and detectors.md")
     parser.add_argument("--save-photos", metavar="DIR", help="also write the generated photos (PNG) here")
     parser.add_argument("--browser", action="store_true", help="only add face-api.js's Tiny Face Detector (in "

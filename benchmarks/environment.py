@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--suite-name", default="pytest", help="the key the suite's figures go under in \"suites\" "
                     "(e.g. 'pytest -m \"not realdata\"')")
     ap.add_argument("--pytest-args", default="", help="arguments for the --suite run, e.g. '-m \"not slow\"'")
-    ap.add_argument("--timeout", type=int, default=3600, help="seconds each measured command may take")
+    ap.add_argument("--timeout", type=_checks.positive_int, default=3600, help="seconds each measured command may take")
     _checks.add_out(ap, RESULTS, "the JSON file the figures go to (an earlier run's figures in it are kept unless "
                     "measured again)", metavar="FILE")
     args = ap.parse_args(argv)

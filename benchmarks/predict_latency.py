@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--photo", action="append", help="photo to time (repeatable)")
     parser.add_argument("--folder", help="folder for throughput (default: the dataset's test/)")
     parser.add_argument("--data-dir", help="dataset root (default $FER_DATA_DIR)")
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--runs", type=_checks.positive_int, default=50)
     _checks.add_out(parser, RESULTS / "predict_latency.json", "where the figures are written (JSON; default: "
                     "the committed record, replaced)", "FILE")
     args = parser.parse_args(argv)

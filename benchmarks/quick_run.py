@@ -39,11 +39,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=os.environ.get("FER_DATA_DIR"), help="the dataset (default: $FER_DATA_DIR)")
     ap.add_argument("--work-dir", help="an empty or new folder for the run (default: a temporary folder)")
     ap.add_argument("--max-per-class", type=int, help="notebook 02: usable faces kept per emotion (default 50)")
-    ap.add_argument("--faces", type=int, help="notebook 08: faces to generate (default 2000)")
+    ap.add_argument("--faces", type=_checks.positive_int, help="notebook 08: faces to generate (default 2000)")
     ap.add_argument("--main-job", action="store_true", help="the README's main job (every default) instead of the "
                     "quick setting; writes main_job.json")
-    ap.add_argument("--timeout", type=int, help="seconds the whole run may take (default 1800, or 3600 with "
-                    "--main-job)")
+    ap.add_argument("--timeout", type=_checks.positive_int,
+                    help="seconds the whole run may take (default 1800, or 3600 with --main-job)")
     _checks.add_out(ap, RESULTS / "<quick_run or main_job>.json", "the JSON file the figures go to (default: "
                     "benchmarks/results/quick_run.json, or main_job.json with --main-job)", metavar="FILE")
     args = ap.parse_args(argv)

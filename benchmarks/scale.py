@@ -66,15 +66,21 @@ def run_one(work: Path, name: str, settings: list[str], env: dict | None = None,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", help="default: $FER_WORK_DIR, else work/")
-    parser.add_argument("--images", type=int, default=8000, help="generated training faces")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64, help="per replica")
+    parser.add_argument("--images", type=_checks.positive_int, default=8000, help="generated training faces")
+    parser.add_argument("--epochs", type=_checks.positive_int, default=3)
+    parser.add_argument("--batch-size", type=_checks.positive_int, default=64, help="per replica")
     parser.add_argument("--model", default="seed_cnn")
     _checks.add_out(parser, RESULTS / "scale.json", "the JSON file the figures go to", metavar="FILE")
     args = parser.parse_args(argv)
     _checks.out_file(args.out, what="a JSON file for the figures")
     if args.work_dir:
         _checks.out_folder(args.work_dir, "--work-dir", "a work folder (its scale-benchmark/ is made and removed)")
+    from fer_utils import training
+
+    try:  # every run's settings, before any face is generated
+        training.TrainConfig(model=args.model, image_size=48, epochs=args.epochs, batch_size=args.batch_size)
+    except ValueError as err:
+        _checks.refuse(str(err))
 
     from fer_utils.workfolder import get_work_dir
 

@@ -82,17 +82,16 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", help="a folder for the class folders (default: a temporary folder)")
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="jit_compile",
                     help="what to measure: XLA compilation, bfloat16 or tf.data's autotuner (default: jit_compile)")
-    ap.add_argument("--head-epochs", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=1, help="whole-model epochs after the head epochs")
-    ap.add_argument("--repeats", type=int, default=1, help="trainings per value, alternating (default 1); the "
-                    "ratio compares each epoch's median seconds")
-    ap.add_argument("--timeout", type=int, default=3600, help="seconds each training may take")
+    ap.add_argument("--head-epochs", type=_checks.non_negative_int, default=1)
+    ap.add_argument("--epochs", type=_checks.non_negative_int, default=1,
+                    help="whole-model epochs after the head epochs")
+    ap.add_argument("--repeats", type=_checks.positive_int, default=1,
+                    help="trainings per value, alternating (default 1); the ratio compares each epoch's median seconds")
+    ap.add_argument("--timeout", type=_checks.positive_int, default=3600, help="seconds each training may take")
     _checks.add_out(ap, RESULTS / "<setting>.json", "the JSON file the figures go to (default: "
                     "benchmarks/results/<setting>.json)", metavar="FILE")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one training at this value, JSON on stdout
     args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error("--repeats must be at least 1")
     if args.out == RESULTS / "<setting>.json":
         args.out = RESULTS / f"{args.setting}.json"
     values = SETTINGS[args.setting]

@@ -100,6 +100,13 @@ def main(argv=None) -> int:
             name: EXPERIMENTS[name] for name in (args.only or EXPERIMENTS)}
     except ValueError as err:
         parser.error(f"--config is not JSON ({err}), e.g. --config '{{\"mixup\": 0.2}}'")
+    if args.config and not isinstance(todo["custom"], dict):
+        parser.error("--config must be a JSON object of TrainConfig fields, e.g. --config '{\"mixup\": 0.2}'")
+    for name, changes in todo.items():  # every experiment's settings, before any training
+        try:
+            training.TrainConfig.from_dict({**training.TrainConfig().to_dict(), **dict(changes)})
+        except (ValueError, TypeError) as err:
+            _checks.refuse(f"{'--config' if args.config else name}: {err}")
     work = workfolder.get_work_dir(args.work_dir, create=False)
     try:
         workfolder.require(work / workfolder.SPLIT_DIR, "prepare", "The class folders (split/)")

@@ -19,7 +19,7 @@ USAGE = """usage: python -m fer_utils {run,train,predict,demo,site,export} ...
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(USAGE, file=sys.stdout if argv else sys.stderr)  # asked for: stdout; a usage error: stderr
         return 0 if argv else 2
     try:
         return _dispatch(argv[0], argv[1:])

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -387,6 +388,10 @@ def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike
     out = Path(out).expanduser().resolve() if out else get_work_dir(work_dir) / SITE_DIR
     _check_not_in_a_dataset(out, get_work_dir(work_dir, create=False))
     _check_site_out(out)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # said before the build, not after it
+        raise ValueError(f"Cannot build the site into {out}: {existing} is not a folder that can be written. Choose "
+                         "another --out.")
     import tempfile
 
     from fer_utils.prediction import browser
@@ -480,6 +485,6 @@ def main(argv: list[str] | None = None) -> int:
     out = index.parent
     pages = sum(1 for p in out.rglob("*.html") if "_static" not in p.relative_to(out).parts)
     print(f"Built the site in {time.perf_counter() - start:.0f} s: {pages} pages in {out}\n"
-          f"Open {index}\nor serve it: python -m http.server --bind 127.0.0.1 -d {out} 8000  "
+          f"Open {index}\nor serve it: python -m http.server --bind 127.0.0.1 -d {shlex.quote(str(out))} 8000  "
           "(then http://127.0.0.1:8000/)")
     return 0

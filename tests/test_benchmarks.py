@@ -811,7 +811,7 @@ def test_training_speed_measures_one_setting_at_a_time(tmp_path, capsys):
     assert speed.SETTINGS["precision"] == {"float32": "float32", "bf16": "bf16"}
     assert list(speed.SETTINGS["jit_compile"]) == ["off", "on"]  # the chain's own value first
     for argv, message in ((["--setting", "precision", "--one", "on"], "--one must be one of ['bf16', 'float32']"),
-                          (["--repeats", "0"], "--repeats must be at least 1")):
+                          (["--repeats", "0"], "argument --repeats: 0 is below 1")):
         with pytest.raises(SystemExit) as exit_info:
             speed.main([*argv, "--work-dir", str(tmp_path)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -856,3 +856,26 @@ def test_quick_run_and_main_job_record_what_the_run_wrote(tmp_path, monkeypatch,
     with pytest.raises(SystemExit):  # the main job is every default
         quick.main(["--main-job", "--faces", "10", "--data-dir", str(root)])
     assert "leave out --max-per-class and --faces" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("scale", ["--images", "0"], "argument --images: 0 is below 1"),
+    ("scale", ["--epochs", "-1"], "argument --epochs: -1 is below 1"),
+    ("scale", ["--model", "nosuch"], "error: Bad training configuration: model='nosuch' (registered: "),
+    ("detectors", ["--faces", "-1"], "argument --faces: -1 is below 1"),
+    ("detectors", ["--latency-runs", "0"], "argument --latency-runs: 0 is below 1"),
+    ("predict_latency", ["--runs", "0"], "argument --runs: 0 is below 1"),
+    ("training_speed", ["--timeout", "-1"], "argument --timeout: -1 is below 1"),
+    ("compare", ["--epochs", "abc"], "argument --epochs: 'abc' is not a whole number"),
+    ("transfer_experiments", ["--work-dir", "w", "--config", '{"bogus": 1}'],
+     "error: --config: Unknown TrainConfig field(s) ['bogus']"),
+    ("transfer_experiments", ["--work-dir", "w", "--config", "[1]"], "--config must be a JSON object"),
+])
+def test_a_count_or_setting_no_run_could_use_is_refused_before_any_work(name, args, message, tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        _load(name).main([*args, "--out", str(tmp_path / "x.json")] if name != "transfer_experiments"
+                         else args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made: no faces, no folders

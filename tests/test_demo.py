@@ -430,3 +430,18 @@ def test_demo_server_serves_only_this_computer(model_path):
     finally:
         server.stop()
     assert "Traceback" not in "".join(server.lines)
+
+
+def test_when_the_port_asked_for_is_taken_the_page_says_which_it_uses(capsys):
+    """Voilà moves on to another port when the one asked for is taken: only real ports (65535 + 1 is none), and
+    the address printed is the one it listens on, with a line saying so."""
+    cls = demo._voila_class("secret")
+    app = cls()
+    ports = list(app.random_ports(65535, 10))
+    assert ports[0] == 65535 and all(0 < p < 65536 for p in ports)
+    app.ip, app.port = "127.0.0.1", 8872
+    app._announce(8871)
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["Port 8871 is taken: the demo listens on port 8872.",
+                                "Demo page: http://127.0.0.1:8872/?token=secret  (only on this computer; Ctrl+C "
+                                "stops it)"]

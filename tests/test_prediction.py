@@ -661,6 +661,15 @@ def test_cli_refuses_a_number_that_is_not_finite(option, value, photos, capsys):
     assert f"error: argument {option}: not a finite number: {value!r}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, said", [(["--min-face", "0"], "--min-face 0.0 (it must be in (0, 1])"),
+                                        (["--margin", "-1", "--batch-size", "0"],
+                                         "--margin -1.0 (it must be >= 0); --batch-size 0 (it must be >= 1)")])
+def test_cli_names_each_option_out_of_range(args, said, photos, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        P.main([str(photos["face"]), *args])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {said}")
+
+
 def test_predict_refuses_a_margin_that_is_not_finite(fer, photos):
     for kwargs in ({"margin": float("nan")}, {"margin": float("inf")}, {"min_face": float("nan")}):
         with pytest.raises(ValueError, match="finite"):

@@ -157,6 +157,9 @@ def test_cli_help_lists_commands(capsys):
 
     assert main(["--help"]) == 0
     assert "run" in capsys.readouterr().out
+    assert main([]) == 2  # no command: a usage error, said on stderr
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("usage: python -m fer_utils {run,")
 
 
 def test_a_timed_out_cell_fails_the_run_cleanly(tmp_path, capsys):

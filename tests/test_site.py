@@ -5,6 +5,7 @@ no network needed; checked in headless Chromium (marker ``browser``)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -494,3 +495,18 @@ def test_pages_made_before_a_newer_run_redid_an_earlier_step_are_named(tmp_path,
         f"{first[:-6]} of run 20260102-000000 used a model that is not the one run 20260101-000000 left: model.keras "
         "changed between them (a notebook or the train command run by hand); run `python -m fer_utils run --from 05` "
         "for pages of one model")
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_the_build(tmp_path, capsys, monkeypatch):
+    """It built the whole site, then ended in an OSError traceback. (As root every folder can be written, so the
+    folder's permission is what ``os.access`` is asked, and answered, here.)"""
+    executed = _two_executed(tmp_path)
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(fer_site.os, "access", lambda path, mode: False if Path(path) == locked else access(path, mode))
+    assert fer_site.main(["--executed", str(executed), "--out", str(locked / "site")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: Cannot build the site into {locked / 'site'}: {locked} is not a folder that can be "
+                   "written. Choose another --out.\n")
+    assert not any(locked.iterdir())

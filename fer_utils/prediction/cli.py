@@ -263,8 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fer_utils predict PATH... [--model M] [--format json|csv] [--annotate DIR [--overwrite]]``."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if not 0 < args.min_face <= 1 or args.margin < 0 or args.batch_size < 1:
-        parser.error("--min-face must be in (0, 1], --margin >= 0 and --batch-size >= 1")
+    wrong = [f"{option} {value} (it must be {rule})" for option, value, ok, rule in (
+        ("--min-face", args.min_face, 0 < args.min_face <= 1, "in (0, 1]"),
+        ("--margin", args.margin, args.margin >= 0, ">= 0"),
+        ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1")) if not ok]
+    if wrong:
+        parser.error("; ".join(wrong))
     repeats: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
     items = collect_inputs(args.paths, exclude=[args.annotate] if args.annotate else (), repeats=repeats,

@@ -486,11 +486,17 @@ def _voila_class(token: str):
             return [(h[0], _local_origin_only(h[1]), *h[2:]) if h[0].endswith("/channels") else h
                     for h in super().init_handlers()]
 
+        def random_ports(self, port, n):  # the ports tried when the one asked for is taken: real ports only
+            return (p for p in super().random_ports(port, n) if 0 < p < 65536)
+
         def start(self):
-            IOLoop.current().add_callback(self._announce)
+            asked = self.port
+            IOLoop.current().add_callback(lambda: self._announce(asked))
             super().start()
 
-        def _announce(self):
+        def _announce(self, asked: int):
+            if self.port != asked:
+                print(f"Port {asked} is taken: the demo listens on port {self.port}.", flush=True)
             print(f"Demo page: {self._url(self.ip)}?token={token}  (only on this computer; Ctrl+C stops it)",
                   flush=True)
 
