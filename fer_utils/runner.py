@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -107,6 +109,19 @@ def kernel_manager_class() -> type:
             await super()._async_interrupt_kernel()
 
         interrupt_kernel = _async_interrupt_kernel
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw) -> None:  # its log through forward_kernel_log
+            read, write = os.pipe()
+            try:
+                await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": write})
+            except BaseException:
+                os.close(read)
+                raise
+            finally:
+                os.close(write)  # the kernel holds its own copy: the pipe ends when the kernel does
+            copier = threading.Thread(target=forward_kernel_log, args=(read,), daemon=True, name="kernel log")
+            copier.start()
+            LOG_COPIERS.append(copier)
 
     return RunnerKernelManager
 
@@ -320,6 +335,7 @@ def _run(argv: list[str] | None) -> int:
                                                kernel_manager_class=kernel_manager_class(),
                                                on_cell_start=CellProgress(path, bar.set_postfix_str))
             except KeyboardInterrupt:
+                LOG_COPIERS.clear()  # stopping: their lines are not shown anyway
                 seconds = time.perf_counter() - t0
                 record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "interrupted"}
                 bar.close()
@@ -328,6 +344,7 @@ def _run(argv: list[str] | None) -> int:
                 status = 130
                 break
             except (papermill.PapermillExecutionError, TimeoutError, DeadKernelError) as err:
+                finish_kernel_logs()
                 seconds = time.perf_counter() - t0
                 if isinstance(err, papermill.PapermillExecutionError):
                     where, error = f" in cell {err.exec_count}", f"{err.ename}: {err.evalue}"
@@ -341,6 +358,7 @@ def _run(argv: list[str] | None) -> int:
                       f"The executed copy with the error is {out}", file=sys.stderr)
                 status = 1
                 break
+            finish_kernel_logs()
             seconds = time.perf_counter() - t0
             record["notebooks"][path.stem] = {"seconds": round(seconds, 1), "status": "ok", "parameters": mine}
             if path == first:  # its audit is written: the results in this work folder now come from this dataset
@@ -366,8 +384,8 @@ def _run(argv: list[str] | None) -> int:
         return status
     finally:
         lock.unlink(missing_ok=True)
-        if term is not None:
-            signal.signal(signal.SIGTERM, term)
+        for sig, handler in (term or {}).items():
+            signal.signal(sig, handler)
 
 
 #: The notebook that trains the current model (``MODEL_FILE``), and those that use it (08 trains in its own folder).
@@ -427,17 +445,63 @@ def hold_work_folder(work: Path) -> Path:
     raise WorkFolderBusy(f"could not mark the work folder {work} as in use ({lock}): try again.")
 
 
-def _stop_as_interrupt():
+#: Set when Ctrl-C or SIGTERM stops a run: from then on the kernel's own log lines (a kernel shut down in the middle
+#: of a cell logs the replies it can no longer send) are not shown; the runner says the one line.
+STOPPING = threading.Event()
+
+
+class _QuietWhileStopping(logging.Filter):
+    """On the ``asyncio`` and ``papermill`` loggers: once the run is stopping, the kernel it shuts down makes nbclient
+    log ``Kernel died while waiting for execute reply.``, and the kernel tasks it cancels may end in a
+    ``DeadKernelError`` nobody retrieves, which asyncio would log (``Task exception was never retrieved``, a
+    traceback). The runner's one line says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not STOPPING.is_set()
+
+
+def _stop_as_interrupt() -> dict | None:
     """Make SIGTERM (``kill``, ``timeout``, a scheduler) end the run as Ctrl-C does: the notebook that was running
-    is recorded as interrupted and ``run.json`` written. Returns the handler it replaced (None off the main
-    thread, where signals cannot be handled)."""
+    is recorded as interrupted and ``run.json`` written; either sets ``STOPPING``. Returns the handlers it replaced
+    (None off the main thread, where signals cannot be handled)."""
     def stop(signum, frame):
+        STOPPING.set()
         raise KeyboardInterrupt
 
+    STOPPING.clear()
+    for name in ("asyncio", "papermill"):  # papermill's: nbclient's "Kernel died while waiting for execute reply."
+        quiet = logging.getLogger(name)
+        if not any(isinstance(f, _QuietWhileStopping) for f in quiet.filters):
+            quiet.addFilter(_QuietWhileStopping())
     try:
-        return signal.signal(signal.SIGTERM, stop)
+        return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:
         return None
+
+
+#: The threads copying the kernels' logs (``forward_kernel_log``), joined once a notebook's kernel is gone.
+LOG_COPIERS: list[threading.Thread] = []
+
+
+def finish_kernel_logs(timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` s each) until every kernel log copied so far is on the terminal: a kernel's last
+    lines come before the runner's next."""
+    while LOG_COPIERS:
+        LOG_COPIERS.pop().join(timeout)
+
+
+def forward_kernel_log(fd: int) -> None:
+    """Copy a kernel's stderr (its log: errors and warnings) to the runner's, line by line, until the kernel
+    closes it; nothing once the run is stopping (``STOPPING``)."""
+    with open(fd, "rb", buffering=0) as pipe:
+        for line in iter(pipe.readline, b""):  # read to the end whatever happens: a full pipe would block the kernel
+            if STOPPING.is_set():
+                continue
+            try:
+                sys.stderr.write(line.decode("utf-8", "replace"))
+                sys.stderr.flush()
+            except (OSError, ValueError):  # a terminal gone, a closed stream: the lines are dropped, not the kernel
+                pass
 
 
 def dataset_record(data_dir: str | None) -> dict:

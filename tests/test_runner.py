@@ -711,3 +711,33 @@ def test_from_and_until_take_a_notebook_number(chain, tmp_path, capsys, flag, va
     assert exit_.value.code == 2 and not (tmp_path / "w").exists()
     err = capsys.readouterr().err
     assert f"argument {flag}: {value!r} is not a notebook number: give its two digits, e.g. 05" in err
+
+
+def test_a_kernels_log_reaches_the_terminal_until_the_run_is_stopping(capsys):
+    """Kernels write their log (errors, warnings) to a pipe the runner copies to its stderr; once Ctrl-C or SIGTERM
+    stops the run, the lines a kernel logs while it is shut down in the middle of a cell (replies it can no longer
+    send: ``ZMQError: Socket operation on non-socket``, a traceback each) are not shown: the run ends with its one
+    line. (Reproduced by hand: ``timeout -s INT 7 python -m fer_utils run --until 02``, 4 times in 4.)"""
+    import threading
+
+    runner.STOPPING.clear()
+    read, write = os.pipe()
+    copier = threading.Thread(target=runner.forward_kernel_log, args=(read,))
+    copier.start()
+    os.write(write, b"[IPKernelApp] WARNING | a warning the user should see\n")
+    time.sleep(0.5)
+    runner.STOPPING.set()
+    os.write(write, b"[IPKernelApp] ERROR | Exception in message handler:\n")
+    os.close(write)
+    copier.join(timeout=10)
+    runner.STOPPING.clear()
+    assert not copier.is_alive()
+    assert capsys.readouterr().err == "[IPKernelApp] WARNING | a warning the user should see\n"
+
+
+def test_what_a_kernel_writes_to_its_stderr_reaches_the_runners(tmp_path, capsys):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _notebook(folder / "01_noisy_step.ipynb", "x = 1", "import os\nos.write(2, b'written by the kernel process\\n')")
+    assert runner.main(["--notebooks-dir", str(folder), "--work-dir", str(tmp_path / "work")]) == 0
+    assert "written by the kernel process\n" in capsys.readouterr().err
