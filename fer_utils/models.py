@@ -366,7 +366,8 @@ class ModelRecord:
         try:
             return cls.from_dict(read_record(json_path), source=json_path.name)
         except (ValueError, RecordError) as err:
-            raise RecordError(f"{json_path.name}: {err}") from err
+            raise RecordError(f"{json_path}: {err} (the record notebook 05 writes beside its model: train the model "
+                              "again, or use a model saved with its record)") from err
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the record beside its model (``model.keras`` -> ``model.json``)."""
