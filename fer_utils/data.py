@@ -50,6 +50,8 @@ LABEL_ALIASES = {
 }
 #: Formats that both Pillow and ``tf.io.decode_image`` read, with the file endings that name them.
 TF_FORMATS = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "GIF": (".gif",), "BMP": (".bmp",)}
+#: Files at a dataset's root that may hold labels but are no CSV (a hint when no class folder is an emotion).
+LABEL_TABLE_SUFFIXES = (".txt", ".tsv", ".xlsx", ".xls", ".ods", ".json")
 #: The file endings that name each Pillow format, for the audit's ``format mismatch`` (an MPO, a camera's
 #: multi-picture JPEG, is a JPEG to every reader).
 FORMAT_SUFFIXES = {"JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "MPO": (".jpg", ".jpeg", ".mpo"), "PNG": (".png",),
@@ -951,7 +953,13 @@ def audit_dataset(root, files: pd.DataFrame | None = None, label_map: dict | Non
     no_label = legend.emotion.isna() & ~legend.left_out & (legend.label.str.strip().eq("") if csv else False)
     if dataset.layout != "muxspace" and (legend["emotion"].isna() & ~legend["left_out"] & ~no_label).any():
         what = dataset.labels_csv.name if csv else "the class folders' names"
-        raise unknown_labels_error(legend, what, rows=csv)
+        error = unknown_labels_error(legend, what, rows=csv)
+        tables = [] if csv else sorted(p.name for p in dataset.root.iterdir() if p.is_file()
+                                       and p.suffix.lower() in LABEL_TABLE_SUFFIXES)
+        if tables and legend["emotion"].notna().sum() == 0:  # no folder is an emotion: the labels are elsewhere
+            raise DatasetError(f"{error} If the labels are in {', '.join(tables[:3])}: a labels table is read only "
+                               "as a CSV of image,emotion[,person]; save it as one (.csv) beside the images.")
+        raise error
     files = scan_images(dataset) if files is None else files
     findings: list[dict] = []
 

@@ -328,3 +328,24 @@ def test_a_labels_csv_without_a_header_is_told_to_add_one(tmp_path):
     with pytest.raises(data.DatasetError, match=r"labels.csv has no header: its first line, 'images/person00000_"
                        r"000000.png,anger,person00000', is a row. Add a first line naming the columns, image,emotion"):
         data.load_legend(csv)
+
+
+def test_labels_kept_in_a_table_that_is_no_csv_are_pointed_at(tmp_path):
+    """Images in one folder and their labels in a text file: no folder is an emotion, so the error says how the
+    labels can be read (a CSV), besides the label_map it suggests."""
+    root = tmp_path / "d"
+    data.write_synthetic_dataset(root, "folders", n_images=8, size=16, workers=2)
+    (root / "img").mkdir()
+    for folder in [f for f in root.iterdir() if f.name != "img"]:
+        for f in folder.iterdir():
+            f.rename(root / "img" / f.name)
+        folder.rmdir()
+    (root / "mylabels.txt").write_text("img/a.png happy\n")
+    with pytest.raises(data.DatasetError, match=r"'img' \(8\) .* If the labels are in mylabels.txt: a labels table is "
+                       r"read only as a CSV of image,emotion\[,person\]"):
+        data.audit_dataset(root)
+    (root / "happy").mkdir()  # one folder is an emotion: the class folders are meant, and the hint is not given
+    (root / "img" / sorted(p.name for p in (root / "img").iterdir())[0]).rename(root / "happy" / "x.png")
+    with pytest.raises(data.DatasetError) as err:
+        data.audit_dataset(root)
+    assert "mylabels.txt" not in str(err.value)
