@@ -771,7 +771,7 @@ def _visible(path: Path, root: Path) -> bool:
 def dataset_files(dataset: Dataset) -> list[str]:
     """The files the audit inspects, as paths relative to ``dataset.images_dir`` (sorted):
 
-    - muxspace: every file in ``images/``;
+    - muxspace: every file in ``images/`` (and every link there that leads nowhere);
     - class folders: every file in a class folder, and the images (by their ending) lying outside one —
       at the root or directly in a split folder — which have no label;
     - CSV: every image (by its ending) anywhere under the CSV's folder (folders that are symbolic links
@@ -782,7 +782,9 @@ def dataset_files(dataset: Dataset) -> list[str]:
     """
     base = dataset.images_dir
     if dataset.layout == "muxspace":
-        return sorted(p.name for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
+        # a link that leads nowhere is listed too, as in class folders: the audit says it cannot be read
+        return sorted(p.name for p in base.iterdir() if (p.is_file() or p.is_symlink() and not p.exists())
+                      and not p.name.startswith("."))
     if dataset.layout == "folders":
         found = {p.relative_to(base).as_posix() for p in _tree_files(base)
                  if p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, base)}

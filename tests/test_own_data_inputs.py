@@ -273,6 +273,9 @@ def test_a_muxspace_images_folder_says_what_it_does_not_read(tmp_path):
     assert findings_of(audit, "missing file") == [("sub/nested.jpg", 18, "in a sub-folder of images/: the legend "
                                                    "names files directly in images/")]
     assert {"in a sub-folder", "hidden file"} <= set(audit.summary().kind)
+    (root / "images" / "Gone_0001.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a link that leads nowhere: said
+    assert [(image, row) for image, row, _ in findings_of(data.audit_dataset(root), "unreadable file")] == [
+        ("Gone_0001.jpg", None)]
 
 
 def test_names_in_either_unicode_form_are_the_same_name(tmp_path):
