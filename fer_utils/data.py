@@ -374,6 +374,12 @@ def download_dataset(cache_dir: Path, url: str = ARCHIVE_URL) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+def label_key(raw: str) -> str:
+    """A label as labels are compared (``label_map``'s keys too): stripped, lower-cased, in Unicode's NFC form
+    ("ü" typed, or as macOS names folders, "u" and an accent: the same)."""
+    return unicodedata.normalize("NFC", raw).strip().lower()
+
+
 def normalise_label(raw, label_map: dict | None = None) -> str | None:
     """Strip and lower-case a label (in Unicode's NFC form) and map common spellings ("sad", "happy") to the 8 emotions.
 
@@ -382,7 +388,7 @@ def normalise_label(raw, label_map: dict | None = None) -> str | None:
     """
     if not isinstance(raw, str):
         return None
-    label = unicodedata.normalize("NFC", raw).strip().lower()  # "ü" typed or as macOS names folders: the same
+    label = label_key(raw)
     if label_map and label in label_map:
         label = label_map[label]
         if label is None:
@@ -404,7 +410,7 @@ def check_label_map(label_map: dict | None) -> dict[str, str | None]:
         target = None if value is None else LABEL_ALIASES.get(str(value).strip().lower(), str(value).strip().lower())
         if target is not None and target not in EMOTIONS:
             bad.append(f"{key!r}: {value!r}")
-        checked[unicodedata.normalize("NFC", str(key)).strip().lower()] = target
+        checked[label_key(str(key))] = target
     if bad:
         raise DatasetError(f"label_map maps to something that is not an emotion: {', '.join(bad)}. Map each label "
                            f"to one of {', '.join(EMOTIONS)}, or to None to leave it out.")
@@ -414,7 +420,7 @@ def check_label_map(label_map: dict | None) -> dict[str, str | None]:
 def unknown_labels_error(legend: pd.DataFrame, where: str, rows: bool = False) -> DatasetError:
     """The error for labels that are none of the 8 emotions: each with its count (``rows``: and its first rows,
     a labels CSV's row numbers), and the label_map to write. Empty labels are no unknown label (``no label``)."""
-    labels = legend["label"].str.strip().str.lower()
+    labels = legend["label"].map(label_key)
     unknown = legend[legend["emotion"].isna() & ~legend["left_out"] & labels.ne("")].assign(key=labels)
     counts = unknown["key"].value_counts()
     first_rows = unknown.groupby("key")["row"].agg(list)
@@ -604,7 +610,7 @@ def load_legend(root, label_map: dict | None = None) -> pd.DataFrame:
     elif dataset.layout == "folders":
         legend.insert(0, "row", np.arange(1, len(legend) + 1))
     legend["emotion"] = [normalise_label(label, mapping) for label in legend["label"]]
-    keys = legend["label"].map(lambda label: unicodedata.normalize("NFC", label)).str.strip().str.lower()
+    keys = legend["label"].map(label_key)
     legend["left_out"] = keys.isin([k for k, v in mapping.items() if v is None])
     extra = [c for c in ("person", "source", "written") if c in legend]
     return legend[["row", "user_id", "image", "label", "emotion", "left_out", *extra]]

@@ -388,13 +388,14 @@ def build_site(executed: str | os.PathLike | None = None, out: str | os.PathLike
     out = Path(out).expanduser().resolve() if out else get_work_dir(work_dir) / SITE_DIR
     _check_not_in_a_dataset(out, get_work_dir(work_dir, create=False))
     _check_site_out(out)
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # said before the build, not after it
+    from fer_utils.prediction import browser
+    from fer_utils.prediction.annotation import writable_folder
+
+    writable, existing = writable_folder(out)
+    if not writable:  # said before the build, not after it
         raise ValueError(f"Cannot build the site into {out}: {existing} is not a folder that can be written. Choose "
                          "another --out.")
     import tempfile
-
-    from fer_utils.prediction import browser
 
     live = not browser.missing_packages()
     with tempfile.TemporaryDirectory(prefix="fer-site-") as tmp:
