@@ -670,6 +670,18 @@ def test_cli_names_each_option_out_of_range(args, said, photos, capsys):
     assert exit_.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {said}")
 
 
+@pytest.mark.parametrize("args, said", [(["--detector", "mtcnn"], "--detector sets how faces are detected and "
+                                         "cropped, and --detection whole detects none (each image is one face); "
+                                         "drop it, or use --detection auto or detect"),
+                                        (["--min-face", "0.3", "--margin", "0"], "--min-face and --margin set how")])
+def test_cli_refuses_detector_settings_with_whole_images(args, said, photos, capsys):
+    """``--detection whole`` detects no face: a detector, a smallest face or a margin given with it would be ignored
+    without a word, so the command says so before any work (the defaults alone are fine)."""
+    with pytest.raises(SystemExit) as exit_:
+        P.main([str(photos["face"]), "--detection", "whole", *args])
+    assert exit_.value.code == 2 and f"error: {said}" in capsys.readouterr().err
+
+
 def test_predict_refuses_a_margin_that_is_not_finite(fer, photos):
     for kwargs in ({"margin": float("nan")}, {"margin": float("inf")}, {"min_face": float("nan")}):
         with pytest.raises(ValueError, match="finite"):

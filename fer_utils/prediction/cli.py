@@ -91,13 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detection", choices=DETECTION_MODES, default="auto",
                         help="auto: detect faces, else use the whole image (flagged); detect: faces only; "
                              "whole: each image is one face (default auto)")
-    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+    parser.add_argument("--detector", choices=DETECTORS,
                         help="face detector for auto/detect: haar (OpenCV's cascade) or mtcnn (a CNN cascade, "
                              f"better on turned faces; benchmarks/results/detectors.md) (default {DEFAULT_DETECTOR})")
-    parser.add_argument("--min-face", type=finite_float, default=DEFAULT_MIN_FACE,
-                        help="smallest face to detect, as a fraction of the shorter side (default 0.1)")
-    parser.add_argument("--margin", type=finite_float, default=DEFAULT_MARGIN,
-                        help="crop margin per side, as a fraction of the face box (default 0.1)")
+    parser.add_argument("--min-face", type=finite_float,
+                        help=f"smallest face to detect, as a fraction of the shorter side (default {DEFAULT_MIN_FACE})")
+    parser.add_argument("--margin", type=finite_float,
+                        help=f"crop margin per side around a detected face, as a fraction of its box (default "
+                             f"{DEFAULT_MARGIN})")
     parser.add_argument("--batch-size", type=int, default=64)
     return parser
 
@@ -263,6 +264,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fer_utils predict PATH... [--model M] [--format json|csv] [--annotate DIR [--overwrite]]``."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    detecting = [option for option, value in (("--detector", args.detector), ("--min-face", args.min_face),
+                                              ("--margin", args.margin)) if value is not None]
+    if args.detection == "whole" and detecting:  # each would be ignored without a word
+        parser.error(f"{' and '.join(detecting)} {'set' if len(detecting) > 1 else 'sets'} how faces are detected "
+                     "and cropped, and --detection whole detects none (each image is one face); drop "
+                     f"{'them' if len(detecting) > 1 else 'it'}, or use --detection auto or detect")
+    args.detector = args.detector or DEFAULT_DETECTOR
+    args.min_face = DEFAULT_MIN_FACE if args.min_face is None else args.min_face
+    args.margin = DEFAULT_MARGIN if args.margin is None else args.margin
     wrong = [f"{option} {value} (it must be {rule})" for option, value, ok, rule in (
         ("--min-face", args.min_face, 0 < args.min_face <= 1, "in (0, 1]"),
         ("--margin", args.margin, args.margin >= 0, ">= 0"),
