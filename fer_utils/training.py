@@ -691,8 +691,7 @@ def _callbacks(keras):
                 with open(self.backup, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
             left = self.total - (epoch + 1)
-            same_phase = [r["seconds"] for r in self.rows if r["phase"] == self.phase]
-            pace = float(np.median(same_phase[1:] if len(same_phase) > 1 else same_phase))
+            pace = epoch_pace(self.rows, self.plan, self.phase)
             line = {"phase": self.phase, "epoch": epoch + 1, "epochs": self.total, "seconds": round(seconds, 2),
                     "elapsed_seconds": round(end - self.started, 1),
                     "eta_seconds": round(seconds_left(self.plan, self.phase, epoch + 1, pace), 1),
@@ -716,8 +715,32 @@ class TrainingDiverged(RuntimeError):
 
 
 #: How much longer an epoch takes once a frozen backbone trains too: its backward pass is added to its forward
-#: pass, about twice the forward's work (so about 3× in all; the committed runs measured 3.2× and 3.7×).
-UNFROZEN_SLOWDOWN = 3.0
+#: pass, about twice the forward's work (so about 3× in all); the committed runs measured 3.2×, 3.35× and 3.7×
+#: (a whole-model epoch after its first against a head epoch after its first).
+UNFROZEN_SLOWDOWN = 3.4
+
+
+def epoch_pace(rows: list, plan: list, phase: str) -> float:
+    """Seconds an epoch of ``phase`` takes, from the epochs finished so far (``rows``: each with its ``phase`` and
+    ``seconds``): the median of the phase's epochs after its first, since a phase's first epoch also builds its
+    graph. With only that first epoch, an earlier phase's pace (times ``UNFROZEN_SLOWDOWN`` when this phase trains
+    a backbone that one froze) is used if it is lower, so the time left does not jump up when a phase starts."""
+    same = [float(r["seconds"]) for r in rows if r["phase"] == phase]
+    if len(same) > 1:
+        return float(np.median(same[1:]))
+    names = [p.name for p in plan]
+    pace = same[0] if same else None
+    if phase in names:
+        now = plan[names.index(phase)]
+        for earlier in reversed(plan[:names.index(phase)]):
+            before = [float(r["seconds"]) for r in rows if r["phase"] == earlier.name]
+            if before:
+                slower = earlier.backbone_trainable is False and now.backbone_trainable
+                guess = float(np.median(before[1:] if len(before) > 1 else before)) * (
+                    UNFROZEN_SLOWDOWN if slower else 1.0)
+                pace = guess if pace is None else min(pace, guess)
+                break
+    return 0.0 if pace is None else pace
 
 
 def seconds_left(plan: list, phase: str, epochs_done: int, pace: float) -> float:

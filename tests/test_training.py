@@ -269,6 +269,27 @@ def test_time_left_covers_every_phase():
     assert training.seconds_left(single, "train", 4, 2.0) == pytest.approx(12.0)
 
 
+def test_the_pace_of_a_new_phase_leaves_out_its_first_epoch():
+    """The published run's epochs (33 and 23 s of head, then 89 s for the first whole-model epoch, which also
+    builds its graph, and about 78 s after): the time left after that first whole epoch comes from the head's pace
+    times the slowdown, not from the 89 s, so it does not jump up; after the next one, from the phase itself."""
+    plan = [training.Phase("head", 2, 1e-3, False), training.Phase("whole", 12, 5e-4, True)]
+    rows = [{"phase": "head", "seconds": 33.0}, {"phase": "head", "seconds": 23.0}]
+    assert training.epoch_pace(rows[:1], plan, "head") == 33.0
+    assert training.epoch_pace(rows, plan, "head") == 23.0  # the first epoch left out
+    after_head = training.seconds_left(plan, "head", 2, training.epoch_pace(rows, plan, "head"))
+    rows.append({"phase": "whole", "seconds": 89.0})
+    pace = training.epoch_pace(rows, plan, "whole")
+    assert pace == pytest.approx(23.0 * training.UNFROZEN_SLOWDOWN) and pace < 89.0
+    assert training.seconds_left(plan, "whole", 3, pace) < after_head
+    rows += [{"phase": "whole", "seconds": 78.0}, {"phase": "whole", "seconds": 80.0}]
+    assert training.epoch_pace(rows, plan, "whole") == 79.0
+    # a first epoch quicker than the guess is believed; one phase alone uses its own first epoch
+    assert training.epoch_pace([*rows[:2], {"phase": "whole", "seconds": 50.0}], plan, "whole") == 50.0
+    assert training.epoch_pace([{"phase": "train", "seconds": 7.0}], [training.Phase("train", 5, 1e-3, None)],
+                               "train") == 7.0
+
+
 @pytest.mark.parametrize("name, message", [("../../escaped", "one folder name"), ("/tmp/elsewhere", "one folder name"),
                                            ("a/b", "one folder name"), ("..", "one folder name"),
                                            ("first", "exists already")])
