@@ -24,8 +24,8 @@ inner macro-F1 and inner balanced accuracy, among those whose inner accuracy is 
 ``--accuracy-slack`` (0.01); a tie goes to the earlier candidate (the simpler one: fewer changes to the default).
 The candidates were not all fixed in advance: the ``tau`` grid was widened after fold 1's validation scores
 (``TAUS``), the recipes ``sb`` and ``aug`` were trained after a first search with ``ours`` and ``cw1`` had
-kept the default, and ``focal``, ``px80``, ``cw0`` and ``mix`` after the search with those four had kept it too. The
-search also measures the source shortcut (``by_source``): each recipe's test accuracy per image source, as
+kept the default, and ``focal``, ``px80``, ``cw0``, ``mix`` and ``os`` after the search with those four had kept
+it too. The search also measures the source shortcut (``by_source``): each recipe's test accuracy per image source, as
 trained, paired with the default (a measurement; no choice reads it).
 
 ``--train`` writes ``recipe_search_probabilities_<recipe>.csv.gz`` (every validation and test face of every fold:
@@ -79,14 +79,19 @@ RECIPES = {"ours": {},  # today's default: class weights (N / (K n_c)) ** 0.5
            # mixup (Zhang et al., 2018; each batch blended with a shuffled copy, Beta(0.2, 0.2)) with label smoothing
            # 0.1 (Szegedy et al., 2016): regularisers for a small training set, the README's retraining example;
            # on one split it gave +0.012 macro-F1 over two seeds, inside seed noise (experiments_transfer.md)
-           "mix": {"mixup": 0.2, "label_smoothing": 0.1}}
+           "mix": {"mixup": 0.2, "label_smoothing": 0.1},
+           # over-sampling instead of class weights (Buda et al., 2018, found it the best remedy for class imbalance
+           # in CNNs): each epoch draws as many faces as the training split holds, an emotion of n faces with a
+           # share ∝ n ** 0.5, what √ class weights give in expectation, but as more augmented views of the rare
+           # faces rather than larger weights on the same few (oversampled_train_batches)
+           "os": {"class_weight": None, "oversample": 0.5}}
 #: The recipes the search chooses among by default: the search notebook 06 shows and ``compare.json`` holds.
-#: ``focal``, ``px80``, ``cw0`` and ``mix`` were trained later; their searches are ``--recipes ours cw1 sb aug focal
-#: --name recipe_search_focal``, ``--recipes ours cw1 sb aug px80 --name recipe_search_px80``, ``--recipes ours cw1 sb
-#: aug cw0 --name recipe_search_cw0`` and ``--recipes ours cw1 sb aug mix --name recipe_search_mix``.
+#: ``focal``, ``px80``, ``cw0``, ``mix`` and ``os`` were trained later; their searches are ``--recipes ours cw1 sb aug
+#: focal --name recipe_search_focal``, ``--recipes ours cw1 sb aug px80 --name recipe_search_px80``, ``--recipes ours
+#: cw1 sb aug cw0 --name recipe_search_cw0`` and likewise ``recipe_search_mix`` and ``recipe_search_os``.
 SEARCHED = ("ours", "cw1", "sb", "aug")
 #: Recipe keys that are not ``TrainConfig`` fields: how ``train_recipe`` weighs the training faces.
-NOT_CONFIG = ("source_balance",)
+NOT_CONFIG = ("source_balance", "oversample")
 #: Sources that source balancing evens out (a face of another source keeps weight 1).
 BALANCED_SOURCES = ("IMFDB", "LFW")
 TTAS = ("none", "flip")
@@ -177,24 +182,66 @@ def weighted_train_batches(config, work: Path, weight_of: dict):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def oversampled_train_batches(config, work: Path, power: float) -> tuple:
+    """Training batches that draw the faces instead of weighing them: each epoch as many faces as the training split
+    holds, an emotion of n faces drawn with probability ∝ n ** (1 - power) (``power`` 0.5: the shares √ class
+    weights give in expectation; 1: every emotion alike), each emotion's faces in a reshuffled cycle, then
+    ``tf_datasets``' batching and augmentation. Returns the batches and each emotion's share of the draws."""
+    import fer_utils
+
+    tf, _ = fer_utils.import_tensorflow()
+    ds, files = pipelines.directory_dataset(work, "train", config.image_size, config.color_mode,
+                                            config.interpolation)
+    pairs = list(ds.map(lambda x, y: (tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y))
+                 .batch(512).as_numpy_iterator())
+    x, y = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    label = y.argmax(axis=1)
+    present = [k for k in range(len(EMOTIONS)) if (label == k).any()]
+    share = np.array([(label == k).sum() for k in present], float) ** (1 - power)
+    share /= share.sum()
+    streams = [tf.data.Dataset.from_tensor_slices((x[label == k], y[label == k]))
+               .shuffle(int((label == k).sum()), config.seed + k, reshuffle_each_iteration=True).repeat()
+               for k in present]
+    drawn = tf.data.Dataset.sample_from_datasets(streams, weights=share.tolist(), seed=config.seed,
+                                                 rerandomize_each_iteration=True).take(len(files))
+    ds = drawn.batch(config.batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
+                                            num_parallel_calls=tf.data.AUTOTUNE)
+    level = pipelines.augment_level(config.augment)
+    if level != "none":
+        ds = ds.map(pipelines.augmenter(pipelines.augmentation_layers(config.seed, level)))
+    options = tf.data.Options()  # as tf_datasets: the autotuner as pipelines.TF_DATA_AUTOTUNE says
+    options.autotune.enabled = pipelines.TF_DATA_AUTOTUNE
+    return (ds.prefetch(tf.data.AUTOTUNE).with_options(options),
+            {EMOTIONS[k]: round(float(v), 4) for k, v in zip(present, share)})
+
+
 def train_recipe(work: Path, fold: int, recipe: str, seed: int) -> tuple[pd.DataFrame, dict]:
     """Train one recipe on one fold; its validation and test faces with both views' log-probabilities.
 
-    A recipe with ``source_balance`` trains through ``training.start`` / ``fit_phase`` / ``finish`` (what
-    ``training.train`` runs, as notebook 05 shows it) with weighted training batches: each face's weight is
-    its class weight times its ``source_weights`` (Keras takes one or the other, so they are multiplied)."""
+    A recipe with ``source_balance`` or ``oversample`` trains through ``training.start`` / ``fit_phase`` / ``finish``
+    (what ``training.train`` runs, as notebook 05 shows it) with its own training batches: with ``source_balance``
+    each face's weight is its class weight times its ``source_weights`` (Keras takes one or the other, so they are
+    multiplied); with ``oversample``, the faces drawn by ``oversampled_train_batches``."""
     changes = {k: v for k, v in RECIPES[recipe].items() if k not in NOT_CONFIG}
     config = base_config().replace(**changes, seed=seed)
     manifest = folders.load_manifest(work).set_index("path")
-    balance, extra = RECIPES[recipe].get("source_balance"), {}
+    balance, oversample, extra = RECIPES[recipe].get("source_balance"), RECIPES[recipe].get("oversample"), {}
     # every (recipe, fold) trains afresh: sb's configuration is ours', so they would share a backup to resume
     shutil.rmtree(work / workfolder.BACKUP_DIR, ignore_errors=True)
-    if balance is None:
+    if (balance is not None or oversample is not None) and (
+            config.mixup or config.pipeline != "tf.data" or config.strategy != "default"):
+        raise SystemExit(f"error: recipe {recipe}: source balancing and over-sampling need the tf.data pipeline on "
+                         "one device, no mixup")
+    if balance is None and oversample is None:
         result = training.train(config, work, write=False, show_progress=False)
+    elif oversample is not None:
+        run = training.start(config, work, write=False, show_progress=False)
+        run.batches["train"], share = oversampled_train_batches(config, work, oversample)
+        for phase in training.phases(config):
+            training.fit_phase(run, phase)
+        result = training.finish(run)
+        extra = {"oversample": oversample, "draw_share": share}
     else:
-        if config.mixup or config.pipeline != "tf.data" or config.strategy != "default":
-            raise SystemExit(f"error: recipe {recipe}: source balancing needs the tf.data pipeline on one device, "
-                             "no mixup")
         run = training.start(config, work, write=False, show_progress=False)
         train = manifest[(manifest.split == "train") & (manifest.index != "")]
         emotions = [Path(p).parent.name for p in train.index]

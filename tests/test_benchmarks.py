@@ -354,6 +354,47 @@ def test_the_weighted_training_batches_carry_each_faces_weight(prepared_work_dir
     assert xs[0].shape[1:3] == (32, 32)
 
 
+def test_oversampled_batches_draw_each_emotion_by_its_share(prepared_work_dir):
+    """The over-sampling recipe's epochs hold as many faces as the training split, drawn so each emotion's share is
+    ∝ n ** (1 - power): power 1 draws every emotion alike, 0 as the split holds them; each epoch draws anew."""
+    search = _load("recipe_search")
+    config = search.training.TrainConfig(image_size=32, batch_size=16, augment="none")
+    files = [p for p in (prepared_work_dir / "split" / "train").rglob("*") if p.is_file()]
+    natural = pd.Series([EMOTIONS.index(p.parent.name) for p in files]).value_counts(normalize=True).sort_index()
+    for power, expected in ((1.0, pd.Series(1 / len(natural), natural.index)), (0.0, natural)):
+        batches, share = search.oversampled_train_batches(config, prepared_work_dir, power)
+        assert share == pytest.approx({EMOTIONS[k]: v for k, v in expected.items()}, abs=1e-4)
+        epochs = [np.concatenate([y for _, y in batches.as_numpy_iterator()]).argmax(axis=1) for _ in range(40)]
+        assert {len(e) for e in epochs} == {len(files)}  # an epoch as long as the split
+        drawn = pd.Series(np.concatenate(epochs)).value_counts(normalize=True).reindex(expected.index, fill_value=0)
+        assert np.allclose(drawn, expected, atol=0.03), (power, drawn.round(3).tolist(), expected.round(3).tolist())
+        assert any(not np.array_equal(epochs[0], e) for e in epochs[1:])  # drawn anew each epoch
+    x, _ = next(batches.as_numpy_iterator())
+    assert x.shape[1:3] == (32, 32) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
+
+
+def test_the_oversampling_recipe_trains_on_drawn_faces_without_class_weights(prepared_work_dir, fake_fer_weights,
+                                                                            tmp_path, monkeypatch, eager_keras):
+    """``os`` trains through ``training.start`` / ``fit_phase`` / ``finish`` on the drawn batches, with no class
+    weights (the drawing does their work), and records the shares it drew by."""
+    import shutil
+
+    search = _load("recipe_search")
+    monkeypatch.setenv("FER_PRETRAINED", str(fake_fer_weights))
+    monkeypatch.setattr(search, "base_config", lambda: _tiny_config(search))
+    work = tmp_path / "fold"
+    shutil.copytree(prepared_work_dir, work)  # the shared prepared folder is read-only for tests
+    frame, info = search.train_recipe(work, 1, "os", 42)
+    assert info["config"]["class_weight"] is None and info["oversample"] == 0.5
+    assert sum(info["draw_share"].values()) == pytest.approx(1, abs=1e-3)
+    counts = {e: n for e, n in info["train_counts"].items() if n}
+    assert set(info["draw_share"]) == set(counts)
+    rare, common = min(counts, key=counts.get), max(counts, key=counts.get)
+    if counts[rare] < counts[common]:  # the rarer emotion is drawn above its share of the split
+        assert info["draw_share"][rare] > counts[rare] / sum(counts.values())
+    assert set(frame.split) == {"val", "test"} and (frame.recipe == "os").all()
+
+
 def test_the_source_shortcut_is_measured_per_recipe_and_paired(monkeypatch):
     """``by_source``: each recipe's test accuracy per source, as trained, paired with the default on the same
     faces; a source with too few test faces is left out and named."""
