@@ -185,8 +185,10 @@ def weighted_train_batches(config, work: Path, weight_of: dict):
 def oversampled_train_batches(config, work: Path, power: float) -> tuple:
     """Training batches that draw the faces instead of weighing them: each epoch as many faces as the training split
     holds, an emotion of n faces drawn with probability ∝ n ** (1 - power) (``power`` 0.5: the shares √ class
-    weights give in expectation; 1: every emotion alike), each emotion's faces in a reshuffled cycle, then
-    ``tf_datasets``' batching and augmentation. Returns the batches and each emotion's share of the draws."""
+    weights give in expectation; 1: every emotion alike), so a rare face comes back several times an epoch and a
+    common one may not come at all. Within an epoch each emotion's faces come in a shuffled cycle; every epoch
+    shuffles and draws anew (the same seeded sequence in every run). Then ``tf_datasets``' batching and
+    augmentation. Returns the batches and each emotion's share of the draws."""
     import fer_utils
 
     tf, _ = fer_utils.import_tensorflow()
@@ -228,10 +230,13 @@ def train_recipe(work: Path, fold: int, recipe: str, seed: int) -> tuple[pd.Data
     balance, oversample, extra = RECIPES[recipe].get("source_balance"), RECIPES[recipe].get("oversample"), {}
     # every (recipe, fold) trains afresh: sb's configuration is ours', so they would share a backup to resume
     shutil.rmtree(work / workfolder.BACKUP_DIR, ignore_errors=True)
+    if balance is not None and oversample is not None:
+        raise SystemExit(f"error: recipe {recipe}: source balancing weighs the faces and over-sampling draws them; "
+                         "choose one")
     if (balance is not None or oversample is not None) and (
             config.mixup or config.pipeline != "tf.data" or config.strategy != "default"):
-        raise SystemExit(f"error: recipe {recipe}: source balancing and over-sampling need the tf.data pipeline on "
-                         "one device, no mixup")
+        how = "source balancing" if balance is not None else "over-sampling"
+        raise SystemExit(f"error: recipe {recipe}: {how} needs the tf.data pipeline on one device, no mixup")
     if balance is None and oversample is None:
         result = training.train(config, work, write=False, show_progress=False)
     elif oversample is not None:

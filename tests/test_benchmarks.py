@@ -354,23 +354,34 @@ def test_the_weighted_training_batches_carry_each_faces_weight(prepared_work_dir
     assert xs[0].shape[1:3] == (32, 32)
 
 
-def test_oversampled_batches_draw_each_emotion_by_its_share(prepared_work_dir):
+def test_oversampled_batches_draw_each_emotion_by_its_share(tmp_path):
     """The over-sampling recipe's epochs hold as many faces as the training split, drawn so each emotion's share is
-    ∝ n ** (1 - power): power 1 draws every emotion alike, 0 as the split holds them; each epoch draws anew."""
+    ∝ n ** (1 - power): power 1 draws every emotion alike, 0 as the split holds them (here 3, 12 and 48 faces, and
+    none of the other five emotions, which are never drawn); each epoch draws anew."""
+    from PIL import Image
+
     search = _load("recipe_search")
-    config = search.training.TrainConfig(image_size=32, batch_size=16, augment="none")
-    files = [p for p in (prepared_work_dir / "split" / "train").rglob("*") if p.is_file()]
-    natural = pd.Series([EMOTIONS.index(p.parent.name) for p in files]).value_counts(normalize=True).sort_index()
-    for power, expected in ((1.0, pd.Series(1 / len(natural), natural.index)), (0.0, natural)):
-        batches, share = search.oversampled_train_batches(config, prepared_work_dir, power)
+    counts = {"contempt": 3, "fear": 12, "happiness": 48}
+    rng = np.random.default_rng(0)
+    for emotion in EMOTIONS:  # a folder per emotion, as notebook 02 makes them; five of them empty
+        (tmp_path / "split" / "train" / emotion).mkdir(parents=True)
+    for emotion, n in counts.items():
+        folder = tmp_path / "split" / "train" / emotion
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(folder / f"{i}.png")
+    config = search.training.TrainConfig(image_size=16, batch_size=16, augment="none")
+    index = [EMOTIONS.index(e) for e in counts]
+    natural = pd.Series(list(counts.values()), index) / sum(counts.values())
+    for power, expected in ((1.0, pd.Series(1 / 3, index)), (0.0, natural)):
+        batches, share = search.oversampled_train_batches(config, tmp_path, power)
         assert share == pytest.approx({EMOTIONS[k]: v for k, v in expected.items()}, abs=1e-4)
-        epochs = [np.concatenate([y for _, y in batches.as_numpy_iterator()]).argmax(axis=1) for _ in range(40)]
-        assert {len(e) for e in epochs} == {len(files)}  # an epoch as long as the split
-        drawn = pd.Series(np.concatenate(epochs)).value_counts(normalize=True).reindex(expected.index, fill_value=0)
+        epochs = [np.concatenate([y for _, y in batches.as_numpy_iterator()]).argmax(axis=1) for _ in range(30)]
+        assert {len(e) for e in epochs} == {sum(counts.values())}  # an epoch as long as the split
+        drawn = pd.Series(np.concatenate(epochs)).value_counts(normalize=True).reindex(index, fill_value=0)
         assert np.allclose(drawn, expected, atol=0.03), (power, drawn.round(3).tolist(), expected.round(3).tolist())
         assert any(not np.array_equal(epochs[0], e) for e in epochs[1:])  # drawn anew each epoch
     x, _ = next(batches.as_numpy_iterator())
-    assert x.shape[1:3] == (32, 32) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
+    assert x.shape[1:3] == (16, 16) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
 
 
 def test_the_oversampling_recipe_trains_on_drawn_faces_without_class_weights(prepared_work_dir, fake_fer_weights,
@@ -384,15 +395,23 @@ def test_the_oversampling_recipe_trains_on_drawn_faces_without_class_weights(pre
     monkeypatch.setattr(search, "base_config", lambda: _tiny_config(search))
     work = tmp_path / "fold"
     shutil.copytree(prepared_work_dir, work)  # the shared prepared folder is read-only for tests
+    drawn, fitted = [], []
+    real_draw, real_fit = search.oversampled_train_batches, search.training.fit_phase
+    monkeypatch.setattr(search, "oversampled_train_batches",
+                        lambda *a: drawn.append(real_draw(*a)) or drawn[-1])
+    monkeypatch.setattr(search.training, "fit_phase", lambda run, phase: fitted.append(
+        (run.class_weight, run.batches["train"])) or real_fit(run, phase))
     frame, info = search.train_recipe(work, 1, "os", 42)
+    assert len(drawn) == 1 and len(fitted) == 2  # the head phase and the whole-model phase
+    assert all(weights is None and batches is drawn[0][0] for weights, batches in fitted)  # fit gets the drawn faces
     assert info["config"]["class_weight"] is None and info["oversample"] == 0.5
-    assert sum(info["draw_share"].values()) == pytest.approx(1, abs=1e-3)
     counts = {e: n for e, n in info["train_counts"].items() if n}
-    assert set(info["draw_share"]) == set(counts)
-    rare, common = min(counts, key=counts.get), max(counts, key=counts.get)
-    if counts[rare] < counts[common]:  # the rarer emotion is drawn above its share of the split
-        assert info["draw_share"][rare] > counts[rare] / sum(counts.values())
+    assert info["draw_share"] == drawn[0][1] and set(info["draw_share"]) == set(counts)
+    assert sum(info["draw_share"].values()) == pytest.approx(1, abs=1e-3)
     assert set(frame.split) == {"val", "test"} and (frame.recipe == "os").all()
+    monkeypatch.setitem(search.RECIPES, "both", {"source_balance": 1.0, "oversample": 0.5})
+    with pytest.raises(SystemExit, match="source balancing weighs the faces and over-sampling draws them"):
+        search.train_recipe(work, 1, "both", 42)
 
 
 def test_the_source_shortcut_is_measured_per_recipe_and_paired(monkeypatch):

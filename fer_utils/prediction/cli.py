@@ -267,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     detecting = [option for option, value in (("--detector", args.detector), ("--min-face", args.min_face),
                                               ("--margin", args.margin)) if value is not None]
     if args.detection == "whole" and detecting:  # each would be ignored without a word
-        parser.error(f"{' and '.join(detecting)} {'set' if len(detecting) > 1 else 'sets'} how faces are detected "
+        named = ", ".join(detecting[:-1]) + " and " + detecting[-1] if len(detecting) > 1 else detecting[0]
+        parser.error(f"{named} {'set' if len(detecting) > 1 else 'sets'} how faces are detected "
                      "and cropped, and --detection whole detects none (each image is one face); drop "
                      f"{'them' if len(detecting) > 1 else 'it'}, or use --detection auto or detect")
     args.detector = args.detector or DEFAULT_DETECTOR
