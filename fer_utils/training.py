@@ -730,16 +730,13 @@ def epoch_pace(rows: list, plan: list, phase: str) -> float:
         return float(np.median(same[1:]))
     names = [p.name for p in plan]
     pace = same[0] if same else None
-    if phase in names:
-        now = plan[names.index(phase)]
-        for earlier in reversed(plan[:names.index(phase)]):
-            before = [float(r["seconds"]) for r in rows if r["phase"] == earlier.name]
-            if before:
-                slower = earlier.backbone_trainable is False and now.backbone_trainable
-                guess = float(np.median(before[1:] if len(before) > 1 else before)) * (
-                    UNFROZEN_SLOWDOWN if slower else 1.0)
-                pace = guess if pace is None else min(pace, guess)
-                break
+    trained = {r["phase"] for r in rows}
+    earlier = next((p for p in reversed(plan[:names.index(phase)]) if p.name in trained), None) \
+        if phase in names else None
+    if earlier is not None:
+        slower = earlier.backbone_trainable is False and plan[names.index(phase)].backbone_trainable
+        guess = epoch_pace(rows, plan, earlier.name) * (UNFROZEN_SLOWDOWN if slower else 1.0)
+        pace = guess if pace is None else min(pace, guess)
     return 0.0 if pace is None else pace
 
 
